@@ -1,0 +1,60 @@
+# Every target creates or reuses .venv by itself. The venv lives in a cache keyed on the dependency
+# pins (pyproject.toml), so a fresh clone with the same pins reuses it; .venv is a link to it.
+SHELL := /bin/bash
+PY ?= python3
+PINS := $(shell sha256sum pyproject.toml tools/requirements.py | sha256sum | cut -c1-16)
+CACHE ?= $(HOME)/.cache/churnkit
+VENV_DIR := $(CACHE)/venv-$(PINS)
+VENV := .venv
+BIN := $(VENV)/bin
+EXTRAS := test dev aws azure gcp
+AZML_PINS := $(shell echo azureml-inference-server-http==1.5.1 scikit-learn==1.9.1 pandas==3.1.1 numpy==2.4.6 PyYAML==6.0.4 skops | sha256sum | cut -c1-16)
+AZML_DIR := $(CACHE)/azml-$(AZML_PINS)
+export MPLBACKEND := Agg
+
+.PHONY: venv demo test lab serve bench lint clean test-setup
+
+venv:
+	@if [ ! -f "$(VENV_DIR)/.complete" ]; then \
+	  echo "creating $(VENV_DIR) (pinned dependencies; a few minutes the first time)"; \
+	  rm -rf "$(VENV_DIR)" && $(PY) -m venv "$(VENV_DIR)" && \
+	  $(PY) tools/requirements.py $(EXTRAS) > "$(VENV_DIR)/requirements.txt" && \
+	  "$(VENV_DIR)/bin/pip" install -q -r "$(VENV_DIR)/requirements.txt" && \
+	  touch "$(VENV_DIR)/.complete"; \
+	fi
+	@ln -sfn "$(VENV_DIR)" $(VENV)
+	@$(BIN)/python -c "import churnkit, sys; sys.exit(0 if churnkit.__file__.startswith('$(CURDIR)/') else 1)" 2>/dev/null \
+	  || $(BIN)/pip install -q --no-deps --no-build-isolation -e .
+
+# azureml-inference-server-http pins opentelemetry/pydantic below the kit's pins: it gets its own venv.
+$(AZML_DIR)/.complete:
+	rm -rf "$(AZML_DIR)" && $(PY) -m venv "$(AZML_DIR)" && \
+	"$(AZML_DIR)/bin/pip" install -q azureml-inference-server-http==1.5.1 scikit-learn==1.9.1 pandas==3.1.1 numpy==2.4.6 PyYAML==6.0.4 skops && \
+	touch "$@"
+
+test-setup: venv $(AZML_DIR)/.complete
+	@ln -sfn "$(AZML_DIR)" .venv-azml
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	  { (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "chromium could not be installed; the browser test will skip with this reason"; }
+
+demo: venv
+	$(BIN)/churnkit demo
+
+test: test-setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+lab: venv
+	$(BIN)/jupyter lab notebooks/
+
+serve: venv
+	$(BIN)/churnkit serve --model models:/churn@champion --port 8080
+
+bench: venv
+	for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+lint: venv
+	$(BIN)/ruff check churnkit tests bench
+	$(BIN)/nbstripout --verify --keep-metadata-keys cell.metadata.tags notebooks/*.ipynb
+
+clean:
+	rm -rf .venv .venv-azml runs/*/ runs/mlflow.db runs/artifacts build *.egg-info

@@ -1,0 +1,44 @@
+"""churnkit: notebook-first experiment-to-production kit for a scikit-learn churn model.
+
+The notebooks call the few names re-exported here; everything else lives in the modules.
+"""
+
+from churnkit.data import Dataset, Schema, describe_dataset, load_table, synth_month
+from churnkit.evaluate import evaluate_holdout, gate, plot_evaluation
+from churnkit.exceptions import ChurnkitError
+from churnkit.model import split_holdout, train_model
+from churnkit.registry import (
+    load_candidate,
+    load_champion,
+    load_model,
+    log_candidate,
+    log_evaluation,
+    record_registration,
+    register_candidate,
+    start_run,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ChurnkitError",
+    "Dataset",
+    "Schema",
+    "__version__",
+    "describe_dataset",
+    "evaluate_holdout",
+    "gate",
+    "load_candidate",
+    "load_champion",
+    "load_model",
+    "load_table",
+    "log_candidate",
+    "log_evaluation",
+    "plot_evaluation",
+    "record_registration",
+    "register_candidate",
+    "split_holdout",
+    "start_run",
+    "synth_month",
+    "train_model",
+]

@@ -1,0 +1,122 @@
+"""The ``churnkit`` command line: parses options and calls the library, nothing more.
+
+Exit codes: 0 success (a gate that refuses registration is a success), 1 a failure the user can act
+on (stderr names the output notebook and the failed cell), 2 usage. ``--json`` prints one JSON object
+on stdout and nothing else there.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from churnkit.exceptions import ChurnkitError, NotebookExecutionError
+
+PARAM_HELP = "Notebook parameter NAME VALUE (repeatable); see `churnkit params NOTEBOOK`."
+
+
+def _params(pairs) -> dict[str, str]:
+    return {name: value for name, value in pairs}
+
+
+def _config(runs_dir):
+    from churnkit.config import load_config
+
+    return load_config(runs_dir)
+
+
+def emit_json(obj) -> None:
+    """Print one JSON object on stdout (the only thing --json puts there)."""
+    click.echo(json.dumps(obj, indent=2, default=str))
+
+
+class _Group(click.Group):
+    """Maps ChurnkitError to its exit code with a one-line message (no traceback)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except NotebookExecutionError as exc:
+            click.echo(f"error: {exc}", err=True)
+            if exc.cell_index is not None:
+                click.echo(f"  failed cell: {exc.cell_index} ({exc.ename}: {exc.evalue})", err=True)
+            click.echo(f"  output notebook: {exc.output_path}", err=True)
+            ctx.exit(exc.exit_code)
+        except ChurnkitError as exc:
+            click.echo(f"error: {type(exc).__name__}: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="churnkit")
+def main():
+    """Notebook-first churn model kit: train, evaluate, deploy, roll out, monitor."""
+
+
+@main.command()
+@click.argument("notebook")
+@click.option("-p", "--parameter", "pairs", nargs=2, multiple=True, metavar="NAME VALUE", help=PARAM_HELP)
+@click.option("--runs-dir", type=click.Path(file_okay=False), help="Audit trail folder (default runs/ or CHURNKIT_RUNS_DIR).")
+@click.option("--cell-timeout", type=int, default=None, help="Seconds a cell may run before it is stopped.")
+def run(notebook, pairs, runs_dir, cell_timeout):
+    """Run one NOTEBOOK headless (01-train, 02-evaluate, ...); prints the output notebook path."""
+    from churnkit.runner import run_notebook
+
+    res = run_notebook(notebook, _params(pairs), config=_config(runs_dir), cell_timeout=cell_timeout)
+    click.echo(str(res.output_path))
+
+
+@main.command()
+@click.option("-p", "--parameter", "pairs", nargs=2, multiple=True, metavar="NAME VALUE", help=PARAM_HELP)
+@click.option("--runs-dir", type=click.Path(file_okay=False), help="Audit trail folder (default runs/ or CHURNKIT_RUNS_DIR).")
+@click.option("--json", "as_json", is_flag=True, help="Print the outcome as one JSON object.")
+def pipeline(pairs, runs_dir, as_json):
+    """The monthly job: train → evaluate (gate, register) in one run folder."""
+    from churnkit.runner import pipeline_summary, run_pipeline
+
+    echo = (lambda msg: click.echo(msg, err=True)) if as_json else click.echo
+    result = run_pipeline(_params(pairs), config=_config(runs_dir), echo=echo)
+    summary = pipeline_summary(result)
+    if as_json:
+        emit_json(summary)
+    else:
+        click.echo(summary["text"])
+
+
+@main.command()
+@click.argument("notebook")
+def params(notebook):
+    """List NOTEBOOK's parameters with their defaults and comments."""
+    from churnkit.runner import notebook_parameters
+
+    ps = notebook_parameters(notebook)
+    width = max(len(p.name) for p in ps)
+    dwidth = max(len(p.source) for p in ps)
+    for p in ps:
+        click.echo(f"{p.name:<{width}}  {p.source:<{dwidth}}  {p.type_name:<5}  {p.comment}")
+
+
+@main.group()
+def data():
+    """Data utilities."""
+
+
+@data.command()
+@click.option("--rows", type=click.IntRange(min=1), default=4000, show_default=True)
+@click.option("--month", type=int, default=1, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--drift", type=click.Choice(["none", "covariate", "concept", "new_category"]), default="none", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="CSV or Parquet file to write.")
+def synth(rows, month, seed, drift, out):
+    """Write a synthetic monthly customer snapshot (Telco-shaped, churn label included)."""
+    from churnkit.data import write_table, synth_month
+
+    frame = synth_month(rows=rows, month=month, seed=seed, drift=None if drift == "none" else drift)
+    path = write_table(frame, out)
+    click.echo(f"{path}: {len(frame)} rows, churn rate {(frame['churn'] == 'Yes').mean():.1%}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

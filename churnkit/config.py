@@ -1,0 +1,63 @@
+"""Settings, read once into a frozen object (no work at import time)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from churnkit.exceptions import ConfigError
+
+DEFAULT_MODEL_NAME = "churn"
+EXPERIMENT_NAME = "churnkit"
+ALIAS_CHAMPION = "champion"
+ALIAS_CHALLENGER = "challenger"
+ALIAS_PREVIOUS = "previous"
+
+
+@dataclass(frozen=True)
+class Config:
+    """Where runs, the MLflow store and its artifacts live.
+
+    Parameters
+    ----------
+    runs_dir : Path
+        The audit trail folder: executed notebooks and, by default, the embedded MLflow store.
+    tracking_uri : str
+        ``MLFLOW_TRACKING_URI`` when set (a team server), else sqlite under ``runs_dir``.
+    embedded : bool
+        True when the tracking store is the embedded sqlite file.
+    """
+
+    runs_dir: Path
+    tracking_uri: str
+    embedded: bool
+
+    @property
+    def artifact_location(self) -> str | None:
+        """Artifact root for new experiments in the embedded store (the server decides otherwise)."""
+        return (self.runs_dir / "artifacts").resolve().as_uri() if self.embedded else None
+
+
+def load_config(runs_dir: str | os.PathLike | None = None, environ: dict | None = None) -> Config:
+    """Resolve settings: ``runs_dir`` argument > ``CHURNKIT_RUNS_DIR`` > ``runs/``.
+
+    Parameters
+    ----------
+    runs_dir : path, optional
+        Overrides the environment (the CLI's ``--runs-dir``).
+    environ : dict, optional
+        The environment to read (default ``os.environ``); tests pass their own.
+    """
+    env = os.environ if environ is None else environ
+    chosen = runs_dir or env.get("CHURNKIT_RUNS_DIR") or "runs"
+    path = Path(chosen).expanduser().resolve()
+    if path.exists() and not path.is_dir():
+        raise ConfigError(
+            f"runs folder {str(path)!r} exists and is not a folder; pass --runs-dir with a folder path "
+            "or unset CHURNKIT_RUNS_DIR"
+        )
+    uri = env.get("MLFLOW_TRACKING_URI", "").strip()
+    if uri:
+        return Config(runs_dir=path, tracking_uri=uri, embedded=False)
+    return Config(runs_dir=path, tracking_uri=f"sqlite:///{path / 'mlflow.db'}", embedded=True)

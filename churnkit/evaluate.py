@@ -1,0 +1,189 @@
+"""Holdout metrics, evaluation plots and the promotion gate (pure functions; no I/O)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from sklearn import metrics as skm
+
+DEFAULT_AUC_THRESHOLD = 0.85
+DEFAULT_MIN_IMPROVEMENT = 0.0
+
+
+def lift_top_decile(y_true, proba) -> float:
+    """Churn rate among the 10 % highest scores divided by the overall churn rate."""
+    y = np.asarray(y_true, dtype=float)
+    p = np.asarray(proba, dtype=float)
+    k = max(1, int(np.ceil(0.1 * len(p))))
+    top = np.argsort(-p, kind="stable")[:k]
+    base = y.mean()
+    return float(y[top].mean() / base) if base > 0 else float("nan")
+
+
+def compute_metrics(y_true, proba) -> dict[str, float]:
+    """ROC AUC, PR AUC, log loss, Brier score and top-decile lift on one labelled sample."""
+    y = np.asarray(y_true, dtype=int)
+    p = np.clip(np.asarray(proba, dtype=float), 1e-15, 1 - 1e-15)
+    return {
+        "roc_auc": float(skm.roc_auc_score(y, p)),
+        "pr_auc": float(skm.average_precision_score(y, p)),
+        "log_loss": float(skm.log_loss(y, p, labels=[0, 1])),
+        "brier": float(skm.brier_score_loss(y, p)),
+        "lift_top_decile": lift_top_decile(y, p),
+        "positive_rate": float(y.mean()),
+        "rows": float(len(y)),
+    }
+
+
+def choose_threshold(y_true, proba) -> float:
+    """The decision threshold that maximises F1 on the sample (stored with the model version)."""
+    precision, recall, thresholds = skm.precision_recall_curve(np.asarray(y_true, dtype=int), proba)
+    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+    best = int(np.argmax(f1[:-1])) if len(thresholds) else 0
+    return float(thresholds[best]) if len(thresholds) else 0.5
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """The gate's verdict: ``passed`` and every reason it failed (empty when it passed)."""
+
+    passed: bool
+    reasons: list[str] = field(default_factory=list)
+    challenger_auc: float = float("nan")
+    champion_auc: float | None = None
+    auc_threshold: float = DEFAULT_AUC_THRESHOLD
+    min_improvement: float = DEFAULT_MIN_IMPROVEMENT
+
+    @property
+    def improvement(self) -> float | None:
+        return None if self.champion_auc is None else self.challenger_auc - self.champion_auc
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"improvement": self.improvement}
+
+    def summary(self) -> str:
+        if self.passed:
+            vs = "" if self.champion_auc is None else f", champion {self.champion_auc:.4f} (+{self.improvement:.4f})"
+            return f"PASSED: holdout roc_auc {self.challenger_auc:.4f} > {self.auc_threshold}{vs}"
+        return "REFUSED: " + "; ".join(self.reasons)
+
+
+def gate(
+    challenger_auc: float,
+    champion_auc: float | None = None,
+    auc_threshold: float = DEFAULT_AUC_THRESHOLD,
+    min_improvement: float = DEFAULT_MIN_IMPROVEMENT,
+) -> GateResult:
+    """Decide whether a candidate may be registered.
+
+    Passes only if ``challenger_auc > auc_threshold`` and, when a champion serves, the challenger's
+    AUC minus the champion's AUC on the same holdout is at least ``min_improvement``. Every failed
+    condition is listed in ``reasons``.
+    """
+    reasons = []
+    if not np.isfinite(challenger_auc):
+        reasons.append(f"holdout roc_auc is {challenger_auc!r}, not a number; check the holdout has both classes")
+    elif not challenger_auc > auc_threshold:
+        reasons.append(f"holdout roc_auc {challenger_auc:.4f} is not above auc_threshold {auc_threshold}")
+    if champion_auc is not None and np.isfinite(challenger_auc):
+        delta = challenger_auc - champion_auc
+        if delta < min_improvement:
+            reasons.append(
+                f"challenger roc_auc {challenger_auc:.4f} minus champion roc_auc {champion_auc:.4f} on the same "
+                f"holdout is {delta:+.4f}, below min_improvement {min_improvement}"
+            )
+    return GateResult(
+        passed=not reasons,
+        reasons=reasons,
+        challenger_auc=float(challenger_auc),
+        champion_auc=None if champion_auc is None else float(champion_auc),
+        auc_threshold=float(auc_threshold),
+        min_improvement=float(min_improvement),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Plots (matplotlib figures; the notebook shows them, registry logs them)
+# --------------------------------------------------------------------------------------------------
+
+def plot_evaluation(y_true, proba, threshold: float = 0.5, champion_proba=None):
+    """One figure with ROC, precision-recall, calibration and the confusion matrix at ``threshold``."""
+    import matplotlib
+
+    matplotlib.use("Agg") if not _in_notebook() else None
+    import matplotlib.pyplot as plt
+    from sklearn.calibration import calibration_curve
+
+    y = np.asarray(y_true, dtype=int)
+    fig, axes = plt.subplots(1, 4, figsize=(17, 4))
+    curves = [("challenger", proba)] + ([("champion", champion_proba)] if champion_proba is not None else [])
+    for name, p in curves:
+        fpr, tpr, _ = skm.roc_curve(y, p)
+        axes[0].plot(fpr, tpr, label=f"{name} AUC {skm.roc_auc_score(y, p):.3f}")
+        prec, rec, _ = skm.precision_recall_curve(y, p)
+        axes[1].plot(rec, prec, label=f"{name} AP {skm.average_precision_score(y, p):.3f}")
+        frac, mean = calibration_curve(y, p, n_bins=10, strategy="quantile")
+        axes[2].plot(mean, frac, marker="o", label=name)
+    axes[0].plot([0, 1], [0, 1], ls=":", c="grey")
+    axes[0].set(title="ROC", xlabel="false positive rate", ylabel="true positive rate")
+    axes[1].set(title="Precision-recall", xlabel="recall", ylabel="precision")
+    axes[2].plot([0, 1], [0, 1], ls=":", c="grey")
+    axes[2].set(title="Calibration", xlabel="mean predicted", ylabel="observed churn rate")
+    for ax in axes[:3]:
+        ax.legend(loc="best", fontsize=8)
+    cm = skm.confusion_matrix(y, (np.asarray(proba) >= threshold).astype(int), labels=[0, 1])
+    axes[3].imshow(cm, cmap="Blues")
+    for (i, j), v in np.ndenumerate(cm):
+        axes[3].text(j, i, str(v), ha="center", va="center")
+    axes[3].set(title=f"Confusion at {threshold:.2f}", xticks=[0, 1], yticks=[0, 1],
+                xticklabels=["stay", "churn"], yticklabels=["stay", "churn"], xlabel="predicted", ylabel="actual")
+    fig.tight_layout()
+    return fig
+
+
+def _in_notebook() -> bool:
+    import sys
+
+    return "ipykernel" in sys.modules
+
+
+@dataclass
+class Evaluation:
+    """Challenger (and champion, when one serves) scored on the same holdout."""
+
+    challenger: dict[str, float]
+    champion: dict[str, float] | None
+    proba: np.ndarray
+    champion_proba: np.ndarray | None
+    y_true: np.ndarray
+    threshold: float
+
+    @property
+    def champion_auc(self) -> float | None:
+        return None if self.champion is None else self.champion["roc_auc"]
+
+    def table(self):
+        """Metrics side by side (a pandas DataFrame for the notebook)."""
+        import pandas as pd
+
+        cols = {"challenger": self.challenger}
+        if self.champion is not None:
+            cols["champion"] = self.champion
+            cols["difference"] = {k: self.challenger[k] - self.champion[k] for k in self.challenger}
+        return pd.DataFrame(cols).round(4)
+
+
+def evaluate_holdout(pipeline, X_holdout, y_holdout, champion_pipeline=None) -> Evaluation:
+    """Score the challenger, and the champion if given, on the same holdout rows."""
+    y = np.asarray(y_holdout, dtype=int)
+    p = pipeline.predict_proba(X_holdout)[:, 1]
+    cp = None if champion_pipeline is None else champion_pipeline.predict_proba(X_holdout)[:, 1]
+    return Evaluation(
+        challenger=compute_metrics(y, p),
+        champion=None if cp is None else compute_metrics(y, cp),
+        proba=p,
+        champion_proba=cp,
+        y_true=y,
+        threshold=choose_threshold(y, p),
+    )

@@ -1,0 +1,115 @@
+"""The one exception tree of churnkit.
+
+Every message says what failed, the offending value (repr) and how to fix it. Exceptions carry
+structured fields so callers (the CLI, the server, notebooks) can act on them without parsing text.
+"""
+
+from __future__ import annotations
+
+
+class ChurnkitError(Exception):
+    """Base class of every error churnkit raises on purpose."""
+
+    #: CLI exit code: 1 = a failure the user can act on, 2 = usage.
+    exit_code = 1
+
+
+class ConfigError(ChurnkitError):
+    """A setting (environment variable, runs folder, tracking URI) is unusable."""
+
+
+class DataError(ChurnkitError):
+    """A table cannot be read or does not fit the task (label, columns, rows)."""
+
+
+class LabelError(DataError):
+    """The label column is missing, has one class, or uses spellings we cannot map."""
+
+
+class ModelKindError(ChurnkitError):
+    """An unknown model kind was asked for."""
+
+    exit_code = 2
+
+
+class ParameterError(ChurnkitError):
+    """A notebook parameter is unknown, of the wrong type, or looks like a secret."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, name: str | None = None, valid: list[str] | None = None):
+        super().__init__(message)
+        self.name = name
+        self.valid = list(valid or [])
+
+
+class NotebookNotFoundError(ChurnkitError):
+    """No notebook matches the name given on the command line."""
+
+    exit_code = 2
+
+
+class NotebookExecutionError(ChurnkitError):
+    """A cell failed while a notebook ran headless; the output notebook was still written."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        output_path: str,
+        cell_index: int | None = None,
+        ename: str | None = None,
+        evalue: str | None = None,
+        run_id: str | None = None,
+    ):
+        super().__init__(message)
+        self.output_path = output_path
+        self.cell_index = cell_index
+        self.ename = ename
+        self.evalue = evalue
+        self.run_id = run_id
+
+
+class RegistryError(ChurnkitError):
+    """The model registry refused an operation, or a model URI does not resolve."""
+
+
+class IntegrityError(RegistryError):
+    """A model artifact's sha256 does not match the one recorded at registration."""
+
+
+class SchemaError(ChurnkitError):
+    """A scoring request does not fit the model's input schema (mapped to HTTP 4xx by the server)."""
+
+    def __init__(self, message: str, *, status: int = 422, details: list[str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.details = list(details or [])
+
+
+class DeployTargetError(ChurnkitError):
+    """An unknown deploy target, or a target that cannot do what was asked."""
+
+
+class MissingExtraError(ChurnkitError):
+    """A cloud SDK is not installed; the message names the extra to install."""
+
+    def __init__(self, extra: str, module: str):
+        super().__init__(
+            f"the {extra!r} deploy target needs the {module!r} package, which is not installed; "
+            f"install it with: pip install -e '.[{extra}]'"
+        )
+        self.extra = extra
+        self.module = module
+
+
+class RolloutError(ChurnkitError):
+    """A rollout cannot start or continue (no challenger, no champion, lock held)."""
+
+
+class RolloutLockedError(RolloutError):
+    """Another rollout holds the lock on the same endpoint."""
+
+
+class MonitorError(ChurnkitError):
+    """Reference and current data cannot be compared."""

@@ -1,0 +1,525 @@
+"""MLflow: tracking setup, candidate logging and the model registry.
+
+This is the only module that touches MlflowClient's registry. Registration happens only on a passed
+gate; a refused candidate leaves the registry exactly as it was, and a registration that fails half
+way is undone before the error propagates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from churnkit.config import (
+    ALIAS_CHALLENGER,
+    ALIAS_CHAMPION,
+    ALIAS_PREVIOUS,
+    DEFAULT_MODEL_NAME,
+    EXPERIMENT_NAME,
+    Config,
+    load_config,
+)
+from churnkit.data import Dataset, Schema
+from churnkit.evaluate import GateResult
+from churnkit.exceptions import IntegrityError, RegistryError
+
+TAG = "churnkit."
+
+
+def _mlflow():
+    import mlflow
+
+    return mlflow
+
+
+def client():
+    from mlflow import MlflowClient
+
+    return MlflowClient()
+
+
+_configured: dict[str, str] = {}
+
+
+def setup_tracking(config: Config | None = None) -> str:
+    """Point MLflow at the configured store and make sure the ``churnkit`` experiment exists.
+
+    Returns the experiment id. Idempotent and cheap after the first call per process.
+    """
+    config = config or load_config()
+    mlflow = _mlflow()
+    if _configured.get("uri") == config.tracking_uri:
+        mlflow.set_tracking_uri(config.tracking_uri)
+        return _configured["experiment_id"]
+    if config.embedded:
+        config.runs_dir.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(config.tracking_uri)
+    mlflow.set_registry_uri(config.tracking_uri)
+    exp = mlflow.get_experiment_by_name(EXPERIMENT_NAME)
+    if exp is None:
+        try:
+            exp_id = mlflow.create_experiment(EXPERIMENT_NAME, artifact_location=config.artifact_location)
+        except Exception:  # another process created it meanwhile
+            exp_id = mlflow.get_experiment_by_name(EXPERIMENT_NAME).experiment_id
+    else:
+        exp_id = exp.experiment_id
+    mlflow.set_experiment(experiment_id=exp_id)
+    _configured.update(uri=config.tracking_uri, experiment_id=exp_id)
+    return exp_id
+
+
+def start_run(notebook: str, config: Config | None = None):
+    """Start (or resume) this notebook's MLflow run.
+
+    Under ``churnkit run`` the runner created the run and passed its id in ``MLFLOW_RUN_ID``; in
+    JupyterLab a fresh run is started. Either way the run is active afterwards and returned.
+    """
+    setup_tracking(config)
+    mlflow = _mlflow()
+    active = mlflow.active_run()
+    if active is not None:
+        return active
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if run_id:
+        return mlflow.start_run(run_id=run_id)
+    return mlflow.start_run(run_name=notebook, tags={TAG + "notebook": notebook, TAG + "interactive": "true"})
+
+
+def git_commit() -> tuple[str, bool]:
+    """The current git commit and whether the work tree is dirty (``("unknown", False)`` outside git)."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+        dirty = bool(
+            subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=5).stdout.strip()
+        )
+        return sha, dirty
+    except Exception:
+        return "unknown", False
+
+
+def package_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("scikit-learn", "pandas", "numpy", "mlflow", "papermill", "churnkit"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def pip_requirements() -> list[str]:
+    """Explicit requirements for the logged model (inferring them costs seconds)."""
+    v = package_versions()
+    return [f"scikit-learn=={v['scikit-learn']}", f"pandas=={v['pandas']}", f"numpy=={v['numpy']}"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Candidates (one per 01-train run)
+# --------------------------------------------------------------------------------------------------
+
+def log_candidate(pipeline, dataset: Dataset, split, *, model: str, seed: int) -> str:
+    """Log a trained candidate to the active run: params, schema, holdout, the model. Returns the run id."""
+    mlflow = _mlflow()
+    run = mlflow.active_run()
+    if run is None:
+        raise RegistryError("no active MLflow run; call churnkit.start_run(notebook) before log_candidate")
+    commit, dirty = git_commit()
+    mlflow.log_params({"model": model, "seed": seed, "rows": dataset.rows, "features": len(dataset.schema.columns)})
+    mlflow.set_tags(
+        {
+            TAG + "data_sha256": dataset.sha256,
+            TAG + "data_source": dataset.source,
+            TAG + "rows": str(dataset.rows),
+            TAG + "git_commit": commit,
+            TAG + "git_dirty": str(dirty).lower(),
+            TAG + "packages": json.dumps(package_versions()),
+            TAG + "role": "candidate",
+        }
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        holdout = split.X_holdout.copy()
+        holdout["__label__"] = split.y_holdout.to_numpy()
+        holdout.to_parquet(Path(tmp) / "holdout.parquet", index=False)
+        mlflow.log_artifact(str(Path(tmp) / "holdout.parquet"), "holdout")
+    import mlflow.sklearn
+
+    info = mlflow.sklearn.log_model(
+        pipeline,
+        name="model",
+        pip_requirements=pip_requirements(),
+        metadata={"churnkit_schema": dataset.schema.to_dict(), "churnkit_model_kind": model},
+        input_example=None,
+        skops_trusted_types=["numpy.dtype"],  # the fitted imputers keep the column dtypes
+    )
+    mlflow.set_tag(TAG + "model_uri", info.model_uri)
+    return run.info.run_id
+
+
+@dataclass
+class Candidate:
+    run_id: str
+    model_uri: str
+    pipeline: Any
+    schema: Schema
+    X_holdout: pd.DataFrame
+    y_holdout: pd.Series
+    artifact_sha256: str
+    tags: dict
+
+
+def latest_candidate_run() -> str:
+    """The id of the newest finished 01-train run in the experiment."""
+    mlflow = _mlflow()
+    setup_tracking()
+    runs = mlflow.search_runs(
+        filter_string=f"tags.`{TAG}role` = 'candidate' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+        output_format="list",
+    )
+    if not runs:
+        raise RegistryError("no finished training run found; run 01-train first or pass train_run_id")
+    return runs[0].info.run_id
+
+
+def load_candidate(train_run_id: str = "") -> Candidate:
+    """Load a candidate logged by 01-train (the newest when ``train_run_id`` is empty)."""
+    mlflow = _mlflow()
+    setup_tracking()
+    run_id = train_run_id or latest_candidate_run()
+    try:
+        run = client().get_run(run_id)
+    except Exception as exc:
+        raise RegistryError(f"training run {run_id!r} not found in {mlflow.get_tracking_uri()!r}; pass a run id from `churnkit runs`") from exc
+    model_uri = run.data.tags.get(TAG + "model_uri")
+    if not model_uri:
+        raise RegistryError(f"run {run_id!r} logged no candidate model; pass the run id of a 01-train run")
+    local = Path(mlflow.artifacts.download_artifacts(model_uri))
+    sha = artifact_sha256(local)
+    import mlflow.sklearn
+
+    pipeline = mlflow.sklearn.load_model(str(local))
+    schema = Schema.from_dict(read_metadata(local)["churnkit_schema"])
+    holdout = pd.read_parquet(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="holdout/holdout.parquet"))
+    y = holdout.pop("__label__")
+    return Candidate(run_id, model_uri, pipeline, schema, holdout, y, sha, dict(run.data.tags))
+
+
+# --------------------------------------------------------------------------------------------------
+# Artifacts
+# --------------------------------------------------------------------------------------------------
+
+def read_metadata(model_dir: Path) -> dict:
+    import yaml
+
+    return (yaml.safe_load((Path(model_dir) / "MLmodel").read_text()) or {}).get("metadata") or {}
+
+
+def _model_file(model_dir: Path) -> Path:
+    import yaml
+
+    mlmodel = yaml.safe_load((Path(model_dir) / "MLmodel").read_text())
+    name = mlmodel.get("flavors", {}).get("sklearn", {}).get("pickled_model")
+    if not name:
+        raise IntegrityError(f"{str(model_dir)!r} has no sklearn model file in its MLmodel; it is not a churnkit model")
+    return Path(model_dir) / name
+
+
+def artifact_sha256(model_dir: str | Path) -> str:
+    """sha256 of the serialized model file (the bytes that get deserialized)."""
+    h = hashlib.sha256()
+    with open(_model_file(Path(model_dir)), "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------------
+# Registry
+# --------------------------------------------------------------------------------------------------
+
+def get_alias_version(alias: str, model_name: str = DEFAULT_MODEL_NAME):
+    """The ModelVersion behind ``alias``, or None when the alias (or the model) does not exist."""
+    setup_tracking()
+    try:
+        return client().get_model_version_by_alias(model_name, alias)
+    except Exception:
+        return None
+
+
+def get_champion(model_name: str = DEFAULT_MODEL_NAME):
+    return get_alias_version(ALIAS_CHAMPION, model_name)
+
+
+def aliases(model_name: str = DEFAULT_MODEL_NAME) -> dict[str, str]:
+    """``{alias: version}`` for the registered model ({} when it does not exist yet)."""
+    setup_tracking()
+    try:
+        return dict(client().get_registered_model(model_name).aliases)
+    except Exception:
+        return {}
+
+
+def register_candidate(
+    candidate: Candidate,
+    verdict: GateResult,
+    *,
+    model_name: str = DEFAULT_MODEL_NAME,
+    metrics: dict[str, float] | None = None,
+    threshold: float = 0.5,
+    output_notebook: str = "",
+) -> str | None:
+    """Register ``candidate`` if ``verdict`` passed; returns the new version, or None (nothing touched).
+
+    The first version becomes ``champion``; later ones become ``challenger`` until a rollout promotes
+    them. On any failure after the version was created, the version (and a model created for it) is
+    deleted so the registry is left as it was.
+    """
+    if not verdict.passed:
+        return None
+    setup_tracking()
+    c = client()
+    t0 = time.perf_counter()
+    existed = True
+    try:
+        c.get_registered_model(model_name)
+    except Exception:
+        existed = False
+    champion = get_champion(model_name)
+    tags = {
+        TAG + "data_sha256": candidate.tags.get(TAG + "data_sha256", ""),
+        TAG + "rows": candidate.tags.get(TAG + "rows", ""),
+        TAG + "git_commit": candidate.tags.get(TAG + "git_commit", ""),
+        TAG + "git_dirty": candidate.tags.get(TAG + "git_dirty", ""),
+        TAG + "sklearn_version": package_versions()["scikit-learn"],
+        TAG + "artifact_sha256": candidate.artifact_sha256,
+        TAG + "threshold": repr(float(threshold)),
+        TAG + "train_run_id": candidate.run_id,
+        TAG + "train_notebook": candidate.tags.get(TAG + "output_notebook", ""),
+        TAG + "evaluate_notebook": output_notebook or os.environ.get("CHURNKIT_OUTPUT_NOTEBOOK", ""),
+        TAG + "gate": json.dumps(verdict.to_dict()),
+    }
+    for k, v in (metrics or {}).items():
+        tags[TAG + "holdout_" + k] = repr(float(v))
+    mv = None
+    try:
+        if not existed:
+            c.create_registered_model(model_name, description="Customer churn probability (churnkit).")
+        mv = c.create_model_version(model_name, source=candidate.model_uri, run_id=candidate.run_id, tags=tags,
+                                    model_id=candidate.model_uri.removeprefix("models:/"))
+        _wait_ready(c, model_name, mv.version)
+        alias = ALIAS_CHALLENGER if champion is not None else ALIAS_CHAMPION
+        c.set_registered_model_alias(model_name, alias, mv.version)
+        record_history(model_name, mv.version, f"registered as {alias}: {verdict.summary()}")
+    except Exception as exc:
+        if mv is not None:
+            _undo(c, model_name, mv.version, existed)
+        elif not existed:
+            _undo(c, model_name, None, existed)
+        raise RegistryError(f"registering {candidate.model_uri!r} as {model_name!r} failed and was undone: {exc}") from exc
+    _mlflow().log_metric("registration_seconds", time.perf_counter() - t0) if _mlflow().active_run() else None
+    return str(mv.version)
+
+
+def _wait_ready(c, name: str, version: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        status = c.get_model_version(name, version).status
+        if status == "READY":
+            return
+        if status == "FAILED_REGISTRATION" or time.monotonic() > deadline:
+            raise RegistryError(f"model version {name!r} v{version} is {status!r}, not READY")
+        time.sleep(0.1)
+
+
+def _undo(c, name: str, version: str | None, existed: bool) -> None:
+    try:
+        if version is not None:
+            c.delete_model_version(name, version)
+        if not existed:
+            c.delete_registered_model(name)
+    except Exception:
+        pass
+
+
+def set_alias(alias: str, version: str, model_name: str = DEFAULT_MODEL_NAME, reason: str = "") -> None:
+    setup_tracking()
+    client().set_registered_model_alias(model_name, alias, str(version))
+    if reason:
+        record_history(model_name, version, f"alias {alias}: {reason}")
+
+
+def delete_alias(alias: str, model_name: str = DEFAULT_MODEL_NAME) -> None:
+    setup_tracking()
+    try:
+        client().delete_registered_model_alias(model_name, alias)
+    except Exception:
+        pass
+
+
+def promote(version: str, model_name: str = DEFAULT_MODEL_NAME, reason: str = "") -> None:
+    """Make ``version`` the champion; the old champion becomes ``previous``; drop ``challenger`` if it was it."""
+    old = get_champion(model_name)
+    if old is not None and str(old.version) != str(version):
+        set_alias(ALIAS_PREVIOUS, old.version, model_name, f"replaced by v{version}")
+    set_alias(ALIAS_CHAMPION, version, model_name, reason or "promoted")
+    ch = get_alias_version(ALIAS_CHALLENGER, model_name)
+    if ch is not None and str(ch.version) == str(version):
+        delete_alias(ALIAS_CHALLENGER, model_name)
+
+
+def set_version_tag(version: str, key: str, value: str, model_name: str = DEFAULT_MODEL_NAME) -> None:
+    setup_tracking()
+    client().set_model_version_tag(model_name, str(version), key if key.startswith(TAG) else TAG + key, value)
+
+
+def record_history(model_name: str, version: str, event: str) -> None:
+    """Append ``event`` (UTC time stamped) to the version's ``churnkit.history`` tag (a JSON list)."""
+    c = client()
+    mv = c.get_model_version(model_name, str(version))
+    history = json.loads(mv.tags.get(TAG + "history", "[]"))
+    history.append({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "event": event})
+    c.set_model_version_tag(model_name, str(version), TAG + "history", json.dumps(history[-50:]))
+
+
+def version_history(version: str, model_name: str = DEFAULT_MODEL_NAME) -> list[dict]:
+    setup_tracking()
+    return json.loads(client().get_model_version(model_name, str(version)).tags.get(TAG + "history", "[]"))
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading for serving and scoring
+# --------------------------------------------------------------------------------------------------
+
+@dataclass
+class LoadedModel:
+    """A verified model ready to score: the fitted pipeline plus everything serving needs."""
+
+    pipeline: Any
+    schema: Schema
+    threshold: float
+    name: str
+    version: str
+    sha256: str
+    uri: str
+    path: Path
+
+
+def resolve_model(uri: str, config: Config | None = None) -> tuple[Path, dict]:
+    """Download ``uri`` (models:/name@alias, models:/name/version, runs:/id/model, or a folder).
+
+    Returns the local model folder and the registry tags of the version ({} for runs:/ and folders).
+    """
+    path = Path(uri)
+    if path.is_dir():
+        if not (path / "MLmodel").exists():
+            raise RegistryError(f"folder {uri!r} has no MLmodel file; pass an MLflow model folder or a models:/ URI")
+        return path, {}
+    if not uri.startswith(("models:/", "runs:/")):
+        raise RegistryError(
+            f"model {uri!r} is neither a folder nor a models:/ or runs:/ URI; use e.g. models:/churn@champion"
+        )
+    setup_tracking(config)
+    mlflow = _mlflow()
+    tags: dict = {}
+    meta: dict = {}
+    target = uri
+    if uri.startswith("models:/"):
+        rest = uri.removeprefix("models:/")
+        c = client()
+        try:
+            if "@" in rest:
+                name, alias = rest.split("@", 1)
+                mv = c.get_model_version_by_alias(name, alias)
+            else:
+                name, version = rest.rsplit("/", 1)
+                mv = c.get_model_version(name, version)
+        except Exception as exc:
+            raise RegistryError(
+                f"model {uri!r} not found in the registry at {mlflow.get_tracking_uri()!r}; "
+                f"registered aliases: {aliases(rest.split('@')[0].split('/')[0])!r}"
+            ) from exc
+        tags = dict(mv.tags) | {"__name__": mv.name, "__version__": str(mv.version)}
+        target = mv.source
+        meta = {"name": mv.name, "version": str(mv.version)}
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(target))
+    except Exception as exc:
+        raise RegistryError(f"model {uri!r} could not be downloaded ({exc}); check the URI and the tracking store") from exc
+    tags = tags | {"__meta__": json.dumps(meta)}
+    return local, tags
+
+
+def load_model(uri: str, config: Config | None = None, *, verify: bool = True) -> LoadedModel:
+    """Load a model for scoring, refusing it when its sha256 differs from the registered one."""
+    local, tags = resolve_model(uri, config)
+    sha = artifact_sha256(local)
+    expected = tags.get(TAG + "artifact_sha256")
+    if verify and expected and expected != sha:
+        raise IntegrityError(
+            f"model {uri!r}: artifact sha256 {sha[:16]}... does not match {expected[:16]}... recorded at "
+            "registration; the file was changed after registration: re-register the model or restore the artifact"
+        )
+    import mlflow.sklearn
+
+    pipeline = mlflow.sklearn.load_model(str(local))
+    meta = read_metadata(local)
+    if "churnkit_schema" not in meta:
+        raise RegistryError(f"model {uri!r} carries no churnkit schema in its MLmodel metadata; train it with 01-train")
+    reg = json.loads(tags.get("__meta__", "{}"))
+    return LoadedModel(
+        pipeline=pipeline,
+        schema=Schema.from_dict(meta["churnkit_schema"]),
+        threshold=float(tags.get(TAG + "threshold", meta.get("churnkit_threshold", 0.5))),
+        name=reg.get("name", meta.get("churnkit_name", DEFAULT_MODEL_NAME)),
+        version=reg.get("version", "local"),
+        sha256=sha,
+        uri=uri,
+        path=local,
+    )
+
+
+def load_champion(model_name: str = DEFAULT_MODEL_NAME) -> LoadedModel | None:
+    """The serving champion, verified, or None when no version holds the alias yet."""
+    if get_champion(model_name) is None:
+        return None
+    return load_model(f"models:/{model_name}@{ALIAS_CHAMPION}")
+
+
+def log_evaluation(evaluation, verdict: GateResult, figure=None) -> None:
+    """Log holdout metrics, the gate verdict and the evaluation figure to the active run."""
+    mlflow = _mlflow()
+    mlflow.log_metrics({f"holdout_{k}": v for k, v in evaluation.challenger.items()})
+    if evaluation.champion is not None:
+        mlflow.log_metrics({f"champion_holdout_{k}": v for k, v in evaluation.champion.items()})
+    mlflow.log_metric("threshold", evaluation.threshold)
+    mlflow.set_tags(
+        {
+            TAG + "gate_passed": str(verdict.passed).lower(),
+            TAG + "gate_summary": verdict.summary()[:4000],
+            TAG + "gate": json.dumps(verdict.to_dict()),
+        }
+    )
+    if figure is not None:
+        mlflow.log_figure(figure, "evaluation.png")
+
+
+def record_registration(version: str | None, model_name: str = DEFAULT_MODEL_NAME) -> dict:
+    """Tag the active run with the registration outcome; returns the registry's aliases for display."""
+    mlflow = _mlflow()
+    current = aliases(model_name)
+    mlflow.set_tags({TAG + "registered_version": version or "", TAG + "model_name": model_name,
+                     TAG + "aliases": json.dumps(current)})
+    return current

@@ -1,0 +1,423 @@
+"""Headless notebook execution with papermill, and the audit trail in runs/.
+
+Each notebook run gets a folder ``runs/<UTC timestamp>-<short id>/`` (shared by the notebooks of one
+pipeline), an output notebook ``NN-name.ipynb`` there, and one MLflow run (parameters logged, output
+notebook attached, nested under the pipeline's parent run). The output notebook is written even when
+a cell fails; the MLflow run is then marked FAILED and the error names the notebook and the cell.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import io
+import json
+import os
+import re
+import sys
+import time
+import tokenize
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from churnkit.config import Config, load_config
+from churnkit.exceptions import NotebookExecutionError, NotebookNotFoundError, ParameterError
+
+SECRET_WORDS = ("token", "secret", "password", "passwd", "key", "credential")
+PIPELINE_STEPS = ("01-train", "02-evaluate")
+
+
+def notebooks_dir() -> Path:
+    """Where the kit's notebooks live: ``CHURNKIT_NOTEBOOKS_DIR`` or ``notebooks/`` beside the package."""
+    env = os.environ.get("CHURNKIT_NOTEBOOKS_DIR")
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "notebooks"
+
+
+def find_notebook(name: str | os.PathLike) -> Path:
+    """Resolve ``01-train``, ``01-train.ipynb``, ``train`` or a path to a notebook file."""
+    p = Path(name)
+    if p.suffix == ".ipynb" and p.exists():
+        return p.resolve()
+    folder = notebooks_dir()
+    available = sorted(q.stem for q in folder.glob("[0-9][0-9]-*.ipynb"))
+    stem = p.stem if p.suffix == ".ipynb" else str(name)
+    for cand in available:
+        if stem == cand or cand.split("-", 1)[1] == stem:
+            return folder / f"{cand}.ipynb"
+    raise NotebookNotFoundError(f"no notebook named {str(name)!r}; available: {', '.join(map(repr, available))}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Parameters
+# --------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Parameter:
+    name: str
+    default: Any
+    comment: str
+    source: str
+
+    @property
+    def type_name(self) -> str:
+        return type(self.default).__name__
+
+
+def _parameters_cell(nb: dict, path: Path) -> dict:
+    tagged = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if len(tagged) != 1:
+        raise ParameterError(f"notebook {str(path)!r} has {len(tagged)} cells tagged 'parameters'; it needs exactly one")
+    return tagged[0]
+
+
+def notebook_parameters(notebook: str | os.PathLike) -> list[Parameter]:
+    """The notebook's declared parameters: name, literal default, and the comment on its line."""
+    path = find_notebook(notebook)
+    nb = json.loads(path.read_text())
+    cell = _parameters_cell(nb, path)
+    source = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+    comments: dict[int, str] = {}
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.COMMENT:
+            comments[tok.start[0]] = tok.string.lstrip("#").strip()
+    params = []
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            try:
+                default = ast.literal_eval(node.value)
+            except ValueError:
+                raise ParameterError(f"parameter {node.targets[0].id!r} in {path.name} is not a literal; use a literal default")
+            params.append(Parameter(node.targets[0].id, default, comments.get(node.lineno, ""), ast.get_source_segment(source, node.value)))
+    return params
+
+
+def looks_secret(name: str) -> bool:
+    low = name.lower()
+    return any(w in low for w in SECRET_WORDS)
+
+
+def _coerce(raw: Any, default: Any, name: str) -> Any:
+    if not isinstance(raw, str):
+        value = raw
+    elif isinstance(default, bool):
+        low = raw.strip().lower()
+        if low not in ("true", "false", "1", "0", "yes", "no"):
+            raise ParameterError(f"parameter {name!r} expects true/false, got {raw!r}", name=name)
+        value = low in ("true", "1", "yes")
+    elif isinstance(default, int):
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ParameterError(f"parameter {name!r} expects an integer, got {raw!r}", name=name) from None
+    elif isinstance(default, float):
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ParameterError(f"parameter {name!r} expects a number, got {raw!r}", name=name) from None
+    elif isinstance(default, list):
+        text = raw.strip()
+        if text.startswith("["):
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError:
+                raise ParameterError(f"parameter {name!r} expects a JSON list or comma-separated names, got {raw!r}", name=name) from None
+        else:
+            value = [v.strip() for v in text.split(",") if v.strip()]
+    else:
+        value = raw
+    if default is not None and not isinstance(value, type(default)) and not (isinstance(default, float) and isinstance(value, int)):
+        raise ParameterError(
+            f"parameter {name!r} expects {type(default).__name__} (default {default!r}), got {value!r}", name=name
+        )
+    return value
+
+
+def check_parameters(parameters: dict[str, Any], declared: list[Parameter], notebook: str = "") -> dict[str, Any]:
+    """Validate and type parameters against the notebook's declarations, before any kernel starts.
+
+    Raises
+    ------
+    ParameterError
+        Unknown name (lists the valid ones), a value of the wrong type, or a name that looks like a
+        credential (credentials come from the environment or the cloud SDK's default chain).
+    """
+    by_name = {p.name: p for p in declared}
+    out = {}
+    for name, raw in parameters.items():
+        if looks_secret(name):
+            raise ParameterError(
+                f"parameter {name!r} looks like a credential; credentials are never notebook parameters: "
+                "set them in the environment or the cloud SDK's default credential chain",
+                name=name,
+            )
+        if name not in by_name:
+            valid = sorted(by_name)
+            where = f" of {notebook}" if notebook else ""
+            raise ParameterError(f"unknown parameter {name!r}; valid parameters{where}: {', '.join(valid)}", name=name, valid=valid)
+        out[name] = _coerce(raw, by_name[name].default, name)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Execution
+# --------------------------------------------------------------------------------------------------
+
+@dataclass
+class RunResult:
+    notebook: str
+    output_path: Path
+    run_id: str
+    status: str
+    parameters: dict
+    seconds: float
+    tags: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+
+
+def new_run_folder(config: Config) -> Path:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    folder = config.runs_dir / f"{stamp}-{uuid.uuid4().hex[:6]}"
+    folder.mkdir(parents=True, exist_ok=False)
+    return folder
+
+
+@contextlib.contextmanager
+def _environ(values: dict[str, str]):
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _failed_cell(output_path: Path) -> tuple[int | None, str | None, str | None]:
+    try:
+        nb = json.loads(output_path.read_text())
+    except Exception:
+        return None, None, None
+    code_index = 0
+    for cell in nb.get("cells", []):
+        tags = cell.get("metadata", {}).get("tags", [])
+        if cell.get("cell_type") != "code" or "injected-parameters" in tags:
+            continue
+        code_index += 1
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "error" and "papermill-error-cell-tag" not in cell.get("metadata", {}).get("tags", []):
+                return code_index, out.get("ename"), out.get("evalue")
+    return None, None, None
+
+
+def run_notebook(
+    notebook: str | os.PathLike,
+    parameters: dict[str, Any] | None = None,
+    *,
+    config: Config | None = None,
+    folder: Path | None = None,
+    parent_run_id: str | None = None,
+    pipeline_id: str | None = None,
+    progress: bool | None = None,
+    cell_timeout: int | None = None,
+) -> RunResult:
+    """Execute a notebook headless with papermill and record it (output notebook + MLflow run).
+
+    Raises
+    ------
+    ParameterError
+        Before any kernel starts, for unknown, mistyped or secret-looking parameters.
+    NotebookExecutionError
+        When a cell fails; the output notebook is written first and the MLflow run marked FAILED.
+    """
+    import papermill as pm
+
+    from churnkit import registry
+
+    config = config or load_config()
+    path = find_notebook(notebook)
+    params = check_parameters(dict(parameters or {}), notebook_parameters(path), path.stem)
+    folder = folder or new_run_folder(config)
+    pipeline_id = pipeline_id or folder.name
+    output = folder / path.name
+    registry.setup_tracking(config)
+    client = registry.client()
+    tags = {
+        "mlflow.runName": path.stem,
+        registry.TAG + "notebook": path.stem,
+        registry.TAG + "pipeline_id": pipeline_id,
+        registry.TAG + "output_notebook": str(output),
+        registry.TAG + "parameters": json.dumps(params),
+    }
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    run = client.create_run(registry.setup_tracking(config), tags=tags)
+    run_id = run.info.run_id
+    for k, v in params.items():
+        client.log_param(run_id, k, json.dumps(v) if not isinstance(v, str) else v)
+    env = {
+        "MLFLOW_RUN_ID": run_id,
+        "MLFLOW_TRACKING_URI": config.tracking_uri,
+        "CHURNKIT_RUNS_DIR": str(config.runs_dir),
+        "CHURNKIT_OUTPUT_NOTEBOOK": str(output),
+        "CHURNKIT_PIPELINE_ID": pipeline_id,
+        "MPLBACKEND": "Agg",
+    }
+    started = time.perf_counter()
+    status, error = "FINISHED", None
+    try:
+        with _environ(env):
+            pm.execute_notebook(
+                str(path),
+                str(output),
+                parameters=params,
+                kernel_name="python3",
+                progress_bar=sys.stderr.isatty() if progress is None else progress,
+                cwd=str(path.parent),
+                execution_timeout=cell_timeout,
+                report_mode=False,
+            )
+    except pm.PapermillExecutionError as exc:
+        status = "FAILED"
+        cell, ename, evalue = _failed_cell(output)
+        error = NotebookExecutionError(
+            f"notebook {path.stem} failed in code cell {cell if cell is not None else exc.exec_count} "
+            f"({exc.ename}: {exc.evalue}); the output notebook with the error is {output}",
+            output_path=str(output), cell_index=cell, ename=exc.ename, evalue=exc.evalue, run_id=run_id,
+        )
+    except BaseException as exc:  # kernel death, timeout, Ctrl-C: still record the run as failed
+        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+        error = NotebookExecutionError(
+            f"notebook {path.stem} did not finish ({type(exc).__name__}: {exc}); partial output: {output}",
+            output_path=str(output), ename=type(exc).__name__, evalue=str(exc), run_id=run_id,
+        )
+        if isinstance(exc, KeyboardInterrupt):
+            _finish(client, run_id, output, status, time.perf_counter() - started)
+            raise
+    seconds = time.perf_counter() - started
+    _finish(client, run_id, output, status, seconds)
+    if error is not None:
+        raise error
+    final = client.get_run(run_id)
+    return RunResult(path.stem, output, run_id, status, params, seconds, dict(final.data.tags), dict(final.data.metrics))
+
+
+def _finish(client, run_id: str, output: Path, status: str, seconds: float) -> None:
+    from churnkit import registry
+
+    if output.exists():
+        client.log_artifact(run_id, str(output), "notebook")
+    client.log_metric(run_id, "notebook_seconds", seconds)
+    client.set_tag(run_id, registry.TAG + "status", status)
+    client.set_terminated(run_id, "KILLED" if status == "KILLED" else status)
+
+
+def split_parameters(parameters: dict[str, Any], steps: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """Route each pipeline parameter to every step that declares it; unknown names are errors."""
+    declared = {s: notebook_parameters(s) for s in steps}
+    out: dict[str, dict[str, Any]] = {s: {} for s in steps}
+    valid = sorted({p.name for ps in declared.values() for p in ps})
+    for name, value in parameters.items():
+        takers = [s for s in steps if any(p.name == name for p in declared[s])]
+        if looks_secret(name) or not takers:
+            check_parameters({name: value}, [p for ps in declared.values() for p in ps], "the pipeline")
+            raise ParameterError(f"unknown parameter {name!r}; valid: {', '.join(valid)}", name=name, valid=valid)
+        for s in takers:
+            out[s].update(check_parameters({name: value}, declared[s], s))
+    return out
+
+
+@dataclass
+class PipelineResult:
+    pipeline_id: str
+    folder: Path
+    steps: list[RunResult]
+    run_id: str
+
+    def step(self, name: str) -> RunResult | None:
+        return next((s for s in self.steps if s.notebook == name), None)
+
+
+def run_pipeline(
+    parameters: dict[str, Any] | None = None,
+    *,
+    config: Config | None = None,
+    progress: bool | None = None,
+    echo=print,
+) -> PipelineResult:
+    """The monthly job: train, then evaluate (gate and register), in one run folder and parent MLflow run."""
+    from churnkit import registry
+
+    config = config or load_config()
+    per_step = split_parameters(dict(parameters or {}), PIPELINE_STEPS)
+    folder = new_run_folder(config)
+    exp_id = registry.setup_tracking(config)
+    client = registry.client()
+    parent = client.create_run(exp_id, tags={"mlflow.runName": "pipeline", registry.TAG + "pipeline_id": folder.name,
+                                             registry.TAG + "notebook": "pipeline",
+                                             registry.TAG + "parameters": json.dumps(parameters or {})})
+    results: list[RunResult] = []
+    status = "FAILED"
+    try:
+        for step in PIPELINE_STEPS:
+            params = dict(per_step[step])
+            if step == "02-evaluate" and results:
+                params["train_run_id"] = results[0].run_id
+            echo(f"▶ {step} → {folder / (step + '.ipynb')}")
+            res = run_notebook(step, params, config=config, folder=folder, parent_run_id=parent.info.run_id,
+                               pipeline_id=folder.name, progress=progress)
+            echo(f"  ✓ {step} finished in {res.seconds:.1f} s")
+            results.append(res)
+        status = "FINISHED"
+    finally:
+        client.set_tag(parent.info.run_id, registry.TAG + "status", status)
+        client.set_terminated(parent.info.run_id, status)
+    return PipelineResult(folder.name, folder, results, parent.info.run_id)
+
+
+def pipeline_summary(result: PipelineResult) -> dict:
+    """What CI and people need from a pipeline run: metrics, gate verdict, the registered version."""
+    from churnkit import registry
+
+    ev = result.step("02-evaluate")
+    metrics = {k.removeprefix("holdout_"): v for k, v in (ev.metrics if ev else {}).items()
+               if k.startswith("holdout_")}
+    champion = {k.removeprefix("champion_holdout_"): v for k, v in (ev.metrics if ev else {}).items()
+                if k.startswith("champion_holdout_")}
+    gate = json.loads(ev.tags.get(registry.TAG + "gate", "{}")) if ev else {}
+    version = (ev.tags.get(registry.TAG + "registered_version") if ev else "") or None
+    aliases = json.loads(ev.tags.get(registry.TAG + "aliases", "{}")) if ev else {}
+    lines = [f"pipeline {result.pipeline_id}: {result.folder}"]
+    if metrics:
+        shown = ("roc_auc", "pr_auc", "log_loss", "brier", "lift_top_decile")
+        lines.append("holdout  " + "  ".join(f"{k} {metrics[k]:.4f}" for k in shown if k in metrics))
+    if champion:
+        lines.append("champion " + "  ".join(f"{k} {champion[k]:.4f}" for k in ("roc_auc", "pr_auc") if k in champion))
+    if gate:
+        if gate.get("passed"):
+            lines.append(f"gate     PASSED (roc_auc {gate['challenger_auc']:.4f} > {gate['auc_threshold']})")
+        else:
+            lines.append("gate     REFUSED")
+            lines += [f"  - {r}" for r in gate.get("reasons", [])]
+    model_name = ev.parameters.get("model_name", "churn") if ev else "churn"
+    if version:
+        role = next((a for a, v in aliases.items() if str(v) == version), "registered")
+        lines.append(f"model    registered {model_name} v{version} as {role}")
+    else:
+        lines.append(f"model    nothing registered; {model_name!r} registry unchanged (aliases {aliases})")
+    return {
+        "pipeline_id": result.pipeline_id,
+        "folder": str(result.folder),
+        "notebooks": {s.notebook: str(s.output_path) for s in result.steps},
+        "metrics": metrics,
+        "champion_metrics": champion or None,
+        "gate": gate,
+        "registered_version": version,
+        "aliases": aliases,
+        "text": "\n".join(lines),
+    }
