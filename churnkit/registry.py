@@ -417,6 +417,33 @@ class LoadedModel:
     path: Path
 
 
+def find_version(uri: str, config: Config | None = None):
+    """The registry's ModelVersion behind ``models:/name@alias`` or ``models:/name/N`` (no download).
+
+    Returns None for ``runs:/`` URIs and folders, which are not registry versions.
+
+    Raises
+    ------
+    RegistryError
+        The URI names a model, version or alias the registry does not have.
+    """
+    if not uri.startswith("models:/"):
+        return None
+    setup_tracking(config)
+    rest = uri.removeprefix("models:/")
+    try:
+        if "@" in rest:
+            name, alias = rest.split("@", 1)
+            return client().get_model_version_by_alias(name, alias)
+        name, version = rest.rsplit("/", 1)
+        return client().get_model_version(name, version)
+    except Exception as exc:
+        raise RegistryError(
+            f"model {uri!r} not found in the registry at {_mlflow().get_tracking_uri()!r}; "
+            f"registered aliases: {aliases(rest.split('@')[0].split('/')[0])!r}"
+        ) from exc
+
+
 def resolve_model(uri: str, config: Config | None = None) -> tuple[Path, dict]:
     """Download ``uri`` (models:/name@alias, models:/name/version, runs:/id/model, or a folder).
 
@@ -437,20 +464,7 @@ def resolve_model(uri: str, config: Config | None = None) -> tuple[Path, dict]:
     meta: dict = {}
     target = uri
     if uri.startswith("models:/"):
-        rest = uri.removeprefix("models:/")
-        c = client()
-        try:
-            if "@" in rest:
-                name, alias = rest.split("@", 1)
-                mv = c.get_model_version_by_alias(name, alias)
-            else:
-                name, version = rest.rsplit("/", 1)
-                mv = c.get_model_version(name, version)
-        except Exception as exc:
-            raise RegistryError(
-                f"model {uri!r} not found in the registry at {mlflow.get_tracking_uri()!r}; "
-                f"registered aliases: {aliases(rest.split('@')[0].split('/')[0])!r}"
-            ) from exc
+        mv = find_version(uri, config)
         tags = dict(mv.tags) | {"__name__": mv.name, "__version__": str(mv.version)}
         target = mv.source
         meta = {"name": mv.name, "version": str(mv.version)}
