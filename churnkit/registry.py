@@ -267,7 +267,7 @@ def aliases(model_name: str = DEFAULT_MODEL_NAME) -> dict[str, str]:
     """``{alias: version}`` for the registered model ({} when it does not exist yet)."""
     setup_tracking()
     try:
-        return dict(client().get_registered_model(model_name).aliases)
+        return {a: str(v) for a, v in client().get_registered_model(model_name).aliases.items()}
     except Exception:
         return {}
 

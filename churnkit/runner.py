@@ -267,6 +267,7 @@ def run_notebook(
         "CHURNKIT_OUTPUT_NOTEBOOK": str(output),
         "CHURNKIT_PIPELINE_ID": pipeline_id,
         "MPLBACKEND": "Agg",
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     }
     started = time.perf_counter()
     status, error = "FINISHED", None
