@@ -91,6 +91,10 @@ class DeployTargetError(ChurnkitError):
     """An unknown deploy target, or a target that cannot do what was asked."""
 
 
+class CloudCredentialsError(ConfigError):
+    """A cloud SDK found no usable credentials; the message adds the variables churnkit reads."""
+
+
 class MissingExtraError(ChurnkitError):
     """A cloud SDK is not installed; the message names the extra to install."""
 
