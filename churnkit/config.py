@@ -39,8 +39,14 @@ class Config:
         return (self.runs_dir / "artifacts").resolve().as_uri() if self.embedded else None
 
 
+def default_runs_dir() -> Path:
+    """``runs/`` of the source checkout (so JupyterLab in notebooks/ and the CLI share one store), else ./runs."""
+    root = Path(__file__).resolve().parent.parent
+    return root / "runs" if (root / "notebooks").is_dir() and (root / "pyproject.toml").is_file() else Path("runs")
+
+
 def load_config(runs_dir: str | os.PathLike | None = None, environ: dict | None = None) -> Config:
-    """Resolve settings: ``runs_dir`` argument > ``CHURNKIT_RUNS_DIR`` > ``runs/``.
+    """Resolve settings: ``runs_dir`` argument > ``CHURNKIT_RUNS_DIR`` > ``runs/`` (see :func:`default_runs_dir`).
 
     Parameters
     ----------
@@ -50,7 +56,7 @@ def load_config(runs_dir: str | os.PathLike | None = None, environ: dict | None 
         The environment to read (default ``os.environ``); tests pass their own.
     """
     env = os.environ if environ is None else environ
-    chosen = runs_dir or env.get("CHURNKIT_RUNS_DIR") or "runs"
+    chosen = runs_dir or env.get("CHURNKIT_RUNS_DIR") or default_runs_dir()
     path = Path(chosen).expanduser().resolve()
     if path.exists() and not path.is_dir():
         raise ConfigError(

@@ -1,0 +1,30 @@
+"""Settings precedence: --runs-dir > CHURNKIT_RUNS_DIR > runs/; MLFLOW_TRACKING_URI > embedded sqlite."""
+
+from __future__ import annotations
+
+import pytest
+
+from churnkit.config import default_runs_dir, load_config
+from churnkit.exceptions import ConfigError
+
+
+def test_precedence(tmp_path):
+    env = {"CHURNKIT_RUNS_DIR": str(tmp_path / "env")}
+    assert load_config(tmp_path / "cli", env).runs_dir == (tmp_path / "cli").resolve()
+    cfg = load_config(None, env)
+    assert cfg.runs_dir == (tmp_path / "env").resolve()
+    assert cfg.embedded and cfg.tracking_uri == f"sqlite:///{tmp_path / 'env' / 'mlflow.db'}"
+    assert cfg.artifact_location.startswith("file://") and cfg.artifact_location.endswith("/env/artifacts")
+    assert load_config(None, {}).runs_dir == default_runs_dir().resolve()
+
+
+def test_team_server(tmp_path):
+    cfg = load_config(tmp_path, {"MLFLOW_TRACKING_URI": "http://mlflow.internal:5000"})
+    assert not cfg.embedded and cfg.tracking_uri == "http://mlflow.internal:5000" and cfg.artifact_location is None
+
+
+def test_runs_dir_that_is_a_file(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(ConfigError, match="not a folder"):
+        load_config(f, {})
