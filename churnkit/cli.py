@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import click
 
@@ -39,9 +40,9 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except NotebookExecutionError as exc:
-            click.echo(f"error: {exc}", err=True)
-            if exc.cell_index is not None:
-                click.echo(f"  failed cell: {exc.cell_index} ({exc.ename}: {exc.evalue})", err=True)
+            where = f"code cell {exc.cell_index}" if exc.cell_index is not None else "a cell"
+            click.echo(f"error: notebook {Path(exc.output_path).stem} failed in {where}: {exc.ename}: {exc.evalue}", err=True)
+            click.echo(f"  failed cell: {exc.cell_index}", err=True)
             click.echo(f"  output notebook: {exc.output_path}", err=True)
             ctx.exit(exc.exit_code)
         except ChurnkitError as exc:

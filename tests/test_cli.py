@@ -47,7 +47,8 @@ def test_run_failure_names_notebook_and_cell(runs_config, tmp_path):
     pd.DataFrame({"a": ["x", "y", "z"], "churn": ["churned", "stayed", "stayed"]}).to_csv(bad, index=False)
     res = invoke("run", "01-train", "-p", "data_path", str(bad), "--runs-dir", str(runs_config.runs_dir))
     assert res.exit_code == 1
-    assert "failed cell: 2 (LabelError" in res.output and "'stayed'" in res.output
+    assert "failed in code cell 2: LabelError" in res.output and "'stayed'" in res.output
+    assert "failed cell: 2" in res.output
     assert "output notebook:" in res.output and "01-train.ipynb" in res.output
 
 

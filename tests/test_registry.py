@@ -12,13 +12,13 @@ from churnkit.exceptions import IntegrityError, RegistryError
 from churnkit.model import split_holdout, train_model
 
 
-def _candidate(config, seed=0, rows=800):
+def _candidate(config, seed=0, rows=800, model="logreg"):
     registry.setup_tracking(config)
     ds = load_table("", rows=rows, seed=seed)
     split = split_holdout(ds, 0.25, seed)
-    pipe = train_model(split, ds.schema, "logreg", seed)
+    pipe = train_model(split, ds.schema, model, seed)
     with mlflow.start_run():
-        run_id = registry.log_candidate(pipe, ds, split, model="logreg", seed=seed)
+        run_id = registry.log_candidate(pipe, ds, split, model=model, seed=seed)
     return registry.load_candidate(run_id)
 
 
@@ -99,3 +99,9 @@ def test_unknown_uris(runs_config, tmp_path):
         registry.load_model("s3://bucket/model", runs_config)
     with pytest.raises(RegistryError, match="no MLmodel"):
         registry.load_model(str(tmp_path), runs_config)
+
+
+def test_hgb_candidate_round_trips(runs_config):
+    cand = _candidate(runs_config, model="hgb")
+    assert type(cand.pipeline.named_steps["clf"]).__name__ == "HistGradientBoostingClassifier"
+    assert cand.pipeline.predict_proba(cand.X_holdout).shape == (200, 2)
