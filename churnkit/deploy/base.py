@@ -1,0 +1,398 @@
+"""The deploy-target interface: deploy a version as a variant, set traffic, describe, remove, plan.
+
+Every target (``local``, ``sagemaker``, ``azureml``, ``vertex``) follows the same steps for a change:
+compute the weights asked for, send the requests, re-read the live state and report each difference
+between what was asked and what is live in ``EndpointState.drift`` (a cloud can roll back on its
+own; Terraform and autoscalers can change things behind our back). ``plan`` returns the exact
+requests a change would send, in the cloud API's own field names, and sends nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+from churnkit.config import DEFAULT_MODEL_NAME, Config, load_config
+from churnkit.exceptions import ConfigError, DeployTargetError
+
+ACTIONS = ("deploy", "set_traffic", "remove", "stop")
+
+
+@dataclass
+class VariantState:
+    """One variant (SageMaker production variant, Azure deployment, Vertex deployed model, local process)."""
+
+    name: str
+    model_version: str
+    weight: int
+    status: str
+    url: str = ""
+
+
+@dataclass
+class EndpointState:
+    """What an endpoint serves, as read back from the live system.
+
+    Attributes
+    ----------
+    variants : dict
+        ``{variant name: VariantState}``.
+    drift : list of str
+        Differences between what the last change asked for and what is live (empty when they agree).
+    details : dict
+        Target-specific facts (endpoint config name, mirror traffic, router pid, ...).
+    """
+
+    target: str
+    endpoint: str
+    variants: dict[str, VariantState] = field(default_factory=dict)
+    drift: list[str] = field(default_factory=list)
+    url: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def weights(self) -> dict[str, int]:
+        """``{variant: weight}`` of every variant, weight 0 included."""
+        return {name: v.weight for name, v in self.variants.items()}
+
+    @property
+    def exists(self) -> bool:
+        return bool(self.variants)
+
+    def variant_for_version(self, version: str | int) -> str | None:
+        """The variant serving model ``version`` (None when no variant does)."""
+        return next((n for n, v in self.variants.items() if str(v.model_version) == str(version)), None)
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["variants"] = {n: asdict(v) for n, v in self.variants.items()}
+        return out
+
+    def table(self):
+        """The variants as a pandas DataFrame (the notebook's display)."""
+        import pandas as pd
+
+        rows = [asdict(v) for v in self.variants.values()]
+        return pd.DataFrame(rows, columns=["name", "model_version", "weight", "status", "url"]).set_index("name")
+
+    def summary(self) -> str:
+        """One line per variant plus the drift, for the CLI and logs."""
+        lines = [f"{self.target} endpoint {self.endpoint!r}" + (f" at {self.url}" if self.url else "")]
+        if not self.variants:
+            lines.append("  (nothing deployed)")
+        for v in self.variants.values():
+            lines.append(f"  {v.name:<12} v{v.model_version:<6} {v.weight:>3}%  {v.status}")
+        lines += [f"  drift: {d}" for d in self.drift]
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        drift = "".join(f"<li>{d}</li>" for d in self.drift)
+        note = f"<p>drift between asked and live:</p><ul>{drift}</ul>" if drift else "<p>live state matches the request</p>"
+        return f"<p><b>{self.target}</b> endpoint <code>{self.endpoint}</code> {self.url}</p>" + self.table().to_html() + note
+
+
+@dataclass(frozen=True)
+class Release:
+    """A model version to deploy: where it comes from and the variant it becomes."""
+
+    uri: str
+    model_name: str
+    version: str
+    variant: str
+    sha256: str = ""
+
+
+def variant_name(version: str | int) -> str:
+    """The variant a model version is deployed as: ``v<version>`` (the rollout maps aliases with it)."""
+    return f"v{version}"
+
+
+def resolve_release(model_uri: str, variant: str | None = None, config: Config | None = None) -> Release:
+    """Resolve ``model_uri`` in the registry (no download) and name its variant.
+
+    Raises
+    ------
+    DeployTargetError
+        A ``runs:/`` URI or a folder (no registry version) without an explicit ``variant``.
+    """
+    from churnkit import registry
+
+    mv = registry.find_version(model_uri, config)
+    if mv is None:
+        if not variant:
+            raise DeployTargetError(
+                f"model {model_uri!r} is not a registry version, so its variant name cannot be derived; "
+                "pass variant='name' (--variant) or deploy a models:/name@alias URI"
+            )
+        return Release(model_uri, DEFAULT_MODEL_NAME, "local", variant)
+    sha = dict(mv.tags).get(registry.TAG + "artifact_sha256", "")
+    return Release(model_uri, mv.name, str(mv.version), variant or variant_name(mv.version), sha)
+
+
+def check_variant_free(release: Release, live: EndpointState) -> None:
+    """Refuse to deploy a version under a variant name that serves another version."""
+    current = live.variants.get(release.variant)
+    if current is not None and str(current.model_version) != release.version:
+        raise DeployTargetError(
+            f"variant {release.variant!r} on endpoint {live.endpoint!r} already serves model v{current.model_version}; "
+            f"pick another variant name for v{release.version}, or remove({release.variant!r}) first"
+        )
+
+
+def check_weights(weights: dict[str, int], known: list[str] | None = None) -> dict[str, int]:
+    """Validate traffic weights: integers 0..100 summing to 100, on known variants.
+
+    Raises
+    ------
+    DeployTargetError
+        Naming the offending variant or the sum, and what is accepted.
+    """
+    out: dict[str, int] = {}
+    for name, w in weights.items():
+        if isinstance(w, bool) or not isinstance(w, int | float) or int(w) != w or not 0 <= w <= 100:
+            raise DeployTargetError(f"weight {w!r} for variant {name!r} is not an integer from 0 to 100")
+        if known is not None and name not in known:
+            raise DeployTargetError(f"no variant named {name!r} on the endpoint; deployed variants: {sorted(known)!r}")
+        out[name] = int(w)
+    if sum(out.values()) != 100:
+        raise DeployTargetError(f"traffic weights {out!r} sum to {sum(out.values())}; they must sum to 100")
+    return out
+
+
+def weights_with(current: dict[str, int], variant: str, weight: int) -> dict[str, int]:
+    """The weights after adding (or re-weighting) ``variant`` at ``weight`` percent.
+
+    The other variants share the remaining ``100 - weight`` in proportion to their current weights
+    (largest remainder, so the result sums to exactly 100). A variant added to an endpoint where
+    nothing else takes traffic gets 100: an endpoint always serves.
+    """
+    others = {n: w for n, w in current.items() if n != variant}
+    total = sum(others.values())
+    if total <= 0:
+        return {**{n: 0 for n in others}, variant: 100}
+    if isinstance(weight, bool) or int(weight) != weight or not 0 <= weight <= 100:
+        raise DeployTargetError(f"weight {weight!r} for variant {variant!r} is not an integer from 0 to 100")
+    weight = int(weight)
+    return {**_share(others, 100 - weight), variant: weight}
+
+
+def weights_without(current: dict[str, int], variant: str) -> dict[str, int]:
+    """The weights after removing ``variant``; its share goes to the others in proportion."""
+    others = {n: w for n, w in current.items() if n != variant}
+    if not others:
+        return {}
+    if sum(others.values()) <= 0:
+        first = next(iter(others))
+        return {n: (100 if n == first else 0) for n in others}
+    return _share(others, 100)
+
+
+def _share(weights: dict[str, int], total: int) -> dict[str, int]:
+    """Scale ``weights`` to integers summing to ``total`` (largest remainder)."""
+    current = sum(weights.values())
+    exact = {n: w * total / current for n, w in weights.items()}
+    out = {n: int(x) for n, x in exact.items()}
+    for n in sorted(exact, key=lambda n: exact[n] - out[n], reverse=True)[: total - sum(out.values())]:
+        out[n] += 1
+    return out
+
+
+def compare(asked: dict[str, int], live: EndpointState, versions: dict[str, str] | None = None) -> list[str]:
+    """Differences between the weights (and variant versions) asked for and the live endpoint."""
+    drift = []
+    for name, w in asked.items():
+        v = live.variants.get(name)
+        if v is None:
+            drift.append(f"variant {name!r} was asked for at {w}% but is not live")
+        elif v.weight != w:
+            drift.append(f"variant {name!r} serves {v.weight}% but {w}% was asked for")
+    for name, v in live.variants.items():
+        if name not in asked:
+            drift.append(f"variant {name!r} (v{v.model_version}, {v.weight}%) is live but was not asked for")
+    for name, version in (versions or {}).items():
+        v = live.variants.get(name)
+        if v is not None and str(v.model_version) != str(version):
+            drift.append(f"variant {name!r} serves model v{v.model_version} but v{version} was deployed")
+    for name, v in live.variants.items():
+        if name in asked and v.status.lower() not in ("inservice", "running", "succeeded", "ready", "live", "deployed"):
+            drift.append(f"variant {name!r} status is {v.status!r}")
+    return drift
+
+
+def env_settings(names: dict[str, str], target: str, environ: dict | None = None) -> dict[str, str]:
+    """Read required settings from the environment: ``{key: VARIABLE}`` → ``{key: value}``.
+
+    Accepts ``"A|B"`` for a variable with a fallback name.
+
+    Raises
+    ------
+    ConfigError
+        Naming every missing variable and what it holds.
+    """
+    env = os.environ if environ is None else environ
+    out, missing = {}, []
+    for key, spec in names.items():
+        value = next((env[v] for v in spec.split("|") if env.get(v)), "")
+        if value:
+            out[key] = value
+        else:
+            missing.append(spec.replace("|", " (or ") + (")" if "|" in spec else ""))
+    if missing:
+        raise ConfigError(
+            f"the {target!r} deploy target needs {', '.join(missing)} set in the environment; "
+            "the Terraform template's outputs give the values (templates/terraform/)"
+        )
+    return out
+
+
+def record_deploy(release: Release, state: EndpointState, weight: int) -> None:
+    """Tag the version with the deploy notebook and append the deployment to its history."""
+    from churnkit import registry
+
+    if release.version == "local":
+        return
+    registry.set_version_tag(release.version, "deploy_notebook", os.environ.get("CHURNKIT_OUTPUT_NOTEBOOK", ""),
+                             model_name=release.model_name)
+    live = state.variants.get(release.variant)
+    live_w = live.weight if live else "not live"
+    registry.record_history(release.model_name, release.version,
+                            f"deployed to {state.target} endpoint {state.endpoint!r} as {release.variant} "
+                            f"(asked {weight}%, live {live_w}%)")
+
+
+class DeployTarget(ABC):
+    """A place that serves model versions as weighted variants behind one endpoint.
+
+    Subclasses implement the ``_apply_*`` steps, ``describe`` and the ``_plan_*`` request builders;
+    the public methods here validate, apply, re-read the live state and report drift.
+    """
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, endpoint: str = "churn", config: Config | None = None):
+        self.endpoint = endpoint
+        self.config = config or load_config()
+        self.plan_basis = ""
+
+    # ---- public API ------------------------------------------------------------------------------
+    def deploy(self, model_uri: str, variant: str | None = None, weight: int = 0) -> EndpointState:
+        """Deploy ``model_uri`` as ``variant`` (default ``v<version>``) taking ``weight`` % of traffic.
+
+        The other variants share the rest in proportion; the first variant of an endpoint takes 100 %.
+        """
+        release = resolve_release(model_uri, variant, self.config)
+        before = self.describe()
+        check_variant_free(release, before)
+        asked = weights_with(before.weights, release.variant, weight)
+        self._apply_deploy(release, asked, before)
+        state = self._verify(asked, {release.variant: release.version})
+        record_deploy(release, state, asked[release.variant])
+        return state
+
+    def set_traffic(self, weights: dict[str, int]) -> EndpointState:
+        """Set traffic weights (summing to 100) on deployed variants; unnamed variants get 0."""
+        before = self.describe()
+        asked = check_weights(weights, list(before.variants))
+        asked = {n: asked.get(n, 0) for n in before.variants}
+        self._apply_traffic(asked, before)
+        return self._verify(asked)
+
+    def remove(self, variant: str) -> EndpointState:
+        """Take ``variant`` out of traffic (its share goes to the others), drain it, then delete it."""
+        before = self.describe()
+        self._check_removable(variant, before)
+        asked = weights_without(before.weights, variant)
+        self._apply_remove(variant, asked, before)
+        return self._verify(asked)
+
+    @abstractmethod
+    def describe(self) -> EndpointState:
+        """Read the live state (an endpoint that does not exist has no variants)."""
+
+    @abstractmethod
+    def stop(self) -> EndpointState:
+        """Delete the endpoint and everything serving behind it (idempotent)."""
+
+    def plan(self, action: str, **kw) -> list[dict]:
+        """The exact requests ``action`` would send, in the cloud API's field names; nothing is sent.
+
+        The live state is read when that is possible without side effects (and without failing on
+        missing credentials); otherwise the plan assumes a new endpoint. ``self.plan_basis`` says which.
+        """
+        if action not in ACTIONS:
+            raise DeployTargetError(f"no plan action named {action!r}; available: {', '.join(map(repr, ACTIONS))}")
+        live = kw.pop("live", None)
+        if live is None:
+            live = self._live_for_plan()
+        else:
+            self.plan_basis = "live state given by the caller"
+        if action == "deploy":
+            release = resolve_release(kw["model_uri"], kw.get("variant"), self.config)
+            check_variant_free(release, live)
+            asked = weights_with(live.weights, release.variant, kw.get("weight", 0))
+            return self._plan_deploy(release, asked, live)
+        if action == "set_traffic":
+            asked = check_weights(kw["weights"], list(live.variants) if live.exists else None)
+            return self._plan_traffic({n: asked.get(n, 0) for n in live.variants} or asked, live)
+        if action == "remove":
+            self._check_removable(kw["variant"], live)
+            return self._plan_remove(kw["variant"], weights_without(live.weights, kw["variant"]), live)
+        return self._plan_stop(live)
+
+    # ---- steps for subclasses ---------------------------------------------------------------------
+    @abstractmethod
+    def _apply_deploy(self, release: Release, asked: dict[str, int], before: EndpointState) -> None: ...
+
+    @abstractmethod
+    def _apply_traffic(self, asked: dict[str, int], before: EndpointState) -> None: ...
+
+    @abstractmethod
+    def _apply_remove(self, variant: str, asked: dict[str, int], before: EndpointState) -> None: ...
+
+    @abstractmethod
+    def _plan_deploy(self, release: Release, asked: dict[str, int], live: EndpointState) -> list[dict]: ...
+
+    @abstractmethod
+    def _plan_traffic(self, asked: dict[str, int], live: EndpointState) -> list[dict]: ...
+
+    @abstractmethod
+    def _plan_remove(self, variant: str, asked: dict[str, int], live: EndpointState) -> list[dict]: ...
+
+    @abstractmethod
+    def _plan_stop(self, live: EndpointState) -> list[dict]: ...
+
+    def _verify(self, asked: dict[str, int], versions: dict[str, str] | None = None) -> EndpointState:
+        state = self.describe()
+        state.drift = compare(asked, state, versions)
+        return state
+
+    def _live_for_plan(self) -> EndpointState:
+        try:
+            live = self.describe()
+        except Exception as exc:  # no credentials or no SDK: plan against an empty endpoint
+            self.plan_basis = f"live state not readable ({type(exc).__name__}: {exc}); planned as a new endpoint"
+            return EndpointState(self.name, self.endpoint)
+        self.plan_basis = "live state read from the endpoint" if live.exists else "endpoint does not exist yet"
+        return live
+
+    def _empty(self, **details) -> EndpointState:
+        return EndpointState(self.name, self.endpoint, details=details)
+
+    def _check_removable(self, variant: str, live: EndpointState) -> None:
+        if variant not in live.variants:
+            raise DeployTargetError(
+                f"no variant named {variant!r} on {self.name} endpoint {self.endpoint!r}; "
+                f"deployed variants: {sorted(live.variants)!r}"
+            )
+        if len(live.variants) == 1:
+            raise DeployTargetError(
+                f"variant {variant!r} is the only one on {self.name} endpoint {self.endpoint!r}; "
+                "stop() deletes the endpoint, or deploy another version first"
+            )
+
+
+def request(api: str, operation: str, params: dict, **extra) -> dict:
+    """One planned request: the API, the operation and its parameters in the API's field names."""
+    return {"api": api, "operation": operation, "request": params, **extra}

@@ -1,0 +1,419 @@
+"""Amazon SageMaker real-time endpoints through boto3 clients.
+
+Each model version becomes a SageMaker model (the kit's serving image, the model folder as
+``model.tar.gz`` in S3) and a production variant ``v<version>`` of one endpoint; data capture is on.
+Traffic moves with ``UpdateEndpointWeightsAndCapacities``; adding or removing a variant writes a new
+endpoint config and calls ``UpdateEndpoint`` keeping autoscaled instance counts
+(``RetainAllVariantProperties``). The guardrails mode hands the shift to SageMaker itself: a
+blue/green ``UpdateEndpoint`` with canary or linear traffic routing and automatic rollback on the
+CloudWatch alarms this module creates (p99 model latency, 5xx errors, the kit's prediction drift).
+
+Only boto3 clients are used (the sagemaker SDK's resource classes need a live account). Settings
+come from the environment: ``CHURNKIT_AWS_ROLE_ARN``, ``CHURNKIT_AWS_BUCKET``,
+``CHURNKIT_AWS_IMAGE_URI`` and ``AWS_REGION`` (or ``AWS_DEFAULT_REGION``); credentials from boto3's
+default chain.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+import time
+from typing import Any
+
+from churnkit.deploy.base import DeployTarget, EndpointState, Release, VariantState, _share, env_settings, request
+from churnkit.exceptions import CloudCredentialsError, DeployTargetError, MissingExtraError
+
+ENV = {
+    "role_arn": "CHURNKIT_AWS_ROLE_ARN",
+    "bucket": "CHURNKIT_AWS_BUCKET",
+    "image_uri": "CHURNKIT_AWS_IMAGE_URI",
+    "region": "AWS_REGION|AWS_DEFAULT_REGION",
+}
+DRIFT_NAMESPACE = "churnkit"
+DRIFT_METRIC = "PredictionDriftPSI"
+CREDENTIALS_HINT = (
+    "churnkit reads AWS credentials through boto3's default chain (AWS_PROFILE, AWS_ACCESS_KEY_ID/"
+    "AWS_SECRET_ACCESS_KEY, SSO, instance role) and its settings from CHURNKIT_AWS_ROLE_ARN, "
+    "CHURNKIT_AWS_BUCKET, CHURNKIT_AWS_IMAGE_URI and AWS_REGION"
+)
+
+
+def _boto3():
+    try:
+        import boto3
+    except ImportError as exc:
+        raise MissingExtraError("aws", "boto3") from exc
+    return boto3
+
+
+class SageMakerTarget(DeployTarget):
+    """A SageMaker endpoint whose production variants are model versions.
+
+    Parameters
+    ----------
+    endpoint : str
+        Endpoint name.
+    instance_type, instance_count : str, int
+        Capacity of each new variant.
+    capture_percent : int
+        Data capture sampling percentage (0 turns capture off).
+    wait_timeout, poll_seconds : float
+        How long to wait for the endpoint to be ``InService`` after a change, and how often to look.
+    role_arn, bucket, image_uri, region : str, optional
+        Override the environment variables of the same meaning.
+    session : boto3.Session, optional
+        The session to build clients from (tests pass one under moto).
+    """
+
+    name = "sagemaker"
+
+    def __init__(self, endpoint: str = "churn", config=None, *, instance_type: str = "ml.m5.large",
+                 instance_count: int = 1, capture_percent: int = 100, wait_timeout: float = 1800.0,
+                 poll_seconds: float = 15.0, role_arn: str | None = None, bucket: str | None = None,
+                 image_uri: str | None = None, region: str | None = None, session=None, environ: dict | None = None):
+        super().__init__(endpoint, config)
+        self.instance_type = instance_type
+        self.instance_count = instance_count
+        self.capture_percent = capture_percent
+        self.wait_timeout = wait_timeout
+        self.poll_seconds = poll_seconds
+        self._overrides = {k: v for k, v in dict(role_arn=role_arn, bucket=bucket, image_uri=image_uri,
+                                                  region=region).items() if v}
+        self._environ = environ
+        self._session = session
+        self._clients: dict[str, Any] = {}
+
+    # ---- settings and clients --------------------------------------------------------------------
+    @property
+    def settings(self) -> dict[str, str]:
+        """Role, bucket, image and region (constructor arguments win over the environment)."""
+        missing = {k: v for k, v in ENV.items() if k not in self._overrides}
+        return {**env_settings(missing, self.name, self._environ), **self._overrides}
+
+    def client(self, service: str):
+        """The boto3 client for ``service`` (cached, so tests can attach a botocore Stubber)."""
+        if service not in self._clients:
+            boto3 = _boto3()
+            session = self._session or boto3.Session(region_name=self.settings["region"])
+            self._clients[service] = session.client(service, region_name=self.settings["region"])
+        return self._clients[service]
+
+    def _call(self, service: str, operation: str, params: dict):
+        from botocore.exceptions import NoCredentialsError, PartialCredentialsError
+
+        from botocore import xform_name
+
+        try:
+            return getattr(self.client(service), xform_name(operation))(**params)
+        except (NoCredentialsError, PartialCredentialsError) as exc:
+            raise CloudCredentialsError(f"{service} {operation} failed: {exc}; {CREDENTIALS_HINT}") from exc
+
+    # ---- names ------------------------------------------------------------------------------------
+    @staticmethod
+    def model_name(release: Release) -> str:
+        suffix = f"-{release.sha256[:8]}" if release.sha256 else ""
+        return f"{release.model_name}-v{release.version}{suffix}"[:63] if release.version != "local" \
+            else f"{release.model_name}-{release.variant}"[:63]
+
+    def model_key(self, release: Release) -> str:
+        return f"churnkit/models/{self.model_name(release)}/model.tar.gz"
+
+    def _config_name(self, variants: list[dict], deployment: dict | None = None) -> str:
+        digest = hashlib.sha256(json.dumps([variants, self._capture(), deployment], sort_keys=True).encode()).hexdigest()
+        return f"{self.endpoint}-{digest[:12]}"
+
+    def _capture(self) -> dict:
+        bucket = self.settings["bucket"]
+        return {
+            "EnableCapture": self.capture_percent > 0,
+            "InitialSamplingPercentage": max(self.capture_percent, 1),
+            "DestinationS3Uri": f"s3://{bucket}/churnkit/capture/{self.endpoint}",
+            "CaptureOptions": [{"CaptureMode": "Input"}, {"CaptureMode": "Output"}],
+            "CaptureContentTypeHeader": {"JsonContentTypes": ["application/json"], "CsvContentTypes": ["text/csv"]},
+        }
+
+    # ---- describe ----------------------------------------------------------------------------------
+    def describe(self) -> EndpointState:
+        from botocore.exceptions import ClientError
+
+        try:
+            ep = self._call("sagemaker", "DescribeEndpoint", {"EndpointName": self.endpoint})
+        except ClientError as exc:
+            if "Could not find endpoint" in str(exc) or exc.response.get("Error", {}).get("Code") == "ResourceNotFound":
+                return self._empty()
+            raise
+        cfg = self._call("sagemaker", "DescribeEndpointConfig", {"EndpointConfigName": ep["EndpointConfigName"]})
+        config_variants = {v["VariantName"]: v for v in cfg["ProductionVariants"]}
+        live = ep.get("ProductionVariants", [])
+        raw = {v["VariantName"]: float(v.get("CurrentWeight", v.get("DesiredWeight", 0)) or 0) for v in live}
+        weights = _share(raw, 100) if sum(raw.values()) > 0 else {n: 0 for n in raw}
+        versions: dict[str, str] = {}
+        state = EndpointState(
+            self.name, self.endpoint,
+            url=f"https://runtime.sagemaker.{self.settings['region']}.amazonaws.com/endpoints/{self.endpoint}/invocations",
+            details={"endpoint_config": ep["EndpointConfigName"], "endpoint_status": ep["EndpointStatus"],
+                     "failure_reason": ep.get("FailureReason", ""), "production_variants": list(cfg["ProductionVariants"]),
+                     "data_capture": bool(ep.get("DataCaptureConfig", {}).get("EnableCapture", False))},
+        )
+        for v in live:
+            name = v["VariantName"]
+            model = config_variants.get(name, {}).get("ModelName", "")
+            if model and model not in versions:
+                env = self._call("sagemaker", "DescribeModel", {"ModelName": model}).get("PrimaryContainer", {}).get("Environment", {})
+                versions[model] = env.get("CHURNKIT_MODEL_VERSION", "?")
+            statuses = [s.get("Status") for s in v.get("VariantStatus", []) if s.get("Status")]
+            state.variants[name] = VariantState(name, versions.get(model, "?"), weights[name],
+                                                statuses[-1] if statuses else ep["EndpointStatus"], state.url)
+        return state
+
+    def _wait(self) -> None:
+        deadline = time.monotonic() + self.wait_timeout
+        while True:
+            status = self._call("sagemaker", "DescribeEndpoint", {"EndpointName": self.endpoint})["EndpointStatus"]
+            if status == "InService":
+                return
+            if status in ("Failed", "OutOfService") or time.monotonic() > deadline:
+                raise DeployTargetError(
+                    f"SageMaker endpoint {self.endpoint!r} is {status!r}, not InService; see describe() failure_reason "
+                    "and the endpoint's CloudWatch logs"
+                )
+            time.sleep(self.poll_seconds)
+
+    # ---- plans (the requests) -----------------------------------------------------------------------
+    def _model_requests(self, release: Release) -> list[dict]:
+        s = self.settings
+        name = self.model_name(release)
+        return [
+            request("s3", "PutObject", {"Bucket": s["bucket"], "Key": self.model_key(release),
+                                        "Body": f"<model.tar.gz of {release.uri}>"}),
+            request("sagemaker", "CreateModel", {
+                "ModelName": name,
+                "ExecutionRoleArn": s["role_arn"],
+                "PrimaryContainer": {
+                    "Image": s["image_uri"],
+                    "ModelDataUrl": f"s3://{s['bucket']}/{self.model_key(release)}",
+                    "Environment": {"CHURNKIT_MODEL_NAME": release.model_name,
+                                    "CHURNKIT_MODEL_VERSION": release.version,
+                                    "CHURNKIT_MODEL_SHA256": release.sha256},
+                },
+                "Tags": [{"Key": "churnkit:model", "Value": release.model_name},
+                         {"Key": "churnkit:version", "Value": release.version}],
+            }),
+        ]
+
+    def _variant(self, name: str, model: str, weight: int, old: dict | None = None) -> dict:
+        old = old or {}
+        return {"VariantName": name, "ModelName": model,
+                "InitialInstanceCount": old.get("InitialInstanceCount", self.instance_count),
+                "InstanceType": old.get("InstanceType", self.instance_type),
+                "InitialVariantWeight": float(weight)}
+
+    def _config_requests(self, variants: list[dict], live: EndpointState) -> list[dict]:
+        name = self._config_name(variants)
+        reqs = [request("sagemaker", "CreateEndpointConfig", {"EndpointConfigName": name, "ProductionVariants": variants,
+                                                              "DataCaptureConfig": self._capture()})]
+        if not live.exists:
+            return reqs + [request("sagemaker", "CreateEndpoint", {"EndpointName": self.endpoint, "EndpointConfigName": name})]
+        return reqs + [request("sagemaker", "UpdateEndpoint", {
+            "EndpointName": self.endpoint, "EndpointConfigName": name, "RetainAllVariantProperties": True,
+            "ExcludeRetainedVariantProperties": [{"VariantPropertyType": "DesiredWeight"}]})]
+
+    def _plan_deploy(self, release: Release, asked: dict[str, int], live: EndpointState) -> list[dict]:
+        if release.variant in live.variants:  # same version (checked by the caller): weights only
+            return self._plan_traffic(asked, live)
+        reqs = self._model_requests(release)
+        old = {v["VariantName"]: v for v in live.details.get("production_variants", [])}
+        variants = [self._variant(n, old[n]["ModelName"], asked[n], old[n]) for n in live.variants]
+        variants.append(self._variant(release.variant, self.model_name(release), asked[release.variant]))
+        return reqs + self._config_requests(variants, live)
+
+    def _plan_traffic(self, asked: dict[str, int], live: EndpointState) -> list[dict]:
+        return [request("sagemaker", "UpdateEndpointWeightsAndCapacities", {
+            "EndpointName": self.endpoint,
+            "DesiredWeightsAndCapacities": [{"VariantName": n, "DesiredWeight": float(w)} for n, w in asked.items()],
+        })]
+
+    def _plan_remove(self, variant: str, asked: dict[str, int], live: EndpointState) -> list[dict]:
+        drain = self._plan_traffic({**asked, variant: 0}, live)
+        old = {v["VariantName"]: v for v in live.details.get("production_variants", [])}
+        variants = [self._variant(n, old[n]["ModelName"], asked[n], old[n]) for n in asked]
+        return drain + self._config_requests(variants, live)
+
+    def _plan_stop(self, live: EndpointState) -> list[dict]:
+        if not live.exists:
+            return []
+        return [request("sagemaker", "DeleteEndpoint", {"EndpointName": self.endpoint}),
+                request("sagemaker", "DeleteEndpointConfig", {"EndpointConfigName": live.details["endpoint_config"]})]
+
+    # ---- apply -------------------------------------------------------------------------------------
+    def execute(self, requests: list[dict], release: Release | None = None) -> list[dict]:
+        """Send planned requests in order; returns the responses. Waits for InService after endpoint changes."""
+        from botocore.exceptions import ClientError
+
+        out = []
+        for req in requests:
+            params = dict(req["request"])
+            if req["operation"] == "PutObject" and release is not None:
+                params["Body"] = model_archive(release, self.config)
+            try:
+                out.append(self._call(req["api"], req["operation"], params))
+            except ClientError as exc:
+                if req["operation"] in ("CreateModel", "CreateEndpointConfig") and "already exist" in str(exc).lower():
+                    out.append({})  # same name = same content (names carry the version or a digest)
+                    continue
+                raise DeployTargetError(f"SageMaker {req['operation']} on {self.endpoint!r} failed: {exc}") from exc
+            if req["operation"] in ("CreateEndpoint", "UpdateEndpointWeightsAndCapacities") or (
+                    req["operation"] == "UpdateEndpoint" and "DeploymentConfig" not in params):
+                self._wait()
+        return out
+
+    def _apply_deploy(self, release: Release, asked: dict[str, int], before: EndpointState) -> None:
+        self.execute(self._plan_deploy(release, asked, before), release)
+
+    def _apply_traffic(self, asked: dict[str, int], before: EndpointState) -> None:
+        self.execute(self._plan_traffic(asked, before))
+
+    def _apply_remove(self, variant: str, asked: dict[str, int], before: EndpointState) -> None:
+        self.execute(self._plan_remove(variant, asked, before))
+
+    def stop(self) -> EndpointState:
+        """Delete the endpoint and its current config (models and S3 archives stay for a redeploy)."""
+        from botocore.exceptions import ClientError
+
+        for req in self._plan_stop(self.describe()):
+            try:
+                self._call(req["api"], req["operation"], req["request"])
+            except ClientError as exc:
+                if "could not find" not in str(exc).lower():
+                    raise
+        return self.describe()
+
+    # ---- guardrails ---------------------------------------------------------------------------------
+    def alarm_requests(self, variant: str, *, p99_ms: float = 500.0, max_5xx: int = 1, max_psi: float = 0.2,
+                       period: int = 60) -> list[dict]:
+        """``PutMetricAlarm`` requests for p99 ModelLatency, Invocation5XXErrors and the kit's PSI metric."""
+        dims = [{"Name": "EndpointName", "Value": self.endpoint}, {"Name": "VariantName", "Value": variant}]
+        common = {"Period": period, "TreatMissingData": "notBreaching", "ActionsEnabled": False}
+        return [
+            request("cloudwatch", "PutMetricAlarm", {
+                "AlarmName": f"{self.endpoint}-{variant}-model-latency-p99", "Namespace": "AWS/SageMaker",
+                "MetricName": "ModelLatency", "Dimensions": dims, "ExtendedStatistic": "p99",
+                "EvaluationPeriods": 2, "DatapointsToAlarm": 2, "Threshold": p99_ms * 1000.0,  # microseconds
+                "ComparisonOperator": "GreaterThanThreshold",
+                "AlarmDescription": f"churnkit: p99 model latency above {p99_ms} ms", **common}),
+            request("cloudwatch", "PutMetricAlarm", {
+                "AlarmName": f"{self.endpoint}-{variant}-invocation-5xx", "Namespace": "AWS/SageMaker",
+                "MetricName": "Invocation5XXErrors", "Dimensions": dims, "Statistic": "Sum",
+                "EvaluationPeriods": 1, "Threshold": float(max_5xx),
+                "ComparisonOperator": "GreaterThanOrEqualToThreshold",
+                "AlarmDescription": f"churnkit: {max_5xx} or more 5xx responses in {period} s", **common}),
+            request("cloudwatch", "PutMetricAlarm", {
+                "AlarmName": f"{self.endpoint}-prediction-drift", "Namespace": DRIFT_NAMESPACE,
+                "MetricName": DRIFT_METRIC, "Dimensions": dims[:1], "Statistic": "Maximum",
+                "EvaluationPeriods": 1, "Threshold": float(max_psi), "ComparisonOperator": "GreaterThanThreshold",
+                "AlarmDescription": f"churnkit: prediction PSI above {max_psi}", **common}),
+        ]
+
+    def plan_guarded(self, model_uri: str, *, strategy: str = "canary", step: int = 10, bake_seconds: int = 600,
+                     timeout_seconds: int = 3600, live: EndpointState | None = None, **alarms) -> list[dict]:
+        """The requests of a guarded (blue/green) update; see ``deploy_guarded``."""
+        from churnkit.deploy.base import resolve_release
+
+        if strategy not in ("canary", "linear"):
+            raise DeployTargetError(f"guardrails strategy {strategy!r} is not 'canary' or 'linear'")
+        if not 1 <= int(step) <= 99:
+            raise DeployTargetError(f"guardrails step {step!r} is not a percentage from 1 to 99")
+        live = live if live is not None else self.describe()
+        if len(live.variants) != 1:
+            raise DeployTargetError(
+                f"guardrails mode replaces the single variant of endpoint {self.endpoint!r}, which has "
+                f"{sorted(live.variants)!r}; deploy() it first, or remove() variants down to one"
+            )
+        (variant, current), = live.variants.items()
+        release = resolve_release(model_uri, variant, self.config)
+        old = live.details["production_variants"][0]
+        variants = [self._variant(variant, self.model_name(release), 100, old)]
+        size = {"Type": "CAPACITY_PERCENT", "Value": int(step)}
+        routing = {"Type": strategy.upper(), "WaitIntervalInSeconds": int(bake_seconds),
+                   ("CanarySize" if strategy == "canary" else "LinearStepSize"): size}
+        alarm_reqs = self.alarm_requests(variant, **alarms)
+        deployment = {
+            "BlueGreenUpdatePolicy": {"TrafficRoutingConfiguration": routing,
+                                      "MaximumExecutionTimeoutInSeconds": int(timeout_seconds)},
+            "AutoRollbackConfiguration": {"Alarms": [{"AlarmName": r["request"]["AlarmName"]} for r in alarm_reqs]},
+        }
+        config_name = self._config_name(variants)
+        return [
+            *self._model_requests(release), *alarm_reqs,
+            request("sagemaker", "CreateEndpointConfig", {"EndpointConfigName": config_name, "ProductionVariants": variants,
+                                                          "DataCaptureConfig": self._capture()}),
+            request("sagemaker", "UpdateEndpoint", {"EndpointName": self.endpoint, "EndpointConfigName": config_name,
+                                                    "RetainAllVariantProperties": True, "DeploymentConfig": deployment}),
+        ]
+
+    def deploy_guarded(self, model_uri: str, *, strategy: str = "canary", step: int = 10, bake_seconds: int = 600,
+                       timeout_seconds: int = 3600, wait: bool = False, **alarms) -> EndpointState:
+        """Replace the endpoint's model with SageMaker's own canary/linear shift and alarm rollback.
+
+        Parameters
+        ----------
+        strategy : {"canary", "linear"}
+            Canary: ``step`` % first, then the rest after ``bake_seconds``; linear: ``step`` % at a time.
+        wait : bool
+            Wait until the update finished (or rolled back) before reading the live state; otherwise the
+            state shows the update in progress.
+        **alarms
+            ``p99_ms``, ``max_5xx``, ``max_psi``, ``period`` for the CloudWatch alarms.
+        """
+        live = self.describe()
+        reqs = self.plan_guarded(model_uri, strategy=strategy, step=step, bake_seconds=bake_seconds,
+                                 timeout_seconds=timeout_seconds, live=live, **alarms)
+        from churnkit.deploy.base import record_deploy, resolve_release
+
+        release = resolve_release(model_uri, next(iter(live.variants)), self.config)
+        self.execute(reqs, release)
+        if wait:
+            self._wait()
+        state = self.describe()
+        if state.variants[release.variant].model_version != release.version:
+            state.drift.append(f"variant {release.variant!r} serves model v{state.variants[release.variant].model_version}; "
+                               f"v{release.version} is {'rolled back' if wait else 'being shifted in by SageMaker'}")
+        record_deploy(release, state, 100)
+        return state
+
+    def plan(self, action: str, **kw) -> list[dict]:
+        """As ``DeployTarget.plan``; action ``"guarded"`` plans ``deploy_guarded`` (kw as there)."""
+        if action == "guarded":
+            return self.plan_guarded(**kw)
+        return super().plan(action, **kw)
+
+    def publish_prediction_drift(self, psi: float) -> None:
+        """Publish the prediction PSI the drift alarm watches (the rollout and monitor call this)."""
+        self._call("cloudwatch", "PutMetricData", {"Namespace": DRIFT_NAMESPACE, "MetricData": [{
+            "MetricName": DRIFT_METRIC, "Dimensions": [{"Name": "EndpointName", "Value": self.endpoint}],
+            "Value": float(psi), "Unit": "None"}]})
+
+    def invoke(self, instances: list[dict], variant: str | None = None) -> dict:
+        """Score ``instances`` through the endpoint (``TargetVariant`` when ``variant`` is given)."""
+        params = {"EndpointName": self.endpoint, "ContentType": "application/json", "Accept": "application/json",
+                  "Body": json.dumps({"instances": instances})}
+        if variant:
+            params["TargetVariant"] = variant
+        resp = self._call("sagemaker-runtime", "InvokeEndpoint", params)
+        return {"variant": resp.get("InvokedProductionVariant", ""), "body": json.loads(resp["Body"].read())}
+
+
+def model_archive(release: Release, config=None) -> bytes:
+    """The model folder as ``model.tar.gz`` bytes, files at the root (SageMaker unpacks to /opt/ml/model)."""
+    from churnkit import registry
+
+    folder, _ = registry.resolve_model(release.uri, config)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                tar.add(path, arcname=str(path.relative_to(folder)))
+    return buf.getvalue()

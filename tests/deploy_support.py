@@ -1,0 +1,54 @@
+"""Test support for the deploy tests: a small registry with two versions of ``churn``.
+
+Built once per test process through the library (train, log, gate, register): v1 becomes champion,
+v2 challenger. Tests copy the sqlite file so each test's tags and history stay its own; the model
+artifacts are shared read-only.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+_STORE: dict[str, Path] = {}
+
+
+def _build(folder: Path) -> None:
+    import mlflow
+
+    from churnkit import registry
+    from churnkit.config import load_config
+    from churnkit.data import load_table
+    from churnkit.evaluate import gate
+    from churnkit.model import split_holdout, train_model
+
+    config = load_config(folder)
+    registry.setup_tracking(config)
+    for seed in (0, 1):
+        dataset = load_table("", rows=1500, seed=seed)
+        split = split_holdout(dataset, seed=seed)
+        pipeline = train_model(split, dataset.schema, seed=seed)
+        with mlflow.start_run(run_name="01-train", tags={registry.TAG + "notebook": "01-train"}):
+            run_id = registry.log_candidate(pipeline, dataset, split, model="logreg", seed=seed)
+        candidate = registry.load_candidate(run_id)
+        registry.register_candidate(candidate, gate(0.99, None, 0.5, -1.0), threshold=0.5)
+
+
+def registry_store(base: Path) -> Path:
+    """A fresh runs folder whose embedded registry holds churn v1 (champion) and v2 (challenger)."""
+    saved = {k: os.environ.pop(k, None) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID")}
+    try:
+        if "seed" not in _STORE:
+            seed_dir = Path(tempfile.mkdtemp(prefix="churnkit-deploy-store-")) / "runs"
+            _build(seed_dir)
+            _STORE["seed"] = seed_dir
+        runs = Path(base) / "runs"
+        runs.mkdir(parents=True, exist_ok=True)
+        shutil.copy(_STORE["seed"] / "mlflow.db", runs / "mlflow.db")
+        return runs
+    finally:
+        for k, v in saved.items():
+            if v is not None:
+                os.environ[k] = v

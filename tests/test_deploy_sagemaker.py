@@ -1,0 +1,303 @@
+"""SageMaker target: moto for create/describe/weights/invoke, botocore Stubber for the guarded UpdateEndpoint.
+
+moto has no UpdateEndpoint; where a test needs one, a ``before-call`` hook applies it to moto's
+backend the way SageMaker does (the endpoint switches to the new config) and records the exact
+parameters.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+import tarfile
+import types
+
+import pytest
+from deploy_support import registry_store
+
+REGION = "us-east-1"
+ACCOUNT = "123456789012"
+ENV = {
+    "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": REGION, "AWS_EC2_METADATA_DISABLED": "true",
+    "CHURNKIT_AWS_ROLE_ARN": f"arn:aws:iam::{ACCOUNT}:role/churnkit-sagemaker",
+    "CHURNKIT_AWS_BUCKET": "churnkit-test-bucket",
+    "CHURNKIT_AWS_IMAGE_URI": f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/churnkit:0.1.0",
+}
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    from churnkit import registry
+    from churnkit.config import load_config
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    for k, v in ENV.items():
+        monkeypatch.setenv(k, v)
+    config = load_config(registry_store(tmp_path))
+    registry.setup_tracking(config)
+    return config
+
+
+@pytest.fixture
+def aws(store):
+    import boto3
+    from moto import mock_aws
+
+    with mock_aws():
+        boto3.client("s3", region_name=REGION).create_bucket(Bucket=ENV["CHURNKIT_AWS_BUCKET"])
+        yield store
+
+
+def target(config, **kw):
+    from churnkit.deploy import get_target
+
+    return get_target("sagemaker", config=config, poll_seconds=0, **kw)
+
+
+def record_writes(t) -> list[tuple[str, str, dict]]:
+    """Record every mutating call the target's clients send, with its exact parameters."""
+    calls: list[tuple[str, str, dict]] = []
+
+    def hook(params, model, **_):
+        if model.name.startswith(("Create", "Update", "Put", "Delete")):
+            calls.append((model.service_model.service_name, model.name, json.loads(json.dumps(params, default=str))))
+
+    for service in ("sagemaker", "s3", "cloudwatch"):
+        t.client(service).meta.events.register("before-parameter-build", hook)
+    return calls
+
+
+def emulate_update_endpoint(t) -> list[dict]:
+    """Make moto apply UpdateEndpoint (switch the endpoint to the new config); returns the recorded params."""
+    from moto.sagemaker.models import sagemaker_backends
+
+    seen: list[dict] = []
+
+    def capture(params, **_):
+        seen.append(dict(params))
+
+    def apply(**_):
+        params = seen[-1]
+        backend = sagemaker_backends[ACCOUNT][REGION]
+        endpoint = backend.endpoints[params["EndpointName"]]
+        cfg = backend.endpoint_configs[params["EndpointConfigName"]]
+        endpoint.endpoint_config_name = params["EndpointConfigName"]
+        endpoint.production_variants = endpoint._process_production_variants(cfg.production_variants)
+        return types.SimpleNamespace(status_code=200, headers={}), {"EndpointArn": endpoint.arn}
+
+    sm = t.client("sagemaker")
+    sm.meta.events.register("before-parameter-build.sagemaker.UpdateEndpoint", capture)
+    sm.meta.events.register("before-call.sagemaker.UpdateEndpoint", apply)
+    return seen
+
+
+def test_deploy_two_versions_shift_weights_remove_and_stop(aws):
+    t = target(aws)
+    writes = record_writes(t)
+    updates = emulate_update_endpoint(t)
+    sm, s3 = t.client("sagemaker"), t.client("s3")
+
+    planned = t.plan("deploy", model_uri="models:/churn@champion")
+    state = t.deploy("models:/churn@champion")
+    assert [(a, o, r) for a, o, r in [(p["api"], p["operation"], p["request"]) for p in planned] if o != "PutObject"] == \
+        [w for w in writes if w[1] != "PutObject"]
+    assert state.weights == {"v1": 100} and state.drift == []
+    assert state.variants["v1"].model_version == "1" and state.variants["v1"].status == "InService"
+
+    ep = sm.describe_endpoint(EndpointName="churn")
+    cfg = sm.describe_endpoint_config(EndpointConfigName=ep["EndpointConfigName"])
+    (variant,) = cfg["ProductionVariants"]
+    assert variant["VariantName"] == "v1" and variant["InitialVariantWeight"] == 100.0
+    assert cfg["DataCaptureConfig"]["EnableCapture"] is True
+    assert cfg["DataCaptureConfig"]["DestinationS3Uri"] == "s3://churnkit-test-bucket/churnkit/capture/churn"
+    model = sm.describe_model(ModelName=variant["ModelName"])
+    assert model["PrimaryContainer"]["Image"] == ENV["CHURNKIT_AWS_IMAGE_URI"]
+    assert model["ExecutionRoleArn"] == ENV["CHURNKIT_AWS_ROLE_ARN"]
+    key = model["PrimaryContainer"]["ModelDataUrl"].removeprefix("s3://churnkit-test-bucket/")
+    body = s3.get_object(Bucket="churnkit-test-bucket", Key=key)["Body"].read()
+    assert "MLmodel" in tarfile.open(fileobj=io.BytesIO(body), mode="r:gz").getnames()
+
+    state = t.deploy("models:/churn@challenger", weight=0)
+    assert state.weights == {"v1": 100, "v2": 0} and state.drift == []
+    assert state.variants["v2"].model_version == "2"
+    (update,) = updates
+    assert update["RetainAllVariantProperties"] is True
+    assert update["ExcludeRetainedVariantProperties"] == [{"VariantPropertyType": "DesiredWeight"}]
+    new_cfg = sm.describe_endpoint_config(EndpointConfigName=update["EndpointConfigName"])
+    assert [(v["VariantName"], v["InitialVariantWeight"]) for v in new_cfg["ProductionVariants"]] == [("v1", 100.0), ("v2", 0.0)]
+
+    assert t.set_traffic({"v1": 50, "v2": 50}).weights == {"v1": 50, "v2": 50}
+    state = t.set_traffic({"v2": 100})
+    assert state.weights == {"v1": 0, "v2": 100} and state.drift == []
+    assert writes[-1][1:] == ("UpdateEndpointWeightsAndCapacities", {
+        "EndpointName": "churn",
+        "DesiredWeightsAndCapacities": [{"VariantName": "v1", "DesiredWeight": 0.0},
+                                        {"VariantName": "v2", "DesiredWeight": 100.0}]})
+
+    state = t.remove("v1")
+    assert state.weights == {"v2": 100} and state.drift == []
+    assert t.stop().variants == {}
+    assert t.stop().variants == {}  # idempotent
+
+    from churnkit import registry
+
+    history = registry.version_history("2")
+    assert any("sagemaker endpoint 'churn' as v2" in h["event"] for h in history)
+
+
+def test_drift_reported_when_live_state_differs_from_the_request(aws):
+    from moto.sagemaker.models import sagemaker_backends
+
+    t = target(aws)
+    emulate_update_endpoint(t)
+    t.deploy("models:/churn@champion")
+    t.deploy("models:/churn@challenger", weight=0)
+
+    def roll_back(**_):  # the endpoint goes back to 100/0 on its own (e.g. an alarm rollback)
+        for v in sagemaker_backends[ACCOUNT][REGION].endpoints["churn"].production_variants:
+            v["CurrentWeight"] = 100.0 if v["VariantName"] == "v1" else 0.0
+
+    t.client("sagemaker").meta.events.register("after-call.sagemaker.UpdateEndpointWeightsAndCapacities", roll_back)
+    state = t.set_traffic({"v1": 50, "v2": 50})
+    assert state.weights == {"v1": 100, "v2": 0}
+    assert state.drift == ["variant 'v1' serves 100% but 50% was asked for",
+                           "variant 'v2' serves 0% but 50% was asked for"]
+
+
+def test_invoke_through_runtime(aws):
+    import requests
+
+    t = target(aws)
+    t.deploy("models:/churn@champion")
+    payload = {"predictions": [{"churn_probability": 0.25, "churn": False}], "model": {"name": "churn", "version": "1"}}
+    requests.post("http://motoapi.amazonaws.com/moto-api/static/sagemaker/endpoint-results", json={
+        "account_id": ACCOUNT, "region": REGION,
+        "results": [{"Body": json.dumps(payload), "ContentType": "application/json", "InvokedProductionVariant": "v1"}],
+    })
+    out = t.invoke([{"tenure": 3}])
+    assert out == {"variant": "v1", "body": payload}
+
+
+def _describe_responses(stub, config_name: str, model_name: str, version: str, status="InService"):
+    from datetime import datetime, timezone
+
+    now = datetime.now(timezone.utc)
+    stub.add_response("describe_endpoint", {
+        "EndpointName": "churn", "EndpointArn": f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:endpoint/churn",
+        "EndpointConfigName": config_name, "EndpointStatus": status, "CreationTime": now, "LastModifiedTime": now,
+        "ProductionVariants": [{"VariantName": "v1", "CurrentWeight": 1.0, "DesiredWeight": 1.0}],
+    }, {"EndpointName": "churn"})
+    stub.add_response("describe_endpoint_config", {
+        "EndpointConfigName": config_name, "EndpointConfigArn": f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:endpoint-config/x",
+        "CreationTime": now,
+        "ProductionVariants": [{"VariantName": "v1", "ModelName": model_name, "InitialInstanceCount": 2,
+                                "InstanceType": "ml.c5.large", "InitialVariantWeight": 1.0}],
+    }, {"EndpointConfigName": config_name})
+    stub.add_response("describe_model", {
+        "ModelName": model_name, "ModelArn": f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:model/{model_name}",
+        "CreationTime": now, "PrimaryContainer": {"Image": "img", "Environment": {"CHURNKIT_MODEL_VERSION": version}},
+    }, {"ModelName": model_name})
+
+
+def test_guardrails_update_endpoint_exact_parameters(aws):
+    from botocore.stub import ANY, Stubber
+
+    from churnkit import registry
+
+    t = target(aws)
+    sm = t.client("sagemaker")
+    v2 = registry.find_version("models:/churn@challenger")
+    model2 = f"churn-v2-{v2.tags['churnkit.artifact_sha256'][:8]}"
+    with Stubber(sm) as stub:
+        _describe_responses(stub, "churn-old", "churn-v1-x", "1")
+        stub.add_response("create_model", {"ModelArn": f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:model/{model2}"}, {
+            "ModelName": model2, "ExecutionRoleArn": ENV["CHURNKIT_AWS_ROLE_ARN"],
+            "PrimaryContainer": {"Image": ENV["CHURNKIT_AWS_IMAGE_URI"],
+                                 "ModelDataUrl": f"s3://churnkit-test-bucket/churnkit/models/{model2}/model.tar.gz",
+                                 "Environment": {"CHURNKIT_MODEL_NAME": "churn", "CHURNKIT_MODEL_VERSION": "2",
+                                                 "CHURNKIT_MODEL_SHA256": v2.tags["churnkit.artifact_sha256"]}},
+            "Tags": [{"Key": "churnkit:model", "Value": "churn"}, {"Key": "churnkit:version", "Value": "2"}]})
+        variants = [{"VariantName": "v1", "ModelName": model2, "InitialInstanceCount": 2,
+                     "InstanceType": "ml.c5.large", "InitialVariantWeight": 100.0}]
+        stub.add_response("create_endpoint_config", {"EndpointConfigArn": f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:endpoint-config/churn-new"}, {
+            "EndpointConfigName": ANY, "ProductionVariants": variants, "DataCaptureConfig": ANY})
+        stub.add_response("update_endpoint", {"EndpointArn": f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:endpoint/churn"}, {
+            "EndpointName": "churn", "EndpointConfigName": ANY, "RetainAllVariantProperties": True,
+            "DeploymentConfig": {
+                "BlueGreenUpdatePolicy": {
+                    "TrafficRoutingConfiguration": {"Type": "CANARY", "WaitIntervalInSeconds": 300,
+                                                    "CanarySize": {"Type": "CAPACITY_PERCENT", "Value": 10}},
+                    "MaximumExecutionTimeoutInSeconds": 3600},
+                "AutoRollbackConfiguration": {"Alarms": [{"AlarmName": "churn-v1-model-latency-p99"},
+                                                         {"AlarmName": "churn-v1-invocation-5xx"},
+                                                         {"AlarmName": "churn-prediction-drift"}]}}})
+        _describe_responses(stub, "churn-new", model2, "2", status="Updating")
+        state = t.deploy_guarded("models:/churn@challenger", strategy="canary", step=10, bake_seconds=300, p99_ms=250)
+        stub.assert_no_pending_responses()
+    assert state.variants["v1"].model_version == "2"
+    alarms = {a["AlarmName"]: a for a in t.client("cloudwatch").describe_alarms()["MetricAlarms"]}
+    assert set(alarms) == {"churn-v1-model-latency-p99", "churn-v1-invocation-5xx", "churn-prediction-drift"}
+    latency = alarms["churn-v1-model-latency-p99"]
+    assert (latency["MetricName"], latency["ExtendedStatistic"], latency["Threshold"]) == ("ModelLatency", "p99", 250000.0)
+    assert alarms["churn-v1-invocation-5xx"]["MetricName"] == "Invocation5XXErrors"
+    assert (alarms["churn-prediction-drift"]["Namespace"], alarms["churn-prediction-drift"]["MetricName"]) == \
+        ("churnkit", "PredictionDriftPSI")
+    t.publish_prediction_drift(0.31)
+    (metric,) = t.client("cloudwatch").list_metrics(Namespace="churnkit")["Metrics"]
+    assert metric["MetricName"] == "PredictionDriftPSI"
+
+
+def test_guardrails_linear_plan_and_refusals(aws):
+    from churnkit.deploy.base import EndpointState, VariantState
+    from churnkit.exceptions import DeployTargetError
+
+    t = target(aws)
+    live = EndpointState("sagemaker", "churn", {"v1": VariantState("v1", "1", 100, "InService")},
+                         details={"production_variants": [{"VariantName": "v1", "ModelName": "m1",
+                                                           "InitialInstanceCount": 1, "InstanceType": "ml.m5.large"}]})
+    reqs = t.plan("guarded", model_uri="models:/churn/2", strategy="linear", step=25, bake_seconds=60, live=live)
+    update = reqs[-1]["request"]
+    assert update["DeploymentConfig"]["BlueGreenUpdatePolicy"]["TrafficRoutingConfiguration"] == {
+        "Type": "LINEAR", "WaitIntervalInSeconds": 60, "LinearStepSize": {"Type": "CAPACITY_PERCENT", "Value": 25}}
+    with pytest.raises(DeployTargetError, match="'blue_green' is not 'canary' or 'linear'"):
+        t.plan("guarded", model_uri="models:/churn/2", strategy="blue_green", live=live)
+    two = EndpointState("sagemaker", "churn", {"v1": live.variants["v1"], "v2": VariantState("v2", "2", 0, "InService")})
+    with pytest.raises(DeployTargetError, match="replaces the single variant"):
+        t.plan("guarded", model_uri="models:/churn/2", live=two)
+
+
+def test_plan_without_credentials_is_a_new_endpoint(store, monkeypatch):
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(k)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    t = target(store)
+    reqs = t.plan("deploy", model_uri="models:/churn@champion", weight=0)
+    assert [r["operation"] for r in reqs] == ["PutObject", "CreateModel", "CreateEndpointConfig", "CreateEndpoint"]
+    assert reqs[2]["request"]["ProductionVariants"][0]["InitialVariantWeight"] == 100.0
+    assert "CloudCredentialsError" in t.plan_basis and "CHURNKIT_AWS_BUCKET" in t.plan_basis
+
+    from churnkit.exceptions import CloudCredentialsError
+
+    with pytest.raises(CloudCredentialsError, match="Unable to locate credentials.*CHURNKIT_AWS_ROLE_ARN"):
+        t.describe()
+
+
+def test_missing_setting_names_the_variable(store, monkeypatch):
+    from churnkit.exceptions import ConfigError
+
+    monkeypatch.delenv("CHURNKIT_AWS_BUCKET")
+    with pytest.raises(ConfigError, match="CHURNKIT_AWS_BUCKET"):
+        target(store).plan("deploy", model_uri="models:/churn@champion")
+
+
+def test_missing_sdk_names_the_extra(store, monkeypatch):
+    from churnkit.exceptions import MissingExtraError
+
+    monkeypatch.setitem(sys.modules, "boto3", None)  # import boto3 now raises ImportError
+    with pytest.raises(MissingExtraError, match=r"pip install -e '\.\[aws\]'"):
+        target(store).client("sagemaker")
