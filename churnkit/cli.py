@@ -57,15 +57,25 @@ def main():
 
 
 @main.command()
-@click.argument("notebook")
+@click.argument("notebook", required=False)
 @click.option("-p", "--parameter", "pairs", nargs=2, multiple=True, metavar="NAME VALUE", help=PARAM_HELP)
 @click.option("--runs-dir", type=click.Path(file_okay=False), help="Audit trail folder (default runs/ or CHURNKIT_RUNS_DIR).")
-@click.option("--cell-timeout", type=int, default=None, help="Seconds a cell may run before it is stopped.")
-def run(notebook, pairs, runs_dir, cell_timeout):
+@click.option("--cell-timeout", type=click.IntRange(min=1), default=None, help="Seconds a cell may run before it is stopped.")
+@click.option("--rerun", "rerun_id", metavar="RUN_ID",
+              help="Run a past run's notebook again with the same parameters (-p overrides one); ids: `churnkit runs`.")
+def run(notebook, pairs, runs_dir, cell_timeout, rerun_id):
     """Run one NOTEBOOK headless (01-train, 02-evaluate, ...); prints the output notebook path."""
-    from churnkit.runner import run_notebook
+    from churnkit.runner import rerun_notebook, run_notebook
+    from churnkit.secrets import describe
 
-    res = run_notebook(notebook, _params(pairs), config=_config(runs_dir), cell_timeout=cell_timeout)
+    if bool(notebook) == bool(rerun_id):
+        raise click.UsageError("give either a NOTEBOOK or --rerun RUN_ID")
+    if rerun_id:
+        res = rerun_notebook(rerun_id, _params(pairs), config=_config(runs_dir), cell_timeout=cell_timeout)
+    else:
+        res = run_notebook(notebook, _params(pairs), config=_config(runs_dir), cell_timeout=cell_timeout)
+    if res.redactions:
+        click.echo(f"warning: redacted credentials from the output notebook ({describe(res.redactions)})", err=True)
     click.echo(str(res.output_path))
 
 

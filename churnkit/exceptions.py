@@ -70,6 +70,10 @@ class NotebookExecutionError(ChurnkitError):
         self.run_id = run_id
 
 
+class RunNotFoundError(ChurnkitError):
+    """A run id (``churnkit run --rerun``) is not in the tracking store, or is not a notebook run."""
+
+
 class RegistryError(ChurnkitError):
     """The model registry refused an operation, or a model URI does not resolve."""
 

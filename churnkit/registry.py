@@ -95,12 +95,17 @@ def start_run(notebook: str, config: Config | None = None):
     return mlflow.start_run(run_name=notebook, tags={TAG + "notebook": notebook, TAG + "interactive": "true"})
 
 
-def git_commit() -> tuple[str, bool]:
-    """The current git commit and whether the work tree is dirty (``("unknown", False)`` outside git)."""
+def git_commit(cwd: str | os.PathLike | None = None) -> tuple[str, bool]:
+    """The git commit of ``cwd`` (default: the current folder) and whether its work tree is dirty.
+
+    Returns ``("unknown", False)`` outside git.
+    """
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True,
+                             cwd=cwd).stdout.strip()
         dirty = bool(
-            subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=5).stdout.strip()
+            subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
+                           timeout=5, cwd=cwd).stdout.strip()
         )
         return sha, dirty
     except Exception:
@@ -397,6 +402,41 @@ def record_history(model_name: str, version: str, event: str) -> None:
 def version_history(version: str, model_name: str = DEFAULT_MODEL_NAME) -> list[dict]:
     setup_tracking()
     return json.loads(client().get_model_version(model_name, str(version)).tags.get(TAG + "history", "[]"))
+
+
+def version_holdout(version: str, model_name: str = DEFAULT_MODEL_NAME) -> tuple[pd.DataFrame, pd.Series]:
+    """The held-out rows and labels of the training run behind a registered version (for replaying traffic)."""
+    setup_tracking()
+    mv = client().get_model_version(model_name, str(version))
+    run_id = mv.tags.get(TAG + "train_run_id") or mv.run_id
+    if not run_id:
+        raise RegistryError(f"model {model_name!r} v{version} records no training run; register it through 02-evaluate")
+    return read_holdout(run_id)
+
+
+def list_versions(model_name: str | None = None, config: Config | None = None) -> list[dict]:
+    """Every registered version of ``model_name`` (default: of every model), newest first per model.
+
+    Each is a plain dict: ``name, version, aliases, tags, run_id, status, created`` (epoch ms), ``source``.
+    """
+    setup_tracking(config)
+    c = client()
+    names = [model_name] if model_name else sorted(m.name for m in c.search_registered_models())
+    out = []
+    for name in names:
+        try:
+            model = c.get_registered_model(name)
+        except Exception:  # noqa: BLE001 - a model that does not exist has no versions
+            continue
+        held: dict[str, list[str]] = {}
+        for alias, version in model.aliases.items():
+            held.setdefault(str(version), []).append(alias)
+        versions = c.search_model_versions(f"name = '{name}'")
+        for mv in sorted(versions, key=lambda v: -int(v.version)):
+            out.append({"name": mv.name, "version": str(mv.version), "aliases": sorted(held.get(str(mv.version), [])),
+                        "tags": dict(mv.tags), "run_id": mv.run_id, "status": mv.status,
+                        "created": mv.creation_timestamp, "source": mv.source})
+    return out
 
 
 # --------------------------------------------------------------------------------------------------

@@ -4,6 +4,12 @@ Each notebook run gets a folder ``runs/<UTC timestamp>-<short id>/`` (shared by 
 pipeline), an output notebook ``NN-name.ipynb`` there, and one MLflow run (parameters logged, output
 notebook attached, nested under the pipeline's parent run). The output notebook is written even when
 a cell fails; the MLflow run is then marked FAILED and the error names the notebook and the cell.
+
+Robustness (see churnkit/_runguard.py): credentials are redacted from every write of the output
+notebook; a run stopped by SIGTERM, a dead kernel or ``cell_timeout`` keeps its partial notebook with
+the stopping cell marked, and its MLflow run ends KILLED or FAILED. Every run records what is needed
+to reproduce it (git commit and dirty flag, package versions, parameters and defaults, data sha256),
+and :func:`rerun_notebook` executes a past run again with the same parameters.
 """
 
 from __future__ import annotations
@@ -11,9 +17,10 @@ from __future__ import annotations
 import ast
 import contextlib
 import io
+import hashlib
 import json
 import os
-import re
+import shlex
 import sys
 import time
 import tokenize
@@ -23,11 +30,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from churnkit import secrets
+from churnkit._runguard import RunTerminated, mark_interrupted, redacted_writes, sigterm_raises
 from churnkit.config import Config, load_config
-from churnkit.exceptions import NotebookExecutionError, NotebookNotFoundError, ParameterError
+from churnkit.exceptions import NotebookExecutionError, NotebookNotFoundError, ParameterError, RunNotFoundError
 
 SECRET_WORDS = ("token", "secret", "password", "passwd", "key", "credential")
 PIPELINE_STEPS = ("01-train", "02-evaluate")
+KILLED_BY = ("RunTerminated", "KeyboardInterrupt")  # interruptions that end a run KILLED, not FAILED
 
 
 def notebooks_dir() -> Path:
@@ -141,8 +151,8 @@ def check_parameters(parameters: dict[str, Any], declared: list[Parameter], note
     Raises
     ------
     ParameterError
-        Unknown name (lists the valid ones), a value of the wrong type, or a name that looks like a
-        credential (credentials come from the environment or the cloud SDK's default chain).
+        Unknown name (lists the valid ones), a value of the wrong type, or a name or value that looks
+        like a credential (credentials come from the environment or the cloud SDK's default chain).
     """
     by_name = {p.name: p for p in declared}
     out = {}
@@ -158,6 +168,15 @@ def check_parameters(parameters: dict[str, Any], declared: list[Parameter], note
             where = f" of {notebook}" if notebook else ""
             raise ParameterError(f"unknown parameter {name!r}; valid parameters{where}: {', '.join(valid)}", name=name, valid=valid)
         out[name] = _coerce(raw, by_name[name].default, name)
+        text = out[name] if isinstance(out[name], str) else json.dumps(out[name])
+        found = secrets.find_secrets(text)
+        if found:
+            raise ParameterError(
+                f"parameter {name!r} has a value that looks like a credential ({found[0].kind}): "
+                f"{secrets.redact_text(text)!r}; credentials are never notebook parameters: set them in the "
+                "environment or the cloud SDK's default credential chain",
+                name=name,
+            )
     return out
 
 
@@ -175,6 +194,7 @@ class RunResult:
     seconds: float
     tags: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
+    redactions: dict = field(default_factory=dict)
 
 
 def new_run_folder(config: Config) -> Path:
@@ -225,15 +245,28 @@ def run_notebook(
     pipeline_id: str | None = None,
     progress: bool | None = None,
     cell_timeout: int | None = None,
+    tags: dict[str, str] | None = None,
 ) -> RunResult:
     """Execute a notebook headless with papermill and record it (output notebook + MLflow run).
+
+    Parameters
+    ----------
+    notebook : str or path
+        ``01-train``, ``train``, ``01-train.ipynb`` or the path of any notebook file.
+    parameters : dict, optional
+        Values for the notebook's ``parameters`` cell (strings are typed from the defaults).
+    cell_timeout : int, optional
+        Seconds a cell may run; a cell that takes longer is stopped and the run marked FAILED.
+    tags : dict, optional
+        Extra MLflow tags for the run (e.g. ``churnkit.rerun_of``).
 
     Raises
     ------
     ParameterError
         Before any kernel starts, for unknown, mistyped or secret-looking parameters.
     NotebookExecutionError
-        When a cell fails; the output notebook is written first and the MLflow run marked FAILED.
+        When a cell fails, times out, the kernel dies or the process gets SIGTERM; the (partial) output
+        notebook is written first and the MLflow run marked FAILED (KILLED for SIGTERM and Ctrl-C).
     """
     import papermill as pm
 
@@ -241,81 +274,198 @@ def run_notebook(
 
     config = config or load_config()
     path = find_notebook(notebook)
-    params = check_parameters(dict(parameters or {}), notebook_parameters(path), path.stem)
+    declared = notebook_parameters(path)
+    params = check_parameters(dict(parameters or {}), declared, path.stem)
     folder = folder or new_run_folder(config)
     pipeline_id = pipeline_id or folder.name
     output = folder / path.name
     registry.setup_tracking(config)
     client = registry.client()
-    tags = {
+    run_tags = {
         "mlflow.runName": path.stem,
         registry.TAG + "notebook": path.stem,
         registry.TAG + "pipeline_id": pipeline_id,
         registry.TAG + "output_notebook": str(output),
         registry.TAG + "parameters": json.dumps(params),
+        **reproducibility_tags(path, declared, params),
+        **(tags or {}),
     }
+    if cell_timeout:
+        run_tags[registry.TAG + "cell_timeout"] = str(cell_timeout)
     if parent_run_id:
-        tags["mlflow.parentRunId"] = parent_run_id
-    run = client.create_run(registry.setup_tracking(config), tags=tags)
-    run_id = run.info.run_id
-    for k, v in params.items():
-        client.log_param(run_id, k, json.dumps(v) if not isinstance(v, str) else v)
-    env = {
-        "MLFLOW_RUN_ID": run_id,
-        "MLFLOW_TRACKING_URI": config.tracking_uri,
-        "CHURNKIT_RUNS_DIR": str(config.runs_dir),
-        "CHURNKIT_OUTPUT_NOTEBOOK": str(output),
-        "CHURNKIT_PIPELINE_ID": pipeline_id,
-        "MPLBACKEND": "Agg",
-        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-    }
-    started = time.perf_counter()
-    status, error = "FINISHED", None
-    try:
-        with _environ(env):
-            pm.execute_notebook(
-                str(path),
-                str(output),
-                parameters=params,
-                kernel_name="python3",
-                progress_bar=sys.stderr.isatty() if progress is None else progress,
-                cwd=str(path.parent),
-                execution_timeout=cell_timeout,
-                report_mode=False,
-            )
-    except pm.PapermillExecutionError as exc:
-        status = "FAILED"
-        cell, ename, evalue = _failed_cell(output)
-        error = NotebookExecutionError(
-            f"notebook {path.stem} failed in code cell {cell if cell is not None else exc.exec_count} "
-            f"({exc.ename}: {exc.evalue}); the output notebook with the error is {output}",
-            output_path=str(output), cell_index=cell, ename=exc.ename, evalue=exc.evalue, run_id=run_id,
-        )
-    except BaseException as exc:  # kernel death, timeout, Ctrl-C: still record the run as failed
-        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
-        error = NotebookExecutionError(
-            f"notebook {path.stem} did not finish ({type(exc).__name__}: {exc}); partial output: {output}",
-            output_path=str(output), ename=type(exc).__name__, evalue=str(exc), run_id=run_id,
-        )
-        if isinstance(exc, KeyboardInterrupt):
-            _finish(client, run_id, output, status, time.perf_counter() - started)
-            raise
-    seconds = time.perf_counter() - started
-    _finish(client, run_id, output, status, seconds)
+        run_tags["mlflow.parentRunId"] = parent_run_id
+    with sigterm_raises():
+        run = client.create_run(registry.setup_tracking(config), tags=run_tags)
+        run_id = run.info.run_id
+        for k, v in params.items():
+            client.log_param(run_id, k, json.dumps(v) if not isinstance(v, str) else v)
+        env = {
+            "MLFLOW_RUN_ID": run_id,
+            "MLFLOW_TRACKING_URI": config.tracking_uri,
+            "CHURNKIT_RUNS_DIR": str(config.runs_dir),
+            "CHURNKIT_OUTPUT_NOTEBOOK": str(output),
+            "CHURNKIT_PIPELINE_ID": pipeline_id,
+            "MPLBACKEND": "Agg",
+            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+        }
+        started = time.perf_counter()
+        status, error, interrupt = "FINISHED", None, None
+        with redacted_writes(output) as redactions:
+            try:
+                with _environ(env):
+                    pm.execute_notebook(
+                        str(path),
+                        str(output),
+                        parameters=params,
+                        kernel_name="python3",
+                        progress_bar=sys.stderr.isatty() if progress is None else progress,
+                        cwd=str(path.parent),
+                        execution_timeout=cell_timeout,
+                        report_mode=False,
+                    )
+            except pm.PapermillExecutionError as exc:
+                status = "FAILED"
+                cell, _, _ = _failed_cell(output)
+                evalue = secrets.redact_text(str(exc.evalue))
+                error = NotebookExecutionError(
+                    f"notebook {path.stem} failed in code cell {cell if cell is not None else exc.exec_count} "
+                    f"({exc.ename}: {evalue}); the output notebook with the error is {output}",
+                    output_path=str(output), cell_index=cell, ename=exc.ename, evalue=evalue, run_id=run_id,
+                )
+            except BaseException as exc:  # timeout, kernel death, SIGTERM, Ctrl-C: keep the partial record
+                interrupt = exc
+                status = "KILLED" if isinstance(exc, (KeyboardInterrupt, RunTerminated)) else "FAILED"
+                ename, evalue = _interruption(exc, cell_timeout)
+                cell = _failed_cell(output)[0] if mark_interrupted(output, ename, evalue) else None
+                where = f"in code cell {cell}" if cell is not None else "before its first cell"
+                error = NotebookExecutionError(
+                    f"notebook {path.stem} was stopped {where} ({ename}: {evalue}); partial output notebook: {output}",
+                    output_path=str(output), cell_index=cell, ename=ename, evalue=evalue, run_id=run_id,
+                )
+                if isinstance(exc, RunTerminated):
+                    error.exit_code = 128 + exc.signum  # what a shell reports for a process ended by the signal
+        seconds = time.perf_counter() - started
+        found = _finish(client, run_id, output, status, seconds, error, redactions)
+    if isinstance(interrupt, KeyboardInterrupt):
+        raise interrupt
     if error is not None:
         raise error
     final = client.get_run(run_id)
-    return RunResult(path.stem, output, run_id, status, params, seconds, dict(final.data.tags), dict(final.data.metrics))
+    return RunResult(path.stem, output, run_id, status, params, seconds, dict(final.data.tags),
+                     dict(final.data.metrics), found)
 
 
-def _finish(client, run_id: str, output: Path, status: str, seconds: float) -> None:
+def _interruption(exc: BaseException, cell_timeout: int | None) -> tuple[str, str]:
+    """``(ename, evalue)`` for a run stopped from outside its cells, in words a reviewer acts on."""
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
+
+    if isinstance(exc, CellTimeoutError):
+        return "CellTimeoutError", f"the cell ran longer than the cell timeout ({cell_timeout} s) and was stopped"
+    if isinstance(exc, DeadKernelError):
+        return "DeadKernelError", "the kernel died while the cell ran (crash, os._exit, or killed for lack of memory)"
+    if isinstance(exc, RunTerminated):
+        return "RunTerminated", f"the run {exc} (a cancelled CI job, `kill`) and was stopped"
+    if isinstance(exc, KeyboardInterrupt):
+        return "KeyboardInterrupt", "the run was interrupted (Ctrl-C)"
+    return type(exc).__name__, secrets.redact_text(str(exc))
+
+
+def _finish(client, run_id: str, output: Path, status: str, seconds: float,
+            error: NotebookExecutionError | None = None, redactions: dict | None = None) -> dict:
+    """Attach the output notebook and close the MLflow run; returns the redactions by kind."""
     from churnkit import registry
 
+    found = dict(redactions or {})
     if output.exists():
+        # Every write already went through redaction; this pass also covers a write papermill might
+        # make outside its I/O layer in a future version. It finds nothing in the normal case.
+        for kind, n in secrets.redact_file(output).items():
+            found[kind] = max(found.get(kind, 0), n)
         client.log_artifact(run_id, str(output), "notebook")
     client.log_metric(run_id, "notebook_seconds", seconds)
+    if found:
+        client.set_tag(run_id, registry.TAG + "redactions", json.dumps(found, sort_keys=True))
+    if error is not None:
+        client.set_tag(run_id, registry.TAG + "error", f"{error.ename}: {error.evalue}"[:4000])
+        if error.cell_index is not None:
+            client.set_tag(run_id, registry.TAG + "failed_cell", str(error.cell_index))
     client.set_tag(run_id, registry.TAG + "status", status)
     client.set_terminated(run_id, "KILLED" if status == "KILLED" else status)
+    return found
+
+
+def reproducibility_tags(path: Path, declared: list[Parameter], params: dict[str, Any]) -> dict[str, str]:
+    """What a run needs to be reproduced: commit, dirty flag, packages, notebook and data digests, seed.
+
+    ``churnkit.defaults`` holds the notebook's declared defaults, so the effective parameters of a run
+    are ``defaults | parameters`` even after the notebook changes.
+    """
+    from churnkit import registry
+    from churnkit.data import file_sha256
+
+    commit, dirty = registry.git_commit(path.parent)
+    defaults = {p.name: p.default for p in declared}
+    effective = defaults | params
+    tags = {
+        registry.TAG + "git_commit": commit,
+        registry.TAG + "git_dirty": str(dirty).lower(),
+        registry.TAG + "packages": json.dumps(registry.package_versions()),
+        registry.TAG + "notebook_path": str(path),
+        registry.TAG + "notebook_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        registry.TAG + "defaults": json.dumps(defaults),
+    }
+    if "seed" in effective:
+        tags[registry.TAG + "seed"] = str(effective["seed"])
+    data_path = effective.get("data_path")
+    if isinstance(data_path, str) and data_path and Path(data_path).is_file():
+        tags[registry.TAG + "data_sha256"] = file_sha256(data_path)
+    return tags
+
+
+def rerun_parameters(run_id: str, config: Config | None = None) -> tuple[Path, dict[str, Any]]:
+    """The notebook and the parameters of a past notebook run, from its MLflow tags.
+
+    Raises
+    ------
+    RunNotFoundError
+        The run is not in the tracking store, is a pipeline run, or was not started by the runner.
+    """
+    from churnkit import registry
+
+    registry.setup_tracking(config)
+    try:
+        run = registry.client().get_run(run_id)
+    except Exception as exc:  # MLflow raises its own error types for a malformed or unknown id
+        raise RunNotFoundError(
+            f"run {run_id!r} is not in the tracking store {(config or load_config()).tracking_uri!r}; "
+            "list run ids with `churnkit runs`"
+        ) from exc
+    tags = run.data.tags
+    name, raw = tags.get(registry.TAG + "notebook"), tags.get(registry.TAG + "parameters")
+    if name == "pipeline":
+        words = ["churnkit", "pipeline"]
+        for k, v in json.loads(raw or "{}").items():
+            words += ["-p", k, v if isinstance(v, str) else json.dumps(v)]
+        raise RunNotFoundError(f"run {run_id!r} is a pipeline run, not a notebook run; run it again with "
+                               f"`{shlex.join(words)}`")
+    if not name or raw is None:
+        raise RunNotFoundError(f"run {run_id!r} was not started by `churnkit run` (no churnkit.notebook/parameters "
+                               "tags); pass the id of a notebook run from `churnkit runs`")
+    source = tags.get(registry.TAG + "notebook_path", "")
+    return (Path(source) if source and Path(source).is_file() else find_notebook(name)), json.loads(raw)
+
+
+def rerun_notebook(run_id: str, overrides: dict[str, Any] | None = None, **options) -> RunResult:
+    """Execute a past run's notebook again with the same parameters, into a new run folder.
+
+    ``overrides`` replace single parameters; ``options`` are those of :func:`run_notebook`. The new run
+    is tagged ``churnkit.rerun_of`` with the original run id.
+    """
+    from churnkit import registry
+
+    path, params = rerun_parameters(run_id, options.get("config"))
+    tags = {registry.TAG + "rerun_of": run_id} | options.pop("tags", {})
+    return run_notebook(path, params | dict(overrides or {}), tags=tags, **options)
 
 
 def split_parameters(parameters: dict[str, Any], steps: tuple[str, ...]) -> dict[str, dict[str, Any]]:
@@ -364,6 +514,8 @@ def run_pipeline(
                                              registry.TAG + "parameters": json.dumps(parameters or {})})
     results: list[RunResult] = []
     status = "FAILED"
+    stop_sigterm = contextlib.ExitStack()
+    stop_sigterm.enter_context(sigterm_raises())  # SIGTERM between two steps also ends the parent run KILLED
     try:
         for step in PIPELINE_STEPS:
             params = dict(per_step[step])
@@ -375,9 +527,14 @@ def run_pipeline(
             echo(f"  ✓ {step} finished in {res.seconds:.1f} s")
             results.append(res)
         status = "FINISHED"
+    except BaseException as exc:
+        if isinstance(exc, (KeyboardInterrupt, RunTerminated)) or getattr(exc, "ename", "") in KILLED_BY:
+            status = "KILLED"
+        raise
     finally:
         client.set_tag(parent.info.run_id, registry.TAG + "status", status)
         client.set_terminated(parent.info.run_id, status)
+        stop_sigterm.close()
     return PipelineResult(folder.name, folder, results, parent.info.run_id)
 
 
