@@ -129,5 +129,62 @@ def synth(rows, month, seed, drift, out):
     click.echo(f"{path}: {len(frame)} rows, churn rate {(frame['churn'] == 'Yes').mean():.1%}")
 
 
+# ---- real-time serving --------------------------------------------------------------------------
+@main.command()
+@click.option("--model", "model_uri", metavar="URI",
+              help="models:/churn@champion, models:/churn/N, runs:/..., a model folder or gs:// / s3:// URI "
+                   "(default: CHURNKIT_MODEL_URI, AIP_STORAGE_URI, AZUREML_MODEL_DIR, then /opt/ml/model).")
+@click.option("--host", help="Interface to bind (default CHURNKIT_HOST, else 127.0.0.1; the image sets 0.0.0.0).")
+@click.option("--port", type=click.IntRange(0, 65535), help="Port (default AIP_HTTP_PORT, else 8080; 0 picks a free one).")
+@click.option("--max-body-bytes", type=click.IntRange(min=1), default=6 * 1024 * 1024, show_default=True,
+              help="Larger request bodies get 413.")
+@click.option("--max-rows", type=click.IntRange(min=1), default=10_000, show_default=True,
+              help="Requests with more rows get 413.")
+@click.option("--capture-dir", type=click.Path(file_okay=False), help="Write every scored request there (JSON Lines).")
+@click.option("--capture-max-bytes", type=click.IntRange(min=1), default=16 * 1024 * 1024, show_default=True,
+              help="Rotate capture files at this size.")
+@click.option("--runs-dir", type=click.Path(file_okay=False), help="Audit trail folder (default runs/ or CHURNKIT_RUNS_DIR).")
+def serve(model_uri, host, port, max_body_bytes, max_rows, capture_dir, capture_max_bytes, runs_dir):
+    """Serve the model over HTTP: SageMaker, Vertex AI, Azure ML and MLflow routes, /metrics."""
+    import os
+
+    from churnkit.serve.app import create_app, environment_settings, run_server
+    from churnkit.serve.loading import load_serving_model
+
+    env = environment_settings(os.environ)
+    loaded = load_serving_model(model_uri or env["model"], _config(runs_dir))
+    app = create_app(loaded, max_body_bytes=max_body_bytes, max_rows=max_rows, capture_dir=capture_dir,
+                     capture_max_bytes=capture_max_bytes, vertex_health_route=env["vertex_health_route"],
+                     vertex_predict_route=env["vertex_predict_route"])
+    run_server(app, host=host or env["host"], port=env["port"] if port is None else port)
+
+
+# ---- the reviewer's view of runs/ ---------------------------------------------------------------
+@main.command()
+@click.option("--runs-dir", type=click.Path(file_okay=False), help="Audit trail folder (default runs/ or CHURNKIT_RUNS_DIR).")
+@click.option("--limit", type=click.IntRange(min=0), default=200, show_default=True, help="Newest N runs (0 = all).")
+@click.option("--json", "as_json", is_flag=True, help="Print the runs as one JSON list.")
+def runs(runs_dir, limit, as_json):
+    """List notebook runs newest first: status, key parameters and metrics, model versions."""
+    from churnkit.audit import format_table, list_runs
+
+    entries = list_runs(_config(runs_dir), limit=limit or None)
+    if as_json:
+        emit_json(entries)
+    else:
+        click.echo(format_table(entries))
+
+
+@main.command()
+@click.option("--runs-dir", type=click.Path(file_okay=False), help="Audit trail folder (default runs/ or CHURNKIT_RUNS_DIR).")
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="HTML file to write (default <runs-dir>/index.html).")
+@click.option("--limit", type=click.IntRange(min=0), default=0, help="Newest N notebook runs only (default all).")
+def report(runs_dir, out, limit):
+    """Write a static HTML index of runs/: executed notebooks, failures, gates, model versions."""
+    from churnkit.audit import write_report
+
+    click.echo(str(write_report(_config(runs_dir), out, limit=limit or None)))
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -91,6 +91,10 @@ class SchemaError(ChurnkitError):
         self.details = list(details or [])
 
 
+class RequestError(SchemaError):
+    """A scoring request cannot be read at all: malformed body (400), too large (413), wrong type (415)."""
+
+
 class DeployTargetError(ChurnkitError):
     """An unknown deploy target, or a target that cannot do what was asked."""
 

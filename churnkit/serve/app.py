@@ -1,0 +1,316 @@
+"""The HTTP server: one scorer behind SageMaker's, Vertex AI's, Azure ML's and MLflow's routes.
+
+=========================================  ======================================================
+GET /ping, POST /invocations               SageMaker (and MLflow's scoring protocol)
+AIP_HEALTH_ROUTE, AIP_PREDICT_ROUTE        Vertex AI custom container (when those are set)
+GET /, POST /score                         Azure ML
+GET /health, /version, /metrics            operations (Prometheus text on /metrics)
+=========================================  ======================================================
+
+The predict routes are plain ASGI callables (no Request/Response objects on the hot path); every
+client mistake is a 4xx ``{"error", "details"}``, an unexpected failure a logged 500 with a
+generic body, never a stack trace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import time
+import uuid
+from datetime import datetime, timezone
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from churnkit.exceptions import ConfigError, RequestError, SchemaError
+from churnkit.serve import contracts
+from churnkit.serve.metrics import CONTENT_TYPE, Metrics
+from churnkit.serve.scorer import Scorer
+
+log = logging.getLogger("churnkit.serve")
+
+DEFAULT_MAX_BODY_BYTES = 6 * 1024 * 1024  # SageMaker's real-time payload limit
+DEFAULT_MAX_ROWS = 10_000
+DEFAULT_PORT = 8080
+PREDICT_ROUTES = ("/invocations", "/score")
+_JSON = b"application/json"
+_INTERNAL = contracts.dumps({"error": "internal error while scoring; the server log has the details", "details": []})
+
+
+class _Disconnected(Exception):
+    pass
+
+
+async def _read_body(receive, limit: int) -> bytes:
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _Disconnected
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(size, limit)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _too_large(size: int, limit: int) -> RequestError:
+    return RequestError(
+        f"the body has more than {limit} bytes ({size} so far); send fewer rows per request or start the server "
+        "with a larger --max-body-bytes", status=413, details=[f"body bytes {size} > max_body_bytes {limit}"],
+    )
+
+
+class Service:
+    """What every route shares: the loaded model, its scorer, metrics and data capture."""
+
+    def __init__(self, loaded, scorer: Scorer, max_body_bytes: int, capture=None):
+        self.loaded = loaded
+        self.scorer = scorer
+        self.max_body_bytes = int(max_body_bytes)
+        self.capture = capture
+        self.metrics = Metrics(loaded.name, str(loaded.version), loaded.sha256)
+        self.version_header = str(loaded.version).encode("latin-1", "replace")
+
+    def describe(self) -> dict:
+        from churnkit import __version__
+
+        m = self.loaded
+        return {"name": m.name, "version": str(m.version), "sha256": m.sha256, "uri": m.uri, "threshold": m.threshold,
+                "churnkit": __version__, "engine": self.scorer.engine}
+
+
+class PredictEndpoint:
+    """ASGI app of one predict route (``vertex=True`` answers ``{"predictions": [...]}`` only)."""
+
+    def __init__(self, service: Service, vertex: bool = False):
+        self.service = service
+        self.vertex = vertex
+
+    async def __call__(self, scope, receive, send) -> None:
+        svc = self.service
+        content_type = length = request_id = None
+        for key, value in scope["headers"]:
+            if key == b"content-type":
+                content_type = value.decode("latin-1")
+            elif key == b"content-length":
+                length = value
+            elif key == b"x-request-id":
+                request_id = value.decode("latin-1")[:128]
+        request_id = request_id or uuid.uuid4().hex
+        status, model_seconds = 200, None
+        try:
+            if length is not None and length.isdigit() and int(length) > svc.max_body_bytes:
+                raise _too_large(int(length), svc.max_body_bytes)
+            body = await _read_body(receive, svc.max_body_bytes)
+            payload, batch = contracts.parse_body(body, content_type, svc.scorer.validator)
+            t0 = time.perf_counter()
+            proba = svc.scorer.predict_batch(batch)
+            model_seconds = time.perf_counter() - t0
+            predictions = svc.scorer.predictions(proba)
+            m = svc.loaded
+            out = contracts.vertex_response(predictions) if self.vertex else contracts.response(predictions, m.name, str(m.version))
+            data = contracts.dumps(out)
+            svc.metrics.observe_scores(proba)
+            if svc.capture is not None:
+                svc.capture.write({
+                    "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), "request_id": request_id,
+                    "model_name": m.name, "model_version": str(m.version),
+                    "inputs": payload.records(svc.scorer.validator.names), "predictions": proba.tolist(),
+                })
+        except _Disconnected:
+            return
+        except SchemaError as exc:
+            status, data = exc.status, contracts.dumps(contracts.error_body(exc))
+        except Exception:  # an internal failure: logged with its trace, never shown to the client
+            log.exception("scoring failed (request id %s)", request_id)
+            status, data, model_seconds = 500, _INTERNAL, None
+        scope["churnkit.model_seconds"] = model_seconds
+        latency = b"%.3f" % ((model_seconds or 0.0) * 1000.0)
+        await send({"type": "http.response.start", "status": status, "headers": [
+            (b"content-type", _JSON), (b"content-length", str(len(data)).encode()),
+            (b"x-model-latency-ms", latency), (b"x-model-version", svc.version_header),
+            (b"x-request-id", request_id.encode("latin-1", "replace")),
+        ]})
+        await send({"type": "http.response.body", "body": data})
+
+
+class Instrument:
+    """ASGI middleware counting every request by route and status, and timing predict requests."""
+
+    def __init__(self, app, metrics: Metrics, routes: frozenset):
+        self.app = app
+        self.metrics = metrics
+        self.routes = routes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        status = [500]
+
+        async def send_status(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            path = scope["path"]
+            self.metrics.observe_request(path if path in self.routes else "other", status[0],
+                                         time.perf_counter() - t0, scope.get("churnkit.model_seconds"))
+
+
+def _json(obj, status: int = 200, headers: dict | None = None) -> Response:
+    return Response(contracts.dumps(obj), status_code=status, media_type="application/json", headers=headers)
+
+
+def create_app(
+    loaded,
+    *,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    max_rows: int = DEFAULT_MAX_ROWS,
+    capture_dir=None,
+    capture_max_bytes: int | None = None,
+    vertex_health_route: str | None = None,
+    vertex_predict_route: str | None = None,
+    fast: bool = True,
+) -> Starlette:
+    """The Starlette app serving ``loaded`` (a :class:`churnkit.registry.LoadedModel`).
+
+    Parameters
+    ----------
+    max_body_bytes, max_rows : int
+        Larger requests get 413.
+    capture_dir : path, optional
+        Write every scored request there as JSON Lines (see :mod:`churnkit.serve.capture`).
+    capture_max_bytes : int, optional
+        Rotate capture files at this size (16 MiB by default).
+    vertex_health_route, vertex_predict_route : str, optional
+        Vertex AI's ``AIP_HEALTH_ROUTE`` / ``AIP_PREDICT_ROUTE``.
+    fast : bool
+        False scores with sklearn itself (for comparisons).
+    """
+    for name, route in (("vertex_health_route", vertex_health_route), ("vertex_predict_route", vertex_predict_route)):
+        if route is not None and not route.startswith("/"):
+            raise ConfigError(f"{name} {route!r} must start with '/'; check AIP_HEALTH_ROUTE / AIP_PREDICT_ROUTE")
+    scorer = Scorer.from_loaded(loaded, max_rows=max_rows, fast=fast)
+    capture = None
+    if capture_dir:
+        from churnkit.serve.capture import DEFAULT_MAX_BYTES, CaptureWriter
+
+        capture = CaptureWriter(capture_dir, capture_max_bytes or DEFAULT_MAX_BYTES)
+        capture.start()
+    svc = Service(loaded, scorer, max_body_bytes, capture)
+
+    async def ok(request: Request) -> Response:
+        return _json({"status": "ok"})
+
+    async def health(request: Request) -> Response:
+        return _json({"status": "ok", "name": loaded.name, "version": str(loaded.version), "engine": scorer.engine,
+                      "uptime_seconds": round(time.time() - svc.metrics.start_time, 3), "rows_scored": svc.metrics.rows})
+
+    async def version(request: Request) -> Response:
+        return _json(svc.describe())
+
+    async def metrics(request: Request) -> Response:
+        return Response(svc.metrics.render(), media_type=CONTENT_TYPE)
+
+    routes = []
+    if vertex_predict_route:
+        routes.append(Route(vertex_predict_route, PredictEndpoint(svc, vertex=True), methods=["POST"]))
+    if vertex_health_route:
+        routes.append(Route(vertex_health_route, ok, methods=["GET"]))
+    routes += [Route(p, PredictEndpoint(svc), methods=["POST"]) for p in PREDICT_ROUTES]
+    routes += [Route("/ping", ok), Route("/", ok), Route("/health", health), Route("/version", version),
+               Route("/metrics", metrics)]
+    paths = [r.path for r in routes]
+
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        what = "no such route" if exc.status_code == 404 else exc.detail
+        return _json({"error": f"{what}: {request.method} {request.url.path}", "details": sorted(set(paths))},
+                     exc.status_code, exc.headers)
+
+    async def server_error(request: Request, exc: Exception) -> Response:
+        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        return Response(_INTERNAL, status_code=500, media_type="application/json")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        try:
+            yield
+        finally:
+            if capture is not None:
+                capture.close()
+
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(Instrument, metrics=svc.metrics, routes=frozenset(paths))],
+        exception_handlers={HTTPException: http_error, Exception: server_error},
+        lifespan=lifespan,
+    )
+    app.state.service = svc
+    return app
+
+
+def environment_settings(environ) -> dict:
+    """Container defaults from the environment: model URI, host, port and Vertex routes.
+
+    Model: ``CHURNKIT_MODEL_URI``, else ``AIP_STORAGE_URI`` (Vertex), else ``AZUREML_MODEL_DIR``
+    (Azure ML custom container), else ``/opt/ml/model`` (SageMaker). Port: ``AIP_HTTP_PORT``, else 8080. Host: ``CHURNKIT_HOST`` (the image sets
+    0.0.0.0), else 127.0.0.1.
+    """
+    port = environ.get("AIP_HTTP_PORT") or DEFAULT_PORT
+    try:
+        port = int(port)
+    except ValueError:
+        raise ConfigError(f"AIP_HTTP_PORT {port!r} is not a port number; set it to e.g. 8080") from None
+    return {
+        "model": (environ.get("CHURNKIT_MODEL_URI") or environ.get("AIP_STORAGE_URI")
+                  or environ.get("AZUREML_MODEL_DIR") or "/opt/ml/model"),
+        "host": environ.get("CHURNKIT_HOST") or "127.0.0.1",
+        "port": port,
+        "vertex_health_route": environ.get("AIP_HEALTH_ROUTE") or None,
+        "vertex_predict_route": environ.get("AIP_PREDICT_ROUTE") or None,
+    }
+
+
+def run_server(app: Starlette, host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> None:
+    """Serve ``app`` with uvicorn (uvloop + httptools) until SIGINT/SIGTERM.
+
+    Prints ``serving <name> v<version> on http://host:port`` to stderr once the socket listens
+    (port 0 picks a free port and prints it).
+    """
+    import uvicorn
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    svc: Service = app.state.service
+
+    class _Server(uvicorn.Server):
+        async def startup(self, sockets=None):
+            await super().startup(sockets)
+            if self.started:
+                bound = self.servers[0].sockets[0].getsockname()[1] if self.servers else port
+                print(f"serving {svc.loaded.name} v{svc.loaded.version} on http://{host}:{bound}", file=sys.stderr, flush=True)
+
+    config = uvicorn.Config(
+        app, host=host, port=port, loop=_available("uvloop", "auto"), http=_available("httptools", "auto"),
+        lifespan="on", access_log=False, log_level="warning", server_header=False, timeout_graceful_shutdown=10,
+    )
+    _Server(config).run()
+
+
+def _available(module: str, fallback: str) -> str:
+    import importlib.util
+
+    return module if importlib.util.find_spec(module) else fallback

@@ -1,0 +1,149 @@
+"""Data capture: every scored request as one JSON line, and the reader monitoring uses.
+
+Files are ``capture-<UTC yyyymmddTHHMMSS>-<seq>.jsonl`` in the capture folder, rotated when one
+passes ``max_bytes``. A line is ``{"time", "request_id", "model_name", "model_version", "inputs":
+[{column: raw value}], "predictions": [churn_probability]}``. The server only puts the record on a
+queue; a writer thread serialises and appends it, flushing at least every ``flush_seconds``, so a
+request never waits on the disk.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from pathlib import Path
+
+from churnkit.exceptions import DataError
+from churnkit.serve.contracts import dumps
+
+log = logging.getLogger("churnkit.serve")
+
+DEFAULT_MAX_BYTES = 16 * 1024 * 1024
+_STOP = object()
+
+
+class CaptureWriter:
+    """Appends capture records to rotating JSON Lines files from a background thread.
+
+    Parameters
+    ----------
+    directory : path
+        Created when missing.
+    max_bytes : int
+        A file that reaches this size is closed and a new one started.
+    flush_seconds : float
+        Longest time a record stays in memory before it is flushed to the file.
+    """
+
+    def __init__(self, directory, max_bytes: int = DEFAULT_MAX_BYTES, flush_seconds: float = 1.0):
+        self.directory = Path(directory)
+        self.max_bytes = int(max_bytes)
+        self.flush_seconds = float(flush_seconds)
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._file = None
+        self._size = 0
+        self._seq = 0
+        self.written = 0
+        self.dropped = 0
+
+    def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._thread = threading.Thread(target=self._run, name="churnkit-capture", daemon=True)
+        self._thread.start()
+
+    def write(self, record: dict) -> None:
+        """Queue one record (never blocks; the writer thread serialises it)."""
+        self._queue.put(record)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Write everything queued, close the file and stop the thread."""
+        if self._thread is not None:
+            self._queue.put(_STOP)
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _open(self) -> None:
+        while True:
+            stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+            path = self.directory / f"capture-{stamp}-{self._seq:04d}.jsonl"
+            self._seq += 1
+            try:
+                self._file = open(path, "xb")  # noqa: SIM115 - kept open across writes; "x": never append to another process's file
+            except FileExistsError:
+                continue
+            self._size = 0
+            return
+
+    def _append(self, record: dict) -> None:
+        line = dumps(record) + b"\n"
+        if self._file is None or self._size >= self.max_bytes:
+            if self._file is not None:
+                self._file.close()
+            self._open()
+        self._file.write(line)
+        self._size += len(line)
+        self.written += 1
+
+    def _run(self) -> None:
+        dirty = False
+        while True:
+            try:
+                item = self._queue.get(timeout=self.flush_seconds if dirty else None)
+            except queue.Empty:
+                self._file.flush()
+                dirty = False
+                continue
+            if item is _STOP:
+                break
+            try:
+                self._append(item)
+                dirty = True
+            except Exception:
+                self.dropped += 1
+                log.exception("data capture could not write a record (%d dropped so far)", self.dropped)
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def capture_files(path) -> list[Path]:
+    """The capture files at ``path`` (a file, or a folder of ``capture-*.jsonl``), oldest first."""
+    p = Path(path)
+    if p.is_file():
+        return [p]
+    if not p.is_dir():
+        raise DataError(f"capture path {str(p)!r} does not exist; pass the folder given to `churnkit serve --capture-dir`")
+    return sorted(p.glob("capture-*.jsonl"))
+
+
+def read_capture(path):
+    """Captured requests as a DataFrame: one row per scored input row.
+
+    Columns: the input columns as sent, plus ``churn_probability``, ``model_version`` and ``time``
+    (UTC timestamps). A partly written last line (a server stopped mid-write) is skipped.
+
+    Parameters
+    ----------
+    path : str or Path
+        A capture folder or one capture file.
+    """
+    import pandas as pd
+
+    rows = []
+    for f in capture_files(path):
+        with open(f, "rb") as fh:
+            for line in fh:
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue
+                for inputs, proba in zip(rec.get("inputs", []), rec.get("predictions", [])):
+                    rows.append({**inputs, "churn_probability": proba, "model_version": str(rec.get("model_version")),
+                                 "time": rec.get("time")})
+    frame = pd.DataFrame(rows, columns=None if rows else ["churn_probability", "model_version", "time"])
+    frame["time"] = pd.to_datetime(frame["time"], utc=True, format="ISO8601")
+    return frame

@@ -1,0 +1,160 @@
+"""Finding and loading the model a server scores with, verified by sha256.
+
+``churnkit serve`` loads through :func:`churnkit.registry.load_model` (models:/, runs:/, a folder);
+a cloud storage URI (``gs://``, ``s3://``, ...; Vertex passes one in ``AIP_STORAGE_URI``) is
+downloaded first. A model folder copied out of the registry carries ``churnkit-model.json`` (name,
+version, threshold, sha256; written by :func:`export_model`) so a container knows what it serves and
+refuses a changed artifact. :func:`load_model_folder` does the same without MLflow, for the Azure ML
+``score.py`` environment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from churnkit.exceptions import IntegrityError, RegistryError
+from churnkit.registry import LoadedModel, artifact_sha256, read_metadata
+
+MANIFEST = "churnkit-model.json"
+REMOTE_SCHEMES = ("gs://", "s3://", "wasbs://", "abfss://", "azureml://", "http://", "https://")
+
+
+def read_manifest(folder) -> dict:
+    path = Path(folder) / MANIFEST
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise RegistryError(f"{str(path)!r} is not valid JSON ({exc}); re-export the model with export_model") from exc
+
+
+def export_model(loaded: LoadedModel, dest) -> Path:
+    """Copy a loaded model's folder to ``dest`` with a manifest, ready to upload to a cloud endpoint."""
+    dest = Path(dest)
+    shutil.copytree(loaded.path, dest, dirs_exist_ok=True)
+    manifest = {"name": loaded.name, "version": str(loaded.version), "threshold": loaded.threshold,
+                "sha256": loaded.sha256, "uri": loaded.uri}
+    (dest / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return dest
+
+
+def verify_folder(folder, uri: str, environ=None) -> str:
+    """The artifact's sha256, checked against the folder's manifest and ``CHURNKIT_MODEL_SHA256``.
+
+    Runs before anything is deserialized. Raises IntegrityError naming the source that disagrees.
+    """
+    env = os.environ if environ is None else environ
+    sha = artifact_sha256(folder)
+    manifest = read_manifest(folder)
+    for source, expected in ((MANIFEST, manifest.get("sha256")), ("CHURNKIT_MODEL_SHA256", env.get("CHURNKIT_MODEL_SHA256"))):
+        if expected and expected != sha:
+            raise IntegrityError(
+                f"model {uri!r}: artifact sha256 {sha[:16]}... does not match {expected[:16]}... from {source}; "
+                "the file was changed after export: restore the artifact or export the model again"
+            )
+    return sha
+
+
+def apply_manifest(loaded: LoadedModel, environ=None) -> LoadedModel:
+    """Name, version and threshold of a model loaded from a bare folder (the registry's win otherwise).
+
+    ``CHURNKIT_MODEL_NAME``, ``CHURNKIT_MODEL_VERSION`` and ``CHURNKIT_MODEL_THRESHOLD`` (set by the
+    deploy targets on the container) win over the folder's manifest.
+    """
+    if loaded.version != "local":
+        return loaded
+    env = os.environ if environ is None else environ
+    manifest = read_manifest(loaded.path)
+    loaded.name = str(env.get("CHURNKIT_MODEL_NAME") or manifest.get("name") or loaded.name)
+    loaded.version = str(env.get("CHURNKIT_MODEL_VERSION") or manifest.get("version") or loaded.version)
+    threshold = env.get("CHURNKIT_MODEL_THRESHOLD") or manifest.get("threshold")
+    if threshold not in (None, ""):
+        try:
+            loaded.threshold = float(threshold)
+        except ValueError:
+            raise RegistryError(f"threshold {threshold!r} (CHURNKIT_MODEL_THRESHOLD or {MANIFEST}) is not a number; "
+                                "set a probability such as 0.5") from None
+    return loaded
+
+
+def find_model_folder(root) -> Path:
+    """The folder holding ``MLmodel`` at or below ``root`` (Azure ML nests the registered folder)."""
+    root = Path(root)
+    if (root / "MLmodel").exists():
+        return root
+    found = sorted(p.parent for p in root.glob("**/MLmodel") if len(p.relative_to(root).parts) <= 4)
+    if not found:
+        raise RegistryError(f"no MLmodel file at or below {str(root)!r}; point it at an exported churnkit model folder")
+    return found[0]
+
+
+def _load_estimator(folder: Path):
+    import yaml
+
+    flavor = (yaml.safe_load((folder / "MLmodel").read_text()).get("flavors") or {}).get("sklearn") or {}
+    path = folder / flavor.get("pickled_model", "")
+    fmt = flavor.get("serialization_format", "skops")
+    if fmt == "skops":
+        import skops.io
+
+        return skops.io.load(path, trusted=flavor.get("skops_trusted_types") or [])
+    raise RegistryError(
+        f"model file {str(path)!r} is serialized as {fmt!r}; churnkit serves only skops files (safe to load): "
+        "log the model with churnkit.log_candidate"
+    )
+
+
+def load_model_folder(folder, uri: str | None = None, environ=None) -> LoadedModel:
+    """Load an MLflow sklearn model folder without MLflow (skops), verified against its manifest."""
+    from churnkit.data import Schema
+
+    folder = find_model_folder(folder)
+    meta = read_metadata(folder)
+    if "churnkit_schema" not in meta:
+        raise RegistryError(f"model folder {str(folder)!r} carries no churnkit schema in its MLmodel; train it with 01-train")
+    uri = uri or str(folder)
+    sha = verify_folder(folder, uri, environ)  # before deserializing anything
+    loaded = LoadedModel(
+        pipeline=_load_estimator(folder), schema=Schema.from_dict(meta["churnkit_schema"]),
+        threshold=float(meta.get("churnkit_threshold", 0.5)), name=str(meta.get("churnkit_name", "churn")),
+        version="local", sha256=sha, uri=uri, path=folder,
+    )
+    return apply_manifest(loaded, environ)
+
+
+def load_serving_model(uri: str, config=None, environ=None) -> LoadedModel:
+    """The model ``churnkit serve`` scores with: registry URI, folder, or cloud storage URI; sha256 verified."""
+    from churnkit.registry import load_model
+
+    if uri.startswith(REMOTE_SCHEMES):
+        import tempfile
+
+        import mlflow.artifacts
+
+        try:
+            local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tempfile.mkdtemp(prefix="churnkit-model-"))
+        except Exception as exc:
+            raise RegistryError(f"model {uri!r} could not be downloaded ({type(exc).__name__}: {exc}); check the "
+                                "URI and that this machine can read it") from exc
+        folder = find_model_folder(local)
+        verify_folder(folder, uri, environ)
+        loaded = load_model(str(folder), config)
+        loaded.uri = uri
+        return apply_manifest(loaded, environ)
+    folder = Path(uri)
+    if folder.is_dir():
+        folder = find_model_folder(folder)  # /opt/ml/model may hold the model folder one level down
+        verify_folder(folder, uri, environ)
+        loaded = load_model(str(folder), config)
+        loaded.uri = uri
+        return apply_manifest(loaded, environ)
+    loaded = load_model(uri, config)  # models:/ and runs:/: the registry checks the sha256 it recorded
+    expected = (os.environ if environ is None else environ).get("CHURNKIT_MODEL_SHA256")
+    if expected and expected != loaded.sha256:
+        raise IntegrityError(f"model {uri!r}: artifact sha256 {loaded.sha256[:16]}... does not match "
+                             f"CHURNKIT_MODEL_SHA256 {expected[:16]}...; unset it or serve the model it names")
+    return loaded
