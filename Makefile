@@ -23,7 +23,7 @@ venv:
 	  touch "$(VENV_DIR)/.complete"; \
 	fi
 	@ln -sfn "$(VENV_DIR)" $(VENV)
-	@$(BIN)/python -c "import churnkit, sys; sys.exit(0 if churnkit.__file__.startswith('$(CURDIR)/') else 1)" 2>/dev/null \
+	@$(BIN)/python -I -c "import churnkit, sys; sys.exit(0 if churnkit.__file__.startswith('$(CURDIR)/') else 1)" 2>/dev/null \
 	  || $(BIN)/pip install -q --no-deps --no-build-isolation -e .
 
 # azureml-inference-server-http pins opentelemetry/pydantic below the kit's pins: it gets its own venv.
