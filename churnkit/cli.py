@@ -186,5 +186,77 @@ def report(runs_dir, out, limit):
     click.echo(str(write_report(_config(runs_dir), out, limit=limit or None)))
 
 
+# ---- progressive rollout ------------------------------------------------------------------------
+TARGET_CHOICE = click.Choice(["local", "sagemaker", "azureml", "vertex"])
+
+
+def _rollout_echo(as_json: bool):
+    return (lambda msg: click.echo(msg, err=True)) if as_json else click.echo
+
+
+def _endpoint_options(fn):
+    """--target, --endpoint, --model-name, --runs-dir and --json, shared by rollout and rollback."""
+    for option in reversed([
+        click.option("--target", "deploy_target", type=TARGET_CHOICE, required=True, help="Deploy target of the endpoint."),
+        click.option("--endpoint", default="churn", show_default=True, help="Endpoint name on the target."),
+        click.option("--model-name", default="churn", show_default=True, help="Registered model name."),
+        click.option("--runs-dir", type=click.Path(file_okay=False), help="Audit trail folder (default runs/ or CHURNKIT_RUNS_DIR)."),
+        click.option("--json", "as_json", is_flag=True, help="Print the decision record as one JSON object."),
+    ]):
+        fn = option(fn)
+    return fn
+
+
+def _emit_record(record, as_json: bool) -> None:
+    if as_json:
+        emit_json(record.to_dict())
+    elif record.decision != "none":  # the "nothing to roll out" line was already printed as progress
+        click.echo(record.summary())
+
+
+@main.command()
+@_endpoint_options
+@click.option("--strategy", type=click.Choice(["canary", "linear"]), default="canary", show_default=True,
+              help="canary: 10 → 100; linear: 25, 50, 75, 100 (unless --steps).")
+@click.option("--steps", default="", metavar="10,50,100", help="Explicit challenger weights, ending with 100.")
+@click.option("--interval", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
+              help="Seconds each step bakes before it is judged.")
+@click.option("--max-error-rate", type=click.FloatRange(0, 1), default=0.01, show_default=True,
+              help="Challenger's share of 5xx/timeouts/connection errors allowed (and above the champion's).")
+@click.option("--max-p99-ratio", type=click.FloatRange(min=0), default=1.5, show_default=True,
+              help="Challenger p99 / champion p99 on the same window.")
+@click.option("--max-prediction-psi", type=click.FloatRange(min=0), default=0.2, show_default=True,
+              help="PSI of challenger scores against champion scores.")
+@click.option("--failure-threshold", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Failed checks (over the whole rollout) that trigger the rollback; 1 = the first.")
+@click.option("--min-requests", type=click.IntRange(min=0), default=50, show_default=True,
+              help="Requests each variant needs in a step before its verdict (the bake extends up to 10×).")
+@click.option("--replay-rate", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Replay held-out rows through the endpoint at this many requests/s during the rollout.")
+@click.option("--resume", is_flag=True, help="After a stopped controller: continue its step instead of rolling back.")
+def rollout(deploy_target, endpoint, model_name, strategy, steps, interval, max_error_rate, max_p99_ratio,
+            max_prediction_psi, failure_threshold, min_requests, replay_rate, resume, runs_dir, as_json):
+    """Shift traffic from champion to challenger step by step; promote it, or roll back on a breach."""
+    from churnkit.rollout import rollout as run_rollout
+
+    record = run_rollout(deploy_target, endpoint=endpoint, model_name=model_name, strategy=strategy, steps=steps,
+                         interval=interval, max_error_rate=max_error_rate, max_p99_ratio=max_p99_ratio,
+                         max_prediction_psi=max_prediction_psi, failure_threshold=failure_threshold,
+                         min_requests=min_requests, replay_rate=replay_rate, resume=resume,
+                         config=_config(runs_dir), echo=_rollout_echo(as_json))
+    _emit_record(record, as_json)
+
+
+@main.command()
+@_endpoint_options
+def rollback(deploy_target, endpoint, model_name, runs_dir, as_json):
+    """Restore the `previous` version as champion with 100 % of the traffic."""
+    from churnkit.rollout import rollback as run_rollback
+
+    record = run_rollback(deploy_target, endpoint=endpoint, model_name=model_name, config=_config(runs_dir),
+                          echo=_rollout_echo(as_json))
+    _emit_record(record, as_json)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -120,7 +120,12 @@ class RolloutError(ChurnkitError):
 
 
 class RolloutLockedError(RolloutError):
-    """Another rollout holds the lock on the same endpoint."""
+    """Another rollout holds the lock on the same endpoint; ``pid`` and ``path`` name the holder and the lock."""
+
+    def __init__(self, message: str, *, pid: int | None = None, path: str | None = None):
+        super().__init__(message)
+        self.pid = pid
+        self.path = path
 
 
 class MonitorError(ChurnkitError):

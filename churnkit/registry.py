@@ -217,9 +217,15 @@ def load_candidate(train_run_id: str = "") -> Candidate:
 
     pipeline = mlflow.sklearn.load_model(str(local))
     schema = Schema.from_dict(read_metadata(local)["churnkit_schema"])
-    holdout = pd.read_parquet(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="holdout/holdout.parquet"))
-    y = holdout.pop("__label__")
+    holdout, y = read_holdout(run_id)
     return Candidate(run_id, model_uri, pipeline, schema, holdout, y, sha, dict(run.data.tags))
+
+
+def read_holdout(run_id: str) -> tuple[pd.DataFrame, pd.Series]:
+    """The held-out rows (typed features) and labels a 01-train run logged."""
+    holdout = pd.read_parquet(_mlflow().artifacts.download_artifacts(run_id=run_id, artifact_path="holdout/holdout.parquet"))
+    y = holdout.pop("__label__")
+    return holdout, y
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,0 +1,223 @@
+"""Rollout decisions as pure functions on recorded windows; the record, the lock and the state file."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from churnkit import rollout as ro
+from churnkit.exceptions import ParameterError, RolloutLockedError
+
+RNG = np.random.default_rng(7)
+
+
+def window(requests=400, errors=0, timeouts=0, latency=5.0, scores=None, jitter=1.0, seed=0):
+    """A recorded window: ``requests`` requests, latencies around ``latency`` ms, 10 scores per request."""
+    rng = np.random.default_rng(seed)
+    ok = requests - errors - timeouts
+    lat = latency + rng.exponential(jitter, ok)
+    if scores is None:
+        scores = rng.beta(2, 5, ok * 10)
+    return ro.Window(requests, errors, timeouts, tuple(lat), tuple(scores))
+
+
+# ---- plans ---------------------------------------------------------------------------------------
+
+def test_strategies_and_explicit_steps():
+    assert ro.plan_steps("canary") == [10, 100]
+    assert ro.plan_steps("linear") == [25, 50, 75, 100]
+    assert ro.plan_steps("linear", "10, 50,100") == [10, 50, 100]
+    assert ro.plan_steps("canary", [5, 100]) == [5, 100]
+
+
+@pytest.mark.parametrize("steps, words", [
+    ([50, 10, 100], "strictly increasing"), ([10, 50], "add 100"), ([0, 100], "from 1 to 100"),
+    ([10, 150], "from 1 to 100"), ("10,x", "comma-separated"), ([10.5, 100], "integer"),
+])
+def test_bad_steps_name_the_value_and_the_fix(steps, words):
+    with pytest.raises(ParameterError, match=words) as info:
+        ro.plan_steps("canary", steps)
+    assert info.value.name == "steps"
+
+
+def test_unknown_strategy_lists_the_known_ones():
+    with pytest.raises(ParameterError, match=r"'blue-green'.*'canary', 'linear'"):
+        ro.plan_steps("blue-green")
+
+
+def test_thresholds_refuse_nonsense():
+    with pytest.raises(ParameterError, match="max_error_rate is a share"):
+        ro.Thresholds(max_error_rate=5)
+    with pytest.raises(ParameterError, match="failure_threshold must be an integer of at least 1"):
+        ro.Thresholds(failure_threshold=0)
+    with pytest.raises(ParameterError, match="max_p99_ratio"):
+        ro.Thresholds(max_p99_ratio=float("nan"))
+
+
+# ---- checks on recorded windows ------------------------------------------------------------------
+
+def test_same_model_passes_every_check():
+    v = ro.judge_step(window(seed=1), window(seed=2))
+    assert v.enough and v.ok and v.failed == []
+    assert [c.name for c in v.checks] == ["challenger_live", "error_rate", "p99_ratio", "prediction_psi"]
+    assert v.check("prediction_psi").value < 0.05
+
+
+def test_errors_fail_only_above_the_limit_and_the_champion():
+    th = ro.Thresholds()
+    v = ro.judge_step(window(), window(requests=400, errors=20), th)
+    assert [c.name for c in v.failed] == ["error_rate"]
+    assert "5.00% (20/400)" in v.reason and "limit 1.00%" in v.reason
+    # one failure in 400 requests is within 1 %
+    assert ro.judge_step(window(), window(requests=400, errors=1), th).ok
+    # both variants failing alike is not the challenger's fault
+    assert ro.judge_step(window(errors=40), window(errors=40, seed=3), th).check("error_rate").ok
+    # timeouts count as failures
+    assert not ro.judge_step(window(), window(timeouts=20), th).check("error_rate").ok
+
+
+def test_ten_times_slower_fails_p99_but_noise_below_the_slack_does_not():
+    slow = ro.judge_step(window(latency=5.0), window(latency=50.0))
+    assert [c.name for c in slow.failed] == ["p99_ratio"]
+    assert slow.check("p99_ratio").value > 5
+    # 3 ms vs 6 ms is a ratio of ~2 but only 3 ms apart: under the 10 ms slack
+    assert ro.judge_step(window(latency=2.0, jitter=0.1), window(latency=5.0, jitter=0.1)).ok
+    assert not ro.judge_step(window(latency=2.0, jitter=0.1), window(latency=5.0, jitter=0.1),
+                             ro.Thresholds(p99_slack_ms=0.0)).ok
+
+
+def test_shifted_predictions_fail_psi():
+    base = RNG.beta(2, 5, 4000)
+    shifted = np.clip(base + 0.25, 0, 1)
+    v = ro.judge_step(window(scores=base), window(scores=shifted))
+    assert [c.name for c in v.failed] == ["prediction_psi"]
+    assert v.check("prediction_psi").value > 0.2 and "limit 0.2" in v.reason
+
+
+def test_psi_is_not_judged_on_too_few_scores():
+    few = ro.judge_step(window(), window(requests=60, scores=RNG.random(50)), ro.Thresholds(min_requests=50))
+    psi = few.check("prediction_psi")
+    assert psi.ok and psi.value is None and "not judged" in psi.detail
+
+
+def test_too_little_traffic_gives_no_verdict_yet():
+    v = ro.judge_step(window(), window(requests=20))
+    assert not v.enough and not v.ok and "challenger 20" in v.reason
+    assert [c.name for c in v.checks] == ["challenger_live"]
+
+
+def test_a_dead_challenger_fails_at_once_and_early():
+    v = ro.judge_step(window(), window(requests=0), challenger_status="exited")
+    assert [c.name for c in v.failed] == ["challenger_live"] and "'exited'" in v.reason
+    early = ro.early_breach(window(), ro.Window(), ro.Thresholds(), "exited")
+    assert early is not None and not early.ok
+
+
+def test_early_breach_only_for_errors_over_min_requests():
+    th = ro.Thresholds(min_requests=50)
+    assert ro.early_breach(window(), window(requests=10, errors=10), th) is None  # too few to judge
+    assert ro.early_breach(window(), window(requests=60, errors=30), th).failed[0].name == "error_rate"
+    assert ro.early_breach(window(latency=5), window(latency=500), th) is None  # latency waits for the bake
+
+
+def test_failure_threshold_counts_failed_checks_over_the_rollout():
+    bad = ro.judge_step(window(), window(errors=40))
+    assert len(bad.failed) == 1
+    assert ro.should_roll_back(0, bad, ro.Thresholds(failure_threshold=1))
+    assert not ro.should_roll_back(0, bad, ro.Thresholds(failure_threshold=2))
+    assert ro.should_roll_back(1, bad, ro.Thresholds(failure_threshold=2))
+    good = ro.judge_step(window(), window(seed=5))
+    assert not ro.should_roll_back(0, good, ro.Thresholds())
+
+
+def test_window_from_router_stats():
+    w = ro.Window.from_dict({"requests": 3, "errors": 1, "timeouts": 1, "latencies_ms": [1, 2], "scores": [0.1]})
+    assert w.failures == 2 and w.error_rate == pytest.approx(2 / 3) and w.p99_ms == pytest.approx(1.99)
+    assert ro.Window.from_dict(None).error_rate == 0.0 and ro.Window().p99_ms is None
+
+
+def test_psi_of_identical_and_constant_samples():
+    x = RNG.random(1000)
+    assert ro.psi(x, x) == pytest.approx(0.0)
+    assert ro.psi(np.full(100, 0.5), np.full(100, 0.5)) == pytest.approx(0.0)
+    assert ro.psi(np.full(100, 0.5), np.full(100, 0.9)) > 1
+
+
+# ---- the decision record -------------------------------------------------------------------------
+
+def test_record_has_the_design_shape_and_is_valid_json():
+    verdict = ro.judge_step(window(), window(latency=50))
+    step = ro.StepRecord.from_windows(10, window(), window(latency=50), verdict, ok=False, seconds=2.0,
+                                      started=ro.utcnow())
+    rec = ro.RolloutRecord("rolled_back", verdict.reason, "1", "2", [step], finished=ro.utcnow())
+    d = json.loads(json.dumps(rec.to_dict(), allow_nan=False))
+    assert list(d) == ["decision", "reason", "champion", "challenger", "steps", "started", "finished"]
+    s = d["steps"][0]
+    assert {k: type(s[k]).__name__ for k in ("weight", "requests", "errors", "p99_ms", "prediction_psi", "ok")} == {
+        "weight": "int", "requests": "int", "errors": "int", "p99_ms": "float", "prediction_psi": "float", "ok": "bool"}
+    assert s["ok"] is False and s["p99_ms"] > 50 and s["champion_p99_ms"] < 20
+    assert ro.RolloutRecord.from_dict(d).to_dict() == d
+    assert "rolled back v2; v1 serves" in rec.summary() and "FAIL" in rec.summary()
+    assert list(rec.table()["weight"]) == [10]
+
+
+def test_timeline_plot_has_one_panel_per_quantity():
+    steps = [ro.StepRecord(w, 100, 0, 5.0, 0.01, True, 900, 0, 4.0, 2.0, checks=[
+        {"name": "prediction_psi", "value": 0.01, "limit": 0.2, "ok": True, "detail": ""}]) for w in (10, 100)]
+    fig = ro.plot_rollout(ro.RolloutRecord("promoted", "all steps passed", "1", "2", steps))
+    assert [a.get_ylabel() for a in fig.axes] == ["traffic %", "requests / s", "p99 latency (ms)", "prediction PSI"]
+    empty = ro.plot_rollout(ro.RolloutRecord("none", "nothing to roll out: no challenger", "1", None))
+    assert empty.axes[0].texts[0].get_text() == "nothing to roll out: no challenger"
+
+
+# ---- lock and state ------------------------------------------------------------------------------
+
+def test_second_lock_on_an_endpoint_is_refused_naming_the_holder(tmp_path):
+    path = tmp_path / "churn.lock"
+    with ro.RolloutLock(path, "churn"):
+        with pytest.raises(RolloutLockedError, match=rf"endpoint 'churn': pid {os.getpid()} ") as info:
+            ro.RolloutLock(path, "churn").acquire()
+        assert info.value.pid == os.getpid() and info.value.path == str(path)
+    with ro.RolloutLock(path, "churn") as again:  # released: free again
+        assert json.loads(path.read_text())["pid"] == os.getpid()
+        assert again.stale_holder is None
+
+
+def test_lock_of_a_killed_holder_is_taken_over(tmp_path):
+    path = tmp_path / "churn.lock"
+    code = (f"from churnkit.rollout import RolloutLock; import time; lock = RolloutLock({str(path)!r}).acquire(); "
+            "print('locked', flush=True); time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        with pytest.raises(RolloutLockedError, match=f"pid {proc.pid} "):
+            ro.RolloutLock(path).acquire()
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        assert not ro.pid_alive(proc.pid)
+        lock = ro.RolloutLock(path).acquire()
+        assert lock.stale_holder["pid"] == proc.pid
+        lock.release()
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_state_file_is_replaced_atomically(tmp_path):
+    path = tmp_path / "rollout" / "churn.json"
+    assert ro.read_state(path) is None
+    ro.write_state(path, {"phase": "baking", "step": 1})
+    ro.write_state(path, {"phase": "done", "step": 2})
+    state = ro.read_state(path)
+    assert state["phase"] == "done" and state["updated"].endswith("Z")
+    assert [p.name for p in path.parent.iterdir()] == ["churn.json"]
+    path.write_text("{half")
+    assert ro.read_state(path) is None
+    time.sleep(0)
