@@ -52,3 +52,16 @@ def registry_store(base: Path) -> Path:
         for k, v in saved.items():
             if v is not None:
                 os.environ[k] = v
+
+
+def cloud_store(tmp_path: Path, monkeypatch, env: dict[str, str]):
+    """A registry store for one cloud test: the cloud's variables set, the embedded MLflow in use."""
+    from churnkit import registry
+    from churnkit.config import load_config
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    config = load_config(registry_store(tmp_path))
+    registry.setup_tracking(config)
+    return config

@@ -14,7 +14,7 @@ import tarfile
 import types
 
 import pytest
-from deploy_support import registry_store
+from deploy_support import cloud_store
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
@@ -29,17 +29,9 @@ ENV = {
 
 @pytest.fixture
 def store(tmp_path, monkeypatch):
-    from churnkit import registry
-    from churnkit.config import load_config
-
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("AWS_REGION", raising=False)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
-    for k, v in ENV.items():
-        monkeypatch.setenv(k, v)
-    config = load_config(registry_store(tmp_path))
-    registry.setup_tracking(config)
-    return config
+    return cloud_store(tmp_path, monkeypatch, ENV)
 
 
 @pytest.fixture

@@ -396,3 +396,21 @@ class DeployTarget(ABC):
 def request(api: str, operation: str, params: dict, **extra) -> dict:
     """One planned request: the API, the operation and its parameters in the API's field names."""
     return {"api": api, "operation": operation, "request": params, **extra}
+
+
+class CloudTarget(DeployTarget):
+    """A managed-cloud target: settings from environment variables ``ENV``, constructor arguments winning."""
+
+    ENV: ClassVar[dict[str, str]] = {}
+
+    def __init__(self, endpoint: str, config: Config | None, overrides: dict[str, str | None],
+                 environ: dict | None = None):
+        super().__init__(endpoint, config)
+        self._overrides = {k: v for k, v in overrides.items() if v}
+        self._environ = environ
+
+    @property
+    def settings(self) -> dict[str, str]:
+        """Every setting of ``ENV``; a missing one raises ConfigError naming its variable."""
+        missing = {k: v for k, v in self.ENV.items() if k not in self._overrides}
+        return {**env_settings(missing, self.name, self._environ), **self._overrides}

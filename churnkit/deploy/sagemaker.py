@@ -23,7 +23,7 @@ import tarfile
 import time
 from typing import Any
 
-from churnkit.deploy.base import DeployTarget, EndpointState, Release, VariantState, _share, env_settings, request
+from churnkit.deploy.base import CloudTarget, EndpointState, Release, VariantState, _share, request
 from churnkit.exceptions import CloudCredentialsError, DeployTargetError, MissingExtraError
 
 ENV = {
@@ -49,7 +49,7 @@ def _boto3():
     return boto3
 
 
-class SageMakerTarget(DeployTarget):
+class SageMakerTarget(CloudTarget):
     """A SageMaker endpoint whose production variants are model versions.
 
     Parameters
@@ -69,30 +69,23 @@ class SageMakerTarget(DeployTarget):
     """
 
     name = "sagemaker"
+    ENV = ENV
 
     def __init__(self, endpoint: str = "churn", config=None, *, instance_type: str = "ml.m5.large",
                  instance_count: int = 1, capture_percent: int = 100, wait_timeout: float = 1800.0,
                  poll_seconds: float = 15.0, role_arn: str | None = None, bucket: str | None = None,
                  image_uri: str | None = None, region: str | None = None, session=None, environ: dict | None = None):
-        super().__init__(endpoint, config)
+        super().__init__(endpoint, config, dict(role_arn=role_arn, bucket=bucket, image_uri=image_uri, region=region),
+                         environ)
         self.instance_type = instance_type
         self.instance_count = instance_count
         self.capture_percent = capture_percent
         self.wait_timeout = wait_timeout
         self.poll_seconds = poll_seconds
-        self._overrides = {k: v for k, v in dict(role_arn=role_arn, bucket=bucket, image_uri=image_uri,
-                                                  region=region).items() if v}
-        self._environ = environ
         self._session = session
         self._clients: dict[str, Any] = {}
 
-    # ---- settings and clients --------------------------------------------------------------------
-    @property
-    def settings(self) -> dict[str, str]:
-        """Role, bucket, image and region (constructor arguments win over the environment)."""
-        missing = {k: v for k, v in ENV.items() if k not in self._overrides}
-        return {**env_settings(missing, self.name, self._environ), **self._overrides}
-
+    # ---- clients ---------------------------------------------------------------------------------
     def client(self, service: str):
         """The boto3 client for ``service`` (cached, so tests can attach a botocore Stubber)."""
         if service not in self._clients:
