@@ -7,6 +7,14 @@ from churnkit.data import Dataset, Schema, describe_dataset, load_table, synth_m
 from churnkit.evaluate import evaluate_holdout, gate, plot_evaluation
 from churnkit.exceptions import ChurnkitError
 from churnkit.model import split_holdout, train_model
+from churnkit.monitor import (
+    build_monitor_report,
+    load_monitor_inputs,
+    load_monitored_model,
+    log_monitor_report,
+    measure_latency,
+    probe_rows,
+)
 from churnkit.registry import (
     load_candidate,
     load_champion,
@@ -25,16 +33,22 @@ __all__ = [
     "Dataset",
     "Schema",
     "__version__",
+    "build_monitor_report",
     "describe_dataset",
     "evaluate_holdout",
     "gate",
     "load_candidate",
     "load_champion",
     "load_model",
+    "load_monitor_inputs",
+    "load_monitored_model",
     "load_table",
     "log_candidate",
     "log_evaluation",
+    "log_monitor_report",
+    "measure_latency",
     "plot_evaluation",
+    "probe_rows",
     "record_registration",
     "register_candidate",
     "split_holdout",

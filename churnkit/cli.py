@@ -258,5 +258,52 @@ def rollback(deploy_target, endpoint, model_name, runs_dir, as_json):
     _emit_record(record, as_json)
 
 
+# ---- monitoring ---------------------------------------------------------------------------------
+@main.command()
+@click.option("--reference", required=True, metavar="FILE", help="Reference table (CSV/Parquet), e.g. the training month.")
+@click.option("--current", required=True, metavar="FILE|DIR",
+              help="Current table, or a serving data-capture folder / .jsonl file (served scores included).")
+@click.option("--history", multiple=True, metavar="FILE", help="Earlier labelled months, oldest first (AUC over months).")
+@click.option("--labels", "labels_path", default="", metavar="FILE", help="Labels that arrived later, joined on --id-column.")
+@click.option("--label-column", default="churn", show_default=True, help="The churn label in --labels or --current.")
+@click.option("--id-column", default="", help="Join key of --labels (default: the one column shared with --current).")
+@click.option("--exclude", "id_columns", multiple=True, metavar="COLUMN", help="Column to leave out of drift (repeatable).")
+@click.option("--model", "model_uri", default="", metavar="URI", help="models:/churn@champion, runs:/..., or a folder: "
+              "scores give prediction drift and, with labels, performance vs its holdout.")
+@click.option("--metrics-url", default="", metavar="URL", help="A churnkit server (http://127.0.0.1:8080): latency breakdown.")
+@click.option("--probe-requests", type=click.IntRange(min=0), default=20, show_default=True,
+              help="Timed requests the latency probe sends (needs --model for the payload).")
+@click.option("--drift-share", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="Dataset drift when at least this share of columns drifted.")
+@click.option("--psi-warn", type=click.FloatRange(min=0), default=0.1, show_default=True, help="PSI warning level.")
+@click.option("--psi-act", type=click.FloatRange(min=0), default=0.25, show_default=True,
+              help="PSI of a column or of the scores at which retraining is recommended.")
+@click.option("--max-auc-drop", type=click.FloatRange(min=0), default=0.03, show_default=True,
+              help="Retrain when ROC AUC falls more than this below the model's holdout AUC.")
+@click.option("--small-sample", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Up to this many rows a side: KS / chi-squared p < 0.05; above: Wasserstein / Jensen-Shannon.")
+@click.option("--report", "report_path", default="", metavar="FILE.html", help="Write the HTML report (plots included).")
+@click.option("--runs-dir", type=click.Path(file_okay=False), help="Audit trail folder (default runs/ or CHURNKIT_RUNS_DIR).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+def monitor(reference, current, history, labels_path, label_column, id_column, id_columns, model_uri, metrics_url,
+            probe_requests, drift_share, psi_warn, psi_act, max_auc_drop, small_sample, report_path, runs_dir, as_json):
+    """Data drift, prediction drift, performance once labels arrive, latency; exit 0 even when drift is found."""
+    from churnkit.monitor import monitor_files
+
+    report = monitor_files(reference, current, labels_path=labels_path, history=history, model_uri=model_uri,
+                           metrics_url=metrics_url, probe_requests=probe_requests, config=_config(runs_dir),
+                           label_column=label_column, id_column=id_column, id_columns=id_columns,
+                           drift_share=drift_share, psi_warn=psi_warn, psi_act=psi_act, max_auc_drop=max_auc_drop,
+                           small_sample=small_sample)
+    if report_path:
+        path = report.write_html(report_path)
+        click.echo(f"report written to {path}", err=as_json)
+    if as_json:
+        emit_json(report.to_dict())
+    else:
+        click.echo(report.table().to_string(float_format=lambda v: f"{v:.4g}"))
+        click.echo(report.summary())
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -1,0 +1,221 @@
+"""Reading what the monitor compares: tables, the serving data capture, the registry, a live server.
+
+The I/O edge of :mod:`churnkit.monitor` (which re-exports these names); everything here hands plain
+frames, a loaded model or Prometheus text to the pure functions there.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from churnkit._latency import latency_breakdown
+from churnkit.data import Schema, read_table, synth_month
+from churnkit.exceptions import DataError, MonitorError
+
+SCORE_COLUMN = "churn_probability"
+#: Columns the serving data capture adds to the inputs; never features.
+CAPTURE_COLUMNS = (SCORE_COLUMN, "model_version", "time", "request_id", "model_name")
+
+
+@dataclass
+class MonitorInputs:
+    """Reference and current frames (plus labels and earlier months) and where each came from."""
+
+    reference: pd.DataFrame
+    current: pd.DataFrame
+    labels: pd.DataFrame | None = None
+    months: dict[str, pd.DataFrame] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+
+
+def read_current(path: str | Path) -> pd.DataFrame:
+    """A table (CSV/Parquet) or the serving data capture (a folder of, or one, JSON Lines file)."""
+    p = Path(path)
+    if p.is_dir() or p.suffix.lower() == ".jsonl":
+        if not p.exists():
+            raise DataError(f"capture file {str(p)!r} does not exist; pass a capture folder or a .jsonl file")
+        try:
+            from churnkit.serve.capture import read_capture
+        except ImportError:  # serving installed without its capture module: read the documented format
+            read_capture = _read_capture_jsonl
+        frame = read_capture(p)
+        if frame.empty:
+            raise DataError(f"capture {str(p)!r} holds no requests yet; let the server take traffic or pass a table")
+        return frame
+    return read_table(p)
+
+
+def _read_capture_jsonl(path: Path) -> pd.DataFrame:
+    """One row per scored input row: the inputs plus churn_probability, model_version and time."""
+    files = sorted(path.glob("capture-*.jsonl")) if path.is_dir() else [path]
+    records = []
+    for f in files:
+        for line in f.read_text(encoding="utf-8").splitlines():
+            if not line.strip():
+                continue
+            req = json.loads(line)
+            for row, score in zip(req.get("inputs", []), req.get("predictions", [])):
+                records.append(row | {SCORE_COLUMN: score, "model_version": req.get("model_version"),
+                                      "time": req.get("time")})
+    return pd.DataFrame.from_records(records)
+
+
+def load_monitor_inputs(
+    reference_path: str = "",
+    current_path: str = "",
+    labels_path: str = "",
+    drift: str | None = "covariate",
+    *,
+    rows: int = 4000,
+    seed: int = 0,
+) -> MonitorInputs:
+    """Read reference, current (one path, or several comma-separated months: the last is current) and labels.
+
+    An empty ``reference_path`` is synthetic month 1; an empty ``current_path`` is synthetic month 2
+    with ``drift`` ("covariate", "concept", "new_category" or "" for none).
+    """
+    if reference_path:
+        reference, ref_src = read_table(reference_path), str(reference_path)
+    else:
+        reference, ref_src = synth_month(rows=rows, month=1, seed=seed), f"synthetic month 1 ({rows} rows)"
+    paths = [p.strip() for p in str(current_path).split(",") if p.strip()]
+    months = {}
+    if paths:
+        for p in paths[:-1]:
+            months[Path(p).stem] = read_current(p)
+        current, cur_src = read_current(paths[-1]), paths[-1]
+    else:
+        current = synth_month(rows=rows, month=2, seed=seed, drift=drift or None)
+        cur_src = f"synthetic month 2 ({rows} rows, drift {drift or 'none'})"
+    labels = read_table(labels_path) if labels_path else None
+    sources = {"reference": ref_src, "current": cur_src} | ({"labels": str(labels_path)} if labels_path else {})
+    return MonitorInputs(reference, current, labels, months, sources)
+
+
+def load_monitored_model(model_name: str = "churn", model_alias: str = "champion", *, model_uri: str = "", config=None):
+    """The model to score with and its holdout metrics: ``(LoadedModel, baseline)``, or ``(None, None)``.
+
+    ``model_uri`` (models:/..., runs:/..., a folder) wins over name and alias. A name/alias that the
+    registry does not hold gives ``(None, None)`` so monitoring still reports data drift; an explicit
+    ``model_uri`` that does not resolve raises :class:`~churnkit.exceptions.RegistryError`. The baseline
+    is the version's ``churnkit.holdout_*`` tags recorded at registration (None outside the registry).
+    """
+    from churnkit import registry
+    from churnkit.exceptions import RegistryError
+
+    uri = model_uri or f"models:/{model_name}@{model_alias}"
+    try:
+        version = registry.find_version(uri, config)
+    except RegistryError:
+        if model_uri:
+            raise
+        return None, None
+    model = registry.load_model(uri, config)
+    prefix = registry.TAG + "holdout_"
+    tags = version.tags if version is not None else {}
+    baseline = {k.removeprefix(prefix): float(v) for k, v in tags.items() if k.startswith(prefix)}
+    return model, (baseline or None)
+
+
+def measure_latency(metrics_url: str, payload: list[dict] | None = None, *, requests: int = 20,
+                    route: str = "/invocations", timeout: float = 10.0) -> dict:
+    """Probe a live server: /metrics before and after ``requests`` timed POSTs of ``payload`` rows.
+
+    ``metrics_url`` is the server's base URL (``http://127.0.0.1:8080``) or its ``/metrics`` URL.
+    Returns :func:`latency_breakdown` over the probe window.
+    """
+    import httpx
+
+    base = metrics_url.rstrip("/").removesuffix("/metrics")
+    body = None if not payload else _json_body({"instances": payload})
+    timings = []
+    try:
+        with httpx.Client(timeout=timeout) as client:
+            before = _get_metrics(client, base)
+            for _ in range(requests if body else 0):
+                t0 = time.perf_counter()
+                resp = client.post(base + route, content=body, headers={"content-type": "application/json"})
+                total = (time.perf_counter() - t0) * 1000
+                model_ms = resp.headers.get("x-model-latency-ms")
+                timings.append({"total_ms": total, "model_ms": float(model_ms) if model_ms else None,
+                                "status": resp.status_code, "bytes": len(body), "rows": len(payload)})
+            after = _get_metrics(client, base)
+    except httpx.HTTPError as exc:
+        raise MonitorError(f"cannot reach the server at {base!r} ({type(exc).__name__}: {exc}); start it with "
+                           "`churnkit serve --model ...` or fix --metrics-url") from exc
+    return latency_breakdown(after, timings, baseline_text=before, now=time.time())
+
+
+def _get_metrics(client, base: str) -> str:
+    resp = client.get(base + "/metrics")
+    if resp.status_code != 200:
+        raise MonitorError(f"GET {base + '/metrics'!r} answered {resp.status_code}; point --metrics-url at a churnkit server")
+    return resp.text
+
+
+def _json_body(obj) -> bytes:
+    return json.dumps(obj, default=str).encode()
+
+
+def probe_rows(frame: pd.DataFrame, schema: Schema, rows: int = 5) -> list[dict]:
+    """A few rows of the model's input columns as JSON-ready records (the latency probe's payload)."""
+    cols = [c for c in schema.names if c in frame.columns]
+    sample = frame[cols].head(rows).astype(object)
+    return [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()}
+            for r in sample.to_dict(orient="records")]
+
+
+def monitor_files(
+    reference_path: str,
+    current_path: str,
+    *,
+    labels_path: str = "",
+    history: list[str] | tuple = (),
+    model_uri: str = "",
+    metrics_url: str = "",
+    probe_requests: int = 20,
+    config=None,
+    **options,
+):
+    """The ``churnkit monitor`` command as a function: read the files, load the model, build a MonitorReport.
+
+    ``options`` go to :func:`build_monitor_report` (drift_share, psi_act, max_auc_drop, label_column, ...).
+    """
+    paths = ",".join([*history, current_path])
+    inputs = load_monitor_inputs(reference_path, paths, labels_path)
+    model, baseline = load_monitored_model(model_uri=model_uri, config=config) if model_uri else (None, None)
+    latency = None
+    if metrics_url:
+        payload = probe_rows(inputs.current, model.schema, 5) if model is not None else None
+        latency = measure_latency(metrics_url, payload, requests=probe_requests)
+    from churnkit.monitor import build_monitor_report
+
+    return build_monitor_report(inputs.reference, inputs.current, model=model, labels=inputs.labels,
+                                baseline=baseline, months=inputs.months, latency=latency, **options)
+
+
+def log_monitor_report(report, html: bool = True) -> None:
+    """Attach a report to the active MLflow run: headline metrics, the JSON, and the HTML report."""
+    import mlflow
+
+    if mlflow.active_run() is None:
+        return
+    metrics = {"share_of_drifted_columns": report.share_of_drifted_columns, "dataset_drift": float(report.dataset_drift),
+               "retrain": float(report.recommendation["retrain"])}
+    if report.prediction_drift:
+        metrics["prediction_psi"] = report.prediction_drift["psi"]
+    perf = report.performance or {}
+    if perf.get("metrics"):
+        metrics |= {"current_roc_auc": perf["metrics"]["roc_auc"], "current_pr_auc": perf["metrics"]["pr_auc"]}
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(v)})
+    mlflow.log_dict(report.to_dict(), "monitor/report.json")
+    if html:
+        from churnkit._monitor_html import render_html
+
+        mlflow.log_text(render_html(report), "monitor/report.html")
