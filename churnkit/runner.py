@@ -218,11 +218,27 @@ def _environ(values: dict[str, str]):
                 os.environ[k] = v
 
 
-def _failed_cell(output_path: Path) -> tuple[int | None, str | None, str | None]:
+def failed_cell(output_path: str | os.PathLike) -> tuple[int | None, str | None, str | None]:
+    """``(code cell number, ename, evalue)`` of the first failing cell of an executed notebook.
+
+    Code cells are counted from 1 as the notebook's author sees them (papermill's injected cell is not
+    counted); the last error output of the cell is the one reported. ``(None, None, None)`` when no
+    cell failed or the file cannot be read.
+    """
     try:
-        nb = json.loads(output_path.read_text())
-    except Exception:
+        nb = json.loads(Path(output_path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
         return None, None, None
+    code_index = 0
+    for cell in nb.get("cells", []):
+        tags = cell.get("metadata", {}).get("tags", [])
+        if cell.get("cell_type") != "code" or "injected-parameters" in tags:
+            continue
+        code_index += 1
+        errors = [o for o in cell.get("outputs", []) if o.get("output_type") == "error"]
+        if errors:
+            return code_index, errors[-1].get("ename"), errors[-1].get("evalue")
+    return None, None, None
     code_index = 0
     for cell in nb.get("cells", []):
         tags = cell.get("metadata", {}).get("tags", [])
@@ -325,7 +341,7 @@ def run_notebook(
                     )
             except pm.PapermillExecutionError as exc:
                 status = "FAILED"
-                cell, _, _ = _failed_cell(output)
+                cell, _, _ = failed_cell(output)
                 evalue = secrets.redact_text(str(exc.evalue))
                 error = NotebookExecutionError(
                     f"notebook {path.stem} failed in code cell {cell if cell is not None else exc.exec_count} "
@@ -336,7 +352,7 @@ def run_notebook(
                 interrupt = exc
                 status = "KILLED" if isinstance(exc, (KeyboardInterrupt, RunTerminated)) else "FAILED"
                 ename, evalue = _interruption(exc, cell_timeout)
-                cell = _failed_cell(output)[0] if mark_interrupted(output, ename, evalue) else None
+                cell = failed_cell(output)[0] if mark_interrupted(output, ename, evalue) else None
                 where = f"in code cell {cell}" if cell is not None else "before its first cell"
                 error = NotebookExecutionError(
                     f"notebook {path.stem} was stopped {where} ({ename}: {evalue}); partial output notebook: {output}",
@@ -425,21 +441,17 @@ def reproducibility_tags(path: Path, declared: list[Parameter], params: dict[str
 def rerun_parameters(run_id: str, config: Config | None = None) -> tuple[Path, dict[str, Any]]:
     """The notebook and the parameters of a past notebook run, from its MLflow tags.
 
+    ``run_id`` may be the unique prefix that `churnkit runs` shows.
+
     Raises
     ------
     RunNotFoundError
         The run is not in the tracking store, is a pipeline run, or was not started by the runner.
     """
     from churnkit import registry
+    from churnkit.audit import find_run
 
-    registry.setup_tracking(config)
-    try:
-        run = registry.client().get_run(run_id)
-    except Exception as exc:  # MLflow raises its own error types for a malformed or unknown id
-        raise RunNotFoundError(
-            f"run {run_id!r} is not in the tracking store {(config or load_config()).tracking_uri!r}; "
-            "list run ids with `churnkit runs`"
-        ) from exc
+    run = find_run(run_id, config)
     tags = run.data.tags
     name, raw = tags.get(registry.TAG + "notebook"), tags.get(registry.TAG + "parameters")
     if name == "pipeline":
@@ -462,7 +474,9 @@ def rerun_notebook(run_id: str, overrides: dict[str, Any] | None = None, **optio
     is tagged ``churnkit.rerun_of`` with the original run id.
     """
     from churnkit import registry
+    from churnkit.audit import find_run
 
+    run_id = find_run(run_id, options.get("config")).info.run_id  # a prefix becomes the full id
     path, params = rerun_parameters(run_id, options.get("config"))
     tags = {registry.TAG + "rerun_of": run_id} | options.pop("tags", {})
     return run_notebook(path, params | dict(overrides or {}), tags=tags, **options)

@@ -46,7 +46,7 @@ PATTERNS: tuple[Pattern, ...] = (
     _p("aws-access-key", r"(?<![A-Z0-9])(?:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AIPA|ANPA|ANVA|APKA|AROA|ASCA)"
                          r"[A-Z0-9]{16}(?![A-Z0-9])"),
     _p("aws-secret-key", r"(aws_?secret_?access_?key|aws_?secret_?key|secret_?access_?key)"
-                         r"([\"']?\s*[:=]\s*[\"']?)([A-Za-z0-9/+]{40})(?![A-Za-z0-9/+=])", 3, re.I),
+                         r"([\"']?\s*[:=]\s*[\"']?)" + _NOT_REDACTED + r"([A-Za-z0-9/+=]{16,})", 3, re.I),
     _p("azure-storage-key", r"((?:Account|SharedAccess)Key=)([A-Za-z0-9+/]{20,}={0,2})", 2, re.I),
     _p("azure-sas", r"((?:^|[?&;\s\"'])sig=)" + _NOT_REDACTED + r"([A-Za-z0-9%+/=]{10,})", 2, re.I),
     _p("gcp-api-key", r"(?<![A-Za-z0-9_-])AIza[0-9A-Za-z_-]{35}(?![A-Za-z0-9_-])"),

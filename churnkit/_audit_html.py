@@ -1,0 +1,230 @@
+"""The HTML page of ``churnkit report`` (the data comes from churnkit.audit; this module only lays it out).
+
+The page is static and self-contained: inline CSS, no script, relative links to the rendered notebooks
+so the runs folder can be zipped, uploaded as a CI artifact and browsed anywhere.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import quote
+
+from churnkit.audit import FAILED, TAG, key_metrics, key_parameters
+
+CSS = """
+body { font: 14px/1.45 system-ui, -apple-system, Segoe UI, Helvetica, Arial, sans-serif; margin: 24px; color: #1d1d1f; }
+h1 { font-size: 22px; margin: 0 0 4px; } h2 { font-size: 17px; margin: 28px 0 8px; }
+.meta { color: #666; margin: 0 0 16px; }
+table { border-collapse: collapse; width: 100%; }
+th, td { text-align: left; vertical-align: top; padding: 6px 8px; border-bottom: 1px solid #e3e3e3; }
+th { background: #f5f5f7; font-weight: 600; }
+tr.failed > td { background: #fde2e1; }
+tr.failed > td:first-child { box-shadow: inset 4px 0 0 #c62828; }
+table.notebooks { margin: 4px 0 8px; } table.notebooks th { background: #fafafa; }
+.status { font-weight: 600; } .status-FINISHED { color: #1b7f3b; } .status-RUNNING { color: #8a6d00; }
+.status-FAILED, .status-KILLED, .status-INCOMPLETE { color: #c62828; }
+.error { color: #b71c1c; font-family: ui-monospace, Menlo, Consolas, monospace; font-size: 12.5px; }
+.gate.passed { color: #1b7f3b; } .gate.refused { color: #8a4b00; }
+.gate, .rollout { white-space: pre-wrap; font-size: 12.5px; }
+.alias { display: inline-block; padding: 0 6px; margin-right: 4px; border-radius: 8px; background: #e8eefc; }
+.params, .metrics { font-family: ui-monospace, Menlo, Consolas, monospace; font-size: 12.5px; }
+.missing { color: #888; } details summary { cursor: pointer; color: #0b57d0; }
+a { color: #0b57d0; }
+"""
+
+
+def _e(value) -> str:
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def _rel(target: str | Path, out: Path) -> str:
+    return quote(os.path.relpath(Path(target).resolve(), out.parent.resolve()).replace(os.sep, "/"))
+
+
+def run_url(ui: str, experiment_id: str, run_id: str) -> str:
+    """The MLflow UI page of a run."""
+    return f"{ui}/#/experiments/{quote(str(experiment_id))}/runs/{quote(run_id)}"
+
+
+def version_url(ui: str, name: str, version: str) -> str:
+    """The MLflow UI page of a registered model version."""
+    return f"{ui}/#/models/{quote(name)}/versions/{quote(str(version))}"
+
+
+def _when(iso: str | None) -> str:
+    return (iso or "").replace("T", " ").removesuffix("Z")[:16]
+
+
+def _duration(entry: dict) -> str:
+    if not entry["started"] or not entry["finished"]:
+        return ""
+    fmt = "%Y-%m-%dT%H:%M:%SZ"
+    secs = (datetime.strptime(entry["finished"], fmt) - datetime.strptime(entry["started"], fmt)).total_seconds()
+    return f"{secs:.0f} s" if secs < 120 else f"{secs / 60:.1f} min"
+
+
+def _commit(entry: dict) -> str:
+    commit = entry.get("git_commit")
+    if not commit or commit == "unknown":
+        return ""
+    dirty = " (dirty)" if entry.get("git_dirty") else ""
+    return f'<br><span class="commit" title="git commit {_e(commit)}{dirty}">{_e(commit[:8])}{dirty}</span>'
+
+
+class _Page:
+    def __init__(self, runs, parents, versions, rendered, out: Path, ui: str):
+        self.runs, self.parents, self.versions, self.rendered = runs, parents, versions, rendered
+        self.out, self.ui = out, ui
+        self.by_run = {e["run_id"]: e for e in runs if e["run_id"]}
+
+    # ---- links -----------------------------------------------------------------------------------
+    def notebook_link(self, path: str | None, label: str | None = None, anchor: str = "") -> str:
+        if not path:
+            return '<span class="missing">—</span>'
+        label = label or f"{Path(path).parent.name}/{Path(path).stem}"
+        if path in self.rendered:
+            return f'<a class="notebook-link" href="{_rel(self.rendered[path], self.out)}{anchor}">{_e(label)}</a>'
+        if Path(path).is_file():
+            return f'<a class="notebook-link" href="{_rel(path, self.out)}">{_e(label)}</a>'
+        return f'<span class="missing" title="{_e(path)} is not on this machine">{_e(label)}</span>'
+
+    def version_link(self, name: str, version: str | None) -> str:
+        if not version:
+            return ""
+        return (f'<a class="model-version" href="#model-{_e(name)}-v{_e(version)}">{_e(name)} v{_e(version)}</a> '
+                f'(<a class="mlflow-version" href="{_e(version_url(self.ui, name, version))}">MLflow</a>)')
+
+    # ---- pipeline rows ---------------------------------------------------------------------------
+    def outcome(self, e: dict) -> str:
+        parts = []
+        if e.get("error"):
+            err = e["error"]
+            where = f"code cell {err['cell']}" if err.get("cell") is not None else "before its first cell"
+            link = self.notebook_link(e["output_notebook"], "see the cell", "#papermill-error-cell")
+            parts.append(f'<div class="error">✗ failed in <span class="failed-cell">{_e(where)}</span>: '
+                         f'{_e(err.get("ename") or "error")}: {_e(err.get("evalue"))} · {link}</div>')
+        if e.get("gate"):
+            g = e["gate"]
+            verdict = "passed" if g["passed"] else "refused"
+            parts.append(f'<div class="gate {verdict}"><b>gate {verdict}</b>: {_e(g["summary"])}</div>')
+        if e.get("rollout"):
+            r = e["rollout"]
+            parts.append(f'<div class="rollout"><b>rollout {_e(r["decision"]).replace("_", " ")}</b>'
+                         f' (v{_e(r.get("challenger"))} vs champion v{_e(r.get("champion"))}): {_e(r.get("reason"))}</div>')
+        if e.get("event"):
+            parts.append(f'<div class="event">{_e(e["event"])}</div>')
+        return "".join(parts)
+
+    def notebook_row(self, e: dict) -> str:
+        failed = " failed" if e["status"] in FAILED else ""
+        mlflow = (f'<a class="mlflow-run" href="{_e(run_url(self.ui, e["experiment_id"], e["run_id"]))}">run</a>'
+                  if e["run_id"] else '<span class="missing">not in MLflow</span>')
+        raw = f' · <a href="{_rel(e["output_notebook"], self.out)}">.ipynb</a>' if e["output_notebook"] and Path(
+            e["output_notebook"]).is_file() else ""
+        return (f'<tr class="notebook{failed}" data-run-id="{_e(e["run_id"])}" data-notebook="{_e(e["notebook"])}" '
+                f'data-status="{_e(e["status"])}">'
+                f'<td>{self.notebook_link(e["output_notebook"], e["notebook"])}{raw}</td>'
+                f'<td><span class="status status-{_e(e["status"])}">{_e(e["status"])}</span></td>'
+                f'<td>{_e(_when(e["started"]))}</td><td>{_e(_duration(e))}</td>'
+                f'<td class="params">{_e(key_parameters(e))}</td>'
+                f'<td class="metrics">{_e(key_metrics(e, seconds=False))}</td><td>{self.outcome(e)}</td>'
+                f'<td>{mlflow}{"<br>" + self.version_link(e["model_name"], e["model_version"]) if e["model_version"] else ""}'
+                f'{_commit(e)}</td></tr>')
+
+    def pipeline(self, key: str, entries: list[dict]) -> str:
+        entries = sorted(entries, key=lambda e: (e["started"] or "", e["notebook"]))
+        parent = self.parents.get(key)
+        statuses = [e["status"] for e in entries]
+        status = parent["status"] if parent else next((s for s in FAILED + ("RUNNING",) if s in statuses), "FINISHED")
+        failed = status in FAILED or any(s in FAILED for s in statuses)
+        started = parent["started"] if parent else entries[0]["started"]
+        gates = [e for e in entries if e.get("gate")]
+        gate = ""
+        if gates:
+            g = gates[-1]["gate"]
+            gate = f'<span class="gate {"passed" if g["passed"] else "refused"}">{"passed" if g["passed"] else "refused"}</span>'
+        events = " · ".join(f'{_e(e["event"])}' for e in entries if e.get("event"))
+        errors = [e for e in entries if e.get("error")]
+        if errors:
+            err = errors[0]["error"]
+            where = f"cell {err['cell']}" if err.get("cell") is not None else "start"
+            events = (f'<span class="error">✗ {_e(errors[0]["notebook"])} {_e(where)}: {_e(err.get("ename"))}</span>'
+                      + (" · " + events if events else ""))
+        mlflow = (f'<a class="mlflow-run" href="{_e(run_url(self.ui, parent["experiment_id"], parent["run_id"]))}">'
+                  "pipeline run</a>") if parent else ""
+        label = key if entries[0]["pipeline_id"] else f"{entries[0]['notebook']} (no pipeline)"
+        n = len(entries)
+        rows = "".join(self.notebook_row(e) for e in entries)
+        return (f'<tbody class="pipeline" id="pipeline-{_e(key)}" data-pipeline-id="{_e(key)}" data-status="{_e(status)}">'
+                f'<tr class="pipeline-row{" failed" if failed else ""}">'
+                f'<td>{_e(_when(started))}</td><td>{_e(label)}</td>'
+                f'<td><span class="status status-{_e(status)}">{_e(status)}</span></td>'
+                f'<td>{n} notebook{"s" if n != 1 else ""}</td><td>{gate}</td><td>{events}</td><td>{mlflow}</td></tr>'
+                f'<tr class="notebooks-row"><td colspan="7"><details{" open" if failed else ""}>'
+                f'<summary>{_e(", ".join(e["notebook"] for e in entries))}</summary>'
+                '<table class="notebooks"><thead><tr><th>Notebook</th><th>Status</th><th>Started (UTC)</th>'
+                '<th>Took</th><th>Parameters</th><th>Metrics</th><th>Outcome</th><th>MLflow</th></tr></thead>'
+                f'<tbody>{rows}</tbody></table></details></td></tr></tbody>')
+
+    def pipelines(self) -> str:
+        groups: dict[str, list[dict]] = {}
+        for e in self.runs:
+            groups.setdefault(e["pipeline_id"] or f"run-{e['run_id']}", []).append(e)
+        if not groups:
+            return '<p class="missing">No runs yet: run <code>churnkit pipeline</code> first.</p>'
+        body = "".join(self.pipeline(k, v) for k, v in groups.items())
+        return ('<table class="runs"><thead><tr><th>Started (UTC)</th><th>Pipeline</th><th>Status</th>'
+                '<th>Notebooks</th><th>Gate</th><th>Model / failure</th><th>MLflow</th></tr></thead>'
+                f"{body}</table>")
+
+    # ---- model versions --------------------------------------------------------------------------
+    def version_row(self, v: dict) -> str:
+        tags = v["tags"]
+        rollout_nb = tags.get(TAG + "rollout_notebook") or (self.by_run.get(tags.get(TAG + "rollout_run_id"), {})
+                                                            .get("output_notebook"))
+        links = [self.notebook_link(tags.get(TAG + k)) for k in ("train_notebook", "evaluate_notebook", "deploy_notebook")]
+        links.append(self.notebook_link(rollout_nb))
+        decision = tags.get(TAG + "rollout_decision", "")
+        if decision:
+            links[-1] += f' <span class="rollout">({_e(decision.replace("_", " "))})</span>'
+        auc = tags.get(TAG + "holdout_roc_auc")
+        history = json.loads(tags.get(TAG + "history", "[]") or "[]")
+        hist = "".join(f"<li>{_e(_when(h.get('time')))} {_e(h.get('event'))}</li>" for h in history[-8:])
+        aliases = "".join(f'<span class="alias">{_e(a)}</span>' for a in v["aliases"])
+        return (f'<tr class="version" id="model-{_e(v["name"])}-v{_e(v["version"])}" data-version="{_e(v["version"])}">'
+                f'<td>{_e(v["name"])}</td>'
+                f'<td><a class="mlflow-version" href="{_e(version_url(self.ui, v["name"], v["version"]))}">v{_e(v["version"])}</a></td>'
+                f"<td>{aliases}</td><td>{_e(_when(datetime.fromtimestamp(v['created'] / 1000, UTC).isoformat()) if v['created'] else '')}</td>"
+                f'<td class="metrics">{_e(f"{float(auc):.4f}") if auc else ""}</td>'
+                + "".join(f'<td class="lineage">{link}</td>' for link in links)
+                + f'<td>{f"<details><summary>{len(history)} events</summary><ul>{hist}</ul></details>" if history else ""}</td></tr>')
+
+    def models(self) -> str:
+        if not self.versions:
+            return '<p class="missing">No registered model versions yet.</p>'
+        rows = "".join(self.version_row(v) for v in self.versions)
+        return ('<table class="models"><thead><tr><th>Model</th><th>Version</th><th>Aliases</th><th>Registered (UTC)</th>'
+                '<th>Holdout AUC</th><th>Trained by</th><th>Evaluated by</th><th>Deployed by</th><th>Rolled out by</th>'
+                f"<th>History</th></tr></thead><tbody>{rows}</tbody></table>")
+
+
+def page(runs, parents, versions, rendered, *, out: Path, ui: str, config) -> str:
+    """The whole index page."""
+    p = _Page(runs, parents, versions, rendered, out, ui)
+    failed = sum(e["status"] in FAILED for e in runs)
+    now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return (
+        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>churnkit runs</title><style>{CSS}</style></head><body>"
+        f'<h1>churnkit runs</h1><p class="meta">{len(runs)} notebook runs, {failed} failed · generated {_e(now)} '
+        f'from {_e(config.runs_dir)} · tracking {_e(config.tracking_uri)} · '
+        f'<a href="{_e(ui)}">MLflow UI</a></p>'
+        f'<h2 id="pipelines">Pipeline runs</h2>{p.pipelines()}'
+        f'<h2 id="models">Registered model versions</h2>{p.models()}'
+        "</body></html>\n"
+    )

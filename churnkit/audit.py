@@ -1,0 +1,331 @@
+"""The reviewer's view of runs/: every notebook run, newest first, and a static HTML index of them.
+
+Runs are read from MLflow (the tags the runner and the notebooks set) and from the runs folder itself,
+so a notebook whose run never reached MLflow (the process was killed hard, the server was down) is
+still listed. ``churnkit runs`` prints :func:`list_runs`; ``churnkit report`` writes :func:`write_report`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from churnkit.config import DEFAULT_MODEL_NAME, Config, load_config
+from churnkit.exceptions import RunNotFoundError
+
+TAG = "churnkit."
+RUN_KEYS = ("run_id", "pipeline_id", "notebook", "status", "started", "finished", "parameters", "metrics",
+            "output_notebook", "model_version")
+KEY_PARAMETERS = ("data_path", "model", "seed", "auc_threshold", "min_improvement", "deploy_target", "strategy")
+KEY_METRICS = {"holdout_roc_auc": "auc", "holdout_pr_auc": "pr_auc", "champion_holdout_roc_auc": "champion_auc",
+               "rollout_steps": "steps", "notebook_seconds": "s"}
+FAILED = ("FAILED", "KILLED", "INCOMPLETE")
+
+
+def _json(text: str | None, default: Any) -> Any:
+    try:
+        return json.loads(text) if text else default
+    except ValueError:
+        return default
+
+
+def _iso(ms: int | None) -> str | None:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if ms else None
+
+
+def iter_runs(config: Config | None = None, page: int = 1000):
+    """Every MLflow run of the churnkit experiment, newest first (paged through the tracking store)."""
+    from churnkit import registry
+
+    exp_id = registry.setup_tracking(config)
+    client, token = registry.client(), None
+    while True:
+        batch = client.search_runs([exp_id], order_by=["attributes.start_time DESC"], max_results=page,
+                                   page_token=token)
+        yield from batch
+        token = batch.token
+        if not token:
+            return
+
+
+def find_run(run_id: str, config: Config | None = None):
+    """The MLflow run ``run_id``, or the only run whose id starts with it (``churnkit runs`` shows 8 characters).
+
+    Raises
+    ------
+    RunNotFoundError
+        No run, or several runs, match.
+    """
+    from churnkit import registry
+
+    registry.setup_tracking(config)
+    try:
+        return registry.client().get_run(run_id)
+    except Exception:  # noqa: BLE001 - MLflow raises its own error types for an unknown or partial id
+        pass
+    matches = [r for r in iter_runs(config) if len(run_id) >= 4 and r.info.run_id.startswith(run_id)]
+    if len(matches) == 1:
+        return matches[0]
+    uri = (config or load_config()).tracking_uri
+    if matches:
+        ids = ", ".join(repr(r.info.run_id) for r in matches[:5])
+        raise RunNotFoundError(f"run id prefix {run_id!r} matches {len(matches)} runs ({ids}); give more characters")
+    raise RunNotFoundError(f"run {run_id!r} is not in the tracking store {uri!r}; list run ids with `churnkit runs`")
+
+
+# --------------------------------------------------------------------------------------------------
+# One entry per run
+# --------------------------------------------------------------------------------------------------
+
+def _outcome(tags: dict, gate: dict | None) -> tuple[str | None, str | None]:
+    """``(model_version, event)``: what this run did to the registry or an endpoint."""
+    decision = tags.get(TAG + "rollout_decision", "")
+    record = _json(decision, None) if decision.startswith("{") else None
+    if record:
+        decision = record.get("decision", "")
+    challenger = tags.get(TAG + "challenger_version") or (record or {}).get("challenger")
+    if decision in ("promoted", "rolled_back") and challenger:
+        return str(challenger), f"{decision.replace('_', ' ')} v{challenger}"
+    if tags.get(TAG + "deployed_version"):
+        return tags[TAG + "deployed_version"], f"deployed v{tags[TAG + 'deployed_version']}"
+    version = tags.get(TAG + "registered_version")
+    if version:
+        held = [a for a, v in _json(tags.get(TAG + "aliases"), {}).items() if str(v) == version]
+        return version, f"registered v{version}" + (f" as {held[0]}" if held else "")
+    if gate is not None and not gate["passed"]:
+        return None, "not registered (gate refused)"
+    return None, None
+
+
+def _error(status: str, tags: dict, output: str | None) -> dict | None:
+    if status not in FAILED:
+        return None
+    text = tags.get(TAG + "error", "")
+    ename, _, evalue = text.partition(": ")
+    cell = int(tags[TAG + "failed_cell"]) if tags.get(TAG + "failed_cell", "").isdigit() else None
+    if not text and output:  # a run recorded before failures were tagged: read the notebook
+        from churnkit.runner import failed_cell
+
+        cell, ename, evalue = failed_cell(output)
+    return {"cell": cell, "ename": ename or None, "evalue": evalue or ""}
+
+
+def run_entry(run) -> dict:
+    """The ``churnkit runs --json`` entry of one MLflow run (the contract's keys first, then extras)."""
+    tags = dict(run.data.tags)
+    passed = _json(tags.get(TAG + "parameters"), None)
+    if passed is None:  # a run started in JupyterLab: its logged parameters are all there is
+        passed = dict(run.data.params)
+    gate = None
+    if TAG + "gate_passed" in tags:
+        gate = {"passed": tags[TAG + "gate_passed"] == "true", "summary": tags.get(TAG + "gate_summary", "")}
+    rollout = None
+    if tags.get(TAG + "rollout_decision"):
+        rollout = {"decision": tags[TAG + "rollout_decision"], "reason": tags.get(TAG + "rollout_reason", ""),
+                   "champion": tags.get(TAG + "champion_version"), "challenger": tags.get(TAG + "challenger_version")}
+    version, event = _outcome(tags, gate)
+    output = tags.get(TAG + "output_notebook") or None
+    status = run.info.status
+    return {
+        "run_id": run.info.run_id,
+        "pipeline_id": tags.get(TAG + "pipeline_id") or None,
+        "notebook": tags.get(TAG + "notebook") or tags.get("mlflow.runName") or "",
+        "status": status,
+        "started": _iso(run.info.start_time),
+        "finished": _iso(run.info.end_time),
+        "parameters": _json(tags.get(TAG + "defaults"), {}) | passed,
+        "metrics": dict(run.data.metrics),
+        "output_notebook": output,
+        "model_version": version,
+        "model_name": tags.get(TAG + "model_name") or passed.get("model_name") or DEFAULT_MODEL_NAME,
+        "event": event,
+        "gate": gate,
+        "rollout": rollout,
+        "error": _error(status, tags, output),
+        "passed_parameters": passed,
+        "experiment_id": run.info.experiment_id,
+        "parent_run_id": tags.get("mlflow.parentRunId"),
+        "git_commit": tags.get(TAG + "git_commit"),
+        "git_dirty": tags.get(TAG + "git_dirty") == "true" if TAG + "git_dirty" in tags else None,
+        "rerun_of": tags.get(TAG + "rerun_of"),
+        "redactions": _json(tags.get(TAG + "redactions"), {}),
+        "source": "mlflow",
+    }
+
+
+def folder_entry(path: Path) -> dict:
+    """An entry for an output notebook that MLflow does not know, from papermill's own metadata."""
+    from churnkit.runner import failed_cell
+
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8")).get("metadata", {}).get("papermill", {})
+    except (OSError, ValueError):
+        meta = {}
+    status = "FAILED" if meta.get("exception") else ("FINISHED" if meta.get("end_time") else "INCOMPLETE")
+
+    def iso(text):
+        return datetime.fromisoformat(text).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if text else None
+
+    started = iso(meta.get("start_time")) or _iso(int(path.stat().st_mtime * 1000))
+    entry = dict.fromkeys(RUN_KEYS) | {
+        "pipeline_id": path.parent.name, "notebook": path.stem, "status": status, "started": started,
+        "finished": iso(meta.get("end_time")), "parameters": meta.get("parameters") or {}, "metrics": {},
+        "output_notebook": str(path), "model_name": DEFAULT_MODEL_NAME, "event": None, "gate": None,
+        "rollout": None, "passed_parameters": meta.get("parameters") or {}, "source": "folder",
+    }
+    cell, ename, evalue = failed_cell(path)
+    if status in FAILED:
+        entry["error"] = {"cell": cell, "ename": ename, "evalue": evalue or ""}
+    return entry
+
+
+def collect(config: Config | None = None, limit: int | None = None) -> tuple[list[dict], dict[str, dict]]:
+    """``(notebook runs newest first, {pipeline_id: pipeline parent run entry})``."""
+    config = config or load_config()
+    runs, parents, known = [], {}, set()
+    for run in iter_runs(config):
+        entry = run_entry(run)
+        if entry["output_notebook"]:
+            known.add(os.path.abspath(entry["output_notebook"]))
+        if entry["notebook"] == "pipeline":
+            parents.setdefault(entry["pipeline_id"], entry)
+        else:
+            runs.append(entry)
+    if config.runs_dir.is_dir():
+        for path in config.runs_dir.glob("*/*.ipynb"):
+            if os.path.abspath(path) not in known:
+                runs.append(folder_entry(path))
+    runs.sort(key=lambda e: e["started"] or "", reverse=True)
+    return (runs[:limit] if limit else runs), parents
+
+
+def list_runs(config: Config | None = None, limit: int | None = None) -> list[dict]:
+    """Every notebook run, newest first: MLflow runs plus output notebooks MLflow does not know.
+
+    Each entry has the ``churnkit runs --json`` keys (DESIGN §7b) followed by extras: ``model_name``,
+    ``event`` ("registered v2 as challenger", "deployed v2", "promoted v2", "rolled back v2"), ``gate``,
+    ``rollout``, ``error`` (``{"cell", "ename", "evalue"}`` of a failed run), ``passed_parameters``
+    (``parameters`` holds the effective values, defaults included), ``git_commit``, ``rerun_of``...
+    """
+    return collect(config, limit)[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# The text table
+# --------------------------------------------------------------------------------------------------
+
+def _short(value: Any, width: int = 28) -> str:
+    text = value if isinstance(value, str) else json.dumps(value)
+    text = Path(text).name if isinstance(value, str) and "/" in value else text
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def key_parameters(entry: dict) -> str:
+    """``model=hgb seed=0 auc_threshold=0.9``: the well-known parameters, then anything else passed."""
+    params, passed = entry["parameters"], entry.get("passed_parameters") or {}
+    names = [k for k in KEY_PARAMETERS if k in params and params[k] not in ("", None)]
+    names += [k for k in passed if k not in names and not k.endswith("_run_id")]
+    return " ".join(f"{k}={_short(params.get(k, passed.get(k)), 24)}" for k in names)
+
+
+def key_metrics(entry: dict, seconds: bool = True) -> str:
+    """``auc 0.9326 pr_auc 0.8769 7.0s``: the metrics a reviewer looks at first."""
+    m = entry["metrics"]
+    shown = [(k, label) for k, label in KEY_METRICS.items() if k in m and (seconds or label != "s")]
+    return " ".join(f"{label} {m[k]:.4g}" if label != "s" else f"{m[k]:.1f}s" for k, label in shown)
+
+
+def format_table(entries: list[dict]) -> str:
+    """The compact listing ``churnkit runs`` prints; a failed run gets a second line with its cell and error."""
+    if not entries:
+        return "no runs yet: run `churnkit pipeline` (or `churnkit run NOTEBOOK`) first"
+    head = ("STARTED (UTC)", "RUN", "PIPELINE", "NOTEBOOK", "STATUS", "PARAMETERS", "METRICS", "MODEL")
+    rows = []
+    for e in entries:
+        model = f"{e['model_name']} {e['event']}" if e.get("event") and e.get("model_version") else (e.get("event") or "")
+        rows.append(((e["started"] or "").replace("T", " ")[:16], (e["run_id"] or "-")[:8], e["pipeline_id"] or "-",
+                     e["notebook"], e["status"], key_parameters(e) or "-", key_metrics(e) or "-", model or "-"))
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    widths[5] = min(widths[5], 48)
+    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)).rstrip()]
+    for e, r in zip(entries, rows, strict=True):
+        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+        err = e.get("error")
+        if err:
+            where = f"code cell {err['cell']}" if err.get("cell") is not None else "before its first cell"
+            lines.append(f"  ✗ {where}: {err.get('ename') or 'error'}: {_short(err.get('evalue') or '', 100)}"
+                         f"  ({e['output_notebook']})")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------
+# The HTML index
+# --------------------------------------------------------------------------------------------------
+
+# JupyterLab's look without its <script> tags (require.js, MathJax, mermaid come from a CDN): the index is
+# an audit artifact browsed offline, and it should run no third-party code.
+_OFFLINE_TEMPLATE = ("{%- extends 'lab/index.html.j2' -%}{% block html_head_js %}{% endblock %}"
+                     "{% block html_head_js_mathjax %}{% endblock %}{% block html_head_js_mermaidjs %}{% endblock %}")
+
+
+@functools.cache
+def _html_exporter():
+    from jinja2 import DictLoader
+    from nbconvert import HTMLExporter
+
+    return HTMLExporter(extra_loaders=[DictLoader({"churnkit_offline.html.j2": _OFFLINE_TEMPLATE})],
+                        template_file="churnkit_offline.html.j2")
+
+
+def render_notebook(path: str | os.PathLike) -> Path:
+    """Render an executed notebook to HTML beside it (``NN-name.html``); reused while newer than the notebook.
+
+    The notebook is redacted once more before rendering, in case it was not written by the runner.
+    """
+    import nbformat
+
+    from churnkit.secrets import redact_notebook
+
+    path = Path(path)
+    target = path.with_suffix(".html")
+    if target.exists() and target.stat().st_mtime >= path.stat().st_mtime:
+        return target
+    clean, _ = redact_notebook(json.loads(path.read_text(encoding="utf-8")))
+    body, _ = _html_exporter().from_notebook_node(nbformat.reads(json.dumps(clean), as_version=4))
+    tmp = target.with_suffix(".html.tmp")
+    tmp.write_text(body, encoding="utf-8")
+    tmp.replace(target)  # a reader never sees half a file
+    return target
+
+
+def write_report(config: Config | None = None, out: str | os.PathLike | None = None, *,
+                 ui_url: str | None = None, limit: int | None = None) -> Path:
+    """Write the static HTML index of the runs folder (default ``<runs>/index.html``); returns its path.
+
+    One row per pipeline run, expandable into its notebooks (each rendered to HTML and linked), failures
+    highlighted with the failed cell and error, gate verdicts and rollout decisions, links to the MLflow
+    UI (``MLFLOW_UI_URL``, default http://127.0.0.1:5000) and a section of registered model versions
+    linking back to the notebooks that produced, evaluated, deployed and rolled out each.
+    """
+    from churnkit import registry
+    from churnkit._audit_html import page
+
+    config = config or load_config()
+    out = Path(out) if out else config.runs_dir / "index.html"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    runs, parents = collect(config, limit)
+    versions = registry.list_versions(config=config)
+    notebooks = {e["output_notebook"] for e in runs if e["output_notebook"]}
+    notebooks |= {v["tags"].get(TAG + k) for v in versions for k in ("train_notebook", "evaluate_notebook",
+                                                                     "deploy_notebook", "rollout_notebook")}
+    rendered = {nb: render_notebook(nb) for nb in sorted(n for n in notebooks if n and Path(n).is_file())}
+    ui = (ui_url or os.environ.get("MLFLOW_UI_URL") or "http://127.0.0.1:5000").rstrip("/")
+    html = page(runs, parents, versions, rendered, out=out, ui=ui, config=config)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(html, encoding="utf-8")
+    tmp.replace(out)
+    return out
