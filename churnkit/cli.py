@@ -258,6 +258,133 @@ def rollback(deploy_target, endpoint, model_name, runs_dir, as_json):
     _emit_record(record, as_json)
 
 
+# ---- deploy targets -----------------------------------------------------------------------------
+def _target_name(ctx, param, value):
+    from churnkit.deploy import target_class
+    from churnkit.exceptions import DeployTargetError
+
+    try:
+        target_class(value)
+    except DeployTargetError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return value
+
+
+def _target_options(fn):
+    """--target, --endpoint, --port, --runs-dir and --json, shared by deploy and endpoint commands."""
+    for option in reversed([
+        click.option("--target", "deploy_target", required=True, callback=_target_name, metavar="NAME",
+                     help="local, sagemaker, azureml or vertex."),
+        click.option("--endpoint", default="churn", show_default=True, help="Endpoint name on the target."),
+        click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True,
+                     help="The local router's port (local target only)."),
+        click.option("--runs-dir", type=click.Path(file_okay=False), help="Audit trail folder (default runs/ or CHURNKIT_RUNS_DIR)."),
+        click.option("--json", "as_json", is_flag=True, help="Print the endpoint state as one JSON object."),
+    ]):
+        fn = option(fn)
+    return fn
+
+
+def _target(name: str, endpoint: str, port: int, runs_dir):
+    from churnkit.deploy import get_target
+
+    options = {"endpoint": endpoint, "config": _config(runs_dir)}
+    if name == "local":
+        options["port"] = port
+    return get_target(name, **options)
+
+
+def _emit_state(state, as_json: bool) -> None:
+    if as_json:
+        emit_json(state.to_dict())
+    else:
+        click.echo(state.summary())
+
+
+def _emit_plan(target, action: str, requests: list) -> None:
+    emit_json({"target": target.name, "endpoint": target.endpoint, "action": action, "basis": target.plan_basis,
+               "requests": requests})
+
+
+@main.command()
+@_target_options
+@click.option("--model", "model_uri", required=True, metavar="URI", help="models:/churn@challenger, models:/churn/3, ...")
+@click.option("--variant", default=None, help="Variant name (default v<version>).")
+@click.option("--weight", type=click.IntRange(0, 100), default=0, show_default=True,
+              help="Traffic share of the new variant; the others share the rest (the first variant gets 100).")
+@click.option("--plan", "plan_only", is_flag=True, help="Print the exact requests as JSON; send nothing.")
+@click.option("--guardrails", type=click.Choice(["canary", "linear"]), default=None,
+              help="SageMaker only: replace the model with a blue/green canary or linear shift and alarm rollback.")
+@click.option("--step", type=click.IntRange(1, 99), default=10, show_default=True, help="Guardrails: percent per step.")
+@click.option("--bake", type=click.IntRange(min=0), default=600, show_default=True, help="Guardrails: seconds between steps.")
+def deploy(deploy_target, endpoint, port, runs_dir, as_json, model_uri, variant, weight, plan_only, guardrails, step, bake):
+    """Deploy a registered model version to an endpoint as a weighted variant."""
+    target = _target(deploy_target, endpoint, port, runs_dir)
+    if guardrails and deploy_target != "sagemaker":
+        raise click.BadParameter(f"--guardrails works with --target sagemaker, not {deploy_target!r}", param_hint="--guardrails")
+    if guardrails:
+        kw = {"model_uri": model_uri, "strategy": guardrails, "step": step, "bake_seconds": bake}
+        if plan_only:
+            return _emit_plan(target, "guarded", target.plan("guarded", **kw))
+        return _emit_state(target.deploy_guarded(**kw), as_json)
+    if plan_only:
+        return _emit_plan(target, "deploy", target.plan("deploy", model_uri=model_uri, variant=variant, weight=weight))
+    _emit_state(target.deploy(model_uri, variant, weight), as_json)
+
+
+@main.group()
+def endpoint():
+    """Look at or change a deployed endpoint: status, traffic, remove, stop."""
+
+
+@endpoint.command()
+@_target_options
+def status(deploy_target, endpoint, port, runs_dir, as_json):
+    """Show the live variants, their model versions, weights and status."""
+    _emit_state(_target(deploy_target, endpoint, port, runs_dir).describe(), as_json)
+
+
+@endpoint.command()
+@_target_options
+@click.argument("weights", nargs=-1, required=True, metavar="VARIANT=WEIGHT...")
+@click.option("--plan", "plan_only", is_flag=True, help="Print the exact requests as JSON; send nothing.")
+def traffic(deploy_target, endpoint, port, runs_dir, as_json, weights, plan_only):
+    """Set traffic weights, e.g. `v1=90 v2=10` (they must sum to 100)."""
+    parsed = {}
+    for item in weights:
+        name, _, value = item.partition("=")
+        if not value.strip().isdigit():
+            raise click.BadParameter(f"{item!r} is not VARIANT=WEIGHT (e.g. v2=10)", param_hint="WEIGHTS")
+        parsed[name] = int(value)
+    target = _target(deploy_target, endpoint, port, runs_dir)
+    if plan_only:
+        return _emit_plan(target, "set_traffic", target.plan("set_traffic", weights=parsed))
+    _emit_state(target.set_traffic(parsed), as_json)
+
+
+@endpoint.command()
+@_target_options
+@click.argument("variant")
+@click.option("--plan", "plan_only", is_flag=True, help="Print the exact requests as JSON; send nothing.")
+def remove(deploy_target, endpoint, port, runs_dir, as_json, variant, plan_only):
+    """Drain VARIANT (its traffic goes to the others) and delete it."""
+    target = _target(deploy_target, endpoint, port, runs_dir)
+    if plan_only:
+        return _emit_plan(target, "remove", target.plan("remove", variant=variant))
+    _emit_state(target.remove(variant), as_json)
+
+
+@endpoint.command()
+@_target_options
+@click.option("--plan", "plan_only", is_flag=True, help="Print the exact requests as JSON; send nothing.")
+def stop(deploy_target, endpoint, port, runs_dir, as_json, plan_only):
+    """Stop the endpoint: local processes end; a cloud endpoint is deleted (models stay registered)."""
+    target = _target(deploy_target, endpoint, port, runs_dir)
+    if plan_only:
+        return _emit_plan(target, "stop", target.plan("stop"))
+    _emit_state(target.stop(), as_json)
+
+
 # ---- monitoring ---------------------------------------------------------------------------------
 @main.command()
 @click.option("--reference", required=True, metavar="FILE", help="Reference table (CSV/Parquet), e.g. the training month.")

@@ -11,6 +11,7 @@ import json
 import re
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from deploy_support import cloud_store
@@ -217,7 +218,7 @@ def test_model_not_in_workspace_is_uploaded(store, monkeypatch):
     t.deploy("models:/churn/2")
     (model,) = uploaded
     assert (model.name, model.version, model.type) == ("churn", "2", "custom_model")
-    assert (model.path and __import__("pathlib").Path(model.path, "MLmodel").exists())
+    assert {"MLmodel", "churnkit-model.json"} <= {p.name for p in Path(model.path).iterdir()}
 
 
 def test_mirror_refused_for_a_variant_with_live_traffic(store):

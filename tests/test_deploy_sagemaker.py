@@ -111,7 +111,10 @@ def test_deploy_two_versions_shift_weights_remove_and_stop(aws):
     assert model["ExecutionRoleArn"] == ENV["CHURNKIT_AWS_ROLE_ARN"]
     key = model["PrimaryContainer"]["ModelDataUrl"].removeprefix("s3://churnkit-test-bucket/")
     body = s3.get_object(Bucket="churnkit-test-bucket", Key=key)["Body"].read()
-    assert "MLmodel" in tarfile.open(fileobj=io.BytesIO(body), mode="r:gz").getnames()
+    tar = tarfile.open(fileobj=io.BytesIO(body), mode="r:gz")
+    assert "MLmodel" in tar.getnames()
+    manifest = json.loads(tar.extractfile("churnkit-model.json").read())
+    assert (manifest["version"], manifest["sha256"]) == ("1", model["PrimaryContainer"]["Environment"]["CHURNKIT_MODEL_SHA256"])
 
     state = t.deploy("models:/churn@challenger", weight=0)
     assert state.weights == {"v1": 100, "v2": 0} and state.drift == []

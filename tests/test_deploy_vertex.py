@@ -187,7 +187,8 @@ def test_upload_deploy_split_undeploy_stop(vertex):
     assert (spec["predict_route"], spec["health_route"], spec["ports"]) == ("/predict", "/ping", [{"container_port": 8080}])
     assert {"name": "CHURNKIT_MODEL_VERSION", "value": "1"} in spec["env"]
     assert upload["model"]["artifact_uri"].startswith("gs://churn-proj-churnkit/churnkit/models/churn-v1-")
-    assert any(u.endswith("/MLmodel") and u.startswith(upload["model"]["artifact_uri"]) for u in FakeStorage.uploads)
+    staged = {u.removeprefix(upload["model"]["artifact_uri"] + "/") for u in FakeStorage.uploads}
+    assert {"MLmodel", "churnkit-model.json"} <= staged
     assert upload["model"]["labels"]["churnkit-version"] == "1"
     deploy = fake.last("deploy_model")
     assert deploy["traffic_split"] == {"0": 100}

@@ -17,9 +17,10 @@ import hashlib
 import json
 import re
 import time
+from pathlib import Path
 from typing import Any
 
-from churnkit.deploy.base import CloudTarget, EndpointState, Release, VariantState, request
+from churnkit.deploy.base import CloudTarget, EndpointState, Release, VariantState, export_release, request
 from churnkit.exceptions import CloudCredentialsError, DeployTargetError, MissingExtraError
 
 ENV = {
@@ -137,13 +138,11 @@ class AzureMLTarget(CloudTarget):
         return e.Environment(name=ENVIRONMENT_NAME, version=version, image=image, inference_config=ROUTES,
                              description="churnkit serve: one scorer for SageMaker, Vertex AI, Azure ML and MLflow")
 
-    def _model(self, release: Release):
+    def _model(self, release: Release, folder: Path | None = None):
+        """The workspace model of ``release`` (``folder``: the exported model folder to upload)."""
         _, e = _ml()
-        from churnkit import registry
-
-        folder = registry.resolve_model(release.uri, self.config)[0] if release.version == "local" else None
-        return e.Model(name=release.model_name, version=None if folder else release.version, type="custom_model",
-                       path=str(folder) if folder else f"<model folder of {release.uri}>",
+        return e.Model(name=release.model_name, version=None if release.version == "local" else release.version,
+                       type="custom_model", path=str(folder) if folder else f"<exported model folder of {release.uri}>",
                        tags={"churnkit.artifact_sha256": release.sha256, "churnkit.source": release.uri})
 
     def _deployment(self, release: Release):
@@ -151,7 +150,8 @@ class AzureMLTarget(CloudTarget):
         env = self._environment()
         return e.ManagedOnlineDeployment(
             name=deployment_name(release.variant, self.endpoint), endpoint_name=self.endpoint,
-            model=self._model(release) if release.version == "local" else f"azureml:{release.model_name}:{release.version}",
+            model=self._model(release, self._export(release)) if release.version == "local"
+            else f"azureml:{release.model_name}:{release.version}",
             environment=f"azureml:{env.name}:{env.version}",
             instance_type=self.instance_type, instance_count=self.instance_count,
             environment_variables={"CHURNKIT_MODEL_NAME": release.model_name, "CHURNKIT_MODEL_VERSION": release.version,
@@ -241,7 +241,7 @@ class AzureMLTarget(CloudTarget):
         return [request("azureml", "online_endpoints.begin_delete", {"name": self.endpoint})] if live.exists else []
 
     # ---- apply ---------------------------------------------------------------------------------------
-    def _run(self, steps: list[tuple[str, Any]]) -> None:
+    def _run(self, steps: list[tuple[str, Any]], release: Release | None = None) -> None:
         from azure.core.exceptions import ResourceNotFoundError
 
         for op, obj in steps:
@@ -254,9 +254,7 @@ class AzureMLTarget(CloudTarget):
                 except DeployTargetError as exc:
                     if not isinstance(exc.__cause__, ResourceNotFoundError):
                         raise
-                    from churnkit import registry
-
-                    obj.path = str(registry.resolve_model(obj.tags["churnkit.source"], self.config)[0])
+                    obj.path = str(self._export(release))
             if group == "online_endpoints" and method == "begin_create_or_update" and obj.traffic is not None:
                 live = self._get_endpoint()
                 if live is not None:  # keep what Azure set (keys, identity); change only the traffic
@@ -284,8 +282,17 @@ class AzureMLTarget(CloudTarget):
                 return
             time.sleep(self.poll_seconds)
 
+    def _export(self, release: Release) -> Path:
+        """The exported model folder (kept in a temporary folder until the target is dropped)."""
+        import tempfile
+
+        if not hasattr(self, "_tmp"):
+            self._tmp = tempfile.TemporaryDirectory(prefix="churnkit-azureml-")
+        dest = Path(self._tmp.name) / f"{release.model_name}-{release.version}-{release.variant}"
+        return dest if (dest / "MLmodel").exists() else export_release(release, dest, self.config)
+
     def _apply_deploy(self, release, asked, before):
-        self._run(self._deploy_steps(release, asked, before))
+        self._run(self._deploy_steps(release, asked, before), release)
 
     def _apply_traffic(self, asked, before):
         self._run(self._traffic_steps(asked))

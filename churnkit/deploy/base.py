@@ -131,6 +131,18 @@ def resolve_release(model_uri: str, variant: str | None = None, config: Config |
     return Release(model_uri, mv.name, str(mv.version), variant or variant_name(mv.version), sha)
 
 
+def export_release(release: Release, dest: Path, config: Config | None = None) -> Path:
+    """Write the verified model folder of ``release`` to ``dest`` with the serving manifest.
+
+    The manifest (name, version, threshold, sha256) lets the serving container know what it serves
+    and refuse a changed artifact; the sha256 is checked against the registry before anything ships.
+    """
+    from churnkit import registry
+    from churnkit.serve.loading import export_model
+
+    return export_model(registry.load_model(release.uri, config), dest)
+
+
 def check_variant_free(release: Release, live: EndpointState) -> None:
     """Refuse to deploy a version under a variant name that serves another version."""
     current = live.variants.get(release.variant)
@@ -285,7 +297,7 @@ class DeployTarget(ABC):
         release = resolve_release(model_uri, variant, self.config)
         before = self.describe()
         check_variant_free(release, before)
-        asked = weights_with(before.weights, release.variant, weight)
+        asked = weights_with(self.current_weights(before), release.variant, weight)
         self._apply_deploy(release, asked, before)
         state = self._verify(asked, {release.variant: release.version})
         record_deploy(release, state, asked[release.variant])
@@ -306,6 +318,10 @@ class DeployTarget(ABC):
         asked = weights_without(before.weights, variant)
         self._apply_remove(variant, asked, before)
         return self._verify(asked)
+
+    def current_weights(self, live: EndpointState) -> dict[str, int]:
+        """The weights a new variant is added to (the live ones)."""
+        return live.weights
 
     @abstractmethod
     def describe(self) -> EndpointState:
@@ -331,7 +347,7 @@ class DeployTarget(ABC):
         if action == "deploy":
             release = resolve_release(kw["model_uri"], kw.get("variant"), self.config)
             check_variant_free(release, live)
-            asked = weights_with(live.weights, release.variant, kw.get("weight", 0))
+            asked = weights_with(self.current_weights(live), release.variant, kw.get("weight", 0))
             return self._plan_deploy(release, asked, live)
         if action == "set_traffic":
             asked = check_weights(kw["weights"], list(live.variants) if live.exists else None)

@@ -21,9 +21,10 @@ import io
 import json
 import tarfile
 import time
+from pathlib import Path
 from typing import Any
 
-from churnkit.deploy.base import CloudTarget, EndpointState, Release, VariantState, _share, request
+from churnkit.deploy.base import CloudTarget, EndpointState, Release, VariantState, _share, export_release, request
 from churnkit.exceptions import CloudCredentialsError, DeployTargetError, MissingExtraError
 
 ENV = {
@@ -400,13 +401,14 @@ class SageMakerTarget(CloudTarget):
 
 
 def model_archive(release: Release, config=None) -> bytes:
-    """The model folder as ``model.tar.gz`` bytes, files at the root (SageMaker unpacks to /opt/ml/model)."""
-    from churnkit import registry
+    """The exported model folder as ``model.tar.gz`` bytes, files at the root (unpacked to /opt/ml/model)."""
+    import tempfile
 
-    folder, _ = registry.resolve_model(release.uri, config)
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for path in sorted(folder.rglob("*")):
-            if path.is_file():
-                tar.add(path, arcname=str(path.relative_to(folder)))
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = export_release(release, Path(tmp) / "model", config)
+        with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+            for path in sorted(folder.rglob("*")):
+                if path.is_file():
+                    tar.add(path, arcname=str(path.relative_to(folder)))
     return buf.getvalue()

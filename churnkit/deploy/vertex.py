@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from churnkit.deploy.base import CloudTarget, EndpointState, Release, VariantState, request
+from churnkit.deploy.base import CloudTarget, EndpointState, Release, VariantState, export_release, request
 from churnkit.exceptions import CloudCredentialsError, DeployTargetError, MissingExtraError
 
 ENV = {
@@ -241,18 +241,20 @@ class VertexTarget(CloudTarget):
     # ---- apply ---------------------------------------------------------------------------------------
     def stage_model(self, release: Release) -> str:
         """Copy the model folder to the staging bucket; returns its ``gs://`` URI."""
+        import tempfile
+
         from google.cloud import storage
 
-        from churnkit import registry
-
-        folder, _ = registry.resolve_model(release.uri, self.config)
         uri = self._artifact_uri(release)
         bucket_name, prefix = uri.removeprefix("gs://").split("/", 1)
         bucket = self._call("storage client", storage.Client, project=self.settings["project"],
                             credentials=self._credentials).bucket(bucket_name)
-        for path in sorted(Path(folder).rglob("*")):
-            if path.is_file():
-                self._call("upload", bucket.blob(f"{prefix}/{path.relative_to(folder)}").upload_from_filename, str(path))
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = export_release(release, Path(tmp) / "model", self.config)
+            for path in sorted(folder.rglob("*")):
+                if path.is_file():
+                    self._call("upload", bucket.blob(f"{prefix}/{path.relative_to(folder)}").upload_from_filename,
+                               str(path))
         return uri
 
     def _apply_deploy(self, release, asked, before):
