@@ -1,0 +1,225 @@
+"""Local target: real ``churnkit serve`` processes behind the real router, real HTTP on 127.0.0.1.
+
+One endpoint (two versions) is shared by the module: weights move 100/0 → 50/50 → 0/100 under
+concurrent client requests, a variant is killed and then removed under load, and the clients see no
+failed request. Every process is stopped by the fixture, even when a test fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+
+import pytest
+from conftest import free_port
+from deploy_support import registry_store
+
+
+@pytest.fixture(scope="module")
+def rows():
+    from churnkit.data import synth_month
+
+    return synth_month(40, 1, 7).drop(columns=["churn"]).to_dict(orient="records")
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory):
+    from churnkit.config import load_config
+    from churnkit.deploy import get_target
+
+    saved = os.environ.pop("MLFLOW_TRACKING_URI", None)
+    config = load_config(registry_store(tmp_path_factory.mktemp("local")))
+    target = get_target("local", config=config, port=free_port(), startup_timeout=120)
+    try:
+        yield target
+    finally:
+        target.stop()
+        for pid_file in target.state_dir.glob("*.pid"):  # belt and braces: nothing may outlive the tests
+            try:
+                os.killpg(int(pid_file.read_text()), signal.SIGKILL)
+            except (ProcessLookupError, ValueError, PermissionError):
+                pass
+        if saved is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = saved
+
+
+class Load:
+    """A bounded number of client threads posting one row per request; results carry their send time."""
+
+    def __init__(self, url: str, rows: list[dict], threads: int = 4):
+        self.url, self.rows, self.threads = url, rows, threads
+        self.results: list[tuple[float, int, str]] = []  # (sent at, status, variant)
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.workers = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
+
+    def _run(self, i: int) -> None:
+        import httpx
+
+        with httpx.Client(timeout=30) as client:
+            n = i
+            while not self.stop.is_set():
+                sent = time.time()
+                try:
+                    r = client.post(self.url + "/invocations", json={"instances": [self.rows[n % len(self.rows)]]})
+                    out = (sent, r.status_code, r.headers.get("x-churnkit-variant", ""))
+                except Exception as exc:  # a failed request is a result too
+                    out = (sent, 0, type(exc).__name__)
+                with self.lock:
+                    self.results.append(out)
+                n += self.threads
+
+    def __enter__(self):
+        for w in self.workers:
+            w.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        for w in self.workers:
+            w.join(timeout=60)
+
+    def wait_for(self, count: int, since: float, timeout: float = 60.0) -> list[tuple[float, int, str]]:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            got = self.between(since, time.time())
+            if len(got) >= count:
+                return got
+            time.sleep(0.05)
+        raise AssertionError(f"only {len(self.between(since, time.time()))} requests in {timeout} s")
+
+    def between(self, start: float, end: float) -> list[tuple[float, int, str]]:
+        with self.lock:
+            return [r for r in self.results if start <= r[0] < end]
+
+
+def share(results, variant: str) -> float:
+    return sum(1 for r in results if r[2] == variant) / len(results)
+
+
+def test_plan_lists_processes_and_ports_without_starting_them(local):
+    reqs = local.plan("deploy", model_uri="models:/churn@champion")
+    assert [(r["api"], r["operation"]) for r in reqs] == [("process", "start"), ("process", "start"),
+                                                          ("router", "PUT /-/variants/v1"), ("router", "PUT /-/weights")]
+    assert reqs[0]["request"]["listen"] == local.url
+    assert reqs[1]["request"]["command"][2:5] == ["churnkit.cli", "serve", "--model"]
+    assert reqs[-1]["request"] == {"weights": {"v1": 100}}
+    assert not (local.state_dir / "state.json").exists()
+    assert local.describe().variants == {}
+
+
+def test_weights_shift_under_load_without_failed_requests(local, rows):
+    state = local.deploy("models:/churn@champion")
+    assert state.weights == {"v1": 100} and state.drift == [] and state.url == local.url
+    state = local.deploy("models:/churn@challenger", weight=0)
+    assert state.weights == {"v1": 100, "v2": 0} and state.drift == []
+    assert {n: v.model_version for n, v in state.variants.items()} == {"v1": "1", "v2": "2"}
+    assert {v.status for v in state.variants.values()} == {"running"}
+
+    with Load(local.url, rows) as load:
+        t0 = time.time()
+        phase_a = load.wait_for(60, t0)
+        t1 = time.time()
+        assert local.set_traffic({"v1": 50, "v2": 50}).weights == {"v1": 50, "v2": 50}
+        t2 = time.time()
+        phase_b = load.wait_for(200, t2)
+        t3 = time.time()
+        state = local.set_traffic({"v1": 0, "v2": 100})
+        t4 = time.time()
+        assert state.weights == {"v1": 0, "v2": 100} and state.drift == []
+        phase_c = load.wait_for(60, t4)
+        window = local.read_window(t2)
+    failed = [r for r in load.results if r[1] != 200]
+    assert failed == [] and len(load.results) >= 320
+    assert share(load.between(t0, t1), "v1") == 1.0 and len(phase_a) >= 60
+    assert 0.3 <= share(load.between(t2, t3), "v2") <= 0.7 and len(phase_b) >= 200
+    assert share(load.between(t4, time.time()), "v2") == 1.0 and len(phase_c) >= 60
+
+    v = window["variants"]
+    assert set(window) == {"now", "variants"} and set(v) == {"v1", "v2"}
+    assert v["v1"]["requests"] > 50 and v["v2"]["requests"] > 50 and v["v1"]["errors"] == v["v2"]["errors"] == 0
+    assert len(v["v2"]["latencies_ms"]) == v["v2"]["requests"] and len(v["v2"]["scores"]) == v["v2"]["requests"]
+    assert all(0.0 <= s <= 1.0 for s in v["v1"]["scores"])
+
+    capture = list((local.state_dir / "capture" / "v2").glob("capture-*.jsonl"))
+    assert capture and json.loads(capture[0].read_text().splitlines()[0])["model_version"] == "2"
+
+
+def test_dead_variant_is_retried_elsewhere_then_removed_under_load(local, rows):
+    local.set_traffic({"v1": 50, "v2": 50})
+    v1_pid = local.read_state()["variants"]["v1"]["pid"]
+    with Load(local.url, rows) as load:
+        load.wait_for(20, time.time())
+        killed = time.time()
+        os.killpg(v1_pid, signal.SIGKILL)
+        after = load.wait_for(100, killed + 0.01)
+        state = local.describe()
+        assert state.variants["v1"].status == "dead" and state.variants["v2"].status == "running"
+        window = local.read_window(killed + 0.01)
+        state = local.remove("v1")
+        removed = time.time()
+        load.wait_for(40, removed)
+    assert [r for r in load.results if r[1] != 200] == []
+    assert {r[2] for r in after} == {"v2"}  # every request answered, by the live variant
+    assert window["variants"]["v1"]["errors"] > 0 and window["variants"]["v1"]["errors"] == window["variants"]["v1"]["requests"]
+    assert window["variants"]["v2"]["errors"] == 0
+    assert state.weights == {"v2": 100} and state.drift == []
+    assert "v1" not in local.read_state()["variants"]
+
+
+def test_remove_drains_a_live_variant_under_load(local, rows):
+    local.deploy("models:/churn/1", weight=50)
+    with Load(local.url, rows) as load:
+        load.wait_for(40, time.time())
+        pid = local.read_state()["variants"]["v1"]["pid"]
+        state = local.remove("v1")
+        done = time.time()
+        load.wait_for(40, done)
+    assert state.weights == {"v2": 100}
+    assert [r for r in load.results if r[1] != 200] == []
+    assert {r[2] for r in load.between(done, time.time())} == {"v2"}
+    from churnkit.deploy.local import _alive
+
+    assert not _alive(pid)
+
+
+def test_router_own_routes_and_forwarded_version(local):
+    import httpx
+
+    assert httpx.get(local.url + "/ping").status_code == 200
+    assert httpx.get(local.url + "/version").json()["version"] == "2"
+    metrics = httpx.get(local.url + "/metrics").text
+    assert 'churnkit_router_variant_weight{variant="v2"} 100' in metrics
+    bad = httpx.put(local.url + "/-/weights", json={"weights": {"v2": 60}})
+    assert bad.status_code == 422 and "summing to 100" in bad.json()["error"]
+    r = httpx.post(local.url + "/invocations", json={"instances": [{"tenure": "abc"}]})
+    assert 400 <= r.status_code < 500  # a client mistake passes through, never retried into a 5xx
+
+
+def test_stop_ends_every_process_and_is_idempotent(local):
+    from churnkit.deploy.local import _alive
+
+    state = local.read_state()
+    pids = [state["router"]["pid"]] + [v["pid"] for v in state["variants"].values()]
+    assert all(_alive(p) for p in pids)
+    assert local.stop().variants == {}
+    assert not any(_alive(p) for p in pids)
+    assert local.stop().variants == {} and local.describe().details["router"] == "stopped"
+
+
+def test_records_stats_and_scores():
+    from churnkit.deploy.router import Records, _scores
+
+    rec = Records(window=600)
+    rec.add("v1", "ok", 2.0, (0.1, 0.2))
+    rec.add("v1", "error", 1.0)
+    rec.add("v2", "timeout", 30000.0)
+    stats = rec.stats(0)["variants"]
+    assert stats["v1"] == {"requests": 2, "errors": 1, "timeouts": 0, "latencies_ms": [2.0], "scores": [0.1, 0.2]}
+    assert stats["v2"]["timeouts"] == 1 and stats["v2"]["latencies_ms"] == []
+    assert rec.stats(time.time() + 1)["variants"] == {}
+    assert _scores(b'{"predictions": [{"churn_probability": 0.3, "churn": false}]}') == (0.3,)
+    assert _scores(b'[{"churn_probability": 0.7}]') == (0.7,) and _scores(b"not json") == ()
