@@ -184,10 +184,15 @@ class _Page:
     # ---- model versions --------------------------------------------------------------------------
     def version_row(self, v: dict) -> str:
         tags = v["tags"]
-        rollout_nb = tags.get(TAG + "rollout_notebook") or (self.by_run.get(tags.get(TAG + "rollout_run_id"), {})
-                                                            .get("output_notebook"))
         links = [self.notebook_link(tags.get(TAG + k)) for k in ("train_notebook", "evaluate_notebook", "deploy_notebook")]
-        links.append(self.notebook_link(rollout_nb))
+        rollout_run = self.by_run.get(tags.get(TAG + "rollout_run_id") or "")
+        if tags.get(TAG + "rollout_notebook") or not rollout_run:
+            links.append(self.notebook_link(tags.get(TAG + "rollout_notebook")))
+        elif rollout_run["output_notebook"]:
+            links.append(self.notebook_link(rollout_run["output_notebook"]))
+        else:  # `churnkit rollout` from a shell: the decision record lives in its MLflow run
+            url = run_url(self.ui, rollout_run["experiment_id"], rollout_run["run_id"])
+            links.append(f'<a class="mlflow-run" href="{_e(url)}">rollout run</a>')
         decision = tags.get(TAG + "rollout_decision", "")
         if decision:
             links[-1] += f' <span class="rollout">({_e(decision.replace("_", " "))})</span>'
