@@ -75,6 +75,15 @@ def make_data(rows: int, seed: int, out: Path) -> tuple[Path, Path]:
 # Workers (each in its own process)
 # --------------------------------------------------------------------------------------------------
 
+def _reset_peak() -> int:
+    """Reset the peak-RSS mark after loading (Linux clear_refs "5"), so VmHWM covers the report only."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass  # without it VmHWM still includes the loading peak: an upper bound
+    return _rss_kib("VmRSS")
+
+
 def _rss_kib(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -89,7 +98,7 @@ def worker_churnkit(ref_path: str, cur_path: str, workers: int | None = None) ->
     from churnkit.monitor import build_monitor_report
 
     ref, cur = pd.read_parquet(ref_path), pd.read_parquet(cur_path)
-    base = _rss_kib("VmRSS")
+    base = _reset_peak()
     t0 = time.perf_counter()
     report = build_monitor_report(ref, cur, label_column="__none__", workers=workers)
     seconds = time.perf_counter() - t0
@@ -106,7 +115,7 @@ def worker_evidently(ref_path: str, cur_path: str) -> dict:
     from evidently.presets import DataDriftPreset
 
     ref, cur = pd.read_parquet(ref_path), pd.read_parquet(cur_path)
-    base = _rss_kib("VmRSS")
+    base = _reset_peak()
     t0 = time.perf_counter()
     snapshot = Report([DataDriftPreset()]).run(cur, ref)
     seconds = time.perf_counter() - t0
@@ -189,9 +198,10 @@ def main() -> int:
         _print_ours("churnkit  ", again, "again, after Evidently")
     print(f"Evidently : {theirs['seconds']:7.2f} s, peak memory over the data {theirs['peak_over_data_mib']:6.0f} MiB "
           f"({EVIDENTLY} DataDriftPreset, venv {why})")
-    slowest = max(ours["seconds"], again["seconds"])
-    print(f"speed-up  : {theirs['seconds'] / slowest:.1f}x with threads (slower of our two runs), "
-          f"{theirs['seconds'] / single['seconds']:.1f}x on one thread (goal >= {GOAL_SPEEDUP:g}x)")
+    fast, slow = sorted((ours["seconds"], again["seconds"]))
+    print(f"speed-up  : {theirs['seconds'] / slow:.1f}x to {theirs['seconds'] / fast:.1f}x with threads (our slower and "
+          f"faster run), {theirs['seconds'] / single['seconds']:.1f}x on one thread (goal >= {GOAL_SPEEDUP:g}x: "
+          f"{'met' if theirs['seconds'] / max(slow, single['seconds']) >= GOAL_SPEEDUP else 'MISSED on the slowest run'})")
     peak = max(ours["peak_over_data_mib"], single["peak_over_data_mib"], again["peak_over_data_mib"])
     print(f"memory    : {peak:.0f} MiB vs Evidently {theirs['peak_over_data_mib']:.0f} MiB over the data "
           f"(goal <= {GOAL_MEMORY_GIB * 1024:.0f} MiB: {'met' if peak <= GOAL_MEMORY_GIB * 1024 else 'MISSED'})")

@@ -91,11 +91,14 @@ def wasserstein_sorted(us: np.ndarray, vs: np.ndarray) -> float:
 
     The integral of |F_u - F_v| over the merged values. The merge needs one ``searchsorted`` and the
     empirical CDFs are running counts of which side each merged value came from (ties add zero width,
-    so counting them in merge order is exact); the CDF difference is kept in integers.
+    so counting them in merge order is exact); the CDF difference is kept in integers. Equal sizes
+    take the equivalent quantile form, the mean of |us[i] - vs[i]|.
     """
     n, m = len(us), len(vs)
     if n == 0 or m == 0:
         return float("nan")
+    if n == m:  # equal sizes: the quantile functions pair up element by element
+        return float(np.mean(np.abs(np.subtract(us, vs, dtype=np.float64))))
     pos = np.searchsorted(us, vs, side="right")
     pos += np.arange(m)
     from_v = np.zeros(n + m, dtype=bool)

@@ -19,6 +19,8 @@ OVERHEAD = "churnkit_overhead_latency_seconds"
 REQUESTS = "churnkit_requests_total"
 ROWS = "churnkit_prediction_rows_total"
 START = "churnkit_start_time_seconds"
+#: Routes counted in churnkit_requests_total that are not predictions (health, version, the scrape itself).
+NON_PREDICT_ROUTES = frozenset({"/metrics", "/ping", "/", "/health", "/version", "other"})
 
 _LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)(?:\s+-?\d+)?\s*$")
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
@@ -89,8 +91,14 @@ def _ms_summary(hist: dict) -> dict | None:
             "p99": 1000 * histogram_quantile(0.99, hist["buckets"])}
 
 
-def _counter(samples: dict, name: str, **match) -> float:
-    return sum(v for labels, v in samples.get(name, []) if all(labels.get(k) == want for k, want in match.items()))
+def _predict_requests(samples: dict) -> tuple[float, float]:
+    """Prediction requests (all, and answered 2xx) from churnkit_requests_total{route,status}."""
+    preds = [(lab, v) for lab, v in samples.get(REQUESTS, []) if lab.get("route") not in NON_PREDICT_ROUTES]
+    return sum(v for _, v in preds), sum(v for lab, v in preds if lab.get("status", "").startswith("2"))
+
+
+def _counter(samples: dict, name: str) -> float:
+    return sum(v for _, v in samples.get(name, []))
 
 
 def latency_breakdown(metrics_text: str, probe_timings: list[dict] | None = None, *,
@@ -112,7 +120,7 @@ def latency_breakdown(metrics_text: str, probe_timings: list[dict] | None = None
     Returns
     -------
     dict
-        ``requests``, ``model_ms`` / ``overhead_ms`` / ``client_ms`` summaries (mean, p50, p99),
+        ``requests`` (prediction requests in the window), ``model_ms`` / ``overhead_ms`` / ``client_ms`` summaries (mean, p50, p99),
         ``breakdown_ms`` and ``shares`` (model, overhead, network_client), ``rows_per_request``,
         ``error_rate``, ``likely_cause`` and ``explanation``.
     """
@@ -120,10 +128,9 @@ def latency_breakdown(metrics_text: str, probe_timings: list[dict] | None = None
     before = parse_prometheus(baseline_text) if baseline_text else None
     model_h = _minus(_histogram(after, MODEL), before and _histogram(before, MODEL))
     over_h = _minus(_histogram(after, OVERHEAD), before and _histogram(before, OVERHEAD))
-    total_req = _counter(after, REQUESTS) - (_counter(before, REQUESTS) if before else 0.0)
-    ok_req = sum(v for lab, v in after.get(REQUESTS, []) if lab.get("status", "").startswith("2"))
+    total_req, ok_req = _predict_requests(after)
     if before:
-        ok_req -= sum(v for lab, v in before.get(REQUESTS, []) if lab.get("status", "").startswith("2"))
+        total_req, ok_req = (a - b for a, b in zip((total_req, ok_req), _predict_requests(before)))
     rows = _counter(after, ROWS) - (_counter(before, ROWS) if before else 0.0)
     probe = [t for t in (probe_timings or []) if t.get("total_ms") is not None]
     totals = np.array([t["total_ms"] for t in probe], dtype=float)

@@ -34,36 +34,24 @@ class MonitorInputs:
     sources: dict[str, str] = field(default_factory=dict)
 
 
+def _must_exist(path: str | Path, role: str, what: str = "a CSV or Parquet file") -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"{role} data {str(p)!r} does not exist; pass --{role} ({role}_path) pointing to {what}")
+    return p
+
+
 def read_current(path: str | Path) -> pd.DataFrame:
     """A table (CSV/Parquet) or the serving data capture (a folder of, or one, JSON Lines file)."""
-    p = Path(path)
+    p = _must_exist(path, "current", "a CSV or Parquet file or a serving capture folder")
     if p.is_dir() or p.suffix.lower() == ".jsonl":
-        if not p.exists():
-            raise DataError(f"capture file {str(p)!r} does not exist; pass a capture folder or a .jsonl file")
-        try:
-            from churnkit.serve.capture import read_capture
-        except ImportError:  # serving installed without its capture module: read the documented format
-            read_capture = _read_capture_jsonl
+        from churnkit.serve.capture import read_capture
+
         frame = read_capture(p)
         if frame.empty:
             raise DataError(f"capture {str(p)!r} holds no requests yet; let the server take traffic or pass a table")
         return frame
     return read_table(p)
-
-
-def _read_capture_jsonl(path: Path) -> pd.DataFrame:
-    """One row per scored input row: the inputs plus churn_probability, model_version and time."""
-    files = sorted(path.glob("capture-*.jsonl")) if path.is_dir() else [path]
-    records = []
-    for f in files:
-        for line in f.read_text(encoding="utf-8").splitlines():
-            if not line.strip():
-                continue
-            req = json.loads(line)
-            for row, score in zip(req.get("inputs", []), req.get("predictions", [])):
-                records.append(row | {SCORE_COLUMN: score, "model_version": req.get("model_version"),
-                                      "time": req.get("time")})
-    return pd.DataFrame.from_records(records)
 
 
 def load_monitor_inputs(
@@ -81,7 +69,7 @@ def load_monitor_inputs(
     with ``drift`` ("covariate", "concept", "new_category" or "" for none).
     """
     if reference_path:
-        reference, ref_src = read_table(reference_path), str(reference_path)
+        reference, ref_src = read_table(_must_exist(reference_path, "reference")), str(reference_path)
     else:
         reference, ref_src = synth_month(rows=rows, month=1, seed=seed), f"synthetic month 1 ({rows} rows)"
     paths = [p.strip() for p in str(current_path).split(",") if p.strip()]
@@ -93,7 +81,7 @@ def load_monitor_inputs(
     else:
         current = synth_month(rows=rows, month=2, seed=seed, drift=drift or None)
         cur_src = f"synthetic month 2 ({rows} rows, drift {drift or 'none'})"
-    labels = read_table(labels_path) if labels_path else None
+    labels = read_table(_must_exist(labels_path, "labels")) if labels_path else None
     sources = {"reference": ref_src, "current": cur_src} | ({"labels": str(labels_path)} if labels_path else {})
     return MonitorInputs(reference, current, labels, months, sources)
 

@@ -269,8 +269,8 @@ def build_monitor_report(
         if frame is None or len(frame) == 0:
             raise MonitorError(f"the {name} data has no rows; pass a table (or capture folder) with at least one row")
     schema = _feature_schema(reference, model, label_column, id_columns, id_column)
-    present = [c for c in schema.names if c in current.columns and c in reference.columns]
-    missing = [c for c in schema.names if c not in present]
+    present = [c for c in schema.names if c in current.columns and c in reference.columns and c not in id_columns]
+    missing = [c for c in schema.names if c not in present and c not in id_columns]
     if not present:
         raise MonitorError(
             f"reference and current data have no feature column in common (reference features {schema.names[:20]!r}, "
@@ -288,6 +288,8 @@ def build_monitor_report(
         prediction = {k: res[k] for k in ("method", "statistic", "p_value", "threshold", "rule", "drift", "psi", "psi_level")}
         prediction |= {"source": score_source, "reference_mean": float(np.nanmean(ref_scores)),
                        "current_mean": float(np.nanmean(cur_scores)), "model": _model_ref(model)}
+        if score_source == "capture" and "model_version" in current.columns:
+            prediction["served_versions"] = sorted(current["model_version"].dropna().astype(str).unique().tolist())
         histograms["__scores__"] = hist
     performance = _performance(current, cur_scores, labels, label_column, id_column, baseline, months, model,
                                max_auc_drop)
@@ -342,6 +344,11 @@ def recommend(report: MonitorReport, psi_act: float = 0.25) -> dict:
     elif pred and pred["drift"]:
         warnings.append(f"churn scores drifted ({pred['method']} {pred['statistic']:.3f}) but PSI {pred['psi']:.3f} "
                         f"is below psi_act")
+    served = (pred or {}).get("served_versions")
+    scorer = (pred or {}).get("model") or {}
+    if served and scorer and served != [scorer["version"]]:
+        warnings.append(f"the capture holds scores of model version(s) {served!r}; reference scores come from "
+                        f"v{scorer['version']}: compare like with like or pass that version's --model")
     perf = report.performance
     if perf and perf.get("degraded"):
         reasons.append(f"ROC AUC {perf['metrics']['roc_auc']:.4f} on {perf['labelled_rows']} labelled rows is "
@@ -386,9 +393,13 @@ def _feature_schema(reference, model, label_column, id_columns, id_column) -> Sc
     if model is not None:
         return model.schema
     drop = [c for c in (*id_columns, id_column, *CAPTURE_COLUMNS) if c and c in reference.columns]
-    sample = reference if len(reference) <= SCHEMA_SAMPLE_ROWS else reference.sample(SCHEMA_SAMPLE_ROWS, random_state=0)
+    if len(reference) > SCHEMA_SAMPLE_ROWS:
+        try:  # roles from a sample: typing a million rows as text just to find the numbers costs seconds
+            return infer_schema(reference.sample(SCHEMA_SAMPLE_ROWS, random_state=0), label_column, drop)
+        except DataError:
+            pass  # e.g. a mostly blank column looked empty in the sample: decide on every row
     try:
-        return infer_schema(sample, label_column, drop)
+        return infer_schema(reference, label_column, drop)
     except DataError as exc:
         raise MonitorError(f"cannot tell the reference data's feature columns: {exc}") from exc
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import time
 
+import httpx
 import mlflow
 import numpy as np
 import pandas as pd
@@ -27,7 +27,7 @@ from churnkit.exceptions import MonitorError
 # --------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("n,m,decimals", [(7, 11, 1), (500, 800, 2), (3000, 2999, 8), (1, 1, 3)])
+@pytest.mark.parametrize("n,m,decimals", [(7, 11, 1), (500, 800, 2), (3000, 2999, 8), (2000, 2000, 1), (1, 1, 3)])
 def test_wasserstein_matches_scipy(n, m, decimals):
     rng = np.random.default_rng(n)
     u = np.round(rng.normal(0, 1, n), decimals)  # rounding makes ties inside and across samples
@@ -260,32 +260,60 @@ def test_concept_drift_is_caught_by_labels_only(champion):
     assert report.recommendation["retrain"] and any("ROC AUC" in r for r in report.recommendation["reasons"])
 
 
-def _write_capture(folder, frame, scores):
-    """Capture files in the serving contract's format: one JSON line per request."""
-    folder.mkdir()
-    inputs = frame.drop(columns=["churn"]).astype(object).to_dict(orient="records")
-    lines = [json.dumps({"time": "2026-11-01T00:00:00Z", "request_id": f"r{i}", "model_name": "churn",
-                         "model_version": "1", "inputs": inputs[i:i + 50],
-                         "predictions": [float(s) for s in scores[i:i + 50]]}) + "\n" for i in range(0, len(inputs), 50)]
-    (folder / "capture-20261101T000000-0001.jsonl").write_text("".join(lines))
+@pytest.fixture(scope="module")
+def served(champion, tmp_path_factory):
+    """``churnkit serve`` of the champion on 127.0.0.1 with data capture on (stopped after the module)."""
+    from serve_support import CHURNKIT, Server, clean_env
+
+    config = champion[0]
+    base = tmp_path_factory.mktemp("served")
+    server = Server([CHURNKIT, "serve", "--model", "models:/churn@champion", "--runs-dir", str(config.runs_dir),
+                     "--port", "0", "--capture-dir", str(base / "capture")], clean_env(), base / "serve.log")
+    yield server, base / "capture"
+    server.close()
 
 
-def test_cli_json_report_capture_and_late_labels(champion, tmp_path):
-    config, model, _, _ = champion
+def _send(url, frame, batch=50):
+    rows = json.loads(frame.drop(columns=["churn"]).to_json(orient="records"))
+    with httpx.Client(base_url=url, timeout=30) as client:
+        for i in range(0, len(rows), batch):
+            assert client.post("/invocations", json={"instances": rows[i:i + batch]}).status_code == 200
+
+
+def _captured(folder, rows, timeout=15.0):
+    """The capture once it holds ``rows`` rows (the server flushes it within a second)."""
+    from churnkit.serve.capture import read_capture
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if folder.is_dir() and len(frame := read_capture(folder)) >= rows:
+            return frame
+        time.sleep(0.2)
+    raise AssertionError(f"capture at {folder} did not reach {rows} rows")
+
+
+def test_cli_monitors_the_served_capture_with_late_labels_and_latency(champion, served, tmp_path):
+    config = champion[0]
+    server, capture = served
     ref, cur = synth_month(2000, 1, 0), synth_month(1000, 2, 0, drift="covariate")
     write_table(ref, tmp_path / "ref.parquet")
-    _write_capture(tmp_path / "capture", cur, M.score_frame(model, cur))
+    _send(server.url, cur)
+    assert len(_captured(capture, 1000)) == 1000
     write_table(cur[["customer_id", "churn"]].sample(frac=1.0, random_state=1), tmp_path / "labels.csv")
-    args = ["monitor", "--reference", str(tmp_path / "ref.parquet"), "--current", str(tmp_path / "capture"),
+    args = ["monitor", "--reference", str(tmp_path / "ref.parquet"), "--current", str(capture),
             "--labels", str(tmp_path / "labels.csv"), "--model", "models:/churn@champion",
+            "--metrics-url", server.url, "--probe-requests", "5",
             "--runs-dir", str(config.runs_dir), "--report", str(tmp_path / "out" / "drift.html"), "--json"]
     res = CliRunner().invoke(main, args, catch_exceptions=False)
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)  # exactly one JSON object on stdout
-    assert out["current_rows"] == 1000 and out["dataset_drift"] in (True, False)
+    assert out["current_rows"] == 1000 and "churn_probability" not in out["columns"]
     assert out["prediction_drift"]["source"] == "capture" and out["prediction_drift"]["drift"]
+    assert out["prediction_drift"]["served_versions"] == ["1"]
+    assert not [w for w in out["recommendation"]["warnings"] if "model version" in w]
     assert out["performance"]["label_source"] == "labels joined on 'customer_id'"
     assert out["performance"]["labelled_rows"] == 1000 and out["recommendation"]["retrain"]
+    assert out["latency"]["probe_requests"] == 5 and out["latency"]["requests"] == 5
     html = (tmp_path / "out" / "drift.html").read_text()
     assert html.count("data:image/png;base64,") >= 4 and "Recommendation" in html and "<script" not in html
 
@@ -374,47 +402,15 @@ def test_latency_window_is_the_difference_of_two_scrapes():
     assert out["overhead_ms"]["mean"] == pytest.approx(1.0) and out["likely_cause"] == "model"
 
 
-@pytest.fixture
-def fake_server():
-    """A tiny real HTTP server speaking the serving contract's /metrics and /invocations."""
-    seen = {"model": [], "over": []}
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-        def do_GET(self):
-            body = metrics_text(seen["model"], seen["over"]).encode()
-            self.send_response(200 if self.path == "/metrics" else 404)
-            self.send_header("content-type", "text/plain; version=0.0.4")
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def do_POST(self):
-            rows = json.loads(self.rfile.read(int(self.headers["content-length"])))["instances"]
-            seen["model"].append(0.004)
-            seen["over"].append(0.0005)
-            body = json.dumps({"predictions": [{"churn_probability": 0.5, "churn": True}] * len(rows)}).encode()
-            self.send_response(200)
-            self.send_header("content-type", "application/json")
-            self.send_header("x-model-latency-ms", "4.0")
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-    thread.join(5)
-
-
-def test_measure_latency_probes_a_real_server(fake_server):
-    out = M.measure_latency(fake_server + "/metrics", [{"tenure": 3, "contract": "One year"}] * 2, requests=6)
-    assert out["probe_requests"] == 6 and out["requests"] == 6 and out["header_model_ms"] == 4.0
-    assert out["breakdown_ms"]["model"] == 4.0 and out["breakdown_ms"]["network_client"] >= 0.0
+def test_measure_latency_probes_a_live_server(champion, served):
+    model = champion[1]
+    server, _ = served
+    rows = M.probe_rows(synth_month(20, 2, 0), model.schema, 5)
+    assert len(rows) == 5 and set(rows[0]) == set(model.schema.names)
+    out = M.measure_latency(server.url + "/metrics", rows, requests=8)
+    assert out["probe_requests"] == 8 and out["requests"] == 8 and out["error_rate"] == 0.0  # the probe window only
+    assert out["rows_per_request"] == 5 and out["header_model_ms"] > 0 and out["overhead_ms"]["mean"] >= 0
+    assert set(out["shares"]) == {"model", "overhead", "network_client"}
+    assert sum(out["shares"].values()) == pytest.approx(1.0) and out["likely_cause"]
     with pytest.raises(MonitorError, match="cannot reach the server"):
-        M.measure_latency("http://127.0.0.1:9", [], requests=1, timeout=2)
+        M.measure_latency("http://127.0.0.1:9", rows, requests=1, timeout=2)
