@@ -17,7 +17,8 @@ from deploy_support import cloud_store
 
 ENV = {"GOOGLE_CLOUD_PROJECT": "churn-proj", "CHURNKIT_GCP_REGION": "europe-west4",
        "CHURNKIT_GCP_IMAGE_URI": "europe-west4-docker.pkg.dev/churn-proj/churnkit/serve:0.1.0",
-       "CHURNKIT_GCP_BUCKET": "churn-proj-churnkit"}
+       "CHURNKIT_GCP_BUCKET": "churn-proj-churnkit",
+       "CHURNKIT_GCP_SERVICE_ACCOUNT": "churnkit-serve@churn-proj.iam.gserviceaccount.com"}
 PARENT = "projects/churn-proj/locations/europe-west4"
 
 
@@ -194,6 +195,7 @@ def test_upload_deploy_split_undeploy_stop(vertex):
     assert deploy["traffic_split"] == {"0": 100}
     assert deploy["deployed_model"]["display_name"] == "v1"
     assert deploy["deployed_model"]["dedicated_resources"]["machine_spec"]["machine_type"] == "n1-standard-2"
+    assert deploy["deployed_model"]["service_account"] == ENV["CHURNKIT_GCP_SERVICE_ACCOUNT"]
     v1_id = state.details["deployed_model_ids"]["v1"]
 
     state = t.deploy("models:/churn@challenger", weight=10)

@@ -8,11 +8,13 @@ never handle them.
 
 Settings come from the environment: ``GOOGLE_CLOUD_PROJECT``, ``CHURNKIT_GCP_REGION``,
 ``CHURNKIT_GCP_IMAGE_URI`` (the image in Artifact Registry) and ``CHURNKIT_GCP_BUCKET`` (model
-staging); credentials from Application Default Credentials.
+staging); optionally ``CHURNKIT_GCP_SERVICE_ACCOUNT``, the identity deployed models run as. Credentials
+come from Application Default Credentials.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from churnkit.deploy.base import CloudTarget, EndpointState, Release, VariantState, export_release, request
@@ -58,6 +60,8 @@ class VertexTarget(CloudTarget):
         Dedicated resources of each new deployed model.
     credentials : google.auth.credentials.Credentials, optional
         Default: Application Default Credentials.
+    service_account : str, optional
+        Identity the deployed models run as (default ``CHURNKIT_GCP_SERVICE_ACCOUNT``, else Vertex's own).
     project, region, image_uri, bucket : str, optional
         Override the environment variables of the same meaning.
     """
@@ -66,7 +70,8 @@ class VertexTarget(CloudTarget):
     ENV = ENV
 
     def __init__(self, endpoint: str = "churn", config=None, *, machine_type: str = "n1-standard-2",
-                 min_replicas: int = 1, max_replicas: int = 1, credentials=None, project: str | None = None,
+                 min_replicas: int = 1, max_replicas: int = 1, credentials=None, service_account: str | None = None,
+                 project: str | None = None,
                  region: str | None = None, image_uri: str | None = None, bucket: str | None = None,
                  environ: dict | None = None):
         super().__init__(endpoint, config, dict(project=project, region=region, image_uri=image_uri, bucket=bucket),
@@ -75,6 +80,8 @@ class VertexTarget(CloudTarget):
         self.min_replicas = min_replicas
         self.max_replicas = max_replicas
         self._credentials = credentials
+        env = os.environ if environ is None else environ
+        self.service_account = service_account or env.get("CHURNKIT_GCP_SERVICE_ACCOUNT", "")
 
     @property
     def _scope(self) -> dict:
@@ -186,14 +193,17 @@ class VertexTarget(CloudTarget):
         return f"gs://{self.settings['bucket']}/churnkit/models/{key}"
 
     def _deploy_request(self, release: Release, asked: dict[str, int], live: EndpointState, model_name: str) -> dict:
+        deployed = {
+            "model": model_name,
+            "display_name": release.variant,
+            "dedicated_resources": {"machine_spec": {"machine_type": self.machine_type},
+                                    "min_replica_count": self.min_replicas, "max_replica_count": self.max_replicas},
+        }
+        if self.service_account:
+            deployed["service_account"] = self.service_account
         return request("aiplatform", "EndpointService.DeployModel", {
             "endpoint": live.details.get("resource_name", f"<endpoint {self.endpoint!r} created above>"),
-            "deployed_model": {
-                "model": model_name,
-                "display_name": release.variant,
-                "dedicated_resources": {"machine_spec": {"machine_type": self.machine_type},
-                                        "min_replica_count": self.min_replicas, "max_replica_count": self.max_replicas},
-            },
+            "deployed_model": deployed,
             "traffic_split": self._split(asked, live, new=release.variant),
         })
 
@@ -277,7 +287,8 @@ class VertexTarget(CloudTarget):
             labels={"churnkit-endpoint": _label(self.endpoint)}, **self._scope)
         self._call("deploy model", endpoint.deploy, model, deployed_model_display_name=release.variant,
                    traffic_split=self._split(asked, before, new=release.variant), machine_type=self.machine_type,
-                   min_replica_count=self.min_replicas, max_replica_count=self.max_replicas)
+                   min_replica_count=self.min_replicas, max_replica_count=self.max_replicas,
+                   service_account=self.service_account or None)
 
     def _apply_traffic(self, asked, before):
         self._call("update traffic", self._endpoint().update, traffic_split=self._split(asked, before))
