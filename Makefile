@@ -8,7 +8,9 @@ VENV_DIR := $(CACHE)/venv-$(PINS)
 VENV := .venv
 BIN := $(VENV)/bin
 EXTRAS := test dev aws azure gcp
-AZML_PINS := $(shell echo azureml-inference-server-http==1.5.1 scikit-learn==1.9.1 pandas==3.1.1 numpy==2.4.6 PyYAML==6.0.4 skops | sha256sum | cut -c1-16)
+# templates/azureml/score.py loads model.skops with the skops version MLflow wrote it with (mlflow 3.17.2 -> 0.16.0).
+AZML_PACKAGES := azureml-inference-server-http==1.5.1 scikit-learn==1.9.1 pandas==3.1.1 numpy==2.4.6 PyYAML==6.0.4 skops==0.16.0
+AZML_PINS := $(shell echo $(AZML_PACKAGES) | sha256sum | cut -c1-16)
 AZML_DIR := $(CACHE)/azml-$(AZML_PINS)
 export MPLBACKEND := Agg
 
@@ -29,7 +31,7 @@ venv:
 # azureml-inference-server-http pins opentelemetry/pydantic below the kit's pins: it gets its own venv.
 $(AZML_DIR)/.complete:
 	rm -rf "$(AZML_DIR)" && $(PY) -m venv "$(AZML_DIR)" && \
-	"$(AZML_DIR)/bin/pip" install -q azureml-inference-server-http==1.5.1 scikit-learn==1.9.1 pandas==3.1.1 numpy==2.4.6 PyYAML==6.0.4 skops && \
+	"$(AZML_DIR)/bin/pip" install -q $(AZML_PACKAGES) && \
 	touch "$@"
 
 test-setup: venv $(AZML_DIR)/.complete
@@ -54,7 +56,7 @@ bench: venv
 
 lint: venv
 	$(BIN)/ruff check churnkit tests bench
-	$(BIN)/nbstripout --verify --keep-metadata-keys cell.metadata.tags notebooks/*.ipynb
+	$(BIN)/nbstripout --verify --keep-metadata-keys cell.metadata.tags --keep-id notebooks/*.ipynb
 
 clean:
 	rm -rf .venv .venv-azml runs/*/ runs/mlflow.db runs/artifacts build *.egg-info

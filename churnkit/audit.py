@@ -7,6 +7,7 @@ still listed. ``churnkit runs`` prints :func:`list_runs`; ``churnkit report`` wr
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -63,10 +64,8 @@ def find_run(run_id: str, config: Config | None = None):
     from churnkit import registry
 
     registry.setup_tracking(config)
-    try:
+    with contextlib.suppress(Exception):  # MLflow raises its own error types for an unknown or partial id
         return registry.client().get_run(run_id)
-    except Exception:  # noqa: BLE001 - MLflow raises its own error types for an unknown or partial id
-        pass
     matches = [r for r in iter_runs(config) if len(run_id) >= 4 and r.info.run_id.startswith(run_id)]
     if len(matches) == 1:
         return matches[0]

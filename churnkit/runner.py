@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import ast
 import contextlib
-import io
 import hashlib
+import io
 import json
 import os
 import shlex
@@ -26,7 +26,7 @@ import time
 import tokenize
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -198,7 +198,7 @@ class RunResult:
 
 
 def new_run_folder(config: Config) -> Path:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     folder = config.runs_dir / f"{stamp}-{uuid.uuid4().hex[:6]}"
     folder.mkdir(parents=True, exist_ok=False)
     return folder

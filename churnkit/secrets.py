@@ -46,22 +46,22 @@ PATTERNS: tuple[Pattern, ...] = (
     _p("aws-access-key", r"(?<![A-Z0-9])(?:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AIPA|ANPA|ANVA|APKA|AROA|ASCA)"
                          r"[A-Z0-9]{16}(?![A-Z0-9])"),
     _p("aws-secret-key", r"(aws_?secret_?access_?key|aws_?secret_?key|secret_?access_?key)"
-                         r"([\"']?\s*[:=]\s*[\"']?)" + _NOT_REDACTED + r"([A-Za-z0-9/+=]{16,})", 3, re.I),
-    _p("azure-storage-key", r"((?:Account|SharedAccess)Key=)([A-Za-z0-9+/]{20,}={0,2})", 2, re.I),
-    _p("azure-sas", r"((?:^|[?&;\s\"'])sig=)" + _NOT_REDACTED + r"([A-Za-z0-9%+/=]{10,})", 2, re.I),
+                         r"([\"']?\s*[:=]\s*[\"']?)" + _NOT_REDACTED + r"([A-Za-z0-9/+=]{16,})", 3, re.IGNORECASE),
+    _p("azure-storage-key", r"((?:Account|SharedAccess)Key=)([A-Za-z0-9+/]{20,}={0,2})", 2, re.IGNORECASE),
+    _p("azure-sas", r"((?:^|[?&;\s\"'])sig=)" + _NOT_REDACTED + r"([A-Za-z0-9%+/=]{10,})", 2, re.IGNORECASE),
     _p("gcp-api-key", r"(?<![A-Za-z0-9_-])AIza[0-9A-Za-z_-]{35}(?![A-Za-z0-9_-])"),
     _p("github-token", r"\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,})"),
     _p("slack-token", r"\bxox[abprs]-[A-Za-z0-9-]{10,}"),
     _p("jwt", r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"),
-    _p("bearer-token", r"(\bbearer\s+)" + _NOT_REDACTED + r"([A-Za-z0-9\-._~+/]{16,}=*)", 2, re.I),
-    _p("basic-auth", r"(authorization[\"']?\s*[:=]\s*[\"']?basic\s+)([A-Za-z0-9+/]{12,}={0,2})", 2, re.I),
-    _p("url-password", r"\b([a-z][a-z0-9+.-]*://[^\s:/@\"'<>]+:)" + _NOT_REDACTED + r"([^\s@/\"'<>]+)(?=@)", 2, re.I),
+    _p("bearer-token", r"(\bbearer\s+)" + _NOT_REDACTED + r"([A-Za-z0-9\-._~+/]{16,}=*)", 2, re.IGNORECASE),
+    _p("basic-auth", r"(authorization[\"']?\s*[:=]\s*[\"']?basic\s+)([A-Za-z0-9+/]{12,}={0,2})", 2, re.IGNORECASE),
+    _p("url-password", r"\b([a-z][a-z0-9+.-]*://[^\s:/@\"'<>]+:)" + _NOT_REDACTED + r"([^\s@/\"'<>]+)(?=@)", 2, re.IGNORECASE),
     _p("password", r"\b([A-Za-z_]*(?:password|passwd|pwd))([\"']?\s*[:=]\s*)(?![\s\"'])" + _NOT_REDACTED
-                   + r"([^\s\"',;&)\]}]+)", 3, re.I),
+                   + r"([^\s\"',;&)\]}]+)", 3, re.IGNORECASE),
     _p("password", r"\b([A-Za-z_]*(?:password|passwd|pwd))([\"']?\s*[:=]\s*)([\"'])" + _NOT_REDACTED
-                   + r"([^\"'\n]+)\3", 4, re.I),
+                   + r"([^\"'\n]+)\3", 4, re.IGNORECASE),
     _p("secret-assignment", r"\b([A-Za-z_]*(?:secret|token|api_?key|access_?key|private_?key|credential)s?)"
-                            r"([\"']?\s*[:=]\s*)([\"'])" + _NOT_REDACTED + r"([^\"'\n]{8,})\3", 4, re.I),
+                            r"([\"']?\s*[:=]\s*)([\"'])" + _NOT_REDACTED + r"([^\"'\n]{8,})\3", 4, re.IGNORECASE),
 )
 
 

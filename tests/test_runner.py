@@ -171,10 +171,10 @@ def test_sigterm_keeps_the_partial_notebook_and_marks_the_run_killed(store, chur
 
 def test_sigterm_handler_is_installed_only_while_running_and_restored():
     before = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(RunTerminated) as err, sigterm_raises():
-        with sigterm_raises():  # re-entrant: the pipeline and its notebooks both install it
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(5)  # the handler raises before this returns
+    # re-entrant: the pipeline and each of its notebooks install it
+    with pytest.raises(RunTerminated) as err, sigterm_raises(), sigterm_raises():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises before this returns
     assert err.value.signum == signal.SIGTERM
     assert signal.getsignal(signal.SIGTERM) is before
 
@@ -184,7 +184,8 @@ def test_every_run_records_what_reproduces_it(tmp_path):
     data.write_text("customerID,tenure,churn\n1,3,Yes\n2,40,No\n")
     path = find_notebook("01-train")
     tags = reproducibility_tags(path, notebook_parameters(path), {"data_path": str(data), "seed": 7})
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=path.parent, capture_output=True, text=True).stdout.strip()
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=path.parent, capture_output=True, text=True,
+                          check=True).stdout.strip()
     assert tags["churnkit.git_commit"] == head and tags["churnkit.git_dirty"] in ("true", "false")
     assert tags["churnkit.data_sha256"] == hashlib.sha256(data.read_bytes()).hexdigest()
     assert tags["churnkit.seed"] == "7"

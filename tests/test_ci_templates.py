@@ -1,0 +1,161 @@
+"""The CI templates are valid YAML, run monthly and on demand with the notebook parameters as inputs, take
+cloud credentials from OIDC (never as parameters), keep runs/ even on failure, and only call churnkit
+commands and options that exist."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import click
+import pytest
+import yaml
+
+from churnkit.cli import main
+from churnkit.runner import PIPELINE_STEPS, notebook_parameters
+
+ROOT = Path(__file__).resolve().parent.parent
+CI = ROOT / "templates" / "ci"
+INPUTS = {"data_path", "model", "auc_threshold", "deploy_target"}
+OPERATORS = {"|", "||", "&&", ";", ">", ">>", "<", "&", "(", ")"}
+
+
+def _load(name: str) -> dict:
+    return yaml.safe_load((CI / name).read_text())
+
+
+def _scripts(node) -> list[str]:
+    """Every shell script in a workflow document (run:, script:, inlineScript:, before/after_script:)."""
+    found: list[str] = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("run", "script", "inlineScript", "before_script", "after_script"):
+                found += [value] if isinstance(value, str) else [v for v in value if isinstance(v, str)]
+            else:
+                found += _scripts(value)
+    elif isinstance(node, list):
+        for item in node:
+            found += _scripts(item)
+    return found
+
+
+def churnkit_calls(script: str) -> list[list[str]]:
+    """The argument lists of every ``churnkit``/``.venv/bin/churnkit`` call in a shell script."""
+    lexer = shlex.shlex(script.replace("\\\n", " "), posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    words = list(lexer)
+    calls = []
+    for i, word in enumerate(words):
+        if word == "churnkit" or word.endswith("/churnkit"):
+            args = []
+            for arg in words[i + 1:]:
+                if arg in OPERATORS or "\n" in arg:
+                    break
+                args.append(arg)
+            calls.append(args)
+    return calls
+
+
+def _cron_is_monthly(cron: str) -> bool:
+    minute, hour, day, month, weekday = cron.split()
+    return minute.isdigit() and hour.isdigit() and day.isdigit() and month == "*" and weekday == "*"
+
+
+TEMPLATES = ["github-monthly.yml", "azure-pipelines.yml", "gitlab-ci.yml"]
+
+
+@pytest.mark.parametrize("name", TEMPLATES)
+def test_every_churnkit_call_is_a_real_command_with_valid_options(name):
+    calls = [c for s in _scripts(_load(name)) for c in churnkit_calls(s)]
+    assert [c[0] for c in calls].count("pipeline") == 1 and {"report", "runs"} <= {c[0] for c in calls}
+    declared = {p.name for step in PIPELINE_STEPS for p in notebook_parameters(step)}
+    for args in calls:
+        command: click.Command = main
+        while isinstance(command, click.Group):  # descend: `churnkit data synth ...`
+            assert args[0] in command.commands, f"{name}: no `churnkit {args[0]}` command"
+            command, args = command.commands[args[0]], args[1:]
+        ctx = command.make_context(command.name, list(args))  # unknown options / bad values raise here
+        if command.name == "pipeline":
+            names = {n for n, _ in ctx.params["pairs"]}
+            assert names == INPUTS, f"{name} passes {sorted(names)}"
+            assert names <= declared, f"{name}: the pipeline's notebooks declare no {sorted(names - declared)}"
+            assert ctx.params["runs_dir"] == "runs"
+            values = [v for _, v in ctx.params["pairs"]]
+            assert all(v.startswith("$") for v in values)  # from the environment, never pasted in
+
+
+def test_github_workflow_runs_monthly_and_on_demand_with_oidc():
+    wf = _load("github-monthly.yml")
+    on = wf.get("on", wf.get(True))  # YAML 1.1 reads a bare `on` key as True
+    assert all(_cron_is_monthly(s["cron"]) for s in on["schedule"])
+    inputs = on["workflow_dispatch"]["inputs"]
+    assert set(inputs) == INPUTS
+    assert inputs["model"]["options"] == ["logreg", "hgb"]
+    assert inputs["deploy_target"]["options"] == ["local", "sagemaker", "azureml", "vertex"]
+    assert float(inputs["auc_threshold"]["default"]) == 0.85
+    assert wf["permissions"]["id-token"] == "write" and wf["permissions"]["contents"] == "read"
+
+    (job,) = wf["jobs"].values()
+    steps = job["steps"]
+    uses = [s.get("uses", "") for s in steps]
+    for action in ("aws-actions/configure-aws-credentials@", "azure/login@", "google-github-actions/auth@"):
+        step = steps[next(i for i, u in enumerate(uses) if u.startswith(action))]
+        assert "DEPLOY_TARGET" in step["if"]  # each cloud signs in only when it is the target
+        assert "secrets." not in str(step["with"])  # identities, not keys
+    runs = [s.get("run", "") for s in steps]
+    venv = next(i for i, r in enumerate(runs) if r.strip() == "make venv")
+    pipeline = next(i for i, r in enumerate(runs) if "churnkit pipeline" in r)
+    assert venv < pipeline
+    assert steps[pipeline].get("shell") == "bash" and not steps[pipeline].get("continue-on-error")
+    upload = steps[next(i for i, u in enumerate(uses) if u.startswith("actions/upload-artifact@"))]
+    assert upload["if"] == "always()" and upload["with"]["path"].rstrip("/") == "runs"
+    text = (CI / "github-monthly.yml").read_text()
+    assert "secrets." not in text  # no stored credential anywhere in the workflow
+    for script in _scripts(wf):
+        assert "${{" not in script  # inputs reach the shell through env:, never pasted (script injection)
+    for key in INPUTS:
+        assert f"inputs.{key}" in str(job["env"])
+
+
+def test_azure_devops_pipeline_is_scheduled_parameterized_and_keeps_runs():
+    doc = _load("azure-pipelines.yml")
+    assert doc["trigger"] == "none" and all(_cron_is_monthly(s["cron"]) for s in doc["schedules"])
+    assert {p["name"] for p in doc["parameters"]} == INPUTS
+    (job,) = doc["jobs"]
+    steps = job["steps"]
+    cli = next(s for s in steps if s.get("task", "").startswith("AzureCLI@"))
+    assert "churnkit pipeline" in cli["inputs"]["inlineScript"] and "set -euo pipefail" in cli["inputs"]["inlineScript"]
+    assert set(cli["env"]) >= {"DATA_PATH", "MODEL", "AUC_THRESHOLD", "DEPLOY_TARGET"}
+    publish = next(s for s in steps if s.get("task", "").startswith("PublishPipelineArtifact@"))
+    assert publish["condition"] == "always()" and publish["inputs"]["targetPath"] == "runs"
+    referenced = re.findall(r"\$\((\w+)\)", (CI / "azure-pipelines.yml").read_text())
+    assert "SERVICE_CONNECTION" in referenced
+    assert not [v for v in referenced if re.search("SECRET|PASSWORD|ACCESS_KEY|ACCOUNT_KEY", v)]
+
+
+def test_gitlab_job_uses_id_tokens_and_keeps_runs_on_failure():
+    doc = _load("gitlab-ci.yml")
+    sources = " ".join(r["if"] for r in doc["workflow"]["rules"])
+    assert '"schedule"' in sources and '"web"' in sources
+    assert INPUTS == {k.lower() for k in doc["variables"]}
+    assert doc["variables"]["DEPLOY_TARGET"]["options"] == ["local", "sagemaker", "azureml", "vertex"]
+    job = doc["churn-monthly"]
+    assert set(job["id_tokens"]) == {"AWS_ID_TOKEN", "AZURE_ID_TOKEN", "GCP_ID_TOKEN"}
+    assert job["artifacts"]["when"] == "always" and job["artifacts"]["paths"] == ["runs/"]
+    setup = "\n".join(job["before_script"])
+    for var in ("AWS_WEB_IDENTITY_TOKEN_FILE", "AZURE_FEDERATED_TOKEN_FILE", "GOOGLE_APPLICATION_CREDENTIALS"):
+        assert re.search(rf"export {var}=\"\$tokens/", setup)  # token files live outside runs/
+
+
+def test_pre_commit_config_pins_the_project_tools_and_keeps_cell_tags():
+    from pre_commit.clientlib import load_config
+
+    config = load_config(str(ROOT / ".pre-commit-config.yaml"))  # pre-commit's own schema validation
+    pins = (ROOT / "pyproject.toml").read_text()
+    hooks = {h["id"]: (repo, h) for repo in config["repos"] for h in repo["hooks"]}
+    ruff_repo, _ = hooks["ruff-check"]
+    assert f'"ruff=={ruff_repo["rev"].lstrip("v")}"' in pins
+    strip_repo, strip = hooks["nbstripout"]
+    assert f'"nbstripout=={strip_repo["rev"]}"' in pins
+    assert "cell.metadata.tags" in " ".join(strip["args"]) and "--keep-id" in strip["args"]
