@@ -20,7 +20,8 @@ _EXPORTS = {
     "run_server": "churnkit.serve.app",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = ["Scorer", "create_app", "export_model", "load_model_folder", "load_serving_model", "read_capture",
+           "run_server"]
 
 
 def __getattr__(name: str):

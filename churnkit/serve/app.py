@@ -19,7 +19,7 @@ import logging
 import sys
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -28,15 +28,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from churnkit.exceptions import ConfigError, RequestError, SchemaError
+from churnkit.exceptions import ConfigError, SchemaError
 from churnkit.serve import contracts
 from churnkit.serve.metrics import CONTENT_TYPE, Metrics
 from churnkit.serve.scorer import Scorer
 
 log = logging.getLogger("churnkit.serve")
 
-DEFAULT_MAX_BODY_BYTES = 6 * 1024 * 1024  # SageMaker's real-time payload limit
-DEFAULT_MAX_ROWS = 10_000
+DEFAULT_MAX_BODY_BYTES = contracts.DEFAULT_MAX_BODY_BYTES
+DEFAULT_MAX_ROWS = contracts.DEFAULT_MAX_ROWS
 DEFAULT_PORT = 8080
 PREDICT_ROUTES = ("/invocations", "/score")
 _JSON = b"application/json"
@@ -56,17 +56,10 @@ async def _read_body(receive, limit: int) -> bytes:
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise _too_large(size, limit)
+            raise contracts.body_too_large(size, limit)
         chunks.append(chunk)
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
-def _too_large(size: int, limit: int) -> RequestError:
-    return RequestError(
-        f"the body has more than {limit} bytes ({size} so far); send fewer rows per request or start the server "
-        "with a larger --max-body-bytes", status=413, details=[f"body bytes {size} > max_body_bytes {limit}"],
-    )
 
 
 class Service:
@@ -107,24 +100,21 @@ class PredictEndpoint:
                 request_id = value.decode("latin-1")[:128]
         request_id = request_id or uuid.uuid4().hex
         status, model_seconds = 200, None
+        m = svc.loaded
         try:
             if length is not None and length.isdigit() and int(length) > svc.max_body_bytes:
-                raise _too_large(int(length), svc.max_body_bytes)
+                raise contracts.body_too_large(int(length), svc.max_body_bytes)
             body = await _read_body(receive, svc.max_body_bytes)
-            payload, batch = contracts.parse_body(body, content_type, svc.scorer.validator)
-            t0 = time.perf_counter()
-            proba = svc.scorer.predict_batch(batch)
-            model_seconds = time.perf_counter() - t0
-            predictions = svc.scorer.predictions(proba)
-            m = svc.loaded
-            out = contracts.vertex_response(predictions) if self.vertex else contracts.response(predictions, m.name, str(m.version))
-            data = contracts.dumps(out)
-            svc.metrics.observe_scores(proba)
+            scored = contracts.score_request(body, content_type, svc.scorer, m.name, str(m.version),
+                                             max_body_bytes=svc.max_body_bytes, vertex=self.vertex)
+            model_seconds = scored.model_seconds
+            data = contracts.dumps(scored.body)
+            svc.metrics.observe_scores(scored.proba)
             if svc.capture is not None:
                 svc.capture.write({
-                    "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), "request_id": request_id,
+                    "time": datetime.now(UTC).isoformat(timespec="milliseconds"), "request_id": request_id,
                     "model_name": m.name, "model_version": str(m.version),
-                    "inputs": payload.records(svc.scorer.validator.names), "predictions": proba.tolist(),
+                    "inputs": scored.payload.records(svc.scorer.validator.names), "predictions": scored.proba.tolist(),
                 })
         except _Disconnected:
             return

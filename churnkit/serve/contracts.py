@@ -25,6 +25,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import time
 from dataclasses import dataclass
 
 from churnkit.exceptions import RequestError
@@ -35,6 +36,8 @@ try:  # orjson is a pinned dependency of the server; score.py's environment may 
 except ImportError:  # pragma: no cover - exercised only in the Azure ML environment
     orjson = None
 
+DEFAULT_MAX_BODY_BYTES = 6 * 1024 * 1024  # SageMaker's real-time payload limit
+DEFAULT_MAX_ROWS = 10_000
 DATA_KEYS = ("instances", "inputs", "dataframe_split", "dataframe_records", "data")
 IGNORED_KEYS = ("parameters", "params", "columns")
 JSON_TYPES = ("application/json", "application/x-www-form-urlencoded", "")
@@ -181,6 +184,40 @@ def parse_body(body: bytes, content_type: str | None, validator: Validator) -> t
             status=415, details=[f"unsupported content type {content_type!r}"],
         )
     return payload, payload.batch(validator)
+
+
+def body_too_large(size: int, limit: int) -> RequestError:
+    return RequestError(
+        f"the body has more than {limit} bytes ({size} so far); send fewer rows per request or start the server "
+        "with a larger --max-body-bytes", status=413, details=[f"body bytes {size} > max_body_bytes {limit}"],
+    )
+
+
+@dataclass
+class Scored:
+    """A scored request: the rows as sent, their probabilities, the response object and the model time."""
+
+    payload: Payload
+    proba: object  # ndarray
+    body: dict
+    model_seconds: float
+
+
+def score_request(body: bytes, content_type: str | None, scorer, name: str, version: str, *,
+                  max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, vertex: bool = False) -> Scored:
+    """Parse, validate and score one request body (the whole predict route minus HTTP).
+
+    Raises SchemaError/RequestError (4xx) for client mistakes, with the problems named.
+    """
+    if len(body) > max_body_bytes:
+        raise body_too_large(len(body), max_body_bytes)
+    payload, batch = parse_body(body, content_type, scorer.validator)
+    t0 = time.perf_counter()
+    proba = scorer.predict_batch(batch)
+    model_seconds = time.perf_counter() - t0
+    predictions = scorer.predictions(proba)
+    out = vertex_response(predictions) if vertex else response(predictions, name, version)
+    return Scored(payload, proba, out, model_seconds)
 
 
 def response(predictions: list[dict], name: str, version: str) -> dict:
