@@ -4,6 +4,7 @@ The notebooks call the few names re-exported here; everything else lives in the 
 """
 
 from churnkit.data import Dataset, Schema, describe_dataset, load_table, synth_month
+from churnkit.deploy import get_target, log_deployment, model_uri_for, open_target, plan_table
 from churnkit.evaluate import evaluate_holdout, gate, plot_evaluation
 from churnkit.exceptions import ChurnkitError
 from churnkit.model import split_holdout, train_model
@@ -37,6 +38,7 @@ __all__ = [
     "describe_dataset",
     "evaluate_holdout",
     "gate",
+    "get_target",
     "load_candidate",
     "load_champion",
     "load_model",
@@ -44,9 +46,13 @@ __all__ = [
     "load_monitored_model",
     "load_table",
     "log_candidate",
+    "log_deployment",
     "log_evaluation",
     "log_monitor_report",
     "measure_latency",
+    "model_uri_for",
+    "open_target",
+    "plan_table",
     "plot_evaluation",
     "probe_rows",
     "record_registration",

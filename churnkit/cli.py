@@ -286,12 +286,9 @@ def _target_options(fn):
 
 
 def _target(name: str, endpoint: str, port: int, runs_dir):
-    from churnkit.deploy import get_target
+    from churnkit.deploy import open_target
 
-    options = {"endpoint": endpoint, "config": _config(runs_dir)}
-    if name == "local":
-        options["port"] = port
-    return get_target(name, **options)
+    return open_target(name, endpoint, port, _config(runs_dir))
 
 
 def _emit_state(state, as_json: bool) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from importlib import import_module
 
-from churnkit.deploy.base import DeployTarget, EndpointState, VariantState, variant_name
+from churnkit.deploy.base import DeployTarget, EndpointState, VariantState, log_deployment, plan_table, variant_name
 from churnkit.exceptions import DeployTargetError
 
 #: name -> "module:class"; modules load on first use so an absent cloud SDK costs nothing.
@@ -39,4 +39,49 @@ def get_target(name: str, **options) -> DeployTarget:
     return target_class(name)(**options)
 
 
-__all__ = ["TARGETS", "DeployTarget", "EndpointState", "VariantState", "get_target", "target_class", "variant_name"]
+def open_target(name: str, endpoint: str = "churn", port: int = 8000, config=None) -> DeployTarget:
+    """The target the notebooks and the CLI use: ``port`` applies to the local router only."""
+    options = {"endpoint": endpoint, "config": config}
+    if name == "local":
+        options["port"] = port
+    return get_target(name, **options)
+
+
+def model_uri_for(model_name: str = "churn", model_alias: str = "auto", target: DeployTarget | None = None,
+                  config=None) -> str:
+    """The registry URI to deploy: ``models:/<name>@<alias>``.
+
+    ``model_alias="auto"`` means the ``challenger`` when one exists, else the ``champion``; when
+    ``target`` is given and its endpoint serves nothing yet, the champion goes first (a challenger
+    is deployed next to a serving champion, never in its place).
+
+    Raises
+    ------
+    DeployTargetError
+        The model has no version under that alias (or none at all for ``"auto"``).
+    """
+    from churnkit import registry
+    from churnkit.config import ALIAS_CHALLENGER, ALIAS_CHAMPION
+    from churnkit.exceptions import ChurnkitError
+
+    registry.setup_tracking(config)
+    current = registry.aliases(model_name)
+    alias = model_alias
+    if model_alias == "auto":
+        alias = ALIAS_CHALLENGER if ALIAS_CHALLENGER in current else ALIAS_CHAMPION
+        if alias == ALIAS_CHALLENGER and ALIAS_CHAMPION in current and target is not None:
+            try:
+                serving = target.describe().exists
+            except ChurnkitError:  # no credentials (a plan): keep the challenger
+                serving = True
+            alias = ALIAS_CHALLENGER if serving else ALIAS_CHAMPION
+    if alias not in current:
+        raise DeployTargetError(
+            f"model {model_name!r} has no version with alias {alias!r} (aliases: {current!r}); "
+            "run 01-train and 02-evaluate first, or pass model_alias with one of those"
+        )
+    return f"models:/{model_name}@{alias}"
+
+
+__all__ = ["TARGETS", "DeployTarget", "EndpointState", "VariantState", "get_target", "log_deployment", "model_uri_for",
+           "open_target", "plan_table", "target_class", "variant_name"]

@@ -274,6 +274,33 @@ def record_deploy(release: Release, state: EndpointState, weight: int) -> None:
                             f"(asked {weight}%, live {live_w}%)")
 
 
+def plan_table(requests: list[dict]):
+    """Planned requests as a DataFrame (api, operation, request as JSON) for the notebook's display."""
+    import json
+
+    import pandas as pd
+
+    rows = [{"api": r["api"], "operation": r["operation"], "request": json.dumps(r["request"], default=str)}
+            for r in requests]
+    return pd.DataFrame(rows, columns=["api", "operation", "request"])
+
+
+def log_deployment(state: EndpointState, model_uri: str, requests: list[dict] | None = None) -> None:
+    """Record the deployment on the active MLflow run: tags, the live state and the plan as JSON artifacts."""
+    import json
+
+    import mlflow
+
+    if mlflow.active_run() is None:
+        return
+    mlflow.set_tags({"churnkit.deploy_target": state.target, "churnkit.endpoint": state.endpoint,
+                     "churnkit.deployed_uri": model_uri, "churnkit.endpoint_weights": json.dumps(state.weights),
+                     "churnkit.endpoint_drift": json.dumps(state.drift)})
+    mlflow.log_dict(state.to_dict(), "deploy/endpoint.json")
+    if requests is not None:
+        mlflow.log_dict({"requests": requests}, "deploy/plan.json")
+
+
 class DeployTarget(ABC):
     """A place that serves model versions as weighted variants behind one endpoint.
 
