@@ -10,6 +10,7 @@ reason is printed and only churnkit's numbers are reported.
 
     python bench/drift.py                 # 1,000,000 + 1,000,000 rows (about 2 minutes, mostly Evidently)
     python bench/drift.py --rows 100000   # quicker
+    python bench/drift.py --current-rows 800000   # unequal sizes (the general Wasserstein merge)
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ GOAL_SPEEDUP = 20.0
 GOAL_MEMORY_GIB = 1.0
 
 
-def make_data(rows: int, seed: int, out: Path) -> tuple[Path, Path]:
+def make_data(rows: int, seed: int, out: Path, current_rows: int | None = None) -> tuple[Path, Path]:
     """Reference and current Parquet files; current has real shifts in 5 numeric and 2 categorical columns."""
     import numpy as np
     import pandas as pd
@@ -37,6 +38,7 @@ def make_data(rows: int, seed: int, out: Path) -> tuple[Path, Path]:
     frames = []
     for side in (0, 1):
         rng = np.random.default_rng([seed, side])
+        rows = current_rows if side and current_rows else rows
         cols = {}
         for i in range(15):
             shift = 0.2 if side and i in (0, 1, 2) else 0.0  # +0.2 std: PSI stays low, Wasserstein flags it
@@ -165,6 +167,8 @@ def _print_ours(label: str, res: dict, note: str) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=1_000_000, help="rows per side (default 1,000,000)")
+    ap.add_argument("--current-rows", type=int, default=None,
+                    help="rows of the current side (default --rows; unequal sizes take the general Wasserstein merge)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-evidently", action="store_true", help="report churnkit's numbers only")
     ap.add_argument("--worker", nargs=3, metavar=("KIND", "REF", "CUR"), help=argparse.SUPPRESS)
@@ -180,8 +184,8 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="churnkit-bench-drift-") as tmp:
         t0 = time.perf_counter()
-        ref, cur = make_data(args.rows, args.seed, Path(tmp))
-        print(f"data: {args.rows:,} + {args.rows:,} rows x 20 columns (15 numeric, 5 categorical), "
+        ref, cur = make_data(args.rows, args.seed, Path(tmp), args.current_rows)
+        print(f"data: {args.rows:,} + {args.current_rows or args.rows:,} rows x 20 columns (15 numeric, 5 categorical), "
               f"{(ref.stat().st_size + cur.stat().st_size) / 2**20:.0f} MiB Parquet, made in {time.perf_counter() - t0:.1f} s")
         ours = run_worker(sys.executable, "churnkit", ref, cur)
         single = run_worker(sys.executable, "churnkit-1", ref, cur)

@@ -409,16 +409,19 @@ def _model_ref(model) -> dict | None:
 
 
 def _scores(reference, current, model) -> tuple[np.ndarray | None, np.ndarray | None, str | None]:
-    """Reference and current churn scores: served scores from a capture, else the model's."""
-    cur_served = SCORE_COLUMN in current.columns
-    ref = cur = None
-    if model is not None:
-        ref = score_frame(model, reference)
-        cur = numeric_values(current[SCORE_COLUMN]) if cur_served else score_frame(model, current)
-    elif SCORE_COLUMN in reference.columns and cur_served:
-        ref, cur = numeric_values(reference[SCORE_COLUMN]), numeric_values(current[SCORE_COLUMN])
-    source = None if cur is None else ("capture" if cur_served else "model")
-    return ref, cur, source
+    """Reference and current churn scores: served scores (a capture) first, else the model's, else None.
+
+    Prediction drift needs both; performance needs the current ones only, so a capture with late labels
+    is judged even without a model.
+    """
+    def side(frame):
+        if SCORE_COLUMN in frame.columns:
+            return numeric_values(frame[SCORE_COLUMN])
+        return None if model is None else score_frame(model, frame)
+
+    cur = side(current)
+    source = None if cur is None else ("capture" if SCORE_COLUMN in current.columns else "model")
+    return side(reference), cur, source
 
 
 def score_frame(model, frame: pd.DataFrame) -> np.ndarray:

@@ -192,6 +192,16 @@ def test_json_shape_and_nan_free():
     assert out["prediction_drift"] is None and set(out["recommendation"]) >= {"retrain", "reasons"}
 
 
+def test_served_scores_alone_give_performance_without_a_model():
+    ref, cur = synth_month(800, 1, 0), synth_month(600, 2, 0)
+    y = (cur["churn"] == "Yes").to_numpy()
+    cur["churn_probability"] = np.where(y, 0.7, 0.3) + np.random.default_rng(0).normal(0, 0.1, len(cur))
+    report = M.build_monitor_report(ref, cur, baseline={"roc_auc": 0.95})
+    assert report.prediction_drift is None and "churn_probability" not in report.columns
+    perf = report.performance
+    assert perf["metrics"]["roc_auc"] > 0.9 and perf["auc_drop"] == pytest.approx(0.95 - perf["metrics"]["roc_auc"])
+
+
 def test_no_common_columns_is_a_clear_error():
     with pytest.raises(MonitorError, match="no feature column in common"):
         M.build_monitor_report(synth_month(100, 1, 0), pd.DataFrame({"x": [1, 2], "y": ["a", "b"]}))
