@@ -218,8 +218,10 @@ def list_runs(config: Config | None = None, limit: int | None = None) -> list[di
 # --------------------------------------------------------------------------------------------------
 
 def _short(value: Any, width: int = 28) -> str:
+    """``value`` as text of at most ``width`` characters; a path or URI shows its last part."""
     text = value if isinstance(value, str) else json.dumps(value)
-    text = Path(text).name if isinstance(value, str) and "/" in value else text
+    if isinstance(value, str) and "/" in value and not any(c.isspace() for c in value):
+        text = value.rstrip("/").rsplit("/", 1)[-1] or value
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
@@ -250,6 +252,7 @@ def format_table(entries: list[dict]) -> str:
                      e["notebook"], e["status"], key_parameters(e) or "-", key_metrics(e) or "-", model or "-"))
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     widths[5] = min(widths[5], 48)
+    rows = [(*r[:5], _short(r[5], widths[5]), *r[6:]) for r in rows]
     lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)).rstrip()]
     for e, r in zip(entries, rows, strict=True):
         lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
