@@ -26,7 +26,7 @@ venv:
 	fi
 	@ln -sfn "$(VENV_DIR)" $(VENV)
 	@$(BIN)/python -I -c "import churnkit, sys; sys.exit(0 if churnkit.__file__.startswith('$(CURDIR)/') else 1)" 2>/dev/null \
-	  || $(BIN)/pip install -q --no-deps --no-build-isolation -e .
+	  || $(BIN)/pip install -q --no-deps -e .
 
 # azureml-inference-server-http pins opentelemetry/pydantic below the kit's pins: it gets its own venv.
 $(AZML_DIR)/.complete:
