@@ -116,7 +116,8 @@ def measure_latency(metrics_url: str, payload: list[dict] | None = None, *, requ
     """Probe a live server: /metrics before and after ``requests`` timed POSTs of ``payload`` rows.
 
     ``metrics_url`` is the server's base URL (``http://127.0.0.1:8080``) or its ``/metrics`` URL.
-    Returns :func:`latency_breakdown` over the probe window.
+    Returns :func:`latency_breakdown` over the probe window (over the server's lifetime when
+    ``payload`` is empty or ``requests`` is 0: no probe is sent then).
     """
     import httpx
 
@@ -137,7 +138,8 @@ def measure_latency(metrics_url: str, payload: list[dict] | None = None, *, requ
     except httpx.HTTPError as exc:
         raise MonitorError(f"cannot reach the server at {base!r} ({type(exc).__name__}: {exc}); start it with "
                            "`churnkit serve --model ...` or fix --metrics-url") from exc
-    return latency_breakdown(after, timings, baseline_text=before, now=time.time())
+    # Without a probe the window would be empty: read the server's whole lifetime instead.
+    return latency_breakdown(after, timings, baseline_text=before if timings else None, now=time.time())
 
 
 def _get_metrics(client, base: str) -> str:
@@ -151,9 +153,16 @@ def _json_body(obj) -> bytes:
     return json.dumps(obj, default=str).encode()
 
 
-def probe_rows(frame: pd.DataFrame, schema: Schema, rows: int = 5) -> list[dict]:
-    """A few rows of the model's input columns as JSON-ready records (the latency probe's payload)."""
-    cols = [c for c in schema.names if c in frame.columns]
+def probe_rows(frame: pd.DataFrame, schema: Schema | None = None, rows: int = 5, *,
+               label_column: str = "churn") -> list[dict]:
+    """A few rows as JSON-ready records: the latency probe's payload.
+
+    With a schema, the model's input columns; without, every column but the label and the capture's own.
+    """
+    if schema is not None:
+        cols = [c for c in schema.names if c in frame.columns]
+    else:
+        cols = [c for c in frame.columns if c != label_column and c not in CAPTURE_COLUMNS]
     sample = frame[cols].head(rows).astype(object)
     return [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()}
             for r in sample.to_dict(orient="records")]
@@ -180,7 +189,8 @@ def monitor_files(
     model, baseline = load_monitored_model(model_uri=model_uri, config=config) if model_uri else (None, None)
     latency = None
     if metrics_url:
-        payload = probe_rows(inputs.current, model.schema, 5) if model is not None else None
+        payload = probe_rows(inputs.current, model.schema if model is not None else None, 5,
+                             label_column=options.get("label_column", "churn"))
         latency = measure_latency(metrics_url, payload, requests=probe_requests)
     from churnkit.monitor import build_monitor_report
 

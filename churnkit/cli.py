@@ -396,7 +396,7 @@ def stop(deploy_target, endpoint, port, runs_dir, as_json, plan_only):
               "scores give prediction drift and, with labels, performance vs its holdout.")
 @click.option("--metrics-url", default="", metavar="URL", help="A churnkit server (http://127.0.0.1:8080): latency breakdown.")
 @click.option("--probe-requests", type=click.IntRange(min=0), default=20, show_default=True,
-              help="Timed requests the latency probe sends (needs --model for the payload).")
+              help="Timed requests the latency probe sends (rows of --current); 0: read /metrics only.")
 @click.option("--drift-share", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="Dataset drift when at least this share of columns drifted.")
 @click.option("--psi-warn", type=click.FloatRange(min=0), default=0.1, show_default=True, help="PSI warning level.")

@@ -422,5 +422,7 @@ def test_measure_latency_probes_a_live_server(champion, served):
     assert out["rows_per_request"] == 5 and out["header_model_ms"] > 0 and out["overhead_ms"]["mean"] >= 0
     assert set(out["shares"]) == {"model", "overhead", "network_client"}
     assert sum(out["shares"].values()) == pytest.approx(1.0) and out["likely_cause"]
+    lifetime = M.measure_latency(server.url, None)  # no probe: the server's whole lifetime
+    assert lifetime["probe_requests"] == 0 and lifetime["requests"] >= 8 and lifetime["uptime_seconds"] > 0
     with pytest.raises(MonitorError, match="cannot reach the server"):
         M.measure_latency("http://127.0.0.1:9", rows, requests=1, timeout=2)
