@@ -326,7 +326,7 @@ class SageMakerTarget(CloudTarget):
                 f"guardrails mode replaces the single variant of endpoint {self.endpoint!r}, which has "
                 f"{sorted(live.variants)!r}; deploy() it first, or remove() variants down to one"
             )
-        (variant, current), = live.variants.items()
+        variant = next(iter(live.variants))
         release = resolve_release(model_uri, variant, self.config)
         old = live.details["production_variants"][0]
         variants = [self._variant(variant, self.model_name(release), 100, old)]
