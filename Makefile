@@ -2,7 +2,7 @@
 # pins (pyproject.toml), so a fresh clone with the same pins reuses it; .venv is a link to it.
 SHELL := /bin/bash
 PY ?= python3
-PINS := $(shell sha256sum pyproject.toml tools/requirements.py | sha256sum | cut -c1-16)
+PINS := $(shell $(PY) tools/requirements.py test dev aws azure gcp | sha256sum | cut -c1-16)
 CACHE ?= $(HOME)/.cache/churnkit
 VENV_DIR := $(CACHE)/venv-$(PINS)
 VENV := .venv
