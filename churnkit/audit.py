@@ -38,10 +38,18 @@ def _iso(ms: int | None) -> str | None:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if ms else None
 
 
+def has_store(config: Config) -> bool:
+    """False for an embedded store not created yet: reading the runs must not create one."""
+    return not config.embedded or (config.runs_dir / "mlflow.db").exists()
+
+
 def iter_runs(config: Config | None = None, page: int = 1000):
     """Every MLflow run of the churnkit experiment, newest first (paged through the tracking store)."""
     from churnkit import registry
 
+    config = config or load_config()
+    if not has_store(config):
+        return
     exp_id = registry.setup_tracking(config)
     client, token = registry.client(), None
     while True:
@@ -63,13 +71,15 @@ def find_run(run_id: str, config: Config | None = None):
     """
     from churnkit import registry
 
-    registry.setup_tracking(config)
+    config = config or load_config()
     with contextlib.suppress(Exception):  # MLflow raises its own error types for an unknown or partial id
-        return registry.client().get_run(run_id)
-    matches = [r for r in iter_runs(config) if len(run_id) >= 4 and r.info.run_id.startswith(run_id)]
+        if has_store(config):
+            registry.setup_tracking(config)
+            return registry.client().get_run(run_id)
+    matches = [r for r in iter_runs(config) if r.info.run_id.startswith(run_id)] if len(run_id) >= 4 else []
     if len(matches) == 1:
         return matches[0]
-    uri = (config or load_config()).tracking_uri
+    uri = config.tracking_uri
     if matches:
         ids = ", ".join(repr(r.info.run_id) for r in matches[:5])
         raise RunNotFoundError(f"run id prefix {run_id!r} matches {len(matches)} runs ({ids}); give more characters")
@@ -320,7 +330,7 @@ def write_report(config: Config | None = None, out: str | os.PathLike | None = N
     out = Path(out) if out else config.runs_dir / "index.html"
     out.parent.mkdir(parents=True, exist_ok=True)
     runs, parents = collect(config, limit)
-    versions = registry.list_versions(config=config)
+    versions = registry.list_versions(config=config) if has_store(config) else []
     notebooks = {e["output_notebook"] for e in runs if e["output_notebook"]}
     notebooks |= {v["tags"].get(TAG + k) for v in versions for k in ("train_notebook", "evaluate_notebook",
                                                                      "deploy_notebook", "rollout_notebook")}

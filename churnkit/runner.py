@@ -36,7 +36,7 @@ from churnkit.config import Config, load_config
 from churnkit.exceptions import NotebookExecutionError, NotebookNotFoundError, ParameterError, RunNotFoundError
 
 SECRET_WORDS = ("token", "secret", "password", "passwd", "key", "credential")
-PIPELINE_STEPS = ("01-train", "02-evaluate")
+PIPELINE_STEPS = ("01-train", "02-evaluate", "03-deploy", "04-rollout")
 KILLED_BY = ("RunTerminated", "KeyboardInterrupt")  # interruptions that end a run KILLED, not FAILED
 
 
@@ -321,7 +321,7 @@ def run_notebook(
             "CHURNKIT_RUNS_DIR": str(config.runs_dir),
             "CHURNKIT_OUTPUT_NOTEBOOK": str(output),
             "CHURNKIT_PIPELINE_ID": pipeline_id,
-            "MPLBACKEND": "Agg",
+            "MPLBACKEND": "module://matplotlib_inline.backend_inline",  # figures shown in the output notebook
             "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
         }
         started = time.perf_counter()
@@ -338,6 +338,10 @@ def run_notebook(
                         cwd=str(path.parent),
                         execution_timeout=cell_timeout,
                         report_mode=False,
+                        # Stop the kernel at once when the run ends: a kernel busy in a timed-out or
+                        # terminated cell would otherwise hold the exit for 5 s, past a CI runner's grace
+                        # period before SIGKILL. The runner, not the kernel, closes the MLflow run.
+                        shutdown_kernel="immediate",
                     )
             except pm.PapermillExecutionError as exc:
                 status = "FAILED"
@@ -514,12 +518,19 @@ def run_pipeline(
     config: Config | None = None,
     progress: bool | None = None,
     echo=print,
+    steps: tuple[str, ...] = PIPELINE_STEPS,
 ) -> PipelineResult:
-    """The monthly job: train, then evaluate (gate and register), in one run folder and parent MLflow run."""
+    """The monthly job in one run folder and parent MLflow run: train, evaluate (gate, register), then
+    deploy when a version was registered and roll out when it is a challenger and a champion serves.
+
+    ``steps`` limits the job to a prefix of :data:`PIPELINE_STEPS` (e.g. train and evaluate only).
+    """
     from churnkit import registry
 
+    if tuple(steps) != PIPELINE_STEPS[:len(steps)] or not steps:
+        raise ParameterError(f"pipeline steps {tuple(steps)!r} are not a prefix of {PIPELINE_STEPS!r}", name="steps")
     config = config or load_config()
-    per_step = split_parameters(dict(parameters or {}), PIPELINE_STEPS)
+    per_step = split_parameters(dict(parameters or {}), tuple(steps))
     folder = new_run_folder(config)
     exp_id = registry.setup_tracking(config)
     client = registry.client()
@@ -531,7 +542,11 @@ def run_pipeline(
     stop_sigterm = contextlib.ExitStack()
     stop_sigterm.enter_context(sigterm_raises())  # SIGTERM between two steps also ends the parent run KILLED
     try:
-        for step in PIPELINE_STEPS:
+        for step in steps:
+            skipped = _skip_reason(step, results)
+            if skipped:
+                echo(f"· {step} skipped: {skipped}")
+                continue
             params = dict(per_step[step])
             if step == "02-evaluate" and results:
                 params["train_run_id"] = results[0].run_id
@@ -550,6 +565,27 @@ def run_pipeline(
         client.set_terminated(parent.info.run_id, status)
         stop_sigterm.close()
     return PipelineResult(folder.name, folder, results, parent.info.run_id)
+
+
+def _skip_reason(step: str, results: list[RunResult]) -> str:
+    """Why ``step`` does not run: deploying needs a registered version, rolling out a challenger and a
+    serving endpoint (03-deploy's live weights)."""
+    from churnkit import registry
+
+    done = {r.notebook: r for r in results}
+    ev = done.get("02-evaluate")
+    version = ev.tags.get(registry.TAG + "registered_version", "") if ev else ""
+    if step == "03-deploy" and not version:
+        return "no version was registered"
+    if step == "04-rollout":
+        aliases = json.loads(ev.tags.get(registry.TAG + "aliases", "{}")) if ev else {}
+        if not version or str(aliases.get("challenger", "")) != version:
+            return "no challenger was registered"
+        deployed = done.get("03-deploy")
+        weights = json.loads(deployed.tags.get(registry.TAG + "endpoint_weights", "{}")) if deployed else {}
+        if not any(int(w) > 0 for w in weights.values()):
+            return "no champion serves on the endpoint"
+    return ""
 
 
 def pipeline_summary(result: PipelineResult) -> dict:
@@ -582,6 +618,17 @@ def pipeline_summary(result: PipelineResult) -> dict:
         lines.append(f"model    registered {model_name} v{version} as {role}")
     else:
         lines.append(f"model    nothing registered; {model_name!r} registry unchanged (aliases {aliases})")
+    dep, out = result.step("03-deploy"), result.step("04-rollout")
+    deployment = rollout = None
+    if dep is not None:
+        deployment = {k: dep.tags.get(registry.TAG + k, "") for k in ("deployed_uri", "deploy_target", "endpoint")}
+        deployment["weights"] = json.loads(dep.tags.get(registry.TAG + "endpoint_weights", "{}"))
+        lines.append(f"deploy   {deployment['deployed_uri']} on {deployment['deploy_target']} endpoint "
+                     f"{deployment['endpoint']!r}: weights {deployment['weights']}")
+    if out is not None:
+        rollout = {"decision": out.tags.get(registry.TAG + "rollout_decision", ""),
+                   "reason": out.tags.get(registry.TAG + "rollout_reason", ""), "run_id": out.run_id}
+        lines.append(f"rollout  {rollout['decision']}: {rollout['reason']}")
     return {
         "pipeline_id": result.pipeline_id,
         "folder": str(result.folder),
@@ -591,5 +638,7 @@ def pipeline_summary(result: PipelineResult) -> dict:
         "gate": gate,
         "registered_version": version,
         "aliases": aliases,
+        "deployment": deployment,
+        "rollout": rollout,
         "text": "\n".join(lines),
     }

@@ -162,3 +162,6 @@ def test_report_on_an_empty_runs_folder(tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     page = (tmp_path / "r.html").read_text()
     assert "No runs yet" in page and "No registered model versions yet" in page
+    assert not (tmp_path / "runs" / "mlflow.db").exists()  # reading the runs creates no MLflow store
+    listed = CliRunner().invoke(main, ["runs", "--runs-dir", str(tmp_path / "runs")])
+    assert listed.exit_code == 0 and listed.stdout.startswith("no runs yet")
