@@ -296,3 +296,18 @@ def test_missing_sdk_names_the_extra(store, monkeypatch):
     monkeypatch.setitem(sys.modules, "boto3", None)  # import boto3 now raises ImportError
     with pytest.raises(MissingExtraError, match=r"pip install -e '\.\[aws\]'"):
         target(store).client("sagemaker")
+
+
+def test_refused_credentials_and_other_errors_are_churnkit_errors(store):
+    from botocore.stub import Stubber
+
+    from churnkit.exceptions import CloudCredentialsError, DeployTargetError
+
+    t = target(store)
+    with Stubber(t.client("sagemaker")) as stub:
+        stub.add_client_error("describe_endpoint", "UnrecognizedClientException", "The security token is invalid.")
+        stub.add_client_error("describe_endpoint", "ThrottlingException", "Rate exceeded")
+        with pytest.raises(CloudCredentialsError, match="security token is invalid.*CHURNKIT_AWS_BUCKET"):
+            t.describe()
+        with pytest.raises(DeployTargetError, match="DescribeEndpoint on endpoint 'churn' failed.*Rate exceeded"):
+            t.describe()

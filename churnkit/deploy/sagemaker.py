@@ -42,6 +42,20 @@ CREDENTIALS_HINT = (
 )
 
 
+CREDENTIAL_CODES = {"UnrecognizedClientException", "InvalidClientTokenId", "ExpiredToken", "ExpiredTokenException",
+                    "InvalidSignatureException", "SignatureDoesNotMatch", "AccessDeniedException"}
+
+
+def _code(exc) -> str:
+    return exc.response.get("Error", {}).get("Code", "")
+
+
+def _not_found(exc: DeployTargetError) -> bool:
+    """True when the botocore error behind ``exc`` says the endpoint (or config) does not exist."""
+    cause = exc.__cause__
+    return cause is not None and ("could not find" in str(cause).lower() or _code(cause) == "ResourceNotFound")
+
+
 def _boto3():
     try:
         import boto3
@@ -96,14 +110,19 @@ class SageMakerTarget(CloudTarget):
         return self._clients[service]
 
     def _call(self, service: str, operation: str, params: dict):
-        from botocore.exceptions import NoCredentialsError, PartialCredentialsError
-
+        """Send one request. Raises CloudCredentialsError (no or bad credentials) or DeployTargetError
+        (any other refusal; the botocore error is its ``__cause__``)."""
         from botocore import xform_name
+        from botocore.exceptions import ClientError, NoCredentialsError, PartialCredentialsError
 
         try:
             return getattr(self.client(service), xform_name(operation))(**params)
         except (NoCredentialsError, PartialCredentialsError) as exc:
             raise CloudCredentialsError(f"{service} {operation} failed: {exc}; {CREDENTIALS_HINT}") from exc
+        except ClientError as exc:
+            if _code(exc) in CREDENTIAL_CODES:
+                raise CloudCredentialsError(f"{service} {operation} failed: {exc}; {CREDENTIALS_HINT}") from exc
+            raise DeployTargetError(f"SageMaker {operation} on endpoint {self.endpoint!r} failed: {exc}") from exc
 
     # ---- names ------------------------------------------------------------------------------------
     @staticmethod
@@ -131,12 +150,10 @@ class SageMakerTarget(CloudTarget):
 
     # ---- describe ----------------------------------------------------------------------------------
     def describe(self) -> EndpointState:
-        from botocore.exceptions import ClientError
-
         try:
             ep = self._call("sagemaker", "DescribeEndpoint", {"EndpointName": self.endpoint})
-        except ClientError as exc:
-            if "Could not find endpoint" in str(exc) or exc.response.get("Error", {}).get("Code") == "ResourceNotFound":
+        except DeployTargetError as exc:
+            if _not_found(exc):
                 return self._empty()
             raise
         cfg = self._call("sagemaker", "DescribeEndpointConfig", {"EndpointConfigName": ep["EndpointConfigName"]})
@@ -245,8 +262,6 @@ class SageMakerTarget(CloudTarget):
     # ---- apply -------------------------------------------------------------------------------------
     def execute(self, requests: list[dict], release: Release | None = None) -> list[dict]:
         """Send planned requests in order; returns the responses. Waits for InService after endpoint changes."""
-        from botocore.exceptions import ClientError
-
         out = []
         for req in requests:
             params = dict(req["request"])
@@ -254,11 +269,11 @@ class SageMakerTarget(CloudTarget):
                 params["Body"] = model_archive(release, self.config)
             try:
                 out.append(self._call(req["api"], req["operation"], params))
-            except ClientError as exc:
+            except DeployTargetError as exc:
                 if req["operation"] in ("CreateModel", "CreateEndpointConfig") and "already exist" in str(exc).lower():
                     out.append({})  # same name = same content (names carry the version or a digest)
                     continue
-                raise DeployTargetError(f"SageMaker {req['operation']} on {self.endpoint!r} failed: {exc}") from exc
+                raise
             if req["operation"] in ("CreateEndpoint", "UpdateEndpointWeightsAndCapacities") or (
                     req["operation"] == "UpdateEndpoint" and "DeploymentConfig" not in params):
                 self._wait()
@@ -275,13 +290,11 @@ class SageMakerTarget(CloudTarget):
 
     def stop(self) -> EndpointState:
         """Delete the endpoint and its current config (models and S3 archives stay for a redeploy)."""
-        from botocore.exceptions import ClientError
-
         for req in self._plan_stop(self.describe()):
             try:
                 self._call(req["api"], req["operation"], req["request"])
-            except ClientError as exc:
-                if "could not find" not in str(exc).lower():
+            except DeployTargetError as exc:
+                if not _not_found(exc):
                     raise
         return self.describe()
 

@@ -114,7 +114,9 @@ class VertexTarget(CloudTarget):
 
         try:
             return fn(*args, **kw)
-        except auth_exc.DefaultCredentialsError as exc:
+        except (auth_exc.DefaultCredentialsError, auth_exc.RefreshError) as exc:
+            raise CloudCredentialsError(f"Vertex AI {what} failed: {exc}; {CREDENTIALS_HINT}") from exc
+        except (gexc.Unauthenticated, gexc.PermissionDenied) as exc:
             raise CloudCredentialsError(f"Vertex AI {what} failed: {exc}; {CREDENTIALS_HINT}") from exc
         except gexc.GoogleAPICallError as exc:
             raise DeployTargetError(f"Vertex AI {what} on endpoint {self.endpoint!r} failed: {exc}") from exc
