@@ -133,12 +133,3 @@ class Server:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(5)
         self.log.close()
-
-
-def run_serve_expecting_failure(args: list[str], env: dict, timeout: float = 60.0) -> subprocess.CompletedProcess:
-    """Run ``churnkit serve`` that must refuse to start; kills it if it starts anyway."""
-    try:
-        return subprocess.run([CHURNKIT, "serve", *args], check=False, env=env, capture_output=True, text=True, timeout=timeout,
-                              cwd=str(REPO))
-    except subprocess.TimeoutExpired as exc:
-        raise AssertionError(f"churnkit serve started instead of refusing: {exc.stderr}") from None

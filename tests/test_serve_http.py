@@ -14,17 +14,7 @@ import pytest
 from conftest import free_port
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from serve_support import (
-    CHURNKIT,
-    REPO,
-    Server,
-    clean_env,
-    expected_proba,
-    json_rows,
-    models,
-    run_serve_expecting_failure,
-    served_store,
-)
+from serve_support import CHURNKIT, REPO, Server, clean_env, expected_proba, json_rows, models, served_store
 
 from churnkit.serve.contracts import DATA_KEYS
 
@@ -391,9 +381,12 @@ def test_dockerfile_runs_churnkit_serve_on_8080_for_every_cloud():
 
 
 def test_tampered_registry_artifact_refuses_to_start(tmp_path, monkeypatch):
+    from click.testing import CliRunner
     from deploy_support import registry_store
 
+    import churnkit.serve.app
     from churnkit import registry
+    from churnkit.cli import main
     from churnkit.config import load_config
 
     runs = registry_store(tmp_path)
@@ -402,9 +395,15 @@ def test_tampered_registry_artifact_refuses_to_start(tmp_path, monkeypatch):
     registry.setup_tracking(load_config(runs))
     registry.set_version_tag("1", "artifact_sha256", "0" * 64)
     assert registry.client().get_model_version("churn", "1").tags["churnkit.artifact_sha256"] == "0" * 64
-    res = run_serve_expecting_failure(["--model", "models:/churn/1", "--runs-dir", str(runs), "--port", "0"], clean_env())
-    assert res.returncode == 1
-    assert "IntegrityError" in res.stderr and "does not match 0000000000000000" in res.stderr and "Traceback" not in res.stderr
+
+    def must_not_start(*args, **kwargs):
+        raise AssertionError("the server started with a tampered artifact")
+
+    monkeypatch.setattr(churnkit.serve.app, "run_server", must_not_start)
+    res = CliRunner().invoke(main, ["serve", "--model", "models:/churn/1", "--runs-dir", str(runs), "--port", "0"])
+    assert res.exit_code == 1, res.output
+    assert "error: IntegrityError: model 'models:/churn/1': artifact sha256" in res.output
+    assert "does not match 0000000000000000" in res.output and "Traceback" not in res.output
 
 
 def test_tampered_exported_folder_is_refused_before_loading(served, tmp_path):

@@ -99,10 +99,10 @@ def _bad_shape(what: str) -> RequestError:
 def _rows(value, columns) -> Payload:
     """A list of objects or of lists, or a ``{col: [values]}`` / split object, as a Payload."""
     if isinstance(value, list):
-        if value and all(isinstance(r, list) for r in value):
-            return Payload(value, columns, table=True)
-        if columns is not None:
-            return Payload(value, columns, table=True)  # the validator names the rows that are not lists
+        if value and all(isinstance(r, dict) for r in value):
+            return Payload(value)  # objects name their columns; a top-level "columns" adds nothing
+        if (value and all(isinstance(r, list) for r in value)) or columns is not None:
+            return Payload(value, columns, table=True)  # the validator names any row that is not a list
         return Payload(value)
     if isinstance(value, dict):
         if "data" in value and isinstance(value.get("data"), list) and set(value) <= {"columns", "data", "index"}:
