@@ -21,6 +21,8 @@ from churnkit.exceptions import RunNotFoundError
 TAG = "churnkit."
 RUN_KEYS = ("run_id", "pipeline_id", "notebook", "status", "started", "finished", "parameters", "metrics",
             "output_notebook", "model_version")
+ENTRY_KEYS = (*RUN_KEYS, "model_name", "event", "gate", "rollout", "error", "passed_parameters", "experiment_id",
+              "parent_run_id", "git_commit", "git_dirty", "rerun_of", "redactions", "deployment", "source")
 KEY_PARAMETERS = ("data_path", "model", "seed", "auc_threshold", "min_improvement", "deploy_target", "strategy")
 KEY_METRICS = {"holdout_roc_auc": "auc", "holdout_pr_auc": "pr_auc", "champion_holdout_roc_auc": "champion_auc",
                "rollout_steps": "steps", "notebook_seconds": "s"}
@@ -99,8 +101,10 @@ def _outcome(tags: dict, gate: dict | None) -> tuple[str | None, str | None]:
     challenger = tags.get(TAG + "challenger_version") or (record or {}).get("challenger")
     if decision in ("promoted", "rolled_back") and challenger:
         return str(challenger), f"{decision.replace('_', ' ')} v{challenger}"
-    if tags.get(TAG + "deployed_version"):
-        return tags[TAG + "deployed_version"], f"deployed v{tags[TAG + 'deployed_version']}"
+    uri = tags.get(TAG + "deployed_uri", "")
+    deployed = tags.get(TAG + "deployed_version") or (uri.rsplit("/", 1)[-1] if uri.count("/") == 2 else "")
+    if deployed.isdigit():
+        return deployed, f"deployed v{deployed}" + _where(_deployment(tags))
     version = tags.get(TAG + "registered_version")
     if version:
         held = [a for a, v in _json(tags.get(TAG + "aliases"), {}).items() if str(v) == version]
@@ -108,6 +112,31 @@ def _outcome(tags: dict, gate: dict | None) -> tuple[str | None, str | None]:
     if gate is not None and not gate["passed"]:
         return None, "not registered (gate refused)"
     return None, None
+
+
+def _deployment(tags: dict) -> dict | None:
+    """What a deploy run did to its endpoint (tags of churnkit.deploy.log_deployment), or None."""
+    if not tags.get(TAG + "deploy_target"):
+        return None
+    return {"target": tags[TAG + "deploy_target"], "endpoint": tags.get(TAG + "endpoint"),
+            "uri": tags.get(TAG + "deployed_uri"), "weights": _json(tags.get(TAG + "endpoint_weights"), {})}
+
+
+def _where(deployment: dict | None) -> str:
+    if not deployment:
+        return ""
+    return f" to {deployment['target']}" + (f" endpoint {deployment['endpoint']!r}" if deployment["endpoint"] else "")
+
+
+def _fill_deployments(runs: list[dict], versions: list[dict]) -> None:
+    """A deploy run that named an alias (``models:/churn@challenger``) learns its version from the version
+    tag ``churnkit.deploy_notebook`` that the deployment set."""
+    deployed_by = {v["tags"].get(TAG + "deploy_notebook"): v for v in versions}
+    for e in runs:
+        v = deployed_by.get(e["output_notebook"]) if e["output_notebook"] else None
+        if v is not None and e["model_version"] is None:
+            e["model_version"], e["model_name"] = v["version"], v["name"]
+            e["event"] = f"deployed v{v['version']}" + _where(e.get("deployment"))
 
 
 def _error(status: str, tags: dict, output: str | None) -> dict | None:
@@ -162,6 +191,7 @@ def run_entry(run) -> dict:
         "git_dirty": tags.get(TAG + "git_dirty") == "true" if TAG + "git_dirty" in tags else None,
         "rerun_of": tags.get(TAG + "rerun_of"),
         "redactions": _json(tags.get(TAG + "redactions"), {}),
+        "deployment": _deployment(tags),
         "source": "mlflow",
     }
 
@@ -180,20 +210,20 @@ def folder_entry(path: Path) -> dict:
         return datetime.fromisoformat(text).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if text else None
 
     started = iso(meta.get("start_time")) or _iso(int(path.stat().st_mtime * 1000))
-    entry = dict.fromkeys(RUN_KEYS) | {
+    cell, ename, evalue = failed_cell(path)
+    return dict.fromkeys(ENTRY_KEYS) | {
         "pipeline_id": path.parent.name, "notebook": path.stem, "status": status, "started": started,
         "finished": iso(meta.get("end_time")), "parameters": meta.get("parameters") or {}, "metrics": {},
-        "output_notebook": str(path), "model_name": DEFAULT_MODEL_NAME, "event": None, "gate": None,
-        "rollout": None, "passed_parameters": meta.get("parameters") or {}, "source": "folder",
+        "output_notebook": str(path), "model_name": DEFAULT_MODEL_NAME,
+        "error": {"cell": cell, "ename": ename, "evalue": evalue or ""} if status in FAILED else None,
+        "passed_parameters": meta.get("parameters") or {}, "redactions": {}, "source": "folder",
     }
-    cell, ename, evalue = failed_cell(path)
-    if status in FAILED:
-        entry["error"] = {"cell": cell, "ename": ename, "evalue": evalue or ""}
-    return entry
 
 
-def collect(config: Config | None = None, limit: int | None = None) -> tuple[list[dict], dict[str, dict]]:
-    """``(notebook runs newest first, {pipeline_id: pipeline parent run entry})``."""
+def collect(config: Config | None = None, limit: int | None = None) -> tuple[list[dict], dict[str, dict], list[dict]]:
+    """``(notebook runs newest first, {pipeline_id: pipeline parent run entry}, registered versions)``."""
+    from churnkit import registry
+
     config = config or load_config()
     runs, parents, known = [], {}, set()
     for run in iter_runs(config):
@@ -208,8 +238,10 @@ def collect(config: Config | None = None, limit: int | None = None) -> tuple[lis
         for path in config.runs_dir.glob("*/*.ipynb"):
             if os.path.abspath(path) not in known:
                 runs.append(folder_entry(path))
+    versions = registry.list_versions(config=config) if has_store(config) else []
+    _fill_deployments(runs, versions)
     runs.sort(key=lambda e: e["started"] or "", reverse=True)
-    return (runs[:limit] if limit else runs), parents
+    return (runs[:limit] if limit else runs), parents, versions
 
 
 def list_runs(config: Config | None = None, limit: int | None = None) -> list[dict]:
@@ -323,14 +355,12 @@ def write_report(config: Config | None = None, out: str | os.PathLike | None = N
     UI (``MLFLOW_UI_URL``, default http://127.0.0.1:5000) and a section of registered model versions
     linking back to the notebooks that produced, evaluated, deployed and rolled out each.
     """
-    from churnkit import registry
     from churnkit._audit_html import page
 
     config = config or load_config()
     out = Path(out) if out else config.runs_dir / "index.html"
     out.parent.mkdir(parents=True, exist_ok=True)
-    runs, parents = collect(config, limit)
-    versions = registry.list_versions(config=config) if has_store(config) else []
+    runs, parents, versions = collect(config, limit)
     notebooks = {e["output_notebook"] for e in runs if e["output_notebook"]}
     notebooks |= {v["tags"].get(TAG + k) for v in versions for k in ("train_notebook", "evaluate_notebook",
                                                                      "deploy_notebook", "rollout_notebook")}

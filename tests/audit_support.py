@@ -1,7 +1,7 @@
 """A runs folder holding everything the reviewer's view shows, built once per test session.
 
 - pipeline P: 01-train and 02-evaluate (registers churn v1 as champion), then a stand-in deploy
-  notebook in the same folder that tags the run and v1 as a deploy notebook does;
+  notebook in the same folder, tagged as 03-deploy tags its run and the version (no real endpoint starts);
 - churn v2 registered as challenger from the same candidate, and a rollout run (as `churnkit rollout`
   records it, no notebook) that rolled v2 back;
 - a failed notebook run (ValueError in code cell 3);
@@ -51,12 +51,16 @@ def _build(root: Path) -> AuditStore:
     from churnkit.runner import run_notebook, run_pipeline
 
     config = load_config(root / "runs")
-    pipeline = run_pipeline({"rows": 1500}, config=config, progress=False, echo=lambda *_: None)
+    pipeline = run_pipeline({"rows": 1500}, config=config, progress=False, echo=lambda *_: None,
+                            steps=("01-train", "02-evaluate"))
     client = registry.client()
 
     deploy = run_notebook(FIXTURES / "sleep.ipynb", {"seconds": 0}, config=config, folder=pipeline.folder,
                           pipeline_id=pipeline.pipeline_id, parent_run_id=pipeline.run_id, progress=False)
-    client.set_tag(deploy.run_id, "churnkit.deployed_version", "1")
+    # the tags churnkit.deploy.log_deployment and record_deploy leave (an alias URI: the version comes from v1's tag)
+    for key, value in {"deploy_target": "local", "endpoint": "churn", "deployed_uri": "models:/churn@champion",
+                       "endpoint_weights": json.dumps({"v1": 100})}.items():
+        client.set_tag(deploy.run_id, "churnkit." + key, value)
     registry.set_version_tag("1", "deploy_notebook", str(deploy.output_path))
 
     candidate = registry.load_candidate(pipeline.step("01-train").run_id)

@@ -13,7 +13,7 @@ import pytest
 from audit_support import PLANTED_KEY, audit_store
 from click.testing import CliRunner
 
-from churnkit.audit import RUN_KEYS, format_table, list_runs, render_notebook, write_report
+from churnkit.audit import ENTRY_KEYS, RUN_KEYS, format_table, list_runs, render_notebook, write_report
 from churnkit.cli import main
 
 
@@ -31,7 +31,8 @@ def entries(store):
 
 
 def test_one_entry_per_notebook_run_newest_first_with_the_contract_keys(store, entries):
-    assert [tuple(e)[: len(RUN_KEYS)] for e in entries] == [RUN_KEYS] * len(entries)
+    assert [tuple(e) for e in entries] == [ENTRY_KEYS] * len(entries)  # the contract's keys first, then extras
+    assert ENTRY_KEYS[: len(RUN_KEYS)] == RUN_KEYS
     started = [e["started"] for e in entries]
     assert started == sorted(started, reverse=True)
     by_nb = {}
@@ -52,7 +53,9 @@ def test_one_entry_per_notebook_run_newest_first_with_the_contract_keys(store, e
     assert evaluate["metrics"]["holdout_roc_auc"] > 0.85
 
     deploy = by_nb["sleep"][0]
-    assert (deploy["model_version"], deploy["event"]) == ("1", "deployed v1")
+    assert (deploy["model_version"], deploy["event"]) == ("1", "deployed v1 to local endpoint 'churn'")
+    assert deploy["deployment"] == {"target": "local", "endpoint": "churn", "uri": "models:/churn@champion",
+                                    "weights": {"v1": 100}}
     rollout = by_nb["rollout"][0]
     assert (rollout["model_version"], rollout["event"]) == ("2", "rolled back v2")
     assert rollout["rollout"]["reason"].startswith("p99 latency") and rollout["output_notebook"] is None
@@ -80,7 +83,7 @@ def test_runs_json_prints_one_list_and_the_text_table_is_compact(store, entries)
     evaluate = next(ln for ln in lines if " 02-evaluate " in ln)
     assert store.pipeline.pipeline_id in evaluate and "churn registered v1 as champion" in evaluate
     assert re.search(r"auc 0\.\d+", evaluate)
-    assert any("churn deployed v1" in ln for ln in lines) and any("churn rolled back v2" in ln for ln in lines)
+    assert any("churn deployed v1 to local endpoint 'churn'" in ln for ln in lines) and any("churn rolled back v2" in ln for ln in lines)
     failed = lines.index(next(ln for ln in lines if store.failed.run_id[:8] in ln))
     assert "FAILED" in lines[failed] and "how=raise" in lines[failed]
     assert lines[failed + 1].strip().startswith("✗ code cell 3: ValueError: churn column has one class")

@@ -42,18 +42,19 @@ def _scripts(node) -> list[str]:
 
 def churnkit_calls(script: str) -> list[list[str]]:
     """The argument lists of every ``churnkit``/``.venv/bin/churnkit`` call in a shell script."""
-    lexer = shlex.shlex(script.replace("\\\n", " "), posix=True, punctuation_chars=True)
-    lexer.whitespace_split = True
-    words = list(lexer)
     calls = []
-    for i, word in enumerate(words):
-        if word == "churnkit" or word.endswith("/churnkit"):
-            args = []
-            for arg in words[i + 1:]:
-                if arg in OPERATORS or "\n" in arg:
-                    break
-                args.append(arg)
-            calls.append(args)
+    for line in script.replace("\\\n", " ").splitlines():  # one logical command line at a time
+        lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
+        lexer.whitespace_split = True
+        words = list(lexer)
+        for i, word in enumerate(words):
+            if word == "churnkit" or word.endswith("/churnkit"):
+                args = []
+                for arg in words[i + 1:]:
+                    if arg in OPERATORS:
+                        break
+                    args.append(arg)
+                calls.append(args)
     return calls
 
 
