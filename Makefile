@@ -39,8 +39,21 @@ test-setup: venv $(AZML_DIR)/.complete
 	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
 	  { (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "chromium could not be installed; the browser test will skip with this reason"; }
 
+# The monthly story on synthetic data, in a fresh runs/demo-<UTC time>/ each time: month 1 deploys v1
+# locally (router on DEMO_PORT), month 2's challenger is promoted under replayed traffic, a month with
+# concept drift (shifted predictions) has its challenger rolled back; then the runs; the endpoint stops.
+DEMO_PORT ?= 8000
 demo: venv
-	$(BIN)/churnkit demo
+	@runs="runs/demo-$$(date -u +%Y%m%dT%H%M%SZ)"; ck="$(BIN)/churnkit"; \
+	trap '"$$ck" endpoint stop --target local --runs-dir "$$runs" >/dev/null 2>&1' EXIT; set -e; \
+	echo "== month 1: train, gate, register v1 as champion, deploy it to the local endpoint"; \
+	"$$ck" pipeline --runs-dir "$$runs" -p month 1 -p port $(DEMO_PORT); \
+	echo "== month 2: v2 is the challenger; it rolls out step by step under replayed traffic"; \
+	"$$ck" pipeline --runs-dir "$$runs" -p month 2 -p port $(DEMO_PORT); \
+	echo "== month 3 with concept drift: the challenger's predictions shift, the rollout rolls it back"; \
+	"$$ck" pipeline --runs-dir "$$runs" -p month 3 -p drift concept -p port $(DEMO_PORT); \
+	"$$ck" runs --runs-dir "$$runs"; \
+	"$$ck" endpoint stop --target local --runs-dir "$$runs"
 
 test: test-setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests

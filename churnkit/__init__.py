@@ -26,6 +26,8 @@ from churnkit.registry import (
     register_candidate,
     start_run,
 )
+from churnkit.rollout import plot_rollout, rollout_history
+from churnkit.rollout import rollout as run_rollout
 
 __version__ = "0.1.0"
 
@@ -54,9 +56,12 @@ __all__ = [
     "open_target",
     "plan_table",
     "plot_evaluation",
+    "plot_rollout",
     "probe_rows",
     "record_registration",
     "register_candidate",
+    "rollout_history",
+    "run_rollout",
     "split_holdout",
     "start_run",
     "synth_month",

@@ -175,7 +175,7 @@ class Replayer:
         if self.progress:
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=self.count, unit="req", desc="replay", file=sys.stderr, leave=False)
+            self._bar = tqdm(total=self.count, unit="req", desc="replay", file=sys.stderr)
         self._start = time.monotonic()
         self._threads = [threading.Thread(target=self._worker, name=f"replay-{n}", daemon=True) for n in range(self.workers)]
         for t in self._threads:

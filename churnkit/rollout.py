@@ -204,13 +204,13 @@ class Check:
 
 
 def psi(reference: Sequence[float], current: Sequence[float], bins: int = 10) -> float:
-    """Population stability index of ``current`` against ``reference`` (bins on the reference's quantiles)."""
+    """Population stability index of ``current`` against ``reference`` (the monitor's: reference deciles, 1e-4 floor)."""
+    from churnkit._drift import counts_in_bins, population_stability_index, quantile_edges
+
     ref = np.sort(np.asarray(reference, dtype=float))
     cur = np.sort(np.asarray(current, dtype=float))
-    inner = np.unique(np.quantile(ref, np.linspace(0.0, 1.0, bins + 1)[1:-1]))  # bins (-inf, e0], ..., (e_last, inf)
-    counts = [np.diff(np.concatenate(([0], np.searchsorted(x, inner, side="right"), [len(x)]))) for x in (ref, cur)]
-    p, q = (np.maximum(c / max(c.sum(), 1), 1e-4) for c in counts)
-    return float(np.sum((q - p) * np.log(q / p)))
+    edges = quantile_edges(ref, bins)
+    return population_stability_index(counts_in_bins(ref, edges), counts_in_bins(cur, edges))
 
 
 def check_error_rate(champion: Window, challenger: Window, max_error_rate: float) -> Check:
@@ -811,7 +811,11 @@ def _target_and_config(deploy_target, endpoint: str, config: Config | None):
         from churnkit.deploy import get_target
 
         config = config or load_config()
-        return get_target(deploy_target, endpoint=endpoint, config=config), config
+        target = get_target(deploy_target, endpoint=endpoint, config=config)
+        recorded = target.read_state().get("port") if deploy_target == "local" else None
+        if recorded:  # the local endpoint listens where it was deployed, whatever port the default says
+            target.port = int(recorded)
+        return target, config
     return deploy_target, config or getattr(deploy_target, "config", None) or load_config()
 
 
@@ -1109,3 +1113,15 @@ def plot_rollout(record: RolloutRecord):
     drift.set_xlabel("seconds since the rollout started")
     fig.tight_layout()
     return fig
+
+
+def rollout_history(record: RolloutRecord, model_name: str = DEFAULT_MODEL_NAME):
+    """The history of the record's versions, oldest first: which version served when, and why it changed."""
+    import pandas as pd
+
+    from churnkit import registry
+
+    rows = [{"time": h["time"], "version": v, "event": h["event"]}
+            for v in dict.fromkeys(x for x in (record.champion, record.challenger) if x)
+            for h in registry.version_history(v, model_name)]
+    return pd.DataFrame(rows, columns=["time", "version", "event"]).sort_values("time", kind="stable").reset_index(drop=True)

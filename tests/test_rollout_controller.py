@@ -142,25 +142,6 @@ def test_good_challenger_is_promoted_and_old_variant_removed(store):
                    ("set_traffic", {"v1": 0, "v2": 100}), ("remove", "v1")]
 
 
-@pytest.mark.parametrize("behaviour, failed, words", [
-    ({"errors": 0.2}, "error_rate", "vs champion 0.00%, limit 1.00%"),
-    ({"latency": 60.0}, "p99_ratio", "p99"),
-    ({"shift": 0.3}, "prediction_psi", "prediction PSI"),
-])
-def test_bad_challenger_is_rolled_back_at_the_first_step(store, behaviour, failed, words):
-    config, make = store
-    target = make(**{"2": behaviour})
-    rec = run(target, config, strategy="linear")
-    assert rec.decision == "rolled_back" and rec.reason.startswith("step 1 at 25%") and words in rec.reason
-    assert len(rec.steps) == 1 and not rec.steps[0].ok
-    assert [c["name"] for c in rec.steps[0].checks if not c["ok"]] == [failed]
-    assert target.describe().weights == {"v1": 100}
-    assert registry.aliases() == {"champion": "1"}
-    tags = registry.client().get_model_version("churn", "2").tags
-    assert tags["churnkit.rollout_decision"] == "rolled_back" and words in tags["churnkit.rollout_reason"]
-    assert target.calls[-2:] == [("set_traffic", {"v1": 100, "v2": 0}), ("remove", "v2")]
-
-
 def test_failure_threshold_tolerates_failed_checks_below_it(store):
     config, make = store
     target = make(**{"2": {"latency": 60.0}})
@@ -244,19 +225,6 @@ def _interrupted(config, target, phase="baking"):
         "pid": 999999})
 
 
-def test_rerun_after_a_killed_controller_rolls_back_and_keeps_the_challenger(store):
-    config, make = store
-    target = make()
-    _interrupted(config, target)
-    rec = run(target, config)
-    assert rec.decision == "rolled_back" and "pid 999999" in rec.reason and "during step 1 (10%)" in rec.reason
-    assert target.describe().weights == {"v1": 100}
-    assert registry.aliases() == {"champion": "1", "challenger": "2"}  # not judged: it may roll out again
-    assert "rolled back" in registry.version_history("2")[-1]["event"]
-    again = run(target, config)  # a fresh rollout now
-    assert again.decision == "promoted" and registry.aliases() == {"champion": "2", "previous": "1"}
-
-
 def test_resume_rebakes_the_interrupted_step(store):
     config, make = store
     target = make()
@@ -283,20 +251,6 @@ def test_split_traffic_without_a_rollout_is_returned_to_the_champion_first(store
     assert target.calls[2] == ("set_traffic", {"v1": 100, "v2": 0})
     assert any("traffic was split {'v1': 70, 'v2': 30} with no rollout running" in h["event"]
                for h in registry.version_history("1"))
-
-
-def test_rollback_restores_previous_and_toggles(store):
-    config, make = store
-    target = make()
-    assert run(target, config).decision == "promoted"
-    rec = ro.rollback(target, config=config, echo=lambda m: None)
-    assert rec.decision == "rolled_back" and rec.champion == "1" and rec.challenger == "2"
-    assert target.describe().weights == {"v1": 100}
-    assert registry.aliases() == {"champion": "1", "previous": "2"}
-    assert ("deploy", "v1") in target.calls  # its variant was gone: deployed again
-    assert registry.client().get_model_version("churn", "2").tags["churnkit.rollout_decision"] == "rolled_back"
-    ro.rollback(target, config=config, echo=lambda m: None)
-    assert registry.aliases() == {"champion": "2", "previous": "1"}
 
 
 def test_rollback_without_previous_says_so(store):

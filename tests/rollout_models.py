@@ -1,0 +1,78 @@
+"""Misbehaving model versions for the rollout tests, registered through the library like any other.
+
+:class:`Misbehaving` wraps a fitted classifier inside the usual two-step pipeline and sleeps, raises
+for a share of calls (the server answers 500), or shifts its churn probabilities. The pipeline is
+stored with cloudpickle *by value*, so a ``churnkit serve`` process loads it without this module on
+its path; its classifier has no compiled scoring path, so the server scores it with sklearn.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import time
+from contextlib import contextmanager
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.pipeline import Pipeline
+
+
+class Misbehaving(ClassifierMixin, BaseEstimator):
+    """A fitted classifier made slow (``delay`` s per call), flaky (``error_share``) or biased (``shift``)."""
+
+    def __init__(self, clf=None, delay=0.0, error_share=0.0, shift=0.0):
+        self.clf = clf
+        self.delay = delay
+        self.error_share = error_share
+        self.shift = shift
+
+    def fit(self, X, y):
+        return self
+
+    @property
+    def classes_(self):
+        return self.clf.classes_
+
+    def __sklearn_is_fitted__(self):
+        return True
+
+    def predict_proba(self, X):
+        if self.delay:
+            time.sleep(self.delay)
+        if self.error_share and random.random() < self.error_share:
+            raise RuntimeError("injected scoring failure")
+        p = self.clf.predict_proba(X)[:, 1]
+        if self.shift:
+            p = np.clip(p + self.shift, 0.0, 1.0)
+        return np.column_stack([1.0 - p, p])
+
+    def predict(self, X):
+        return (self.predict_proba(X)[:, 1] >= 0.5).astype(int)
+
+
+def misbehaving(pipeline: Pipeline, **how) -> Pipeline:
+    """``pipeline`` with its classifier wrapped in :class:`Misbehaving` (the fitted steps are shared)."""
+    (prep_name, prep), (clf_name, clf) = pipeline.steps
+    return Pipeline([(prep_name, prep), (clf_name, Misbehaving(clf, **how))])
+
+
+@contextmanager
+def cloudpickled():
+    """Make ``registry.log_candidate`` store models with cloudpickle, this module by value."""
+    import cloudpickle
+    import mlflow.sklearn
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    original = mlflow.sklearn.log_model
+
+    def log_model(*args, **kwargs):
+        kwargs.update(serialization_format="cloudpickle", skops_trusted_types=None)
+        return original(*args, **kwargs)
+
+    mlflow.sklearn.log_model = log_model
+    try:
+        yield
+    finally:
+        mlflow.sklearn.log_model = original
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
