@@ -196,6 +196,24 @@ def test_router_own_routes_and_forwarded_version(local):
     assert 400 <= r.status_code < 500  # a client mistake passes through, never retried into a 5xx
 
 
+def test_a_crashed_router_is_restarted_with_the_last_weights(local, rows):
+    import httpx
+
+    from churnkit.deploy.local import _alive
+
+    old = local.read_state()["router"]["pid"]
+    os.killpg(old, signal.SIGKILL)
+    deadline = time.time() + 10
+    while _alive(old) and time.time() < deadline:
+        time.sleep(0.05)
+    down = local.describe()
+    assert down.details["router"] == "stopped" and down.url == "" and down.weights == {"v2": 0}
+    assert local.current_weights(down) == {"v2": 100}  # what a new variant would be added to
+    state = local.set_traffic({"v2": 100})
+    assert state.weights == {"v2": 100} and state.drift == [] and local.read_state()["router"]["pid"] != old
+    assert httpx.post(local.url + "/invocations", json={"instances": rows[:2]}).status_code == 200
+
+
 def test_dead_process_is_reported_then_stop_ends_everything_idempotently(local):
     from churnkit.deploy.local import _alive
 
