@@ -315,6 +315,7 @@ class DeployTarget(ABC):
         self.endpoint = endpoint
         self.config = config or load_config()
         self.plan_basis = ""
+        self.plan_live = EndpointState(self.name, endpoint)
 
     # ---- public API ------------------------------------------------------------------------------
     def deploy(self, model_uri: str, variant: str | None = None, weight: int = 0) -> EndpointState:
@@ -363,7 +364,8 @@ class DeployTarget(ABC):
         """The exact requests ``action`` would send, in the cloud API's field names; nothing is sent.
 
         The live state is read when that is possible without side effects (and without failing on
-        missing credentials); otherwise the plan assumes a new endpoint. ``self.plan_basis`` says which.
+        missing credentials); otherwise the plan assumes a new endpoint. ``self.plan_basis`` says which,
+        and ``self.plan_live`` is the state the plan was made against.
         """
         if action not in ACTIONS:
             raise DeployTargetError(f"no plan action named {action!r}; available: {', '.join(map(repr, ACTIONS))}")
@@ -372,6 +374,7 @@ class DeployTarget(ABC):
             live = self._live_for_plan()
         else:
             self.plan_basis = "live state given by the caller"
+        self.plan_live = live
         if action == "deploy":
             release = resolve_release(kw["model_uri"], kw.get("variant"), self.config)
             check_variant_free(release, live)
