@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
 
-from churnkit.audit import FAILED, TAG, key_metrics, key_parameters
+from churnkit.audit import FAILED, TAG, failure, key_metrics, key_parameters
 
 CSS = """
 body { font: 14px/1.45 system-ui, -apple-system, Segoe UI, Helvetica, Arial, sans-serif; margin: 24px; color: #1d1d1f; }
@@ -102,11 +102,14 @@ class _Page:
     def outcome(self, e: dict) -> str:
         parts = []
         if e.get("error"):
-            err = e["error"]
-            where = f"code cell {err['cell']}" if err.get("cell") is not None else "before its first cell"
-            link = self.notebook_link(e["output_notebook"], "see the cell", "#papermill-error-cell")
-            parts.append(f'<div class="error">✗ failed in <span class="failed-cell">{_e(where)}</span>: '
-                         f'{_e(err.get("ename") or "error")}: {_e(err.get("evalue"))} · {link}</div>')
+            where, detail = failure(e["error"])
+            if e["error"].get("cell") is not None:
+                link = self.notebook_link(e["output_notebook"], "see the cell", "#papermill-error-cell")
+                text = f'failed in <span class="failed-cell">{_e(where)}</span>: {_e(detail)}'
+            else:
+                link = self.notebook_link(e["output_notebook"], "open the notebook")
+                text = f'<span class="failed-cell">{_e(where)}</span>: {_e(detail)}'
+            parts.append(f'<div class="error">✗ {text} · {link}</div>')
         if e.get("gate"):
             g = e["gate"]
             verdict = "passed" if g["passed"] else "refused"
@@ -151,8 +154,8 @@ class _Page:
         errors = [e for e in entries if e.get("error")]
         if errors:
             err = errors[0]["error"]
-            where = f"cell {err['cell']}" if err.get("cell") is not None else "start"
-            events = (f'<span class="error">✗ {_e(errors[0]["notebook"])} {_e(where)}: {_e(err.get("ename"))}</span>'
+            where = f"cell {err['cell']}: {err.get('ename')}" if err.get("cell") is not None else failure(err)[0]
+            events = (f'<span class="error">✗ {_e(errors[0]["notebook"])} {_e(where)}</span>'
                       + (" · " + events if events else ""))
         mlflow = (f'<a class="mlflow-run" href="{_e(run_url(self.ui, parent["experiment_id"], parent["run_id"]))}">'
                   "pipeline run</a>") if parent else ""
@@ -199,14 +202,17 @@ class _Page:
         auc = tags.get(TAG + "holdout_roc_auc")
         history = json.loads(tags.get(TAG + "history", "[]") or "[]")
         hist = "".join(f"<li>{_e(_when(h.get('time')))} {_e(h.get('event'))}</li>" for h in history[-8:])
+        n = len(history)
+        hist = f"<details><summary>{n} event{'s' if n != 1 else ''}</summary><ul>{hist}</ul></details>" if n else ""
+        created = _when(datetime.fromtimestamp(v["created"] / 1000, UTC).isoformat()) if v["created"] else ""
         aliases = "".join(f'<span class="alias">{_e(a)}</span>' for a in v["aliases"])
         return (f'<tr class="version" id="model-{_e(v["name"])}-v{_e(v["version"])}" data-version="{_e(v["version"])}">'
                 f'<td>{_e(v["name"])}</td>'
                 f'<td><a class="mlflow-version" href="{_e(version_url(self.ui, v["name"], v["version"]))}">v{_e(v["version"])}</a></td>'
-                f"<td>{aliases}</td><td>{_e(_when(datetime.fromtimestamp(v['created'] / 1000, UTC).isoformat()) if v['created'] else '')}</td>"
+                f"<td>{aliases}</td><td>{_e(created)}</td>"
                 f'<td class="metrics">{_e(f"{float(auc):.4f}") if auc else ""}</td>'
                 + "".join(f'<td class="lineage">{link}</td>' for link in links)
-                + f'<td>{f"<details><summary>{len(history)} events</summary><ul>{hist}</ul></details>" if history else ""}</td></tr>')
+                + f"<td>{hist}</td></tr>")
 
     def models(self) -> str:
         if not self.versions:

@@ -298,12 +298,21 @@ def format_table(entries: list[dict]) -> str:
     lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)).rstrip()]
     for e, r in zip(entries, rows, strict=True):
         lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
-        err = e.get("error")
-        if err:
-            where = f"code cell {err['cell']}" if err.get("cell") is not None else "before its first cell"
-            lines.append(f"  ✗ {where}: {err.get('ename') or 'error'}: {_short(err.get('evalue') or '', 100)}"
-                         f"  ({e['output_notebook']})")
+        if e.get("error"):
+            where, detail = failure(e["error"])
+            lines.append(f"  ✗ {where}: {_short(detail, 100)}  ({e['output_notebook']})")
     return "\n".join(lines)
+
+
+def failure(error: dict) -> tuple[str, str]:
+    """``(where, what)`` of a failed run: ``("code cell 3", "ValueError: ...")``; a notebook whose process
+    ended before papermill's last save has no recorded error."""
+    detail = f"{error['ename']}: {error.get('evalue') or ''}".rstrip(": ") if error.get("ename") else ""
+    if error.get("cell") is not None:
+        return f"code cell {error['cell']}", detail
+    if detail:
+        return "before its first cell", detail
+    return "did not finish", "no error was recorded (the process ended before papermill's last save)"
 
 
 # --------------------------------------------------------------------------------------------------
