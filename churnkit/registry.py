@@ -51,20 +51,42 @@ def client():
 _configured: dict[str, str] = {}
 
 
+def _point_mlflow(uri: str) -> None:
+    """Set MLflow's tracking and registry URI for this process only.
+
+    ``mlflow.set_tracking_uri`` also exports ``MLFLOW_TRACKING_URI``/``MLFLOW_REGISTRY_URI``; left there,
+    the next :func:`load_config` would mistake our embedded store for a team server, so they are restored.
+    """
+    mlflow = _mlflow()
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    try:
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def setup_tracking(config: Config | None = None) -> str:
     """Point MLflow at the configured store and make sure the ``churnkit`` experiment exists.
 
-    Returns the experiment id. Idempotent and cheap after the first call per process.
+    Without ``config``, the store this process last set up is kept (else settings are loaded).
+    Returns the experiment id. Idempotent and cheap after the first call per store.
     """
-    config = config or load_config()
     mlflow = _mlflow()
+    if config is None and _configured:
+        _point_mlflow(_configured["uri"])
+        return _configured["experiment_id"]
+    config = config or load_config()
     if _configured.get("uri") == config.tracking_uri:
-        mlflow.set_tracking_uri(config.tracking_uri)
+        _point_mlflow(config.tracking_uri)
         return _configured["experiment_id"]
     if config.embedded:
         config.runs_dir.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(config.tracking_uri)
-    mlflow.set_registry_uri(config.tracking_uri)
+    _point_mlflow(config.tracking_uri)
     exp = mlflow.get_experiment_by_name(EXPERIMENT_NAME)
     if exp is None:
         try:
@@ -166,7 +188,8 @@ def log_candidate(pipeline, dataset: Dataset, split, *, model: str, seed: int) -
         pip_requirements=pip_requirements(),
         metadata={"churnkit_schema": dataset.schema.to_dict(), "churnkit_model_kind": model},
         input_example=None,
-        skops_trusted_types=["numpy.dtype"],  # the fitted imputers keep the column dtypes
+        # Types our own pipelines contain; artifacts are sha256-checked against the registry before loading.
+        skops_trusted_types=["numpy.dtype", "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"],
     )
     mlflow.set_tag(TAG + "model_uri", info.model_uri)
     return run.info.run_id

@@ -28,3 +28,21 @@ def test_runs_dir_that_is_a_file(tmp_path):
     f.write_text("x")
     with pytest.raises(ConfigError, match="not a folder"):
         load_config(f, {})
+
+
+def test_tracking_setup_does_not_leak_into_the_environment(tmp_path, monkeypatch):
+    import os
+
+    from churnkit import registry
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    cfg = load_config(tmp_path / "a", {})
+    registry.setup_tracking(cfg)
+    assert "MLFLOW_TRACKING_URI" not in os.environ and "MLFLOW_REGISTRY_URI" not in os.environ
+    assert load_config(tmp_path / "b").embedded  # still our own embedded store, not a "team server"
+    import mlflow
+
+    assert mlflow.get_tracking_uri() == cfg.tracking_uri
+    registry.setup_tracking()  # no config: keeps the store set up last
+    assert mlflow.get_tracking_uri() == cfg.tracking_uri
