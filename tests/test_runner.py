@@ -225,3 +225,21 @@ def test_rerun_of_a_pipeline_run_names_the_pipeline_command(store):
                                                      "churnkit.parameters": json.dumps({"model": "hgb", "rows": 900})})
     with pytest.raises(RunNotFoundError, match=r"`churnkit pipeline -p model hgb -p rows 900`"):
         rerun_parameters(parent.info.run_id, store)
+
+
+def test_a_pipeline_stopped_by_sigterm_ends_its_parent_run_killed(store, monkeypatch):
+    import churnkit.runner as runner
+
+    def terminated_step(*args, **kwargs):  # SIGTERM arrives while the first step runs
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the runner's handler raises before this returns
+
+    monkeypatch.setattr(runner, "run_notebook", terminated_step)
+    before, since = signal.getsignal(signal.SIGTERM), int(time.time() * 1000) - 1000
+    with pytest.raises(RunTerminated):
+        runner.run_pipeline({}, config=store, progress=False, echo=lambda *_: None)
+    assert signal.getsignal(signal.SIGTERM) is before
+    (parent,) = registry.client().search_runs(
+        [registry.setup_tracking(store)],
+        filter_string=f"tags.`churnkit.notebook` = 'pipeline' and attributes.start_time >= {since}")
+    assert parent.info.status == "KILLED" and parent.data.tags["churnkit.status"] == "KILLED"
