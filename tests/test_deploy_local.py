@@ -186,6 +186,11 @@ def test_a_failing_variant_is_retried_elsewhere_and_counted(local, rows):
 def test_router_own_routes_and_forwarded_version(local):
     import httpx
 
+    from churnkit.deploy import get_target
+
+    other = get_target("local", config=local.config)  # default port 8000: the running router's port wins
+    assert other.url == local.url and other.describe().weights == local.describe().weights
+
     assert httpx.get(local.url + "/ping").status_code == 200
     assert httpx.get(local.url + "/version").json()["version"] == "2"
     metrics = httpx.get(local.url + "/metrics").text

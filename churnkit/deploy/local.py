@@ -55,6 +55,14 @@ def _ours(pid: int) -> bool:
         return False
 
 
+def _free_port(host: str) -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
 def terminate(pid: int | None, timeout: float = 10.0) -> bool:
     """SIGTERM the process group of ``pid`` (then SIGKILL after ``timeout``); True if something was stopped."""
     if not pid or not _alive(pid) or not _ours(pid):
@@ -81,7 +89,9 @@ class LocalTarget(DeployTarget):
     endpoint : str
         Endpoint name (the state folder's name).
     port : int
-        The router's port on ``host``; clients call ``http://host:port/invocations``.
+        The port a new router listens on (0: any free port); clients call ``http://host:port/invocations``.
+        A running router keeps its port: ``url`` and every call follow the state, so any
+        ``LocalTarget`` of the same runs folder and endpoint reaches it.
     capture : bool
         Run each variant with data capture into ``<state>/capture/<variant>/`` (what 05-monitor reads).
     startup_timeout : float
@@ -109,14 +119,20 @@ class LocalTarget(DeployTarget):
         return self.config.runs_dir / "deploy" / "local" / self.endpoint
 
     @property
+    def live_port(self) -> int:
+        """The running router's port (from the state), else the port a new router starts on."""
+        router = self.read_state().get("router") or {}
+        return int(router["port"]) if router.get("port") and _alive(router.get("pid")) else self.port
+
+    @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"http://{self.host}:{self.live_port}"
 
     def read_state(self) -> dict:
         """The asked-for state (``state.json``): router and variants with ports, pids, weights, versions."""
         path = self.state_dir / "state.json"
         if not path.exists():
-            return {"endpoint": self.endpoint, "port": self.port, "router": {}, "variants": {}}
+            return {"endpoint": self.endpoint, "router": {}, "variants": {}}
         return json.loads(path.read_text())
 
     def _write_state(self, state: dict) -> None:
@@ -165,9 +181,10 @@ class LocalTarget(DeployTarget):
             cmd += ["--capture-dir", str(self.state_dir / "capture" / release.variant)]
         return cmd + self.serve_args
 
-    def _router_command(self) -> list[str]:
-        return [sys.executable, "-m", "churnkit.deploy.router", "--state", str(self.state_dir), "--port", str(self.port),
-                "--host", self.host, "--timeout", str(self.request_timeout)]
+    def _router_command(self, port: int | None = None) -> list[str]:
+        return [sys.executable, "-m", "churnkit.deploy.router", "--state", str(self.state_dir),
+                "--port", str(port or self.port or "<free port>"), "--host", self.host,
+                "--timeout", str(self.request_timeout)]
 
     def _log_tail(self, name: str, lines: int = 15) -> str:
         path = self.state_dir / f"{name}.log"
@@ -199,25 +216,31 @@ class LocalTarget(DeployTarget):
         )
 
     def _ensure_router(self, state: dict) -> None:
+        """Start the router unless it runs; a running router keeps its port whatever ``port`` says."""
         router = state.get("router") or {}
-        if _alive(router.get("pid")) and self._get(f"{self.url}/-/state") == 200:
+        if _alive(router.get("pid")) and self._get(f"http://{self.host}:{router.get('port')}/-/state") == 200:
             return
-        if self._get(f"{self.url}/-/state") is not None:
+        port = self.port or _free_port(self.host)  # port 0: any free port (kept in the state)
+        url = f"http://{self.host}:{port}"
+        if self._get(f"{url}/-/state") is not None:
             raise DeployTargetError(
-                f"port {self.port} on {self.host} is taken by another process; pass another port (port=..., --port)"
+                f"port {port} on {self.host} is taken by another process; pass another port (port=..., --port), "
+                "or 0 for any free one"
             )
+        state["router"] = {}
         self._write_state(state)  # the router loads variants and weights from it
-        proc = self._spawn("router", self._router_command())
+        proc = self._spawn("router", self._router_command(port))
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 break
-            if self._get(f"{self.url}/-/state") == 200:
-                state["router"] = {"pid": proc.pid, "port": self.port, "url": self.url}
+            if self._get(f"{url}/-/state") == 200:
+                state["router"] = {"pid": proc.pid, "port": port, "url": url}
+                self._write_state(state)
                 return
             time.sleep(0.05)
         terminate(proc.pid)
-        raise DeployTargetError(f"the router of endpoint {self.endpoint!r} did not start on port {self.port}; "
+        raise DeployTargetError(f"the router of endpoint {self.endpoint!r} did not start on port {port}; "
                                 f"its log ends with:\n{self._log_tail('router')}")
 
     # ---- HTTP helpers --------------------------------------------------------------------------------
@@ -282,7 +305,7 @@ class LocalTarget(DeployTarget):
     def _apply_deploy(self, release, asked, before):
         with self._lock():
             state = self.read_state()
-            state.update(endpoint=self.endpoint, port=self.port)
+            state["endpoint"] = self.endpoint
             self._ensure_router(state)
             v = state["variants"].get(release.variant)
             if v is None or not _alive(v.get("pid")):
