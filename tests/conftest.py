@@ -22,23 +22,13 @@ def runs_config(tmp_path, monkeypatch):
     return load_config(tmp_path / "runs")
 
 
-@pytest.fixture(scope="session")
-def pipeline_runs(tmp_path_factory):
-    """One pipeline run with defaults (small synthetic month): registers churn v1 as champion.
+@pytest.fixture
+def local_endpoint_cleanup(runs_config):
+    """Stops any local endpoint a pipeline under test deployed into ``runs_config``."""
+    yield runs_config
+    from churnkit.deploy import get_target
 
-    Tests that only read this store share it; tests that change the registry use ``runs_config``.
-    """
-    from churnkit.config import load_config
-    from churnkit.runner import run_pipeline
-
-    saved = {k: os.environ.pop(k, None) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID")}
-    config = load_config(tmp_path_factory.mktemp("pipeline") / "runs")
-    result = run_pipeline({"rows": 1500}, config=config, progress=False, echo=lambda *_: None,
-                          steps=("01-train", "02-evaluate"))
-    yield config, result
-    for k, v in saved.items():
-        if v is not None:
-            os.environ[k] = v
+    get_target("local", config=runs_config).stop()
 
 
 def free_port() -> int:

@@ -52,15 +52,16 @@ def test_run_failure_names_notebook_and_cell(runs_config, tmp_path):
     assert "output notebook:" in res.output and "01-train.ipynb" in res.output
 
 
-def test_pipeline_registers_then_refuses_and_exits_0(runs_config, tmp_path):
+def test_pipeline_registers_then_refuses_and_exits_0(runs_config, local_endpoint_cleanup, tmp_path):
     table = tmp_path / "telco.csv"
     frame = __import__("churnkit.data", fromlist=["synth_month"]).synth_month(rows=1200, seed=4)
     frame = frame.rename(columns={"churn": "Churn", "customer_id": "customerID"})
     frame.to_csv(table, index=False)
-    first = invoke("pipeline", "-p", "data_path", str(table), "-p", "label_column", "Churn",
+    first = invoke("pipeline", "-p", "data_path", str(table), "-p", "label_column", "Churn", "-p", "port", "0",
                    "--runs-dir", str(runs_config.runs_dir))
     assert first.exit_code == 0, first.output
     assert "gate     PASSED" in first.output and "registered churn v1 as champion" in first.output
+    assert "03-deploy finished" in first.output and "04-rollout skipped" in first.output
 
     second = invoke("pipeline", "-p", "data_path", str(table), "-p", "label_column", "Churn", "-p", "auc_threshold",
                     "0.999", "-p", "min_improvement", "0.01", "--runs-dir", str(runs_config.runs_dir), "--json")

@@ -35,7 +35,11 @@ def shared_runs(tmp_path_factory):
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_runs_with_defaults(name, shared_runs):
-    res = run_notebook(name, {}, config=shared_runs, progress=False)
+    from churnkit.runner import notebook_parameters
+
+    # Defaults throughout, except a fixed local port, which another process on the machine may hold.
+    params = {"port": 0} if any(p.name == "port" for p in notebook_parameters(name)) else {}
+    res = run_notebook(name, params, config=shared_runs, progress=False)
     assert res.status == "FINISHED"
     nb = json.loads(Path(res.output_path).read_text())
     code = [c for c in nb["cells"] if c["cell_type"] == "code"]
