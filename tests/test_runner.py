@@ -230,16 +230,17 @@ def test_rerun_of_a_pipeline_run_names_the_pipeline_command(store):
 def test_a_pipeline_stopped_by_sigterm_ends_its_parent_run_killed(store, monkeypatch):
     import churnkit.runner as runner
 
-    def terminated_step(*args, **kwargs):  # SIGTERM arrives while the first step runs
+    parents = []
+
+    def terminated_step(*args, parent_run_id=None, **kwargs):  # SIGTERM arrives while the first step runs
+        parents.append(parent_run_id)
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(5)  # the runner's handler raises before this returns
 
     monkeypatch.setattr(runner, "run_notebook", terminated_step)
-    before, since = signal.getsignal(signal.SIGTERM), int(time.time() * 1000) - 1000
+    before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(RunTerminated):
         runner.run_pipeline({}, config=store, progress=False, echo=lambda *_: None)
     assert signal.getsignal(signal.SIGTERM) is before
-    (parent,) = registry.client().search_runs(
-        [registry.setup_tracking(store)],
-        filter_string=f"tags.`churnkit.notebook` = 'pipeline' and attributes.start_time >= {since}")
+    parent = registry.client().get_run(parents[0])
     assert parent.info.status == "KILLED" and parent.data.tags["churnkit.status"] == "KILLED"
