@@ -221,11 +221,15 @@ def folder_entry(path: Path) -> dict:
 
 
 def collect(config: Config | None = None, limit: int | None = None) -> tuple[list[dict], dict[str, dict], list[dict]]:
-    """``(notebook runs newest first, {pipeline_id: pipeline parent run entry}, registered versions)``."""
+    """``(notebook runs newest first, {pipeline_id: pipeline parent run entry}, registered versions)``.
+
+    With ``limit``, reading MLflow stops soon after the newest ``limit`` notebook runs (a team server
+    holds years of runs); a little further, so their pipelines' parent runs are found too.
+    """
     from churnkit import registry
 
     config = config or load_config()
-    runs, parents, known = [], {}, set()
+    runs, parents, known, cutoff, extra = [], {}, set(), "", 0
     for run in iter_runs(config):
         entry = run_entry(run)
         if entry["output_notebook"]:
@@ -234,9 +238,16 @@ def collect(config: Config | None = None, limit: int | None = None) -> tuple[lis
             parents.setdefault(entry["pipeline_id"], entry)
         else:
             runs.append(entry)
+        if limit and len(runs) >= limit:
+            extra += 1
+            waiting = {e["pipeline_id"] for e in runs} - set(parents) - {None}
+            if not waiting or extra > 50:
+                cutoff = entry["started"] or ""  # older runs were not read: nor are older folders
+                break
+    stamp = cutoff.replace("-", "").replace(":", "")  # 2026-11-27T17:24:36Z -> 20261127T172436Z
     if config.runs_dir.is_dir():
         for path in config.runs_dir.glob("*/*.ipynb"):
-            if os.path.abspath(path) not in known:
+            if os.path.abspath(path) not in known and path.parent.name[:16] >= stamp:
                 runs.append(folder_entry(path))
     versions = registry.list_versions(config=config) if has_store(config) else []
     _fill_deployments(runs, versions)

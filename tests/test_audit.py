@@ -75,6 +75,8 @@ def test_runs_json_prints_one_list_and_the_text_table_is_compact(store, entries)
     assert res.exit_code == 0, res.output
     listed = json.loads(res.stdout)  # stdout holds the JSON list and nothing else
     assert [e["run_id"] for e in listed] == [e["run_id"] for e in entries]
+    newest = runner.invoke(main, ["runs", "--json", "--limit", "2", "--runs-dir", str(store.config.runs_dir)])
+    assert [e["run_id"] for e in json.loads(newest.stdout)] == [e["run_id"] for e in entries[:2]]
 
     text = runner.invoke(main, ["runs", "--runs-dir", str(store.config.runs_dir)]).stdout
     lines = text.splitlines()
