@@ -210,7 +210,7 @@ def _endpoint_options(fn):
 def _emit_record(record, as_json: bool) -> None:
     if as_json:
         emit_json(record.to_dict())
-    elif record.decision != "none":  # the "nothing to roll out" line was already printed as progress
+    else:
         click.echo(record.summary())
 
 
@@ -233,16 +233,20 @@ def _emit_record(record, as_json: bool) -> None:
               help="Requests each variant needs in a step before its verdict (the bake extends up to 10×).")
 @click.option("--replay-rate", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Replay held-out rows through the endpoint at this many requests/s during the rollout.")
+@click.option("--max-input-drift", type=click.FloatRange(0, 1), default=None, metavar="SHARE",
+              help="Also judge input drift: the share of input columns that may drift from the challenger's holdout.")
 @click.option("--resume", is_flag=True, help="After a stopped controller: continue its step instead of rolling back.")
 def rollout(deploy_target, endpoint, model_name, strategy, steps, interval, max_error_rate, max_p99_ratio,
-            max_prediction_psi, failure_threshold, min_requests, replay_rate, resume, runs_dir, as_json):
+            max_prediction_psi, failure_threshold, min_requests, replay_rate, max_input_drift, resume, runs_dir,
+            as_json):
     """Shift traffic from champion to challenger step by step; promote it, or roll back on a breach."""
     from churnkit.rollout import rollout as run_rollout
 
     record = run_rollout(deploy_target, endpoint=endpoint, model_name=model_name, strategy=strategy, steps=steps,
                          interval=interval, max_error_rate=max_error_rate, max_p99_ratio=max_p99_ratio,
                          max_prediction_psi=max_prediction_psi, failure_threshold=failure_threshold,
-                         min_requests=min_requests, replay_rate=replay_rate, resume=resume,
+                         min_requests=min_requests, replay_rate=replay_rate, max_input_drift=max_input_drift,
+                         resume=resume,
                          config=_config(runs_dir), echo=_rollout_echo(as_json))
     _emit_record(record, as_json)
 

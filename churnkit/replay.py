@@ -14,7 +14,6 @@ import json
 import sys
 import threading
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np

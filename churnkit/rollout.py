@@ -1,14 +1,15 @@
 """Progressive rollout: shift traffic from ``champion`` to ``challenger`` step by step, judge, promote or roll back.
 
-Three layers, top to bottom:
+Three layers, top to bottom (this module re-exports the names of the first two):
 
-* **Decisions** (pure): :func:`plan_steps` turns a strategy into traffic weights; :func:`judge_step`
-  compares the challenger's :class:`Window` with the champion's on the same time window (error rate,
-  p99 latency ratio, prediction PSI) and returns a :class:`Verdict`. They take recorded windows, so
-  they are unit-tested on data and nothing else.
-* **Record**: :class:`RolloutRecord` is the decision record of DESIGN §7, logged to MLflow and kept in
-  the model version's history.
-* **Controller**: :func:`rollout` and :func:`rollback` drive any :class:`~churnkit.deploy.base.DeployTarget`
+* **Decisions** (pure, ``_rollout_checks``): :func:`plan_steps` turns a strategy into traffic weights;
+  :func:`judge_step` compares the challenger's :class:`Window` with the champion's on the same time
+  window (error rate, p99 latency ratio, prediction PSI, optionally input drift) and returns a
+  :class:`Verdict`. They take recorded windows, so they are unit-tested on data and nothing else.
+* **Record** (``_rollout_record``): :class:`RolloutRecord` is the decision record of DESIGN §7, logged
+  to MLflow and kept in the model version's history; :func:`plot_rollout` draws its timeline.
+* **Controller** (here, with ``_rollout_io`` for the lock, the state file and request windows):
+  :func:`rollout` and :func:`rollback` drive any :class:`~churnkit.deploy.base.DeployTarget`
   (``set_traffic``/``deploy``/``remove``), hold a per-endpoint lock and persist their state in
   ``<runs_dir>/rollout/<endpoint>.json`` so a rerun after a crash finds the live weights and either
   rolls back (the default) or resumes.
@@ -21,542 +22,59 @@ the threshold is recorded with ``ok: false`` and the rollout goes on.
 
 from __future__ import annotations
 
-import json
-import math
 import os
-import socket
-import sys
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime, timezone
-from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
-import numpy as np
-
+from churnkit._rollout_checks import (  # noqa: F401 - the pure decisions are part of this module's API
+    CANARY_STEPS,
+    DECISIONS,
+    LINEAR_STEPS,
+    LIVE_STATUSES,
+    MIN_PSI_SCORES,
+    STRATEGIES,
+    Check,
+    Thresholds,
+    Verdict,
+    Window,
+    check_error_rate,
+    check_input_drift,
+    check_live,
+    check_p99,
+    check_prediction_psi,
+    early_breach,
+    enough_traffic,
+    judge_step,
+    p99,
+    plan_steps,
+    psi,
+    should_roll_back,
+    utcnow,
+)
+from churnkit._rollout_io import (  # noqa: F401
+    MetricsWindows,
+    RolloutLock,
+    captured_inputs,
+    pid_alive,
+    read_state,
+    read_windows,
+    rollout_dir,
+    state_path,
+    window_from_metrics,
+    write_state,
+)
+from churnkit._rollout_record import (  # noqa: F401
+    RolloutRecord,
+    StepRecord,
+    log_record,
+    plot_rollout,
+    record_outcome,
+    rollout_history,
+)
 from churnkit.config import ALIAS_CHALLENGER, ALIAS_CHAMPION, ALIAS_PREVIOUS, DEFAULT_MODEL_NAME, Config, load_config
-from churnkit.exceptions import ParameterError, RolloutError, RolloutLockedError
-
-STRATEGIES = ("canary", "linear")
-CANARY_STEPS = (10, 100)
-LINEAR_STEPS = (25, 50, 75, 100)
-#: PSI of two samples of n scores each is biased upwards by about (bins - 1) * 2 / n; with 10 bins and
-#: 200 scores a side that noise is below 0.1, well under the default max_prediction_psi of 0.2.
-MIN_PSI_SCORES = 200
-DECISIONS = ("promoted", "rolled_back", "none")
-LIVE_STATUSES = ("ready", "running", "inservice", "succeeded", "live", "deployed")
-
-
-def utcnow() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-# --------------------------------------------------------------------------------------------------
-# Plans
-# --------------------------------------------------------------------------------------------------
-
-def plan_steps(strategy: str = "canary", steps: Sequence[int] | str = ()) -> list[int]:
-    """The challenger's traffic weight at each step; the last step is always 100.
-
-    Parameters
-    ----------
-    strategy : {"canary", "linear"}
-        ``canary``: one small step, bake, then all (10 → 100). ``linear``: equal steps (25, 50, 75, 100).
-    steps : list of int or "10,50,100", optional
-        Explicit weights; they win over the strategy's. Strictly increasing, 1..100, ending with 100.
-
-    Raises
-    ------
-    ParameterError
-        Unknown strategy, or weights that are not strictly increasing integers from 1 to 100 ending at 100.
-    """
-    if strategy not in STRATEGIES:
-        raise ParameterError(f"unknown rollout strategy {strategy!r}; use one of {STRATEGIES!r} or pass steps",
-                             name="strategy", valid=list(STRATEGIES))
-    if isinstance(steps, str):
-        try:
-            steps = [int(s) for s in steps.replace(" ", "").split(",") if s]
-        except ValueError:
-            raise ParameterError(f"steps {steps!r} are not comma-separated integers; e.g. 10,50,100", name="steps") from None
-    if not steps:
-        return list(CANARY_STEPS if strategy == "canary" else LINEAR_STEPS)
-    out = []
-    for w in steps:
-        if isinstance(w, bool) or not isinstance(w, (int, float, np.integer)) or int(w) != w or not 1 <= w <= 100:
-            raise ParameterError(f"step weight {w!r} is not an integer from 1 to 100; e.g. steps 10,50,100", name="steps")
-        out.append(int(w))
-    if any(b <= a for a, b in zip(out, out[1:])):
-        raise ParameterError(f"steps {out!r} are not strictly increasing; e.g. 10,50,100", name="steps")
-    if out[-1] != 100:
-        raise ParameterError(f"steps {out!r} end at {out[-1]}%, not 100%; add 100 as the last step", name="steps")
-    return out
-
-
-# --------------------------------------------------------------------------------------------------
-# Windows and checks (pure)
-# --------------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Window:
-    """One variant's traffic over a time window, as the target recorded it.
-
-    ``errors`` counts 5xx answers and connection failures, ``timeouts`` requests that timed out;
-    ``latencies_ms`` and ``scores`` (churn probabilities, one per scored row) come from the
-    successful requests.
-    """
-
-    requests: int = 0
-    errors: int = 0
-    timeouts: int = 0
-    latencies_ms: tuple[float, ...] = ()
-    scores: tuple[float, ...] = ()
-
-    @classmethod
-    def from_dict(cls, d: dict | None) -> "Window":
-        d = d or {}
-        return cls(int(d.get("requests", 0)), int(d.get("errors", 0)), int(d.get("timeouts", 0)),
-                   tuple(float(x) for x in d.get("latencies_ms", ())), tuple(float(x) for x in d.get("scores", ())))
-
-    @property
-    def failures(self) -> int:
-        return self.errors + self.timeouts
-
-    @property
-    def error_rate(self) -> float:
-        return self.failures / self.requests if self.requests else 0.0
-
-    @property
-    def p99_ms(self) -> float | None:
-        return p99(self.latencies_ms)
-
-    def to_dict(self) -> dict:
-        return {"requests": self.requests, "errors": self.errors, "timeouts": self.timeouts,
-                "latencies_ms": list(self.latencies_ms), "scores": list(self.scores)}
-
-
-def p99(values: Sequence[float]) -> float | None:
-    """The 99th percentile (None for no values)."""
-    return float(np.percentile(np.asarray(values, dtype=float), 99)) if len(values) else None
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """What a step must satisfy, with the documented defaults.
-
-    Parameters
-    ----------
-    max_error_rate : float
-        The challenger's share of failed requests (5xx, timeouts, connection errors) may not exceed
-        this *and* the champion's share on the same window (an outage of both is not the challenger's).
-    max_p99_ratio : float
-        Challenger p99 latency / champion p99 latency on the same window.
-    max_prediction_psi : float
-        PSI of the challenger's scores against the champion's (10 bins on the champion's deciles).
-    failure_threshold : int
-        Failed checks, counted over the whole rollout, that end it with a rollback (1 = the first).
-    min_requests : int
-        Challenger requests a step needs before its verdict; the bake is extended (up to its cap).
-    p99_slack_ms : float
-        A p99 difference below this many milliseconds never fails (a ratio of two tiny numbers is noise).
-    min_scores : int
-        Scores a side needs before the PSI check counts (see ``MIN_PSI_SCORES``).
-    """
-
-    max_error_rate: float = 0.01
-    max_p99_ratio: float = 1.5
-    max_prediction_psi: float = 0.2
-    failure_threshold: int = 1
-    min_requests: int = 50
-    p99_slack_ms: float = 10.0
-    min_scores: int = MIN_PSI_SCORES
-
-    def __post_init__(self):
-        for name in ("max_error_rate", "max_p99_ratio", "max_prediction_psi", "p99_slack_ms"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                raise ParameterError(f"{name} must be a non-negative number, got {v!r}", name=name)
-        if not 0 <= self.max_error_rate <= 1:
-            raise ParameterError(f"max_error_rate is a share from 0 to 1, got {self.max_error_rate!r}; e.g. 0.01 for 1 %",
-                                 name="max_error_rate")
-        for name in ("failure_threshold", "min_requests", "min_scores"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < (1 if name == "failure_threshold" else 0):
-                raise ParameterError(f"{name} must be an integer of at least "
-                                     f"{1 if name == 'failure_threshold' else 0}, got {v!r}", name=name)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class Check:
-    """One comparison of the challenger with the champion: its value, its limit, and whether it passed."""
-
-    name: str
-    value: float | None
-    limit: float
-    ok: bool
-    detail: str
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def psi(reference: Sequence[float], current: Sequence[float], bins: int = 10) -> float:
-    """Population stability index of ``current`` against ``reference`` (the monitor's: reference deciles, 1e-4 floor)."""
-    from churnkit._drift import counts_in_bins, population_stability_index, quantile_edges
-
-    ref = np.sort(np.asarray(reference, dtype=float))
-    cur = np.sort(np.asarray(current, dtype=float))
-    edges = quantile_edges(ref, bins)
-    return population_stability_index(counts_in_bins(ref, edges), counts_in_bins(cur, edges))
-
-
-def check_error_rate(champion: Window, challenger: Window, max_error_rate: float) -> Check:
-    """Fails when the challenger's failed share exceeds ``max_error_rate`` and the champion's share."""
-    rate, base = challenger.error_rate, champion.error_rate
-    ok = not (rate > max_error_rate and rate > base)
-    detail = (f"error rate {rate:.2%} ({challenger.failures}/{challenger.requests}) vs champion {base:.2%}, "
-              f"limit {max_error_rate:.2%}")
-    return Check("error_rate", rate, max_error_rate, ok, detail)
-
-
-def check_p99(champion: Window, challenger: Window, max_p99_ratio: float, slack_ms: float = 10.0) -> Check:
-    """Fails when challenger p99 / champion p99 exceeds ``max_p99_ratio`` by more than ``slack_ms``."""
-    ch, cp = challenger.p99_ms, champion.p99_ms
-    if ch is None or cp is None:
-        return Check("p99_ratio", None, max_p99_ratio, True, "p99 not comparable: a variant has no successful requests")
-    ratio = ch / cp if cp > 0 else math.inf
-    ok = ratio <= max_p99_ratio or ch - cp <= slack_ms
-    detail = f"p99 {ch:.1f} ms vs champion {cp:.1f} ms (ratio {ratio:.2f}, limit {max_p99_ratio})"
-    return Check("p99_ratio", float(ratio), max_p99_ratio, ok, detail)
-
-
-def check_prediction_psi(champion: Window, challenger: Window, max_psi: float, min_scores: int = MIN_PSI_SCORES) -> Check:
-    """Fails when the PSI of the challenger's scores against the champion's exceeds ``max_psi``.
-
-    Not judged (ok, value None) while either side has fewer than ``min_scores`` scores.
-    """
-    n_ch, n_cp = len(challenger.scores), len(champion.scores)
-    if min(n_ch, n_cp) < max(min_scores, 1):
-        return Check("prediction_psi", None, max_psi, True,
-                     f"prediction PSI not judged: {n_ch} challenger and {n_cp} champion scores (need {min_scores} each)")
-    value = psi(champion.scores, challenger.scores)
-    ok = value <= max_psi
-    return Check("prediction_psi", value, max_psi, ok, f"prediction PSI {value:.3f} (limit {max_psi})")
-
-
-def check_live(status: str) -> Check:
-    """Fails when the challenger's variant is not serving (a crashed process is a breach, not an outage)."""
-    ok = str(status).lower() in LIVE_STATUSES
-    return Check("challenger_live", 1.0 if ok else 0.0, 1.0, ok, f"challenger variant status {status!r}")
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """A step's checks and whether there was enough traffic to judge it."""
-
-    checks: tuple[Check, ...]
-    enough: bool
-    note: str = ""
-
-    @property
-    def failed(self) -> list[Check]:
-        return [c for c in self.checks if not c.ok]
-
-    @property
-    def ok(self) -> bool:
-        return self.enough and not self.failed
-
-    @property
-    def reason(self) -> str:
-        if self.failed:
-            return "; ".join(c.detail for c in self.failed)
-        return self.note or "all checks passed"
-
-    def check(self, name: str) -> Check | None:
-        return next((c for c in self.checks if c.name == name), None)
-
-
-def enough_traffic(champion: Window, challenger: Window, thresholds: Thresholds) -> bool:
-    """True when both variants saw at least ``min_requests`` requests (a step may be judged)."""
-    return challenger.requests >= thresholds.min_requests and champion.requests >= thresholds.min_requests
-
-
-def judge_step(champion: Window, challenger: Window, thresholds: Thresholds = Thresholds(),
-               challenger_status: str = "ready") -> Verdict:
-    """Compare the challenger with the champion on the same window; every check is reported.
-
-    ``enough`` is False when either side saw fewer than ``min_requests`` requests: the caller extends
-    the bake. A challenger that is not live fails at once, whatever the traffic.
-    """
-    checks = [check_live(challenger_status)]
-    enough = enough_traffic(champion, challenger, thresholds)
-    if enough:
-        checks.append(check_error_rate(champion, challenger, thresholds.max_error_rate))
-        checks.append(check_p99(champion, challenger, thresholds.max_p99_ratio, thresholds.p99_slack_ms))
-        checks.append(check_prediction_psi(champion, challenger, thresholds.max_prediction_psi, thresholds.min_scores))
-    note = "" if enough else (f"not enough traffic yet: challenger {challenger.requests}, champion "
-                              f"{champion.requests} requests (min_requests {thresholds.min_requests})")
-    return Verdict(tuple(checks), enough, note)
-
-
-def early_breach(champion: Window, challenger: Window, thresholds: Thresholds, challenger_status: str = "ready") -> Verdict | None:
-    """A verdict that may end a bake early: a dead challenger, or errors over at least ``min_requests``.
-
-    Latency and PSI wait for the end of the bake (they are statistics of the whole window).
-    """
-    live = check_live(challenger_status)
-    if not live.ok:
-        return Verdict((live,), True)
-    if challenger.requests >= max(thresholds.min_requests, 1):
-        err = check_error_rate(champion, challenger, thresholds.max_error_rate)
-        if not err.ok:
-            return Verdict((live, err), True)
-    return None
-
-
-def should_roll_back(failed_before: int, verdict: Verdict, thresholds: Thresholds) -> bool:
-    """True when the failed checks so far plus this verdict's reach ``failure_threshold``."""
-    return failed_before + len(verdict.failed) >= thresholds.failure_threshold
-
-
-# --------------------------------------------------------------------------------------------------
-# The decision record (DESIGN §7)
-# --------------------------------------------------------------------------------------------------
-
-def _num(x: float | None, digits: int = 4) -> float | None:
-    return None if x is None or not math.isfinite(x) else round(float(x), digits)
-
-
-@dataclass
-class StepRecord:
-    """One step of a rollout: the challenger's numbers (DESIGN §7) plus the champion's, for the timeline."""
-
-    weight: int
-    requests: int = 0
-    errors: int = 0
-    p99_ms: float | None = None
-    prediction_psi: float | None = None
-    ok: bool = False
-    champion_requests: int = 0
-    champion_errors: int = 0
-    champion_p99_ms: float | None = None
-    seconds: float = 0.0
-    started: str = ""
-    reason: str = ""
-    checks: list[dict] = field(default_factory=list)
-
-    @classmethod
-    def from_windows(cls, weight: int, champion: Window, challenger: Window, verdict: Verdict, *, ok: bool,
-                     seconds: float, started: str) -> "StepRecord":
-        psi_check = verdict.check("prediction_psi")
-        return cls(
-            weight=int(weight), requests=challenger.requests, errors=challenger.failures,
-            p99_ms=_num(challenger.p99_ms, 3), prediction_psi=_num(psi_check.value if psi_check else None),
-            ok=bool(ok), champion_requests=champion.requests, champion_errors=champion.failures,
-            champion_p99_ms=_num(champion.p99_ms, 3), seconds=round(float(seconds), 3), started=started,
-            reason=verdict.reason, checks=[c.to_dict() for c in verdict.checks],
-        )
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass
-class RolloutRecord:
-    """The decision record: ``promoted``, ``rolled_back`` or ``none`` (nothing to roll out), and why.
-
-    ``to_dict()`` is the JSON of DESIGN §7; each step also carries the champion's numbers, its bake
-    time and its checks (additive keys). ``run_id`` is the MLflow run holding the record.
-    """
-
-    decision: str
-    reason: str
-    champion: str | None
-    challenger: str | None
-    steps: list[StepRecord] = field(default_factory=list)
-    started: str = field(default_factory=utcnow)
-    finished: str = ""
-    run_id: str = ""
-    replay: Any = None
-
-    def to_dict(self) -> dict:
-        return {"decision": self.decision, "reason": self.reason, "champion": self.champion,
-                "challenger": self.challenger, "steps": [s.to_dict() for s in self.steps],
-                "started": self.started, "finished": self.finished}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "RolloutRecord":
-        steps = [StepRecord(**s) for s in d.get("steps", [])]
-        return cls(d["decision"], d.get("reason", ""), d.get("champion"), d.get("challenger"), steps,
-                   d.get("started", ""), d.get("finished", ""))
-
-    def summary(self) -> str:
-        """A few lines for the CLI and the notebook."""
-        if self.decision == "none":
-            return self.reason
-        head = {"promoted": f"promoted v{self.challenger} (was v{self.champion})",
-                "rolled_back": f"rolled back v{self.challenger}; v{self.champion} serves"}[self.decision]
-        lines = [f"{head}: {self.reason}"]
-        for s in self.steps:
-            psi_txt = "n/a" if s.prediction_psi is None else f"{s.prediction_psi:.3f}"
-            p99_txt = "n/a" if s.p99_ms is None else f"{s.p99_ms:.1f} ms"
-            lines.append(f"  {s.weight:>3}%  {'ok ' if s.ok else 'FAIL'}  {s.requests} req, {s.errors} errors, "
-                         f"p99 {p99_txt}, PSI {psi_txt}  ({s.seconds:.1f} s)")
-        if self.replay is not None:
-            lines.append(f"  replayed traffic: {self.replay.summary()}")
-        return "\n".join(lines)
-
-    def table(self):
-        """One row per step (the notebook's display)."""
-        import pandas as pd
-
-        cols = ["weight", "requests", "errors", "p99_ms", "champion_requests", "champion_p99_ms", "prediction_psi",
-                "ok", "seconds", "reason"]
-        return pd.DataFrame([s.to_dict() for s in self.steps], columns=cols)
-
-
-# --------------------------------------------------------------------------------------------------
-# Lock and state (one rollout per endpoint; a rerun after a crash finds what was going on)
-# --------------------------------------------------------------------------------------------------
-
-def rollout_dir(config: Config) -> Path:
-    return config.runs_dir / "rollout"
-
-
-def state_path(config: Config, endpoint: str) -> Path:
-    """``<runs_dir>/rollout/<endpoint>.json``: the controller's state, rewritten at every transition."""
-    return rollout_dir(config) / f"{endpoint}.json"
-
-
-def read_state(path: Path) -> dict | None:
-    try:
-        return json.loads(Path(path).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
-def write_state(path: Path, state: dict) -> None:
-    """Replace the state file atomically (a reader never sees half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(state | {"updated": utcnow()}, indent=2, default=str))
-    os.replace(tmp, path)
-
-
-def pid_alive(pid: int) -> bool:
-    """True when a process with ``pid`` exists (on this host)."""
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-class RolloutLock:
-    """An exclusive lock on one endpoint's rollouts: ``fcntl.flock`` on a file holding the holder's pid.
-
-    The kernel releases a ``flock`` when its holder dies (even by ``kill -9``), so a lock file left
-    by a dead controller never blocks: the next one takes it over and ``stale_holder`` names the
-    dead pid. A live holder makes :meth:`acquire` raise :class:`RolloutLockedError` naming it.
-    """
-
-    def __init__(self, path: str | os.PathLike, endpoint: str = ""):
-        self.path = Path(path)
-        self.endpoint = endpoint or self.path.stem
-        self.stale_holder: dict | None = None
-        self._fh = None
-
-    def holder(self) -> dict:
-        try:
-            return json.loads(self.path.read_text() or "{}")
-        except (FileNotFoundError, json.JSONDecodeError):
-            return {}
-
-    def acquire(self) -> "RolloutLock":
-        import fcntl
-
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(self.path, "a+")
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.close()
-            h = self.holder()
-            who = f"pid {h.get('pid', '?')} on {h.get('host', '?')} since {h.get('started', '?')} ({h.get('command', '?')})"
-            if h.get("host") == socket.gethostname() and not pid_alive(h.get("pid", -1)):
-                who += "; that pid is gone, so a process it started still holds the file open"
-            raise RolloutLockedError(
-                f"another rollout holds the lock on endpoint {self.endpoint!r}: {who}; wait for it to finish or "
-                f"stop it (kill {h.get('pid', '<pid>')}), then retry; lock file {str(self.path)!r}",
-                pid=h.get("pid"), path=str(self.path),
-            ) from None
-        previous = self.holder()
-        if previous.get("pid") and previous.get("pid") != os.getpid():
-            self.stale_holder = previous
-        fh.seek(0)
-        fh.truncate()
-        fh.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": utcnow(),
-                             "command": " ".join(sys.argv)[:300]}))
-        fh.flush()
-        self._fh = fh
-        return self
-
-    def release(self) -> None:
-        import fcntl
-
-        if self._fh is None:
-            return
-        self._fh.seek(0)
-        self._fh.truncate()
-        self._fh.flush()
-        fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
-        self._fh.close()
-        self._fh = None
-
-    def __enter__(self) -> "RolloutLock":
-        return self.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self.release()
-
-
-# --------------------------------------------------------------------------------------------------
-# Reading windows from a target
-# --------------------------------------------------------------------------------------------------
-
-def read_windows(target, since: float) -> dict[str, Window]:
-    """``{variant: Window}`` of the requests each variant served since ``since`` (unix time).
-
-    Uses ``target.read_window(since)`` (the local router's per-request ring buffer). Other targets
-    do not record per-request windows (see the README's limitations).
-
-    Raises
-    ------
-    RolloutError
-        The target cannot report per-variant windows.
-    """
-    reader = getattr(target, "read_window", None)
-    if reader is None:
-        raise RolloutError(
-            f"the {getattr(target, 'name', type(target).__name__)!r} target cannot report per-variant request windows, "
-            "so the controller cannot judge a step; give the target a read_window(since) method or use the "
-            "cloud's own guardrails (SageMaker deploy_guarded)"
-        )
-    raw = reader(since) or {}
-    return {name: Window.from_dict(w) for name, w in (raw.get("variants") or {}).items()}
-
-
-# --------------------------------------------------------------------------------------------------
-# The controller
-# --------------------------------------------------------------------------------------------------
+from churnkit.exceptions import ParameterError, RolloutError
 
 @dataclass
 class _Plan:
@@ -600,6 +118,8 @@ class _Controller:
         self.record: RolloutRecord | None = None
         self.replayer = None
         self._last_champion_window: Window | None = None
+        self._reference = None
+        self._metrics: MetricsWindows | None = None
 
     # ---- state -----------------------------------------------------------------------------------
     def save(self, **changes) -> None:
@@ -612,6 +132,9 @@ class _Controller:
     # ---- the rollout -----------------------------------------------------------------------------
     def run(self, plan: _Plan, record: RolloutRecord, start_step: int = 0) -> RolloutRecord:
         self.plan, self.record = plan, record
+        if getattr(self.target, "read_window", None) is None:  # judged from each variant's /metrics instead
+            self._metrics = MetricsWindows(self.target, [plan.champion_variant, plan.challenger_variant])
+            self._metrics.check(plan.champion_variant)
         try:
             if start_step == 0 and not self._deploy_challenger():
                 return self.record
@@ -674,8 +197,13 @@ class _Controller:
 
     def _baseline(self) -> Window:
         """The champion's traffic over the last interval: the comparison for a step where it gets 0 %."""
+        if self._metrics is not None:  # /metrics has no history: the first step's champion window serves
+            return Window()
         windows = read_windows(self.target, time.time() - self.interval)
         return windows.get(self.plan.champion_variant, Window())
+
+    def _windows(self, since: float) -> dict[str, Window]:
+        return self._metrics.read() if self._metrics is not None else read_windows(self.target, since)
 
     def _bake(self, i: int, baseline: Window) -> tuple[Verdict, StepRecord]:
         plan = self.plan
@@ -684,6 +212,8 @@ class _Controller:
         self.save(phase="baking", step=i)
         state = self.target.set_traffic(weights)
         started_iso, since = utcnow(), time.time()
+        if self._metrics is not None:
+            self._metrics.start()
         applied = {n: state.weights.get(n) for n in weights}
         self.echo(f"  step {i + 1}/{len(plan.steps)}: {plan.challenger_variant} {w}%, {plan.champion_variant} {100 - w}%; "
                   f"baking {self.interval:g} s")
@@ -693,7 +223,7 @@ class _Controller:
         while True:
             time.sleep(self.poll)
             elapsed = time.time() - since
-            windows = read_windows(self.target, since)
+            windows = self._windows(since)
             ch = windows.get(plan.challenger_variant, Window())
             cp = windows.get(plan.champion_variant, Window()) if w < 100 else baseline
             status = self._status()
@@ -701,7 +231,8 @@ class _Controller:
             if verdict is not None and not should_roll_back(plan.failed_checks, verdict, self.th):
                 verdict = None  # tolerated: the step bakes to its end
             if verdict is None and elapsed >= self.interval:
-                verdict = judge_step(cp, ch, self.th, status)
+                judge_inputs = self.th.max_input_drift is not None and enough_traffic(cp, ch, self.th)
+                verdict = judge_step(cp, ch, self.th, status, [self._input_drift(since)] if judge_inputs else ())
                 if not verdict.enough and elapsed < self.max_bake:
                     continue
                 if not verdict.enough:
@@ -712,6 +243,14 @@ class _Controller:
                     self._last_champion_window = cp
                 step = StepRecord.from_windows(w, cp, ch, verdict, ok=verdict.ok, seconds=elapsed, started=started_iso)
                 return verdict, step
+
+    def _input_drift(self, since: float) -> Check:
+        from churnkit import registry
+
+        if self._reference is None:
+            self._reference, _ = registry.version_holdout(self.plan.challenger, self.plan.model_name)
+        variants = [self.plan.champion_variant, self.plan.challenger_variant]
+        return check_input_drift(self._reference, captured_inputs(self.target, variants, since), self.th.max_input_drift)
 
     def _status(self) -> str:
         v = self.target.describe().variants.get(self.plan.challenger_variant)
@@ -857,6 +396,7 @@ def rollout(
     replay_rate: float = 0.0,
     max_bake: float | None = None,
     p99_slack_ms: float = 10.0,
+    max_input_drift: float | None = None,
     resume: bool = False,
     config: Config | None = None,
     echo: Callable[[str], None] = print,
@@ -874,6 +414,8 @@ def rollout(
     ----------
     deploy_target : str or DeployTarget
         ``"local"``, ``"sagemaker"``, ``"azureml"``, ``"vertex"``, or a target object.
+    max_input_drift : float, optional
+        Also judge input drift (share of drifted columns, from the target's data capture) at each step.
     replay_rate : float
         When > 0, held-out rows of the challenger's training run are replayed to the endpoint at this
         many requests per second for the whole rollout (demos, tests, rehearsals).
@@ -896,7 +438,8 @@ def rollout(
     from churnkit.deploy.base import variant_name
 
     plan_w = plan_steps(strategy, steps)
-    th = Thresholds(max_error_rate, max_p99_ratio, max_prediction_psi, failure_threshold, min_requests, p99_slack_ms)
+    th = Thresholds(max_error_rate, max_p99_ratio, max_prediction_psi, failure_threshold, min_requests, p99_slack_ms,
+                    max_input_drift=max_input_drift)
     if not (isinstance(interval, (int, float)) and interval > 0):
         raise ParameterError(f"interval must be a positive number of seconds, got {interval!r}", name="interval")
     target, config = _target_and_config(deploy_target, endpoint, config)
@@ -915,7 +458,6 @@ def rollout(
             record = RolloutRecord("none", "nothing to roll out: no challenger",
                                    str(champion.version) if champion else None, None)
             record.finished = utcnow()
-            echo(record.reason)
             record_outcome(record, model_name, f"{target.name} endpoint {target.endpoint!r}", config)
             return record
         if champion is None:
@@ -985,143 +527,3 @@ def rollback(deploy_target="local", *, endpoint: str = "churn", model_name: str 
         if old and old != str(prev.version) and variant_name(old) in target.describe().variants:
             target.remove(variant_name(old))
         return ctl._finish("rolled_back", reason)
-
-
-# --------------------------------------------------------------------------------------------------
-# Recording: MLflow run, version tags and history
-# --------------------------------------------------------------------------------------------------
-
-def log_record(record: RolloutRecord, config: Config | None = None) -> str:
-    """Log the record to MLflow (the active run, else a new ``rollout`` run); returns the run id.
-
-    The record is the artifact ``rollout/decision.json``, the timeline ``rollout/timeline.png``; each
-    step's numbers are metrics with ``step`` = the step index.
-    """
-    import mlflow
-    from mlflow.entities import Metric
-
-    from churnkit import registry
-
-    exp_id = registry.setup_tracking(config)
-    c = registry.client()
-    active = mlflow.active_run()
-    if active is not None:
-        run_id = active.info.run_id
-    else:
-        tags = {"mlflow.runName": "rollout", registry.TAG + "notebook": "rollout",
-                registry.TAG + "pipeline_id": os.environ.get("CHURNKIT_PIPELINE_ID", "")}
-        run_id = c.create_run(exp_id, tags=tags).info.run_id
-    now = int(time.time() * 1000)
-    metrics = [Metric("rollout_promoted", float(record.decision == "promoted"), now, 0),
-               Metric("rollout_steps", float(len(record.steps)), now, 0)]
-    for i, s in enumerate(record.steps):
-        for key, value in (("weight", s.weight), ("requests", s.requests), ("errors", s.errors), ("p99_ms", s.p99_ms),
-                           ("champion_p99_ms", s.champion_p99_ms), ("prediction_psi", s.prediction_psi),
-                           ("step_ok", float(s.ok))):
-            if value is not None:
-                metrics.append(Metric(f"rollout_{key}", float(value), now, i))
-    c.log_batch(run_id, metrics=metrics)
-    for key, value in {"rollout_decision": record.decision, "rollout_reason": record.reason[:7000],
-                       "champion_version": record.champion or "", "challenger_version": record.challenger or ""}.items():
-        c.set_tag(run_id, registry.TAG + key, value)
-    c.log_text(run_id, json.dumps(record.to_dict(), indent=2), "rollout/decision.json")
-    if record.steps:
-        import matplotlib.pyplot as plt
-
-        fig = plot_rollout(record)
-        c.log_figure(run_id, fig, "rollout/timeline.png")
-        plt.close(fig)
-    if active is None:
-        c.set_terminated(run_id, "FINISHED")
-    return run_id
-
-
-def record_outcome(record: RolloutRecord, model_name: str, where: str, config: Config | None = None) -> RolloutRecord:
-    """Log ``record`` to MLflow and keep it in both versions' history (and the challenger's tags)."""
-    from churnkit import registry
-
-    record.run_id = log_record(record, config)
-    if record.decision == "none" or not record.challenger:
-        return record
-    ch, cp = record.challenger, record.champion
-    for key, value in (("rollout_decision", record.decision), ("rollout_reason", record.reason[:4000]),
-                       ("rollout_run_id", record.run_id)):
-        registry.set_version_tag(ch, key, value, model_name)
-    steps = ", ".join(f"{s.weight}% {'ok' if s.ok else 'failed'}" for s in record.steps) or "no steps"
-    run = f"decision record in MLflow run {record.run_id}"
-    if record.decision == "promoted":
-        registry.record_history(model_name, ch, f"rollout on {where}: promoted over v{cp} ({steps}); {run}")
-        if cp:
-            registry.record_history(model_name, cp, f"rollout on {where}: replaced by v{ch}, kept as previous; {run}")
-    else:
-        registry.record_history(model_name, ch, f"rollout on {where}: rolled back ({steps}): {record.reason}; {run}")
-        if cp:
-            registry.record_history(model_name, cp, f"rollout on {where}: serves 100% again after v{ch} was rolled "
-                                                    f"back; {run}")
-    return record
-
-
-# --------------------------------------------------------------------------------------------------
-# The timeline (the notebook's figure)
-# --------------------------------------------------------------------------------------------------
-
-def plot_rollout(record: RolloutRecord):
-    """Timeline of a rollout: traffic weight, request rate and p99 of each version, prediction PSI, verdicts."""
-    import matplotlib.pyplot as plt
-
-    if not record.steps:
-        fig, ax = plt.subplots(figsize=(8, 1.6))
-        ax.axis("off")
-        ax.text(0.5, 0.5, record.reason or record.decision, ha="center", va="center", fontsize=12)
-        return fig
-    ends = np.cumsum([max(s.seconds, 1e-3) for s in record.steps])
-    starts = ends - [max(s.seconds, 1e-3) for s in record.steps]
-    mids = (starts + ends) / 2
-    ch, cp = f"v{record.challenger}", f"v{record.champion}"
-    fig, axes = plt.subplots(4, 1, figsize=(9, 8.5), sharex=True)
-    ax = axes[0]
-    ax.step(np.r_[starts, ends[-1]], [s.weight for s in record.steps] + [record.steps[-1].weight], where="post",
-            color="tab:orange", label=f"{ch} (challenger)")
-    ax.step(np.r_[starts, ends[-1]], [100 - s.weight for s in record.steps] + [100 - record.steps[-1].weight],
-            where="post", color="tab:blue", label=f"{cp} (champion)")
-    for x, s in zip(mids, record.steps):
-        ax.annotate("ok" if s.ok else "FAIL", (x, 104), ha="center", fontsize=9, fontweight="bold",
-                    color="tab:green" if s.ok else "tab:red", annotation_clip=False)
-    ax.set_ylim(-5, 112)
-    ax.set_ylabel("traffic %")
-    ax.legend(loc="center left", fontsize=8)
-    ax.set_title(f"{record.decision.replace('_', ' ')}: {record.reason}"[:110], fontsize=10)
-    rate = axes[1]
-    rate.plot(mids, [s.requests / max(s.seconds, 1e-3) for s in record.steps], "o-", color="tab:orange", label=ch)
-    rate.plot(mids, [s.champion_requests / max(s.seconds, 1e-3) for s in record.steps], "o-", color="tab:blue", label=cp)
-    rate.set_ylabel("requests / s")
-    rate.legend(fontsize=8)
-    lat = axes[2]
-    lat.plot(mids, [np.nan if s.p99_ms is None else s.p99_ms for s in record.steps], "o-", color="tab:orange", label=ch)
-    lat.plot(mids, [np.nan if s.champion_p99_ms is None else s.champion_p99_ms for s in record.steps], "o-",
-             color="tab:blue", label=cp)
-    lat.set_ylabel("p99 latency (ms)")
-    lat.legend(fontsize=8)
-    drift = axes[3]
-    drift.bar(mids, [0 if s.prediction_psi is None else s.prediction_psi for s in record.steps],
-              width=(ends - starts) * 0.6, color=["tab:green" if s.ok else "tab:red" for s in record.steps])
-    limit = next((c["limit"] for s in record.steps for c in s.checks if c["name"] == "prediction_psi"), None)
-    if limit is not None:
-        drift.axhline(limit, color="grey", linestyle="--", linewidth=1, label=f"limit {limit:g}")
-        drift.legend(fontsize=8)
-    drift.set_ylabel("prediction PSI")
-    drift.set_xlabel("seconds since the rollout started")
-    fig.tight_layout()
-    return fig
-
-
-def rollout_history(record: RolloutRecord, model_name: str = DEFAULT_MODEL_NAME):
-    """The history of the record's versions, oldest first: which version served when, and why it changed."""
-    import pandas as pd
-
-    from churnkit import registry
-
-    rows = [{"time": h["time"], "version": v, "event": h["event"]}
-            for v in dict.fromkeys(x for x in (record.champion, record.challenger) if x)
-            for h in registry.version_history(v, model_name)]
-    return pd.DataFrame(rows, columns=["time", "version", "event"]).sort_values("time", kind="stable").reset_index(drop=True)

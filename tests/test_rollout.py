@@ -221,3 +221,40 @@ def test_state_file_is_replaced_atomically(tmp_path):
     path.write_text("{half")
     assert ro.read_state(path) is None
     time.sleep(0)
+
+
+def test_input_drift_compares_served_inputs_with_the_training_holdout():
+    from churnkit.data import load_table, synth_month
+    from churnkit.model import split_holdout
+
+    holdout = split_holdout(load_table("", rows=1200)).X_holdout
+    same = ro.check_input_drift(holdout, synth_month(400, month=2, seed=3).drop(columns=["churn"]), 0.2)
+    assert same.ok and same.value == 0.0
+    drifted = synth_month(400, month=2, seed=3, drift="covariate").drop(columns=["churn"])
+    bad = ro.check_input_drift(holdout, drifted, 0.2)
+    assert not bad.ok and bad.value > 0.2 and "tenure" in bad.detail and "limit share 0.2" in bad.detail
+    none = ro.check_input_drift(holdout, None, 0.2)
+    assert none.ok and none.value is None and "not judged" in none.detail
+    verdict = ro.judge_step(window(), window(seed=4), ro.Thresholds(max_input_drift=0.2), extra=[bad])
+    assert [c.name for c in verdict.failed] == ["input_drift"]
+    with pytest.raises(ParameterError, match="max_input_drift is a share"):
+        ro.Thresholds(max_input_drift=2)
+
+
+def test_window_from_two_scrapes_of_the_servers_metrics():
+    from churnkit.serve.metrics import Metrics
+
+    m = Metrics("churn", "3", "abc")
+    m.observe_request("/invocations", 200, 0.004, 0.003)
+    m.observe_scores(np.array([0.1, 0.2]))
+    before = m.render()
+    for i in range(100):
+        m.observe_request("/invocations", 500 if i < 5 else 200, 0.02, None if i < 5 else 0.015)
+        m.observe_request("/ping", 200, 0.001, None)
+        if i >= 5:
+            m.observe_scores(np.array([0.12, 0.62]))
+    w = ro.window_from_metrics(before, m.render())
+    assert (w.requests, w.errors, w.timeouts) == (100, 5, 0)
+    assert len(w.latencies_ms) == 95 and w.p99_ms == pytest.approx(25.0)  # the 15 ms sits in the 25 ms bucket
+    assert sorted(set(w.scores)) == [pytest.approx(0.125), pytest.approx(0.625)] and len(w.scores) == 190
+    assert ro.window_from_metrics("", before).requests == 1  # no earlier scrape: everything so far

@@ -182,6 +182,18 @@ def test_challenger_that_cannot_deploy_is_rolled_back(store):
     assert target.describe().weights == {"v1": 100} and registry.aliases() == {"champion": "1"}
 
 
+def test_input_drift_is_judged_when_asked(store):
+    from churnkit.data import synth_month
+
+    config, make = store
+    target = make()
+    drifted = synth_month(300, month=4, seed=9, drift="covariate").drop(columns=["churn"])
+    target.read_inputs = lambda variants, since: drifted
+    rec = run(target, config, max_input_drift=0.2)
+    assert rec.decision == "rolled_back" and "input drift in" in rec.reason
+    assert [c["name"] for c in rec.steps[0].checks if not c["ok"]] == ["input_drift"]
+
+
 def test_too_little_traffic_rolls_back_at_the_cap(store):
     config, make = store
     target = make()
@@ -257,3 +269,19 @@ def test_rollback_without_previous_says_so(store):
     config, make = store
     with pytest.raises(RolloutError, match="no version of 'churn' holds the 'previous' alias"):
         ro.rollback(make(), config=config, echo=lambda m: None)
+
+
+class CloudLike(FakeTarget):
+    """A cloud target: no router ring buffer, and variants without a URL serving /metrics."""
+
+    read_window = None
+
+
+def test_target_without_windows_or_metrics_urls_is_refused_before_any_change(store):
+    config, make = store
+    target = CloudLike(config=config)
+    target.deploy("models:/churn@champion")
+    with pytest.raises(RolloutError, match=r"variant 'v1' on fake endpoint 'churn' has no URL serving the kit's /metrics"):
+        run(target, config)
+    assert target.describe().weights == {"v1": 100} and ("deploy", "v2") not in target.calls
+    assert registry.aliases() == {"champion": "1", "challenger": "2"}

@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import mlflow
 import pytest
@@ -86,15 +85,28 @@ def _quiet(msg):
     pass
 
 
-@pytest.mark.parametrize("kind, check", [("errors", "error_rate"), ("slow", "p99_ratio"), ("shifted", "prediction_psi")])
-def test_bad_challenger_is_rolled_back_at_its_first_step_without_failing_a_client_request(endpoint, kind, check):
+class MetricsOnly:
+    """The local target seen as a cloud target: no router window, only each variant's /metrics."""
+
+    def __init__(self, target):
+        self._target = target
+
+    def __getattr__(self, name):
+        if name == "read_window":
+            raise AttributeError(name)
+        return getattr(self._target, name)
+
+
+@pytest.mark.parametrize("kind, check, windows", [("errors", "error_rate", "router"), ("slow", "p99_ratio", "router"),
+                                                   ("shifted", "prediction_psi", "metrics")])
+def test_bad_challenger_is_rolled_back_at_its_first_step_without_failing_a_client_request(endpoint, kind, check, windows):
     config, target, versions, rows = endpoint
     champion = str(registry.get_champion().version)
     bad = versions[kind]
     _challenger(bad)
     client = _client(target, rows)
     try:
-        rec = ro.rollout(target, config=config, echo=_quiet, **FAST)
+        rec = ro.rollout(target if windows == "router" else MetricsOnly(target), config=config, echo=_quiet, **FAST)
     finally:
         seen = client.stop()
     assert seen.failed == 0, seen.errors
