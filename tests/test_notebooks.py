@@ -52,3 +52,8 @@ def test_notebook_runs_with_defaults(name, shared_runs):
         assert run.data.tags["churnkit.registered_version"] == "1"
         assert run.data.metrics["holdout_roc_auc"] > 0.85
         assert [a.path for a in registry.client().list_artifacts(res.run_id)] == ["evaluation.png", "notebook"]
+        figures = [o for c in code for o in c["outputs"] if "image/png" in o.get("data", {})]
+        assert figures, "the evaluation plots are shown in the executed notebook"
+    if name == "03-deploy":
+        assert run.data.tags["churnkit.deployed_version"] == "1"
+        assert json.loads(run.data.tags["churnkit.endpoint_weights"]) == {"v1": 100}

@@ -294,8 +294,12 @@ def log_deployment(state: EndpointState, model_uri: str, requests: list[dict] | 
 
     if mlflow.active_run() is None:
         return
+    from churnkit import registry
+
+    version = registry.find_version(model_uri)
     mlflow.set_tags({"churnkit.deploy_target": state.target, "churnkit.endpoint": state.endpoint,
                      "churnkit.deployed_uri": model_uri, "churnkit.endpoint_weights": json.dumps(state.weights),
+                     "churnkit.deployed_version": str(version.version) if version is not None else "",
                      "churnkit.endpoint_drift": json.dumps(state.drift)})
     mlflow.log_dict(state.to_dict(), "deploy/endpoint.json")
     if requests is not None:
