@@ -270,9 +270,31 @@ class _Controller:
             held = registry.get_alias_version(ALIAS_CHALLENGER, plan.model_name)
             if held is not None and str(held.version) == plan.challenger:
                 registry.delete_alias(ALIAS_CHALLENGER, plan.model_name)
-        if plan.challenger_variant in self.target.describe().variants:
-            self.target.remove(plan.challenger_variant)
+        live = self.target.describe()
+        if plan.challenger_variant in live.variants:
+            if live.weights.get(plan.champion_variant) == 100:
+                self.target.remove(plan.challenger_variant)
+            else:  # never remove the last variant that serves
+                self.echo(f"  kept {plan.challenger_variant}: {plan.champion_variant} is not serving 100% "
+                          f"({live.weights}); fix the endpoint, then `churnkit endpoint remove`")
         return self._finish("rolled_back", reason)
+
+    def undo(self) -> RolloutRecord:
+        """The manual rollback: ``plan.champion`` (the previous version) serves 100 % again and is champion."""
+        from churnkit import registry
+
+        plan = self.plan
+        self.save(phase="undoing")
+        if plan.champion_variant not in self.target.describe().variants:
+            self.echo(f"  deploying models:/{plan.model_name}/{plan.champion} as {plan.champion_variant}")
+            self.target.deploy(f"models:/{plan.model_name}/{plan.champion}", plan.champion_variant, 0)
+        self.target.set_traffic({plan.champion_variant: 100})
+        champion = registry.get_champion(plan.model_name)
+        if champion is None or str(champion.version) != plan.champion:
+            registry.promote(plan.champion, plan.model_name, reason=plan.reason)
+        if plan.challenger not in ("", plan.champion) and plan.challenger_variant in self.target.describe().variants:
+            self.target.remove(plan.challenger_variant)
+        return self._finish("rolled_back", plan.reason)
 
     def _promote(self) -> RolloutRecord:
         from churnkit import registry
@@ -318,6 +340,8 @@ class _Controller:
             return self._promote()
         if plan.phase == "rolling_back":
             return self._roll_back(plan.reason or f"{who} while rolling back")
+        if plan.phase == "undoing":
+            return self.undo()
         if resume and plan.phase in ("baking", "deploying", "starting"):
             self.echo(f"  resuming at step {plan.step + 1}")
             return self.run(plan, record, start_step=plan.step if plan.phase == "baking" else 0)
@@ -495,7 +519,6 @@ def rollback(deploy_target="local", *, endpoint: str = "churn", model_name: str 
         No version holds ``previous``.
     """
     from churnkit import registry
-    from churnkit.deploy.base import variant_name
 
     target, config = _target_and_config(deploy_target, endpoint, config)
     registry.setup_tracking(config)
@@ -512,18 +535,9 @@ def rollback(deploy_target="local", *, endpoint: str = "churn", model_name: str 
                                "version first")
         champion = registry.get_champion(model_name)
         old = str(champion.version) if champion is not None else None
-        pv = variant_name(prev.version)
-        plan = _Plan(target.endpoint, target.name, model_name, str(prev.version), old or "", [100], phase="rolling_back")
         reason = f"manual rollback: v{prev.version} restored as champion with 100% traffic" + (
             f", v{old} demoted to {ALIAS_PREVIOUS}" if old else "")
-        ctl.plan, ctl.record = plan, RolloutRecord("rolled_back", reason, str(prev.version), old)
-        ctl.save(reason=reason)
+        ctl.plan = _Plan(target.endpoint, target.name, model_name, str(prev.version), old or "", [100], reason=reason)
+        ctl.record = RolloutRecord("rolled_back", reason, str(prev.version), old)
         echo(f"rolling back {model_name} on {target.name} endpoint {target.endpoint!r}: {reason}")
-        if pv not in target.describe().variants:
-            echo(f"  deploying models:/{model_name}/{prev.version} as {pv}")
-            target.deploy(f"models:/{model_name}/{prev.version}", pv, 0)
-        target.set_traffic({pv: 100})
-        registry.promote(str(prev.version), model_name, reason=reason)
-        if old and old != str(prev.version) and variant_name(old) in target.describe().variants:
-            target.remove(variant_name(old))
-        return ctl._finish("rolled_back", reason)
+        return ctl.undo()

@@ -254,6 +254,20 @@ def test_rerun_finishes_an_interrupted_promotion(store):
     assert registry.aliases() == {"champion": "2", "previous": "1"}
 
 
+def test_rerun_finishes_an_interrupted_manual_rollback(store):
+    config, make = store
+    target = make()
+    target.deploy("models:/churn/2", "v2", 100)
+    registry.promote("2")
+    rec = ro.RolloutRecord("rolled_back", "manual rollback", "1", "2")
+    ro.write_state(ro.state_path(config, "churn"), {
+        "endpoint": "churn", "target": "fake", "model_name": "churn", "champion": "1", "challenger": "2",
+        "steps": [100], "step": 0, "phase": "undoing", "reason": "manual rollback", "record": rec.to_dict(), "pid": 999999})
+    done = ro.rollback(target, config=config, echo=lambda m: None)
+    assert done.decision == "rolled_back" and target.describe().weights == {"v1": 100}
+    assert registry.aliases() == {"champion": "1", "previous": "2"}
+
+
 def test_split_traffic_without_a_rollout_is_returned_to_the_champion_first(store):
     config, make = store
     target = make()
