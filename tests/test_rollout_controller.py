@@ -226,15 +226,20 @@ def test_second_rollout_on_the_endpoint_is_refused(store):
             run(target, config)
 
 
+def _left_state(config, phase: str, steps=(10, 100), reason: str = "") -> None:
+    """The state file of a controller (pid 999999) killed in ``phase`` of rolling v2 out over v1."""
+    rec = ro.RolloutRecord("rolled_back", reason, "1", "2")
+    ro.write_state(ro.state_path(config, "churn"), {
+        "endpoint": "churn", "target": "fake", "model_name": "churn", "champion": "1", "challenger": "2",
+        "steps": list(steps), "step": 0, "phase": phase, "reason": reason, "record": rec.to_dict(), "failed_checks": 0,
+        "pid": 999999})
+
+
 def _interrupted(config, target, phase="baking"):
     """What a controller killed in the middle of step 1 leaves: a split endpoint and its state file."""
     target.deploy("models:/churn/2", "v2", 0)
     target.set_traffic({"v1": 90, "v2": 10})
-    rec = ro.RolloutRecord("rolled_back", "", "1", "2")
-    ro.write_state(ro.state_path(config, "churn"), {
-        "endpoint": "churn", "target": "fake", "model_name": "churn", "champion": "1", "challenger": "2",
-        "steps": [10, 100], "step": 0, "phase": phase, "reason": "", "record": rec.to_dict(), "failed_checks": 0,
-        "pid": 999999})
+    _left_state(config, phase)
 
 
 def test_resume_rebakes_the_interrupted_step(store):
@@ -259,10 +264,7 @@ def test_rerun_finishes_an_interrupted_manual_rollback(store):
     target = make()
     target.deploy("models:/churn/2", "v2", 100)
     registry.promote("2")
-    rec = ro.RolloutRecord("rolled_back", "manual rollback", "1", "2")
-    ro.write_state(ro.state_path(config, "churn"), {
-        "endpoint": "churn", "target": "fake", "model_name": "churn", "champion": "1", "challenger": "2",
-        "steps": [100], "step": 0, "phase": "undoing", "reason": "manual rollback", "record": rec.to_dict(), "pid": 999999})
+    _left_state(config, "undoing", steps=[100], reason="manual rollback")
     done = ro.rollback(target, config=config, echo=lambda m: None)
     assert done.decision == "rolled_back" and target.describe().weights == {"v1": 100}
     assert registry.aliases() == {"champion": "1", "previous": "2"}
