@@ -258,3 +258,25 @@ def test_window_from_two_scrapes_of_the_servers_metrics():
     assert len(w.latencies_ms) == 95 and w.p99_ms == pytest.approx(25.0)  # the 15 ms sits in the 25 ms bucket
     assert sorted(set(w.scores)) == [pytest.approx(0.125), pytest.approx(0.625)] and len(w.scores) == 190
     assert ro.window_from_metrics("", before).requests == 1  # no earlier scrape: everything so far
+
+
+def test_captured_inputs_come_from_the_local_capture_folders_since_the_step(tmp_path):
+    from types import SimpleNamespace
+
+    from churnkit.serve.capture import CaptureWriter
+
+    def record(t, tenure):
+        return {"time": t, "request_id": "r", "model_name": "churn", "model_version": "1",
+                "inputs": [{"tenure": tenure, "contract": "One year"}], "predictions": [0.3]}
+
+    for variant, tenure in (("v1", 5), ("v2", 7)):
+        writer = CaptureWriter(tmp_path / "capture" / variant)
+        writer.start()
+        writer.write(record("2026-01-01T00:00:00Z", 1))  # before the step
+        writer.write(record("2026-01-01T00:10:00Z", tenure))
+        writer.close()
+    since = 1767225600.0 + 60  # 2026-01-01T00:01:00Z
+    frame = ro.captured_inputs(SimpleNamespace(state_dir=tmp_path), ["v1", "v2"], since)
+    assert sorted(frame["tenure"]) == [5, 7] and list(frame.columns) == ["tenure", "contract"]
+    assert ro.captured_inputs(SimpleNamespace(state_dir=tmp_path), ["v9"], since) is None
+    assert ro.captured_inputs(SimpleNamespace(), ["v1"], since) is None
