@@ -84,7 +84,7 @@ def run(notebook, pairs, runs_dir, cell_timeout, rerun_id):
 @click.option("--runs-dir", type=click.Path(file_okay=False), help="Audit trail folder (default runs/ or CHURNKIT_RUNS_DIR).")
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome as one JSON object.")
 def pipeline(pairs, runs_dir, as_json):
-    """The monthly job: train → evaluate (gate, register) in one run folder."""
+    """The monthly job: train → evaluate (gate, register) → deploy → rollout, in one run folder."""
     from churnkit.runner import pipeline_summary, run_pipeline
 
     echo = (lambda msg: click.echo(msg, err=True)) if as_json else click.echo
