@@ -53,6 +53,8 @@ demo: venv
 	echo "== month 3 with concept drift: the challenger's predictions shift, the rollout rolls it back"; \
 	"$$ck" pipeline --runs-dir "$$runs" -p month 3 -p drift concept -p port $(DEMO_PORT); \
 	"$$ck" runs --runs-dir "$$runs"; \
+	echo "== the reviewer's index of these runs (executed notebooks rendered, gate and rollout decisions):"; \
+	"$$ck" report --runs-dir "$$runs"; \
 	"$$ck" endpoint stop --target local --runs-dir "$$runs"
 
 test: test-setup

@@ -172,7 +172,7 @@ class Replayer:
         if self._threads:
             return self
         if self.progress:
-            from tqdm.auto import tqdm
+            from tqdm import tqdm  # the text bar: JupyterLab shows it too, without ipywidgets
 
             self._bar = tqdm(total=self.count, unit="req", desc="replay", file=sys.stderr)
         self._start = time.monotonic()
