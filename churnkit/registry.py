@@ -208,18 +208,22 @@ class Candidate:
 
 
 def latest_candidate_run() -> str:
-    """The id of the newest finished 01-train run in the experiment."""
+    """The id of the newest 01-train run that logged a candidate and did not fail.
+
+    A run still RUNNING counts: in JupyterLab the 01-train kernel keeps its run open while 02-evaluate runs.
+    """
     mlflow = _mlflow()
     setup_tracking()
     runs = mlflow.search_runs(
-        filter_string=f"tags.`{TAG}role` = 'candidate' and attributes.status = 'FINISHED'",
+        filter_string=f"tags.`{TAG}role` = 'candidate'",
         order_by=["attributes.start_time DESC"],
-        max_results=1,
+        max_results=50,
         output_format="list",
     )
-    if not runs:
-        raise RegistryError("no finished training run found; run 01-train first or pass train_run_id")
-    return runs[0].info.run_id
+    for run in runs:
+        if run.info.status not in ("FAILED", "KILLED") and run.data.tags.get(TAG + "model_uri"):
+            return run.info.run_id
+    raise RegistryError("no training run with a logged candidate found; run 01-train first or pass train_run_id")
 
 
 def load_candidate(train_run_id: str = "") -> Candidate:

@@ -105,3 +105,19 @@ def test_hgb_candidate_round_trips(runs_config):
     cand = _candidate(runs_config, model="hgb")
     assert type(cand.pipeline.named_steps["clf"]).__name__ == "HistGradientBoostingClassifier"
     assert cand.pipeline.predict_proba(cand.X_holdout).shape == (200, 2)
+
+
+def test_newest_candidate_is_found_while_its_run_is_still_open(runs_config):
+    """In JupyterLab, 01-train's kernel keeps its run RUNNING while 02-evaluate looks for it."""
+    registry.setup_tracking(runs_config)
+    ds = load_table("", rows=400)
+    split = split_holdout(ds, 0.25, 0)
+    pipe = train_model(split, ds.schema, "logreg", 0)
+    run = mlflow.start_run()
+    try:
+        run_id = registry.log_candidate(pipe, ds, split, model="logreg", seed=0)
+        assert registry.latest_candidate_run() == run_id
+    finally:
+        mlflow.end_run("FAILED")
+    with pytest.raises(RegistryError, match="run 01-train first"):
+        registry.latest_candidate_run()  # a failed run is never picked
