@@ -58,14 +58,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         config = load_config(Path(tmp) / "runs")
         t0 = time.perf_counter()
-        result = run_pipeline({"rows": args.rows, "min_improvement": -1.0}, config=config, progress=False, echo=lambda *_: None)
+        # Train and evaluate: the steps the in-process peer repeats (deploy and rollout start servers).
+        result = run_pipeline({"rows": args.rows, "min_improvement": -1.0}, config=config, progress=False,
+                              echo=lambda *_: None, steps=("01-train", "02-evaluate"))
         wall = time.perf_counter() - t0
         print(f"churnkit pipeline, {args.rows:,} synthetic rows: {wall:.2f} s wall")
         print(f"{'notebook':<14}{'wall s':>9}{'cells s':>9}{'overhead s':>12}")
         total_cells = 0.0
+        per_notebook = []
         for step in result.steps:
             cells = cell_seconds(step.output_path)
             total_cells += cells
+            per_notebook.append(step.seconds - cells)
             print(f"{step.notebook:<14}{step.seconds:>9.2f}{cells:>9.2f}{step.seconds - cells:>12.2f}")
         reg = registry.client().get_run(result.step("02-evaluate").run_id).data.metrics.get("registration_seconds")
         print(f"registration (create version, tags, alias): {reg:.3f} s" if reg else "registration: not measured")
@@ -74,9 +78,10 @@ def main() -> None:
         registry._configured.clear()
         peer = in_process(args.rows, peer_cfg)
         print(f"peer: same calls in-process without papermill: {peer:.2f} s")
-        print(f"ratio pipeline / in-process: {wall / peer:.2f}x; time outside the cells per notebook "
-              "(kernel start, papermill, MLflow run bookkeeping): "
-              f"{(wall - total_cells) / len(result.steps):.2f} s (goal <= 1 s)")
+        bookkeeping = wall - sum(s.seconds for s in result.steps)
+        print(f"ratio pipeline / in-process: {wall / peer:.2f}x")
+        print(f"kernel start + papermill per notebook: {max(per_notebook):.2f} s at most (goal <= 1 s); "
+              f"pipeline bookkeeping outside the notebooks (store set-up, MLflow runs, artifacts): {bookkeeping:.2f} s")
 
 
 if __name__ == "__main__":
