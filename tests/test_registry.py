@@ -113,7 +113,7 @@ def test_newest_candidate_is_found_while_its_run_is_still_open(runs_config):
     ds = load_table("", rows=400)
     split = split_holdout(ds, 0.25, 0)
     pipe = train_model(split, ds.schema, "logreg", 0)
-    run = mlflow.start_run()
+    mlflow.start_run()
     try:
         run_id = registry.log_candidate(pipe, ds, split, model="logreg", seed=0)
         assert registry.latest_candidate_run() == run_id
