@@ -197,6 +197,8 @@ def test_router_own_routes_and_forwarded_version(local):
     assert 'churnkit_router_variant_weight{variant="v2"} 100' in metrics
     bad = httpx.put(local.url + "/-/weights", json={"weights": {"v2": 60}})
     assert bad.status_code == 422 and "summing to 100" in bad.json()["error"]
+    bad = httpx.put(local.url + "/-/variants/v9", json={"url": "http://127.0.0.1:1", "weight": "lots"})
+    assert bad.status_code == 400 and "'lots'" in bad.json()["error"] and "v9" not in httpx.get(local.url + "/-/state").json()["variants"]
     r = httpx.post(local.url + "/invocations", json={"instances": [{"tenure": "abc"}]})
     assert 400 <= r.status_code < 500  # a client mistake passes through, never retried into a 5xx
 

@@ -320,10 +320,11 @@ def create_app(router: Router):
 
     async def put_variant(request: Request):
         data = await body_json(request)
-        if data is None or not isinstance(data.get("url"), str):
-            return error('body must be {"url": "http://127.0.0.1:PORT", "model_version": str, "weight": int}')
-        v = router.put_variant(request.path_params["name"], data["url"], str(data.get("model_version", "?")),
-                               int(data.get("weight", 0)))
+        weight = (data or {}).get("weight", 0)
+        if data is None or not isinstance(data.get("url"), str) or type(weight) is not int or not 0 <= weight <= 100:
+            return error('body must be {"url": "http://127.0.0.1:PORT", "model_version": str, "weight": int 0..100}, '
+                         f"got {repr(data)[:200]}")
+        v = router.put_variant(request.path_params["name"], data["url"], str(data.get("model_version", "?")), weight)
         return JSONResponse(v.to_dict())
 
     async def delete_variant(request: Request):
@@ -395,16 +396,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     router = Router(Path(args.state), timeout=args.timeout, drain_timeout=args.drain_timeout)
-    loop = "uvloop" if _has("uvloop") else "auto"
     print(f"router on http://{args.host}:{args.port} for {args.state}", file=sys.stderr, flush=True)
-    uvicorn.run(create_app(router), host=args.host, port=args.port, loop=loop, http="httptools" if _has("httptools") else "auto",
+    uvicorn.run(create_app(router), host=args.host, port=args.port, loop="auto", http="auto",  # uvloop/httptools when installed
                 access_log=False, log_level="warning", timeout_graceful_shutdown=10)
-
-
-def _has(module: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(module) is not None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -276,7 +276,7 @@ def environment_settings(environ) -> dict:
 
 
 def run_server(app: Starlette, host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> None:
-    """Serve ``app`` with uvicorn (uvloop + httptools) until SIGINT/SIGTERM.
+    """Serve ``app`` with uvicorn until SIGINT/SIGTERM (uvloop and httptools when installed: uvicorn's "auto").
 
     Prints ``serving <name> v<version> on http://host:port`` to stderr once the socket listens
     (port 0 picks a free port and prints it).
@@ -294,13 +294,7 @@ def run_server(app: Starlette, host: str = "127.0.0.1", port: int = DEFAULT_PORT
                 print(f"serving {svc.loaded.name} v{svc.loaded.version} on http://{host}:{bound}", file=sys.stderr, flush=True)
 
     config = uvicorn.Config(
-        app, host=host, port=port, loop=_available("uvloop", "auto"), http=_available("httptools", "auto"),
-        lifespan="on", access_log=False, log_level="warning", server_header=False, timeout_graceful_shutdown=10,
+        app, host=host, port=port, loop="auto", http="auto", lifespan="on", access_log=False, log_level="warning",
+        server_header=False, timeout_graceful_shutdown=10,
     )
     _Server(config).run()
-
-
-def _available(module: str, fallback: str) -> str:
-    import importlib.util
-
-    return module if importlib.util.find_spec(module) else fallback
