@@ -407,6 +407,7 @@ def test_tampered_registry_artifact_refuses_to_start(tmp_path, monkeypatch):
 
 
 def test_tampered_exported_folder_is_refused_before_loading(served, tmp_path):
+    from churnkit.config import load_config
     from churnkit.exceptions import IntegrityError
     from churnkit.serve import export_model, load_serving_model
 
@@ -414,6 +415,8 @@ def test_tampered_exported_folder_is_refused_before_loading(served, tmp_path):
     assert load_serving_model(str(folder), environ={}).version == "1"  # the manifest names the version
     with pytest.raises(IntegrityError, match="CHURNKIT_MODEL_SHA256"):
         load_serving_model(str(folder), environ={"CHURNKIT_MODEL_SHA256": "f" * 64})
+    with pytest.raises(IntegrityError, match="does not match ffffffffffffffff... from CHURNKIT_MODEL_SHA256"):
+        load_serving_model("models:/churn@champion", load_config(served["runs"]), environ={"CHURNKIT_MODEL_SHA256": "f" * 64})
     with open(Path(folder) / "model.skops", "ab") as fh:
         fh.write(b"\0")
     with pytest.raises(IntegrityError, match="does not match .* from churnkit-model.json"):

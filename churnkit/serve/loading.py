@@ -42,6 +42,17 @@ def export_model(loaded: LoadedModel, dest) -> Path:
     return dest
 
 
+def _check_sha256(sha: str, uri: str, expected: dict) -> None:
+    """Raise IntegrityError naming the first source in ``{source: sha256}`` that disagrees with ``sha``."""
+    for source, want in expected.items():
+        if want and want != sha:
+            raise IntegrityError(
+                f"model {uri!r}: artifact sha256 {sha[:16]}... does not match {want[:16]}... from {source}; "
+                "the file was changed after export: restore the artifact or export the model again, "
+                "or unset CHURNKIT_MODEL_SHA256 if it names another model"
+            )
+
+
 def verify_folder(folder, uri: str, environ=None) -> str:
     """The artifact's sha256, checked against the folder's manifest and ``CHURNKIT_MODEL_SHA256``.
 
@@ -49,13 +60,8 @@ def verify_folder(folder, uri: str, environ=None) -> str:
     """
     env = os.environ if environ is None else environ
     sha = artifact_sha256(folder)
-    manifest = read_manifest(folder)
-    for source, expected in ((MANIFEST, manifest.get("sha256")), ("CHURNKIT_MODEL_SHA256", env.get("CHURNKIT_MODEL_SHA256"))):
-        if expected and expected != sha:
-            raise IntegrityError(
-                f"model {uri!r}: artifact sha256 {sha[:16]}... does not match {expected[:16]}... from {source}; "
-                "the file was changed after export: restore the artifact or export the model again"
-            )
+    _check_sha256(sha, uri, {MANIFEST: read_manifest(folder).get("sha256"),
+                             "CHURNKIT_MODEL_SHA256": env.get("CHURNKIT_MODEL_SHA256")})
     return sha
 
 
@@ -140,21 +146,15 @@ def load_serving_model(uri: str, config=None, environ=None) -> LoadedModel:
         except Exception as exc:
             raise RegistryError(f"model {uri!r} could not be downloaded ({type(exc).__name__}: {exc}); check the "
                                 "URI and that this machine can read it") from exc
-        folder = find_model_folder(local)
-        verify_folder(folder, uri, environ)
-        loaded = load_model(str(folder), config)
-        loaded.uri = uri
-        return apply_manifest(loaded, environ)
-    folder = Path(uri)
-    if folder.is_dir():
-        folder = find_model_folder(folder)  # /opt/ml/model may hold the model folder one level down
-        verify_folder(folder, uri, environ)
-        loaded = load_model(str(folder), config)
-        loaded.uri = uri
-        return apply_manifest(loaded, environ)
-    loaded = load_model(uri, config)  # models:/ and runs:/: the registry checks the sha256 it recorded
-    expected = (os.environ if environ is None else environ).get("CHURNKIT_MODEL_SHA256")
-    if expected and expected != loaded.sha256:
-        raise IntegrityError(f"model {uri!r}: artifact sha256 {loaded.sha256[:16]}... does not match "
-                             f"CHURNKIT_MODEL_SHA256 {expected[:16]}...; unset it or serve the model it names")
-    return loaded
+    elif Path(uri).is_dir():
+        local = uri
+    else:  # models:/ and runs:/: the registry checks the sha256 it recorded
+        loaded = load_model(uri, config)
+        env = os.environ if environ is None else environ
+        _check_sha256(loaded.sha256, uri, {"CHURNKIT_MODEL_SHA256": env.get("CHURNKIT_MODEL_SHA256")})
+        return loaded
+    folder = find_model_folder(local)  # /opt/ml/model and Azure ML may hold the model folder below the root
+    verify_folder(folder, uri, environ)
+    loaded = load_model(str(folder), config)
+    loaded.uri = uri
+    return apply_manifest(loaded, environ)
