@@ -134,8 +134,8 @@ class SageMakerTarget(CloudTarget):
     def model_key(self, release: Release) -> str:
         return f"churnkit/models/{self.model_name(release)}/model.tar.gz"
 
-    def _config_name(self, variants: list[dict], deployment: dict | None = None) -> str:
-        digest = hashlib.sha256(json.dumps([variants, self._capture(), deployment], sort_keys=True).encode()).hexdigest()
+    def _config_name(self, variants: list[dict]) -> str:
+        digest = hashlib.sha256(json.dumps([variants, self._capture(), None], sort_keys=True).encode()).hexdigest()
         return f"{self.endpoint}-{digest[:12]}"
 
     def _capture(self) -> dict:
@@ -327,6 +327,10 @@ class SageMakerTarget(CloudTarget):
     def plan_guarded(self, model_uri: str, *, strategy: str = "canary", step: int = 10, bake_seconds: int = 600,
                      timeout_seconds: int = 3600, live: EndpointState | None = None, **alarms) -> list[dict]:
         """The requests of a guarded (blue/green) update; see ``deploy_guarded``."""
+        return self._guarded(model_uri, strategy, step, bake_seconds, timeout_seconds, live, alarms)[1]
+
+    def _guarded(self, model_uri: str, strategy: str, step: int, bake_seconds: int, timeout_seconds: int,
+                 live: EndpointState | None, alarms: dict) -> tuple[Release, list[dict]]:
         from churnkit.deploy.base import resolve_release
 
         if strategy not in ("canary", "linear"):
@@ -353,7 +357,7 @@ class SageMakerTarget(CloudTarget):
             "AutoRollbackConfiguration": {"Alarms": [{"AlarmName": r["request"]["AlarmName"]} for r in alarm_reqs]},
         }
         config_name = self._config_name(variants)
-        return [
+        return release, [
             *self._model_requests(release), *alarm_reqs,
             request("sagemaker", "CreateEndpointConfig", {"EndpointConfigName": config_name, "ProductionVariants": variants,
                                                           "DataCaptureConfig": self._capture()}),
@@ -375,18 +379,17 @@ class SageMakerTarget(CloudTarget):
         **alarms
             ``p99_ms``, ``max_5xx``, ``max_psi``, ``period`` for the CloudWatch alarms.
         """
-        live = self.describe()
-        reqs = self.plan_guarded(model_uri, strategy=strategy, step=step, bake_seconds=bake_seconds,
-                                 timeout_seconds=timeout_seconds, live=live, **alarms)
-        from churnkit.deploy.base import record_deploy, resolve_release
+        from churnkit.deploy.base import record_deploy
 
-        release = resolve_release(model_uri, next(iter(live.variants)), self.config)
+        release, reqs = self._guarded(model_uri, strategy, step, bake_seconds, timeout_seconds, None, alarms)
         self.execute(reqs, release)
         if wait:
             self._wait()
         state = self.describe()
-        if state.variants[release.variant].model_version != release.version:
-            state.drift.append(f"variant {release.variant!r} serves model v{state.variants[release.variant].model_version}; "
+        serving = state.variants.get(release.variant)
+        if serving is None or serving.model_version != release.version:
+            live = f"serves model v{serving.model_version}" if serving else "is not live"
+            state.drift.append(f"variant {release.variant!r} {live}; "
                                f"v{release.version} is {'rolled back' if wait else 'being shifted in by SageMaker'}")
         record_deploy(release, state, 100)
         return state
