@@ -229,6 +229,8 @@ def test_mirror_refused_for_a_variant_with_live_traffic(store):
     t.deploy("models:/churn@champion")
     with pytest.raises(DeployTargetError, match="only a variant at 0% can receive mirrored traffic"):
         t.set_mirror_traffic({"v1": 10})
+    with pytest.raises(DeployTargetError, match="mirror traffic 'ten' for 'v1' is not a percentage from 0 to 50"):
+        t.set_mirror_traffic({"v1": "ten"})
 
 
 def test_plan_without_credentials(store):

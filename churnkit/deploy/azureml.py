@@ -309,7 +309,7 @@ class AzureMLTarget(CloudTarget):
         for n, w in mirror.items():
             if n not in before.variants:
                 raise DeployTargetError(f"no variant named {n!r} to mirror to; deployed variants: {sorted(before.variants)!r}")
-            if not 0 <= int(w) <= 50:
+            if isinstance(w, bool) or not isinstance(w, int) or not 0 <= w <= 50:
                 raise DeployTargetError(f"mirror traffic {w!r} for {n!r} is not a percentage from 0 to 50")
             if before.variants[n].weight:
                 raise DeployTargetError(f"variant {n!r} takes {before.variants[n].weight}% live traffic; "
