@@ -239,16 +239,6 @@ def failed_cell(output_path: str | os.PathLike) -> tuple[int | None, str | None,
         if errors:
             return code_index, errors[-1].get("ename"), errors[-1].get("evalue")
     return None, None, None
-    code_index = 0
-    for cell in nb.get("cells", []):
-        tags = cell.get("metadata", {}).get("tags", [])
-        if cell.get("cell_type") != "code" or "injected-parameters" in tags:
-            continue
-        code_index += 1
-        for out in cell.get("outputs", []):
-            if out.get("output_type") == "error" and "papermill-error-cell-tag" not in cell.get("metadata", {}).get("tags", []):
-                return code_index, out.get("ename"), out.get("evalue")
-    return None, None, None
 
 
 def run_notebook(
@@ -539,31 +529,29 @@ def run_pipeline(
                                              registry.TAG + "parameters": json.dumps(parameters or {})})
     results: list[RunResult] = []
     status = "FAILED"
-    stop_sigterm = contextlib.ExitStack()
-    stop_sigterm.enter_context(sigterm_raises())  # SIGTERM between two steps also ends the parent run KILLED
-    try:
-        for step in steps:
-            skipped = _skip_reason(step, results)
-            if skipped:
-                echo(f"· {step} skipped: {skipped}")
-                continue
-            params = dict(per_step[step])
-            if step == "02-evaluate" and results:
-                params["train_run_id"] = results[0].run_id
-            echo(f"▶ {step} → {folder / (step + '.ipynb')}")
-            res = run_notebook(step, params, config=config, folder=folder, parent_run_id=parent.info.run_id,
-                               pipeline_id=folder.name, progress=progress)
-            echo(f"  ✓ {step} finished in {res.seconds:.1f} s")
-            results.append(res)
-        status = "FINISHED"
-    except BaseException as exc:
-        if isinstance(exc, (KeyboardInterrupt, RunTerminated)) or getattr(exc, "ename", "") in KILLED_BY:
-            status = "KILLED"
-        raise
-    finally:
-        client.set_tag(parent.info.run_id, registry.TAG + "status", status)
-        client.set_terminated(parent.info.run_id, status)
-        stop_sigterm.close()
+    with sigterm_raises():  # SIGTERM between two steps also ends the parent run KILLED
+        try:
+            for step in steps:
+                skipped = _skip_reason(step, results)
+                if skipped:
+                    echo(f"· {step} skipped: {skipped}")
+                    continue
+                params = dict(per_step[step])
+                if step == "02-evaluate" and results:
+                    params["train_run_id"] = results[0].run_id
+                echo(f"▶ {step} → {folder / (step + '.ipynb')}")
+                res = run_notebook(step, params, config=config, folder=folder, parent_run_id=parent.info.run_id,
+                                   pipeline_id=folder.name, progress=progress)
+                echo(f"  ✓ {step} finished in {res.seconds:.1f} s")
+                results.append(res)
+            status = "FINISHED"
+        except BaseException as exc:
+            if isinstance(exc, (KeyboardInterrupt, RunTerminated)) or getattr(exc, "ename", "") in KILLED_BY:
+                status = "KILLED"
+            raise
+        finally:
+            client.set_tag(parent.info.run_id, registry.TAG + "status", status)
+            client.set_terminated(parent.info.run_id, status)
     return PipelineResult(folder.name, folder, results, parent.info.run_id)
 
 
