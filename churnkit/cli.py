@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from churnkit._runguard import RunTerminated
 from churnkit.exceptions import ChurnkitError, NotebookExecutionError
 
 PARAM_HELP = "Notebook parameter NAME VALUE (repeatable); see `churnkit params NOTEBOOK`."
@@ -48,6 +49,9 @@ class _Group(click.Group):
         except ChurnkitError as exc:
             click.echo(f"error: {type(exc).__name__}: {exc}", err=True)
             ctx.exit(exc.exit_code)
+        except RunTerminated as exc:  # SIGTERM outside a notebook (a rollout, between pipeline steps)
+            click.echo(f"error: RunTerminated: the command {exc} and was stopped", err=True)
+            ctx.exit(128 + exc.signum)  # what a shell reports for a process ended by the signal
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -73,8 +73,10 @@ from churnkit._rollout_record import (  # noqa: F401
     record_outcome,
     rollout_history,
 )
+from churnkit._runguard import sigterm_raises
 from churnkit.config import ALIAS_CHALLENGER, ALIAS_CHAMPION, ALIAS_PREVIOUS, DEFAULT_MODEL_NAME, Config, load_config
 from churnkit.exceptions import ParameterError, RolloutError
+
 
 @dataclass
 class _Plan:
@@ -382,28 +384,6 @@ def _target_and_config(deploy_target, endpoint: str, config: Config | None):
     return deploy_target, config or getattr(deploy_target, "config", None) or load_config()
 
 
-class _terminate_as_interrupt:
-    """Turn SIGTERM into KeyboardInterrupt while the controller runs (main thread only), so it rolls back."""
-
-    def __enter__(self):
-        import signal
-        import threading
-
-        self.old = None
-        if threading.current_thread() is threading.main_thread():
-            def handler(signum, frame):
-                raise KeyboardInterrupt(f"signal {signum}")
-
-            self.old = signal.signal(signal.SIGTERM, handler)
-        return self
-
-    def __exit__(self, *exc):
-        import signal
-
-        if self.old is not None:
-            signal.signal(signal.SIGTERM, self.old)
-
-
 def rollout(
     deploy_target="local",
     *,
@@ -471,8 +451,9 @@ def rollout(
     poll = min(1.0, max(0.2, interval / 4))
     ctl = _Controller(target, config, model_name=model_name, thresholds=th, interval=float(interval),
                       max_bake=float(max_bake or 10 * interval), poll=poll, replay_rate=float(replay_rate or 0), echo=echo)
+    # SIGTERM raises while the controller runs, so it rolls back (a second TERM cannot cut the rollback short)
     with using_store(config), RolloutLock(rollout_dir(config) / f"{target.endpoint}.lock", target.endpoint), \
-            _terminate_as_interrupt():
+            sigterm_raises():
         state = read_state(ctl.path)
         if state and state.get("phase") not in (None, "done"):
             return ctl.recover(state, resume)

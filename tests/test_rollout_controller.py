@@ -7,6 +7,8 @@ way httpx's MockTransport stands in for a network. The real-process tests are in
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 import numpy as np
@@ -301,3 +303,42 @@ def test_target_without_windows_or_metrics_urls_is_refused_before_any_change(sto
         run(target, config)
     assert target.describe().weights == {"v1": 100} and ("deploy", "v2") not in target.calls
     assert registry.aliases() == {"champion": "1", "challenger": "2"}
+
+
+class TerminatedWhileBaking(FakeTarget):
+    """SIGTERM arrives as the first step's weights go live, and again while the controller rolls back."""
+
+    def _apply_traffic(self, asked, before):
+        super()._apply_traffic(asked, before)
+        if asked.get("v2") == 10 or asked == {"v1": 100}:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_sigterm_while_baking_rolls_back_and_a_second_one_cannot_cut_the_rollback_short(store):
+    from churnkit._runguard import RunTerminated
+
+    config, _ = store
+    target = TerminatedWhileBaking(config=config)
+    target.deploy("models:/churn@champion")
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(RunTerminated):
+        run(target, config)
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert target.describe().weights == {"v1": 100} and ("remove", "v2") in target.calls
+    assert registry.aliases() == {"champion": "1", "challenger": "2"}  # not judged: it keeps its alias
+    assert ro.read_state(ro.state_path(config, "churn"))["phase"] == "done"
+
+
+def test_cli_reports_a_terminated_rollout_with_the_signal_exit_code(monkeypatch, tmp_path):
+    from click.testing import CliRunner
+
+    from churnkit._runguard import RunTerminated
+    from churnkit.cli import main
+
+    def terminated(*args, **kwargs):
+        raise RunTerminated(signal.SIGTERM)
+
+    monkeypatch.setattr(ro, "rollout", terminated)
+    res = CliRunner().invoke(main, ["rollout", "--target", "local", "--runs-dir", str(tmp_path)])
+    assert res.exit_code == 128 + signal.SIGTERM and res.exc_info[0] is SystemExit
+    assert "error: RunTerminated: the command received SIGTERM and was stopped" in res.stderr
