@@ -7,6 +7,7 @@ artifacts are shared read-only.
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import tempfile
@@ -41,7 +42,9 @@ def registry_store(base: Path) -> Path:
     saved = {k: os.environ.pop(k, None) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID")}
     try:
         if "seed" not in _STORE:
-            seed_dir = Path(tempfile.mkdtemp(prefix="churnkit-deploy-store-")) / "runs"
+            root = tempfile.mkdtemp(prefix="churnkit-deploy-store-")
+            atexit.register(shutil.rmtree, root, ignore_errors=True)  # the copies point at its artifacts until then
+            seed_dir = Path(root) / "runs"
             _build(seed_dir)
             _STORE["seed"] = seed_dir
         runs = Path(base) / "runs"
