@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
 
-from churnkit.audit import FAILED, TAG, failure, key_metrics, key_parameters
+from churnkit.audit import FAILED, TAG, _iso, failure, key_metrics, key_parameters
 
 CSS = """
 body { font: 14px/1.45 system-ui, -apple-system, Segoe UI, Helvetica, Arial, sans-serif; margin: 24px; color: #1d1d1f; }
@@ -204,7 +204,7 @@ class _Page:
         hist = "".join(f"<li>{_e(_when(h.get('time')))} {_e(h.get('event'))}</li>" for h in history[-8:])
         n = len(history)
         hist = f"<details><summary>{n} event{'s' if n != 1 else ''}</summary><ul>{hist}</ul></details>" if n else ""
-        created = _when(datetime.fromtimestamp(v["created"] / 1000, UTC).isoformat()) if v["created"] else ""
+        created = _when(_iso(v["created"]))
         aliases = "".join(f'<span class="alias">{_e(a)}</span>' for a in v["aliases"])
         return (f'<tr class="version" id="model-{_e(v["name"])}-v{_e(v["version"])}" data-version="{_e(v["version"])}">'
                 f'<td>{_e(v["name"])}</td>'

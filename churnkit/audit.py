@@ -17,8 +17,7 @@ from typing import Any
 
 from churnkit.config import DEFAULT_MODEL_NAME, Config, load_config
 from churnkit.exceptions import RunNotFoundError
-
-TAG = "churnkit."
+from churnkit.registry import TAG
 RUN_KEYS = ("run_id", "pipeline_id", "notebook", "status", "started", "finished", "parameters", "metrics",
             "output_notebook", "model_version")
 ENTRY_KEYS = (*RUN_KEYS, "model_name", "event", "gate", "rollout", "error", "passed_parameters", "experiment_id",
@@ -95,10 +94,7 @@ def find_run(run_id: str, config: Config | None = None):
 def _outcome(tags: dict, gate: dict | None) -> tuple[str | None, str | None]:
     """``(model_version, event)``: what this run did to the registry or an endpoint."""
     decision = tags.get(TAG + "rollout_decision", "")
-    record = _json(decision, None) if decision.startswith("{") else None
-    if record:
-        decision = record.get("decision", "")
-    challenger = tags.get(TAG + "challenger_version") or (record or {}).get("challenger")
+    challenger = tags.get(TAG + "challenger_version")
     if decision in ("promoted", "rolled_back") and challenger:
         return str(challenger), f"{decision.replace('_', ' ')} v{challenger}"
     uri = tags.get(TAG + "deployed_uri", "")
