@@ -98,7 +98,8 @@ class Replayer:
             raise ParameterError(f"workers must be at least 1, got {workers!r}", name="workers")
         self.url = url.rstrip("/") + route
         self.bodies = request_bodies(rows, batch_size)
-        self.batch_rows = [len(json.loads(b)["instances"]) for b in self.bodies]
+        size = int(batch_size)
+        self.batch_rows = [min(size, len(rows) - i) for i in range(0, len(rows), size)]  # rows in each body
         self.rate, self.count, self.duration = float(rate), count, duration
         self.workers, self.timeout = int(workers), float(timeout)
         self.progress = sys.stderr.isatty() if progress is None else progress
