@@ -36,6 +36,8 @@ def test_weights_arithmetic_sums_to_100():
     assert weights_without({"v1": 100, "v2": 0}, "v1") == {"v2": 100}
     with pytest.raises(DeployTargetError, match="not an integer from 0 to 100"):
         weights_with({"v1": 100}, "v2", 150)
+    with pytest.raises(DeployTargetError, match="weight 'half' for variant 'v2' is not an integer"):
+        weights_with({}, "v2", "half")  # checked on a new endpoint too, never a ValueError
 
 
 def test_check_weights_names_the_problem():

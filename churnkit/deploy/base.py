@@ -154,6 +154,13 @@ def check_variant_free(release: Release, live: EndpointState) -> None:
         )
 
 
+def _weight(variant: str, w) -> int:
+    """``w`` as an int percentage; raises DeployTargetError naming the variant and the value otherwise."""
+    if isinstance(w, bool) or not isinstance(w, int | float) or int(w) != w or not 0 <= w <= 100:
+        raise DeployTargetError(f"weight {w!r} for variant {variant!r} is not an integer from 0 to 100")
+    return int(w)
+
+
 def check_weights(weights: dict[str, int], known: list[str] | None = None) -> dict[str, int]:
     """Validate traffic weights: integers 0..100 summing to 100, on known variants.
 
@@ -164,11 +171,9 @@ def check_weights(weights: dict[str, int], known: list[str] | None = None) -> di
     """
     out: dict[str, int] = {}
     for name, w in weights.items():
-        if isinstance(w, bool) or not isinstance(w, int | float) or int(w) != w or not 0 <= w <= 100:
-            raise DeployTargetError(f"weight {w!r} for variant {name!r} is not an integer from 0 to 100")
+        out[name] = _weight(name, w)
         if known is not None and name not in known:
             raise DeployTargetError(f"no variant named {name!r} on the endpoint; deployed variants: {sorted(known)!r}")
-        out[name] = int(w)
     if sum(out.values()) != 100:
         raise DeployTargetError(f"traffic weights {out!r} sum to {sum(out.values())}; they must sum to 100")
     return out
@@ -181,13 +186,11 @@ def weights_with(current: dict[str, int], variant: str, weight: int) -> dict[str
     (largest remainder, so the result sums to exactly 100). A variant added to an endpoint where
     nothing else takes traffic gets 100: an endpoint always serves.
     """
+    weight = _weight(variant, weight)
     others = {n: w for n, w in current.items() if n != variant}
     total = sum(others.values())
     if total <= 0:
         return {**{n: 0 for n in others}, variant: 100}
-    if isinstance(weight, bool) or int(weight) != weight or not 0 <= weight <= 100:
-        raise DeployTargetError(f"weight {weight!r} for variant {variant!r} is not an integer from 0 to 100")
-    weight = int(weight)
     return {**_share(others, 100 - weight), variant: weight}
 
 
