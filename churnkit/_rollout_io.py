@@ -249,7 +249,8 @@ def captured_inputs(target, variants: Sequence[str], since: float):
         return None
     from churnkit.serve.capture import read_capture
 
-    frames = [read_capture(folder / "capture" / v) for v in variants if (Path(folder) / "capture" / v).is_dir()]
+    capture = Path(folder) / "capture"
+    frames = [read_capture(capture / v) for v in variants if (capture / v).is_dir()]
     frames = [f for f in frames if len(f)]
     if not frames:
         return None

@@ -375,12 +375,8 @@ def _target_and_config(deploy_target, endpoint: str, config: Config | None):
     if isinstance(deploy_target, str):
         from churnkit.deploy import get_target
 
-        config = config or load_config()
-        target = get_target(deploy_target, endpoint=endpoint, config=config)
-        recorded = target.read_state().get("port") if deploy_target == "local" else None
-        if recorded:  # the local endpoint listens where it was deployed, whatever port the default says
-            target.port = int(recorded)
-        return target, config
+        config = config or load_config()  # the local target follows its running router's port by itself
+        return get_target(deploy_target, endpoint=endpoint, config=config), config
     return deploy_target, config or getattr(deploy_target, "config", None) or load_config()
 
 
