@@ -128,6 +128,7 @@ def read_table(data_path: str | Path) -> pd.DataFrame:
 
 
 def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):

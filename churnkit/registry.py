@@ -7,7 +7,6 @@ way is undone before the error propagates.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -29,7 +28,7 @@ from churnkit.config import (
     Config,
     load_config,
 )
-from churnkit.data import Dataset, Schema
+from churnkit.data import Dataset, Schema, file_sha256
 from churnkit.evaluate import GateResult
 from churnkit.exceptions import IntegrityError, RegistryError
 
@@ -277,11 +276,7 @@ def _model_file(model_dir: Path) -> Path:
 
 def artifact_sha256(model_dir: str | Path) -> str:
     """sha256 of the serialized model file (the bytes that get deserialized)."""
-    h = hashlib.sha256()
-    with open(_model_file(Path(model_dir)), "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_sha256(_model_file(Path(model_dir)))
 
 
 # --------------------------------------------------------------------------------------------------
