@@ -168,8 +168,8 @@ def _likely_cause(out: dict, totals: np.ndarray, probe: list[dict]) -> tuple[str
             return "cold start", (f"the first request took {first:.0f} ms against a median of {rest:.1f} ms after it: "
                                   "lazy loading on first use; send a warm-up request at start-up or keep an instance warm")
     shares = out["shares"]
-    if not shares:
-        return "unknown", "no latency data: the server reported no predictions and no probe ran"
+    if not any(shares.values()):  # nothing measured, or every measured part took 0 ms
+        return "unknown", "no latency data: the server reported no timed predictions and no probe ran"
     top = max(shares, key=lambda k: shares[k] or 0.0)
     bd = out["breakdown_ms"]
     over = out["overhead_ms"]

@@ -478,9 +478,13 @@ def _performance(current, cur_scores, labels, label_column, id_column, baseline,
            "baseline": baseline or None, "metrics": None, "auc_drop": None, "degraded": False, "reason": None}
     if cur_scores is None:
         return out | {"reason": "labels found but no scores: pass a model (--model) or a capture with churn_probability"}
+    unscored = known & ~np.isfinite(cur_scores)  # e.g. capture rows whose churn_probability is blank
+    known &= ~unscored
+    out |= {"labelled_rows": int(known.sum()), "unscored_labelled_rows": int(unscored.sum())}
     text = raw[known].astype(str).str.strip().str.lower()
     if text.isin(POSITIVE).nunique() < 2 and text.isin(POSITIVE | NEGATIVE).all():
-        return out | {"reason": f"{out['labelled_rows']} labelled row(s) hold fewer than two classes; wait for more labels"}
+        return out | {"reason": f"{out['labelled_rows']} labelled and scored row(s) hold fewer than two classes "
+                                f"({int(unscored.sum())} labelled row(s) had no score); wait for more labels"}
     y = map_label(raw[known].reset_index(drop=True), label_column)  # unknown spellings raise LabelError
     metrics = labelled_metrics(y.to_numpy(), cur_scores[known])
     out["metrics"] = metrics

@@ -202,6 +202,19 @@ def test_served_scores_alone_give_performance_without_a_model():
     assert perf["metrics"]["roc_auc"] > 0.9 and perf["auc_drop"] == pytest.approx(0.95 - perf["metrics"]["roc_auc"])
 
 
+def test_labelled_rows_without_a_served_score_are_left_out_of_performance():
+    ref, cur = synth_month(800, 1, 0), synth_month(600, 2, 0)
+    y = (cur["churn"] == "Yes").to_numpy()
+    cur["churn_probability"] = np.where(y, 0.8, 0.2)
+    cur.loc[:49, "churn_probability"] = np.nan  # capture lines that carried no score
+    perf = M.build_monitor_report(ref, cur).performance
+    assert perf["labelled_rows"] == 550 and perf["unscored_labelled_rows"] == 50
+    assert perf["metrics"]["roc_auc"] == pytest.approx(1.0) and perf["metrics"]["rows"] == 550
+    cur["churn_probability"] = np.nan
+    perf = M.build_monitor_report(ref, cur).performance
+    assert perf["metrics"] is None and "600 labelled row(s) had no score" in perf["reason"]
+
+
 def test_no_common_columns_is_a_clear_error():
     with pytest.raises(MonitorError, match="no feature column in common"):
         M.build_monitor_report(synth_month(100, 1, 0), pd.DataFrame({"x": [1, 2], "y": ["a", "b"]}))
@@ -402,6 +415,12 @@ def test_latency_breakdown_names_payload_cold_start_saturation_and_network():
     assert sat["likely_cause"] == "saturation"
     far = M.latency_breakdown(metrics_text([0.002] * 10, [0.001] * 10), [{"total_ms": 40.0, "model_ms": 2.0}] * 5)
     assert far["likely_cause"] == "network and client" and far["shares"]["network_client"] > 0.9
+
+
+def test_latency_breakdown_without_measured_time_says_unknown():
+    idle = M.latency_breakdown(metrics_text([0.0] * 5, [0.0] * 5), [])
+    assert idle["shares"] == {"model": None, "overhead": None} and idle["likely_cause"] == "unknown"
+    assert M.latency_breakdown("", [])["likely_cause"] == "unknown"
 
 
 def test_latency_window_is_the_difference_of_two_scrapes():
