@@ -362,7 +362,8 @@ def register_candidate(
         elif not existed:
             _undo(c, model_name, None, existed)
         raise RegistryError(f"registering {candidate.model_uri!r} as {model_name!r} failed and was undone: {exc}") from exc
-    _mlflow().log_metric("registration_seconds", time.perf_counter() - t0) if _mlflow().active_run() else None
+    if _mlflow().active_run():
+        _mlflow().log_metric("registration_seconds", time.perf_counter() - t0)
     return str(mv.version)
 
 
@@ -515,7 +516,8 @@ def find_version(uri: str, config: Config | None = None):
 def resolve_model(uri: str, config: Config | None = None) -> tuple[Path, dict]:
     """Download ``uri`` (models:/name@alias, models:/name/version, runs:/id/model, or a folder).
 
-    Returns the local model folder and the registry tags of the version ({} for runs:/ and folders).
+    Returns the local model folder and the registry tags of the version, plus its ``__name__`` and
+    ``__version__`` ({} for runs:/ and folders).
     """
     path = Path(uri)
     if path.is_dir():
@@ -529,18 +531,15 @@ def resolve_model(uri: str, config: Config | None = None) -> tuple[Path, dict]:
     setup_tracking(config)
     mlflow = _mlflow()
     tags: dict = {}
-    meta: dict = {}
     target = uri
     if uri.startswith("models:/"):
         mv = find_version(uri, config)
         tags = dict(mv.tags) | {"__name__": mv.name, "__version__": str(mv.version)}
         target = mv.source
-        meta = {"name": mv.name, "version": str(mv.version)}
     try:
         local = Path(mlflow.artifacts.download_artifacts(target))
     except Exception as exc:
         raise RegistryError(f"model {uri!r} could not be downloaded ({exc}); check the URI and the tracking store") from exc
-    tags = tags | {"__meta__": json.dumps(meta)}
     return local, tags
 
 
@@ -560,13 +559,12 @@ def load_model(uri: str, config: Config | None = None, *, verify: bool = True) -
     meta = read_metadata(local)
     if "churnkit_schema" not in meta:
         raise RegistryError(f"model {uri!r} carries no churnkit schema in its MLmodel metadata; train it with 01-train")
-    reg = json.loads(tags.get("__meta__", "{}"))
     return LoadedModel(
         pipeline=pipeline,
         schema=Schema.from_dict(meta["churnkit_schema"]),
         threshold=float(tags.get(TAG + "threshold", meta.get("churnkit_threshold", 0.5))),
-        name=reg.get("name", meta.get("churnkit_name", DEFAULT_MODEL_NAME)),
-        version=reg.get("version", "local"),
+        name=tags.get("__name__", meta.get("churnkit_name", DEFAULT_MODEL_NAME)),
+        version=tags.get("__version__", "local"),
         sha256=sha,
         uri=uri,
         path=local,
