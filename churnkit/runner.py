@@ -89,17 +89,24 @@ def notebook_parameters(notebook: str | os.PathLike) -> list[Parameter]:
     nb = json.loads(path.read_text())
     cell = _parameters_cell(nb, path)
     source = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+    try:
+        body = ast.parse(source).body
+    except SyntaxError as exc:
+        raise ParameterError(f"the parameters cell of {path.name} is not valid Python (line {exc.lineno}: {exc.msg}); "
+                             "it holds literal assignments only, e.g. seed = 0") from None
     comments: dict[int, str] = {}
     for tok in tokenize.generate_tokens(io.StringIO(source).readline):
         if tok.type == tokenize.COMMENT:
             comments[tok.start[0]] = tok.string.lstrip("#").strip()
     params = []
-    for node in ast.parse(source).body:
+    for node in body:
         if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
             try:
                 default = ast.literal_eval(node.value)
-            except ValueError:
-                raise ParameterError(f"parameter {node.targets[0].id!r} in {path.name} is not a literal; use a literal default")
+            except (ValueError, TypeError):
+                raise ParameterError(f"parameter {node.targets[0].id!r} in {path.name} is not a literal "
+                                     f"({ast.get_source_segment(source, node.value)!r}); use a literal default",
+                                     name=node.targets[0].id) from None
             params.append(Parameter(node.targets[0].id, default, comments.get(node.lineno, ""), ast.get_source_segment(source, node.value)))
     return params
 

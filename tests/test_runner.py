@@ -244,3 +244,18 @@ def test_a_pipeline_stopped_by_sigterm_ends_its_parent_run_killed(store, monkeyp
     assert signal.getsignal(signal.SIGTERM) is before
     parent = registry.client().get_run(parents[0])
     assert parent.info.status == "KILLED" and parent.data.tags["churnkit.status"] == "KILLED"
+
+
+@pytest.mark.parametrize("source, words", [
+    ("seed = 0  # ok\nrows = (\n", "is not valid Python (line 2"),
+    ("seed = 0  # ok\nrows = int('5')  # not a literal\n", "parameter 'rows' in bad.ipynb is not a literal (\"int('5')\")"),
+])
+def test_a_broken_parameters_cell_is_a_usage_error_naming_it(tmp_path, source, words):
+    import nbformat
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source, metadata={"tags": ["parameters"]})])
+    path = tmp_path / "bad.ipynb"
+    nbformat.write(nb, path)
+    res = CliRunner().invoke(main, ["params", str(path)])
+    assert res.exit_code == 2 and res.exc_info[0] is SystemExit, res.output
+    assert words in res.stderr
