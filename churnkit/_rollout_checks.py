@@ -68,6 +68,8 @@ def plan_steps(strategy: str = "canary", steps: Sequence[int] | str = ()) -> lis
         return list(CANARY_STEPS if strategy == "canary" else LINEAR_STEPS)
     out = []
     for w in steps:
+        if isinstance(w, str) and w.strip().isdigit():  # `-p steps 10,50,100` reaches a notebook as strings
+            w = int(w)
         if isinstance(w, bool) or not isinstance(w, (int, float, np.integer)) or int(w) != w or not 1 <= w <= 100:
             raise ParameterError(f"step weight {w!r} is not an integer from 1 to 100; e.g. steps 10,50,100", name="steps")
         out.append(int(w))

@@ -35,6 +35,7 @@ def test_strategies_and_explicit_steps():
     assert ro.plan_steps("linear") == [25, 50, 75, 100]
     assert ro.plan_steps("linear", "10, 50,100") == [10, 50, 100]
     assert ro.plan_steps("canary", [5, 100]) == [5, 100]
+    assert ro.plan_steps("canary", ["10", "50", "100"]) == [10, 50, 100]  # `-p steps 10,50,100` on a notebook
 
 
 @pytest.mark.parametrize("steps, words", [
