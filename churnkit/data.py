@@ -194,10 +194,15 @@ def to_numeric(col: pd.Series) -> pd.Series:
 
 
 def to_categorical(col: pd.Series) -> pd.Series:
-    """Text categories as Python str (object dtype), stripped, with NaN for blanks."""
-    out = col.astype(object).map(lambda v: v if v is None or (isinstance(v, float) and np.isnan(v)) else str(v).strip())
-    out = out.map(lambda v: np.nan if v is None or v == "" else v)
-    return out.astype(object)
+    """Text categories as Python str (object dtype), stripped, with NaN for blanks and missing values."""
+    return col.astype(object).map(_category).astype(object)
+
+
+def _category(v):
+    if v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v)):
+        return np.nan
+    text = str(v).strip()
+    return text if text else np.nan
 
 
 def infer_schema(frame: pd.DataFrame, label_column: str, id_columns: list[str] | tuple = ()) -> Schema:

@@ -154,6 +154,15 @@ def test_prepare_features_types_new_rows_like_training():
         prepare_features(raw.drop(columns=["tenure"]), ds.schema)
 
 
+def test_missing_categories_are_nan_in_every_spelling():
+    from churnkit.data import to_categorical
+
+    col = pd.Series([" a ", None, np.nan, "", "  ", pd.NA, 1], dtype=object)
+    out = to_categorical(col).tolist()
+    assert out[0] == "a" and out[-1] == "1" and all(pd.isna(v) and v is not pd.NA for v in out[1:-1])
+    assert to_categorical(pd.Series(["x", None], dtype="string")).isna().tolist() == [False, True]
+
+
 def test_schema_round_trip():
     ds = load_table("", rows=300)
     again = Schema.from_dict(ds.schema.to_dict())
