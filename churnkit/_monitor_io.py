@@ -6,6 +6,7 @@ frames, a loaded model or Prometheus text to the pure functions there.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -104,7 +105,9 @@ def load_monitored_model(model_name: str = "churn", model_alias: str = "champion
         if model_uri:
             raise
         return None, None
-    model = registry.load_model(uri, config)
+    # Load the very version the baseline comes from, even if the alias moves meanwhile.
+    pinned = uri if version is None else f"models:/{version.name}/{version.version}"
+    model = dataclasses.replace(registry.load_model(pinned, config), uri=uri)
     prefix = registry.TAG + "holdout_"
     tags = version.tags if version is not None else {}
     baseline = {k.removeprefix(prefix): float(v) for k, v in tags.items() if k.startswith(prefix)}

@@ -256,6 +256,7 @@ def champion(tmp_path_factory):
 def test_baseline_comes_from_the_registry(champion):
     config, model, baseline, holdout = champion
     assert model.version == "1" and baseline["roc_auc"] == pytest.approx(holdout["roc_auc"])
+    assert model.uri == "models:/churn@champion"  # loaded pinned to v1, reported under the alias asked for
     assert M.load_monitored_model("churn", "no-such-alias", config=config) == (None, None)
 
 
