@@ -184,10 +184,9 @@ class _Controller:
     def _start_replay(self) -> None:
         if self.replay_rate <= 0 or self.replayer is not None:
             return
-        from churnkit import registry
         from churnkit.replay import Replayer
 
-        rows, _ = registry.version_holdout(self.plan.challenger, self.plan.model_name)
+        rows = self._holdout()
         url = self.target.describe().url
         self.echo(f"  replaying {len(rows)} held-out rows of v{self.plan.challenger} to {url} at {self.replay_rate:g} requests/s")
         self.replayer = Replayer(url, rows, self.replay_rate).start()
@@ -246,13 +245,17 @@ class _Controller:
                 step = StepRecord.from_windows(w, cp, ch, verdict, ok=verdict.ok, seconds=elapsed, started=started_iso)
                 return verdict, step
 
-    def _input_drift(self, since: float) -> Check:
+    def _holdout(self):
+        """The challenger's training holdout: the replayed rows and the input-drift reference (read once)."""
         from churnkit import registry
 
         if self._reference is None:
             self._reference, _ = registry.version_holdout(self.plan.challenger, self.plan.model_name)
+        return self._reference
+
+    def _input_drift(self, since: float) -> Check:
         variants = [self.plan.champion_variant, self.plan.challenger_variant]
-        return check_input_drift(self._reference, captured_inputs(self.target, variants, since), self.th.max_input_drift)
+        return check_input_drift(self._holdout(), captured_inputs(self.target, variants, since), self.th.max_input_drift)
 
     def _status(self) -> str:
         v = self.target.describe().variants.get(self.plan.challenger_variant)
