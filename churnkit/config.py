@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,3 +68,22 @@ def load_config(runs_dir: str | os.PathLike | None = None, environ: dict | None 
     if uri:
         return Config(runs_dir=path, tracking_uri=uri, embedded=False)
     return Config(runs_dir=path, tracking_uri=f"sqlite:///{path / 'mlflow.db'}", embedded=True)
+
+
+@contextlib.contextmanager
+def scoped_environ(values: dict[str, str | None]):
+    """Set (or, for None, unset) environment variables for the block's duration, then restore them."""
+    old = {k: os.environ.get(k) for k in values}
+
+    def apply(pairs):
+        for k, v in pairs.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+    apply(values)
+    try:
+        yield
+    finally:
+        apply(old)

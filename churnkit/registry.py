@@ -27,6 +27,7 @@ from churnkit.config import (
     EXPERIMENT_NAME,
     Config,
     load_config,
+    scoped_environ,
 )
 from churnkit.data import Dataset, Schema, file_sha256
 from churnkit.evaluate import GateResult
@@ -57,16 +58,10 @@ def _point_mlflow(uri: str) -> None:
     the next :func:`load_config` would mistake our embedded store for a team server, so they are restored.
     """
     mlflow = _mlflow()
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    try:
+    kept = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    with scoped_environ(kept):
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def setup_tracking(config: Config | None = None) -> str:

@@ -74,7 +74,15 @@ from churnkit._rollout_record import (  # noqa: F401
     rollout_history,
 )
 from churnkit._runguard import sigterm_raises
-from churnkit.config import ALIAS_CHALLENGER, ALIAS_CHAMPION, ALIAS_PREVIOUS, DEFAULT_MODEL_NAME, Config, load_config
+from churnkit.config import (
+    ALIAS_CHALLENGER,
+    ALIAS_CHAMPION,
+    ALIAS_PREVIOUS,
+    DEFAULT_MODEL_NAME,
+    Config,
+    load_config,
+    scoped_environ,
+)
 from churnkit.exceptions import ParameterError, RolloutError
 
 
@@ -364,14 +372,8 @@ def using_store(config: Config):
     """
     values = {"CHURNKIT_RUNS_DIR": str(config.runs_dir),
               "MLFLOW_TRACKING_URI": None if config.embedded else config.tracking_uri}
-    old = {k: os.environ.get(k) for k in values}
-    for k, v in values.items():
-        os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
-    try:
+    with scoped_environ(values):
         yield config
-    finally:
-        for k, v in old.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
 
 
 def _target_and_config(deploy_target, endpoint: str, config: Config | None):

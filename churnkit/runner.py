@@ -15,7 +15,6 @@ and :func:`rerun_notebook` executes a past run again with the same parameters.
 from __future__ import annotations
 
 import ast
-import contextlib
 import hashlib
 import io
 import json
@@ -32,7 +31,7 @@ from typing import Any
 
 from churnkit import secrets
 from churnkit._runguard import RunTerminated, mark_interrupted, redacted_writes, sigterm_raises
-from churnkit.config import Config, load_config
+from churnkit.config import Config, load_config, scoped_environ
 from churnkit.exceptions import NotebookExecutionError, NotebookNotFoundError, ParameterError, RunNotFoundError
 
 SECRET_WORDS = ("token", "secret", "password", "passwd", "key", "credential")
@@ -211,20 +210,6 @@ def new_run_folder(config: Config) -> Path:
     return folder
 
 
-@contextlib.contextmanager
-def _environ(values: dict[str, str]):
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def failed_cell(output_path: str | os.PathLike) -> tuple[int | None, str | None, str | None]:
     """``(code cell number, ename, evalue)`` of the first failing cell of an executed notebook.
 
@@ -325,7 +310,7 @@ def run_notebook(
         status, error, interrupt = "FINISHED", None, None
         with redacted_writes(output) as redactions:
             try:
-                with _environ(env):
+                with scoped_environ(env):
                     pm.execute_notebook(
                         str(path),
                         str(output),

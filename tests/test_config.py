@@ -46,3 +46,15 @@ def test_tracking_setup_does_not_leak_into_the_environment(tmp_path, monkeypatch
     assert mlflow.get_tracking_uri() == cfg.tracking_uri
     registry.setup_tracking()  # no config: keeps the store set up last
     assert mlflow.get_tracking_uri() == cfg.tracking_uri
+
+
+def test_scoped_environ_sets_unsets_and_restores(monkeypatch):
+    import os
+
+    from churnkit.config import scoped_environ
+
+    monkeypatch.setenv("CK_A", "1")
+    monkeypatch.delenv("CK_B", raising=False)
+    with scoped_environ({"CK_A": None, "CK_B": "2"}):
+        assert "CK_A" not in os.environ and os.environ["CK_B"] == "2"
+    assert os.environ["CK_A"] == "1" and "CK_B" not in os.environ
