@@ -445,13 +445,18 @@ def rollout(
     plan_w = plan_steps(strategy, steps)
     th = Thresholds(max_error_rate, max_p99_ratio, max_prediction_psi, failure_threshold, min_requests, p99_slack_ms,
                     max_input_drift=max_input_drift)
-    if not (isinstance(interval, (int, float)) and interval > 0):
-        raise ParameterError(f"interval must be a positive number of seconds, got {interval!r}", name="interval")
+    for name, value, low in (("interval", interval, "positive"), ("max_bake", max_bake, "positive"),
+                             ("replay_rate", replay_rate, "non-negative")):
+        if value is None and name == "max_bake":
+            continue
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (value > 0 if low == "positive" else value >= 0)
+        if not ok:
+            raise ParameterError(f"{name} must be a {low} number, got {value!r}", name=name)
     target, config = _target_and_config(deploy_target, endpoint, config)
     registry.setup_tracking(config)
     poll = min(1.0, max(0.2, interval / 4))
     ctl = _Controller(target, config, model_name=model_name, thresholds=th, interval=float(interval),
-                      max_bake=float(max_bake or 10 * interval), poll=poll, replay_rate=float(replay_rate or 0), echo=echo)
+                      max_bake=float(max_bake or 10 * interval), poll=poll, replay_rate=float(replay_rate), echo=echo)
     # SIGTERM raises while the controller runs, so it rolls back (a second TERM cannot cut the rollback short)
     with using_store(config), RolloutLock(rollout_dir(config) / f"{target.endpoint}.lock", target.endpoint), \
             sigterm_raises():

@@ -281,3 +281,14 @@ def test_captured_inputs_come_from_the_local_capture_folders_since_the_step(tmp_
     assert sorted(frame["tenure"]) == [5, 7] and list(frame.columns) == ["tenure", "contract"]
     assert ro.captured_inputs(SimpleNamespace(state_dir=tmp_path), ["v9"], since) is None
     assert ro.captured_inputs(SimpleNamespace(), ["v1"], since) is None
+
+
+@pytest.mark.parametrize("kw, name", [({"interval": -1}, "interval"), ({"interval": "30"}, "interval"),
+                                      ({"max_bake": 0}, "max_bake"), ({"replay_rate": -5}, "replay_rate")])
+def test_bad_timing_arguments_are_refused_before_anything_moves(kw, name):
+    from churnkit.exceptions import ParameterError
+    from churnkit.rollout import rollout
+
+    with pytest.raises(ParameterError, match=name) as err:
+        rollout("no-such-target", **kw)  # refused before the target is even looked up
+    assert err.value.name == name
