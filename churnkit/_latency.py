@@ -51,7 +51,7 @@ def parse_prometheus(text: str) -> dict[str, list[tuple[dict[str, str], float]]]
     return out
 
 
-def _histogram(samples: dict, name: str) -> dict:
+def histogram(samples: dict, name: str) -> dict:
     """Buckets (upper bound -> cumulative count), sum and count, added up over every label set."""
     buckets: dict[float, float] = {}
     for labels, v in samples.get(name + "_bucket", []):
@@ -61,7 +61,8 @@ def _histogram(samples: dict, name: str) -> dict:
             "count": sum(v for _, v in samples.get(name + "_count", []))}
 
 
-def _minus(after: dict, before: dict | None) -> dict:
+def histogram_delta(after: dict, before: dict | None) -> dict:
+    """What a histogram counted between two scrapes (``after`` minus ``before``)."""
     if not before:
         return after
     return {"buckets": {le: c - before["buckets"].get(le, 0.0) for le, c in after["buckets"].items()},
@@ -126,8 +127,8 @@ def latency_breakdown(metrics_text: str, probe_timings: list[dict] | None = None
     """
     after = parse_prometheus(metrics_text)
     before = parse_prometheus(baseline_text) if baseline_text else None
-    model_h = _minus(_histogram(after, MODEL), before and _histogram(before, MODEL))
-    over_h = _minus(_histogram(after, OVERHEAD), before and _histogram(before, OVERHEAD))
+    model_h = histogram_delta(histogram(after, MODEL), before and histogram(before, MODEL))
+    over_h = histogram_delta(histogram(after, OVERHEAD), before and histogram(before, OVERHEAD))
     total_req, ok_req = _predict_requests(after)
     if before:
         total_req, ok_req = (a - b for a, b in zip((total_req, ok_req), _predict_requests(before)))

@@ -155,7 +155,7 @@ def window_from_metrics(before: str, after: str) -> Window:
     only; a score at its bucket's middle), so p99 and PSI have the histograms' resolution. The server
     cannot see client timeouts, so ``timeouts`` is 0.
     """
-    from churnkit._latency import parse_prometheus
+    from churnkit._latency import histogram, histogram_delta, parse_prometheus
 
     a, b = parse_prometheus(before or ""), parse_prometheus(after)
 
@@ -163,12 +163,10 @@ def window_from_metrics(before: str, after: str) -> Window:
         return sum(v for labels, v in samples.get("churnkit_requests_total", []) if keep(labels))
 
     def delta_buckets(name: str) -> list[tuple[float, int]]:
-        def cum(samples):
-            return {float(labels.get("le", "inf").replace("+Inf", "inf")): v for labels, v in samples.get(name + "_bucket", [])}
-        ca, cb = cum(a), cum(b)
+        """Per-bucket (not cumulative) counts between the two scrapes, by upper bound."""
+        cumulative = histogram_delta(histogram(b, name), histogram(a, name))["buckets"]
         out, prev = [], 0.0
-        for le in sorted(cb):
-            total = cb[le] - ca.get(le, 0.0)
+        for le, total in cumulative.items():
             out.append((le, round(total - prev)))
             prev = total
         return out
