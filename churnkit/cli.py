@@ -311,6 +311,14 @@ def _emit_plan(target, action: str, requests: list) -> None:
                "requests": requests})
 
 
+def _plan_or_apply(target, action: str, plan_only: bool, as_json: bool, **kw) -> None:
+    """Print the exact requests of ``action`` (--plan), or carry it out and print the live state."""
+    if plan_only:
+        _emit_plan(target, action, target.plan(action, **kw))
+    else:
+        _emit_state(getattr(target, action)(**kw), as_json)
+
+
 @main.command()
 @_target_options
 @click.option("--model", "model_uri", required=True, metavar="URI", help="models:/churn@challenger, models:/churn/3, ...")
@@ -361,10 +369,7 @@ def traffic(deploy_target, endpoint, port, runs_dir, as_json, weights, plan_only
         if not value.strip().isdigit():
             raise click.BadParameter(f"{item!r} is not VARIANT=WEIGHT (e.g. v2=10)", param_hint="WEIGHTS")
         parsed[name] = int(value)
-    target = _target(deploy_target, endpoint, port, runs_dir)
-    if plan_only:
-        return _emit_plan(target, "set_traffic", target.plan("set_traffic", weights=parsed))
-    _emit_state(target.set_traffic(parsed), as_json)
+    _plan_or_apply(_target(deploy_target, endpoint, port, runs_dir), "set_traffic", plan_only, as_json, weights=parsed)
 
 
 @endpoint.command()
@@ -373,10 +378,7 @@ def traffic(deploy_target, endpoint, port, runs_dir, as_json, weights, plan_only
 @click.option("--plan", "plan_only", is_flag=True, help="Print the exact requests as JSON; send nothing.")
 def remove(deploy_target, endpoint, port, runs_dir, as_json, variant, plan_only):
     """Drain VARIANT (its traffic goes to the others) and delete it."""
-    target = _target(deploy_target, endpoint, port, runs_dir)
-    if plan_only:
-        return _emit_plan(target, "remove", target.plan("remove", variant=variant))
-    _emit_state(target.remove(variant), as_json)
+    _plan_or_apply(_target(deploy_target, endpoint, port, runs_dir), "remove", plan_only, as_json, variant=variant)
 
 
 @endpoint.command()
@@ -384,10 +386,7 @@ def remove(deploy_target, endpoint, port, runs_dir, as_json, variant, plan_only)
 @click.option("--plan", "plan_only", is_flag=True, help="Print the exact requests as JSON; send nothing.")
 def stop(deploy_target, endpoint, port, runs_dir, as_json, plan_only):
     """Stop the endpoint: local processes end; a cloud endpoint is deleted (models stay registered)."""
-    target = _target(deploy_target, endpoint, port, runs_dir)
-    if plan_only:
-        return _emit_plan(target, "stop", target.plan("stop"))
-    _emit_state(target.stop(), as_json)
+    _plan_or_apply(_target(deploy_target, endpoint, port, runs_dir), "stop", plan_only, as_json)
 
 
 # ---- monitoring ---------------------------------------------------------------------------------

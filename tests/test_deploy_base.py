@@ -148,3 +148,17 @@ def test_cli_local_plan_status_and_usage_errors(store):
     bad = _cli("deploy", "--target", "local", "--model", "models:/churn@champion", "--guardrails", "canary",
                "--runs-dir", str(store.runs_dir))
     assert bad.exit_code == 2 and "--guardrails works with --target sagemaker" in bad.stderr
+
+
+def test_cli_endpoint_plans_send_nothing_and_refuse_unknown_variants(store):
+    res = _cli("endpoint", "stop", "--target", "sagemaker", "--plan", "--runs-dir", str(store.runs_dir))
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert (out["target"], out["action"]) == ("sagemaker", "stop") and isinstance(out["requests"], list)
+    res = _cli("endpoint", "traffic", "v1=90", "v2=10", "--target", "sagemaker", "--plan", "--runs-dir", str(store.runs_dir))
+    out = json.loads(res.stdout)
+    assert out["action"] == "set_traffic"
+    weights = {v["VariantName"]: v["DesiredWeight"] for r in out["requests"] for v in r["request"].get("DesiredWeightsAndCapacities", [])}
+    assert weights == {"v1": 90.0, "v2": 10.0}
+    res = _cli("endpoint", "remove", "v1", "--target", "sagemaker", "--plan", "--runs-dir", str(store.runs_dir))
+    assert res.exit_code == 1 and "no variant named 'v1'" in res.stderr  # nothing deployed to plan against
