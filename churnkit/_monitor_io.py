@@ -76,8 +76,9 @@ def load_monitor_inputs(
     paths = [p.strip() for p in str(current_path).split(",") if p.strip()]
     months = {}
     if paths:
-        for p in paths[:-1]:
-            months[Path(p).stem] = read_current(p)
+        stems = [Path(p).stem for p in paths[:-1]]
+        for p, stem in zip(paths[:-1], stems):  # a month is its file name, unless two files share it
+            months[stem if stems.count(stem) == 1 else p] = read_current(p)
         current, cur_src = read_current(paths[-1]), paths[-1]
     else:
         current = synth_month(rows=rows, month=2, seed=seed, drift=drift or None)

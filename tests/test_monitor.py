@@ -181,6 +181,16 @@ def test_messy_csv_is_typed_like_training_data(tmp_path):
     assert report.columns["senior_citizen"]["kind"] == "numeric" and "customer_id" not in report.columns
 
 
+def test_history_months_with_the_same_file_name_are_kept_apart(tmp_path):
+    for folder, month in (("a", 1), ("b", 2), ("c", 3)):
+        write_table(synth_month(200, month, 0), tmp_path / folder / "may.csv")
+    paths = [str(tmp_path / f / "may.csv") for f in "abc"]
+    inputs = M.load_monitor_inputs(paths[0], ",".join(paths))
+    assert list(inputs.months) == paths[:2]  # both earlier months, keyed by path since their names collide
+    single = M.load_monitor_inputs(paths[0], ",".join(paths[1:]))
+    assert list(single.months) == ["may"]
+
+
 def test_json_shape_and_nan_free():
     report = M.build_monitor_report(synth_month(600, 1, 0), synth_month(500, 2, 0, drift="covariate"))
     out = json.loads(json.dumps(report.to_dict(), allow_nan=False))
