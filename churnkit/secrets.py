@@ -9,6 +9,7 @@ replaced by ``[REDACTED:<kind>]`` so a reviewer sees that something was removed 
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections import Counter
@@ -98,15 +99,25 @@ def redact_text(text: str, counts: Counter | None = None) -> str:
     counts : Counter, optional
         Incremented by one per redaction, keyed by kind.
     """
+    new, found = _redact_once(text)
+    if counts is not None:
+        counts.update(dict(found))
+    return new
+
+
+@functools.lru_cache(maxsize=4096)
+def _redact_once(text: str) -> tuple[str, tuple[tuple[str, int], ...]]:
+    """Redact one string, remembered: papermill saves the whole notebook after every cell, and the
+    strings of earlier cells are the same each time, so each is scanned once, not once per save."""
+    counts: Counter = Counter()
     for pat in PATTERNS:
         def _sub(m: re.Match, pat: Pattern = pat) -> str:
-            if counts is not None:
-                counts[pat.kind] += 1
+            counts[pat.kind] += 1
             whole, start, end = m.group(0), m.start(pat.group) - m.start(), m.end(pat.group) - m.start()
             return whole[:start] + MARKER.format(kind=pat.kind) + whole[end:]
 
         text = pat.regex.sub(_sub, text)
-    return text
+    return text, tuple(counts.items())
 
 
 def _is_split_text(items: list) -> bool:

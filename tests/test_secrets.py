@@ -148,3 +148,14 @@ def test_planted_credentials_never_reach_the_notebook_file_or_mlflow(runs_config
     counts = json.loads(tags["churnkit.redactions"])
     assert counts["aws-access-key"] == 2 and counts["azure-storage-key"] >= 2
     assert set(PLANTED) <= set(counts)
+
+
+def test_counts_are_kept_when_a_string_is_seen_again():
+    """Every save of a notebook redacts the same strings again; the remembered result still counts them."""
+    from collections import Counter
+
+    text = "key AKIAABCDEFGHIJKLMNOP in a cell"
+    first, second = Counter(), Counter()
+    assert secrets.redact_text(text, first) == secrets.redact_text(text, second)
+    assert first == second and sum(first.values()) == 1
+    assert "AKIA" not in secrets.redact_text(text)
