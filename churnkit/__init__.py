@@ -1,35 +1,49 @@
 """churnkit: notebook-first experiment-to-production kit for a scikit-learn churn model.
 
-The notebooks call the few names re-exported here; everything else lives in the modules.
+The notebooks call the few names listed here; everything else lives in the modules. Names are
+resolved on first use, so ``import churnkit.serve`` (the container's cold start) loads only the
+serving layer and never MLflow, matplotlib or the deploy targets.
 """
 
-from churnkit.data import Dataset, Schema, describe_dataset, load_table, synth_month
-from churnkit.deploy import get_target, log_deployment, model_uri_for, open_target, plan_table
-from churnkit.evaluate import evaluate_holdout, gate, plot_evaluation
-from churnkit.exceptions import ChurnkitError
-from churnkit.model import split_holdout, train_model
-from churnkit.monitor import (
-    build_monitor_report,
-    load_monitor_inputs,
-    load_monitored_model,
-    log_monitor_report,
-    measure_latency,
-    probe_rows,
-)
-from churnkit.registry import (
-    load_candidate,
-    load_champion,
-    load_model,
-    log_candidate,
-    log_evaluation,
-    record_registration,
-    register_candidate,
-    start_run,
-)
-from churnkit.rollout import plot_rollout, rollout_history
-from churnkit.rollout import rollout as run_rollout
+import importlib
 
-__version__ = "0.1.0"
+from churnkit.version import __version__ as __version__
+
+_EXPORTS = {
+    "ChurnkitError": "churnkit.exceptions",
+    "Dataset": "churnkit.data",
+    "Schema": "churnkit.data",
+    "describe_dataset": "churnkit.data",
+    "load_table": "churnkit.data",
+    "synth_month": "churnkit.data",
+    "get_target": "churnkit.deploy",
+    "log_deployment": "churnkit.deploy",
+    "model_uri_for": "churnkit.deploy",
+    "open_target": "churnkit.deploy",
+    "plan_table": "churnkit.deploy",
+    "evaluate_holdout": "churnkit.evaluate",
+    "gate": "churnkit.evaluate",
+    "plot_evaluation": "churnkit.evaluate",
+    "split_holdout": "churnkit.model",
+    "train_model": "churnkit.model",
+    "build_monitor_report": "churnkit.monitor",
+    "load_monitor_inputs": "churnkit.monitor",
+    "load_monitored_model": "churnkit.monitor",
+    "log_monitor_report": "churnkit.monitor",
+    "measure_latency": "churnkit.monitor",
+    "probe_rows": "churnkit.monitor",
+    "load_candidate": "churnkit.registry",
+    "load_champion": "churnkit.registry",
+    "load_model": "churnkit.registry",
+    "log_candidate": "churnkit.registry",
+    "log_evaluation": "churnkit.registry",
+    "record_registration": "churnkit.registry",
+    "register_candidate": "churnkit.registry",
+    "start_run": "churnkit.registry",
+    "plot_rollout": "churnkit.rollout",
+    "rollout_history": "churnkit.rollout",
+    "run_rollout": ("churnkit.rollout", "rollout"),
+}
 
 __all__ = [
     "ChurnkitError",
@@ -67,3 +81,17 @@ __all__ = [
     "synth_month",
     "train_model",
 ]
+
+
+def __getattr__(name: str):
+    target = _EXPORTS.get(name)
+    if target is None:
+        raise AttributeError(f"module 'churnkit' has no attribute {name!r}")
+    module, attr = target if isinstance(target, tuple) else (target, name)
+    value = getattr(importlib.import_module(module), attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

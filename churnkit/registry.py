@@ -29,7 +29,8 @@ from churnkit.config import (
     load_config,
     scoped_environ,
 )
-from churnkit.data import Dataset, Schema, file_sha256
+from churnkit.artifact import LoadedModel, artifact_sha256, read_metadata
+from churnkit.data import Dataset, Schema
 from churnkit.evaluate import GateResult
 from churnkit.exceptions import IntegrityError, RegistryError
 
@@ -253,25 +254,7 @@ def read_holdout(run_id: str) -> tuple[pd.DataFrame, pd.Series]:
 # Artifacts
 # --------------------------------------------------------------------------------------------------
 
-def read_metadata(model_dir: Path) -> dict:
-    import yaml
-
-    return (yaml.safe_load((Path(model_dir) / "MLmodel").read_text()) or {}).get("metadata") or {}
-
-
-def _model_file(model_dir: Path) -> Path:
-    import yaml
-
-    mlmodel = yaml.safe_load((Path(model_dir) / "MLmodel").read_text())
-    name = mlmodel.get("flavors", {}).get("sklearn", {}).get("pickled_model")
-    if not name:
-        raise IntegrityError(f"{str(model_dir)!r} has no sklearn model file in its MLmodel; it is not a churnkit model")
-    return Path(model_dir) / name
-
-
-def artifact_sha256(model_dir: str | Path) -> str:
-    """sha256 of the serialized model file (the bytes that get deserialized)."""
-    return file_sha256(_model_file(Path(model_dir)))
+# read_metadata, model_file and artifact_sha256 live in churnkit.artifact (no MLflow there).
 
 
 # --------------------------------------------------------------------------------------------------
@@ -466,20 +449,6 @@ def list_versions(model_name: str | None = None, config: Config | None = None) -
 # --------------------------------------------------------------------------------------------------
 # Loading for serving and scoring
 # --------------------------------------------------------------------------------------------------
-
-@dataclass
-class LoadedModel:
-    """A verified model ready to score: the fitted pipeline plus everything serving needs."""
-
-    pipeline: Any
-    schema: Schema
-    threshold: float
-    name: str
-    version: str
-    sha256: str
-    uri: str
-    path: Path
-
 
 def find_version(uri: str, config: Config | None = None):
     """The registry's ModelVersion behind ``models:/name@alias`` or ``models:/name/N`` (no download).

@@ -5,7 +5,7 @@ from __future__ import annotations
 import mlflow
 import pytest
 
-from churnkit import registry
+from churnkit import artifact, registry
 from churnkit.data import load_table
 from churnkit.evaluate import evaluate_holdout, gate
 from churnkit.exceptions import IntegrityError, RegistryError
@@ -85,7 +85,7 @@ def test_tampered_artifact_is_refused(runs_config):
     _register(_candidate(runs_config))
     model = registry.load_model("models:/churn@champion", runs_config)
     assert model.version == "1" and model.threshold > 0 and model.schema.names
-    target = registry._model_file(model.path)
+    target = artifact.model_file(model.path)
     target.write_bytes(target.read_bytes() + b"\0")
     with pytest.raises(IntegrityError, match="does not match"):
         registry.load_model("models:/churn@champion", runs_config)

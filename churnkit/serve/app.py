@@ -29,6 +29,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from churnkit.exceptions import ConfigError, SchemaError
+from churnkit.version import __version__
 from churnkit.serve import contracts
 from churnkit.serve.metrics import CONTENT_TYPE, Metrics
 from churnkit.serve.scorer import Scorer
@@ -74,8 +75,6 @@ class Service:
         self.version_header = str(loaded.version).encode("latin-1", "replace")
 
     def describe(self) -> dict:
-        from churnkit import __version__
-
         m = self.loaded
         return {"name": m.name, "version": str(m.version), "sha256": m.sha256, "uri": m.uri, "threshold": m.threshold,
                 "churnkit": __version__, "engine": self.scorer.engine}

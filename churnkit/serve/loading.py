@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 
 from churnkit.exceptions import IntegrityError, RegistryError
-from churnkit.registry import LoadedModel, artifact_sha256, read_metadata
+from churnkit.artifact import LoadedModel, artifact_sha256, read_metadata
 
 MANIFEST = "churnkit-model.json"
 REMOTE_SCHEMES = ("gs://", "s3://", "wasbs://", "abfss://", "azureml://", "http://", "https://")
@@ -134,8 +134,6 @@ def load_model_folder(folder, uri: str | None = None, environ=None) -> LoadedMod
 
 def load_serving_model(uri: str, config=None, environ=None) -> LoadedModel:
     """The model ``churnkit serve`` scores with: registry URI, folder, or cloud storage URI; sha256 verified."""
-    from churnkit.registry import load_model
-
     if uri.startswith(REMOTE_SCHEMES):
         import tempfile
 
@@ -149,12 +147,11 @@ def load_serving_model(uri: str, config=None, environ=None) -> LoadedModel:
     elif Path(uri).is_dir():
         local = uri
     else:  # models:/ and runs:/: the registry checks the sha256 it recorded
+        from churnkit.registry import load_model
+
         loaded = load_model(uri, config)
         env = os.environ if environ is None else environ
         _check_sha256(loaded.sha256, uri, {"CHURNKIT_MODEL_SHA256": env.get("CHURNKIT_MODEL_SHA256")})
         return loaded
-    folder = find_model_folder(local)  # /opt/ml/model and Azure ML may hold the model folder below the root
-    verify_folder(folder, uri, environ)
-    loaded = load_model(str(folder), config)
-    loaded.uri = uri
-    return apply_manifest(loaded, environ)
+    # /opt/ml/model and Azure ML may hold the model folder below the root; no MLflow on this path
+    return load_model_folder(local, uri, environ)
