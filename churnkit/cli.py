@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from churnkit._runguard import RunTerminated
+from churnkit.signals import RunTerminated
 from churnkit.exceptions import ChurnkitError, NotebookExecutionError
 
 PARAM_HELP = "Notebook parameter NAME VALUE (repeatable); see `churnkit params NOTEBOOK`."
@@ -70,7 +70,7 @@ def main():
 def run(notebook, pairs, runs_dir, cell_timeout, rerun_id):
     """Run one NOTEBOOK headless (01-train, 02-evaluate, ...); prints the output notebook path."""
     from churnkit.runner import rerun_notebook, run_notebook
-    from churnkit.secrets import describe
+    from churnkit.runner.secrets import describe
 
     if bool(notebook) == bool(rerun_id):
         raise click.UsageError("give either a NOTEBOOK or --rerun RUN_ID")

@@ -14,6 +14,7 @@ EXPERIMENT_NAME = "churnkit"
 ALIAS_CHAMPION = "champion"
 ALIAS_CHALLENGER = "challenger"
 ALIAS_PREVIOUS = "previous"
+TAG = "churnkit."  # prefix of every MLflow tag and cloud resource tag the kit writes
 
 
 @dataclass(frozen=True)
@@ -28,11 +29,18 @@ class Config:
         ``MLFLOW_TRACKING_URI`` when set (a team server), else sqlite under ``runs_dir``.
     embedded : bool
         True when the tracking store is the embedded sqlite file.
+    output_notebook : str
+        The executed notebook this process writes (``CHURNKIT_OUTPUT_NOTEBOOK``, set by the runner for
+        its kernel); "" outside ``churnkit run``.
+    pipeline_id : str
+        The pipeline this process belongs to (``CHURNKIT_PIPELINE_ID``); "" outside ``churnkit pipeline``.
     """
 
     runs_dir: Path
     tracking_uri: str
     embedded: bool
+    output_notebook: str = ""
+    pipeline_id: str = ""
 
     @property
     def artifact_location(self) -> str | None:
@@ -64,10 +72,12 @@ def load_config(runs_dir: str | os.PathLike | None = None, environ: dict | None 
             f"runs folder {str(path)!r} exists and is not a folder; pass --runs-dir with a folder path "
             "or unset CHURNKIT_RUNS_DIR"
         )
+    run = {"output_notebook": env.get("CHURNKIT_OUTPUT_NOTEBOOK", ""), "pipeline_id": env.get("CHURNKIT_PIPELINE_ID", "")}
     uri = env.get("MLFLOW_TRACKING_URI", "").strip()
     if uri:
-        return Config(runs_dir=path, tracking_uri=uri, embedded=False)
-    return Config(runs_dir=path, tracking_uri=f"sqlite:///{path / 'mlflow.db'}", embedded=True)
+        return Config(runs_dir=path, tracking_uri=uri, embedded=False, **run)
+    return Config(runs_dir=path, tracking_uri=f"sqlite:///{path / 'mlflow.db'}", embedded=True, **run)
+
 
 
 @contextlib.contextmanager

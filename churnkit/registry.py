@@ -1,6 +1,7 @@
-"""MLflow: tracking setup, candidate logging and the model registry.
+"""The model registry: candidates, registered versions, aliases and their history, verified loading.
 
-This is the only module that touches MlflowClient's registry. Registration happens only on a passed
+With :mod:`churnkit.tracking`, the only modules that touch MLflow; every function takes the
+configuration explicitly (``config=None`` reads the environment at that call). Registration happens only on a passed
 gate; a refused candidate leaves the registry exactly as it was, and a registration that fails half
 way is undone before the error propagates.
 """
@@ -8,9 +9,6 @@ way is undone before the error propagates.
 from __future__ import annotations
 
 import json
-import os
-import platform
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
@@ -24,128 +22,16 @@ from churnkit.config import (
     ALIAS_CHAMPION,
     ALIAS_PREVIOUS,
     DEFAULT_MODEL_NAME,
-    EXPERIMENT_NAME,
+    TAG,
     Config,
     load_config,
-    scoped_environ,
 )
+from churnkit.clock import iso_seconds
 from churnkit.artifact import LoadedModel, artifact_sha256, read_metadata
 from churnkit.data import Dataset, Schema
 from churnkit.evaluate import GateResult
 from churnkit.exceptions import IntegrityError, RegistryError
-
-TAG = "churnkit."
-
-
-def _mlflow():
-    import mlflow
-
-    return mlflow
-
-
-def client():
-    from mlflow import MlflowClient
-
-    return MlflowClient()
-
-
-_configured: dict[str, str] = {}
-
-
-def _point_mlflow(uri: str) -> None:
-    """Set MLflow's tracking and registry URI for this process only.
-
-    ``mlflow.set_tracking_uri`` also exports ``MLFLOW_TRACKING_URI``/``MLFLOW_REGISTRY_URI``; left there,
-    the next :func:`load_config` would mistake our embedded store for a team server, so they are restored.
-    """
-    mlflow = _mlflow()
-    kept = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    with scoped_environ(kept):
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_registry_uri(uri)
-
-
-def setup_tracking(config: Config | None = None) -> str:
-    """Point MLflow at the configured store and make sure the ``churnkit`` experiment exists.
-
-    Without ``config``, the store this process last set up is kept (else settings are loaded).
-    Returns the experiment id. Idempotent and cheap after the first call per store.
-    """
-    mlflow = _mlflow()
-    if config is None and _configured:
-        _point_mlflow(_configured["uri"])
-        return _configured["experiment_id"]
-    config = config or load_config()
-    if _configured.get("uri") == config.tracking_uri:
-        _point_mlflow(config.tracking_uri)
-        return _configured["experiment_id"]
-    if config.embedded:
-        config.runs_dir.mkdir(parents=True, exist_ok=True)
-    _point_mlflow(config.tracking_uri)
-    exp = mlflow.get_experiment_by_name(EXPERIMENT_NAME)
-    if exp is None:
-        try:
-            exp_id = mlflow.create_experiment(EXPERIMENT_NAME, artifact_location=config.artifact_location)
-        except Exception:  # another process created it meanwhile
-            exp_id = mlflow.get_experiment_by_name(EXPERIMENT_NAME).experiment_id
-    else:
-        exp_id = exp.experiment_id
-    mlflow.set_experiment(experiment_id=exp_id)
-    _configured.update(uri=config.tracking_uri, experiment_id=exp_id)
-    return exp_id
-
-
-def start_run(notebook: str, config: Config | None = None):
-    """Start (or resume) this notebook's MLflow run.
-
-    Under ``churnkit run`` the runner created the run and passed its id in ``MLFLOW_RUN_ID``; in
-    JupyterLab a fresh run is started. Either way the run is active afterwards and returned.
-    """
-    setup_tracking(config)
-    mlflow = _mlflow()
-    active = mlflow.active_run()
-    if active is not None:
-        return active
-    run_id = os.environ.get("MLFLOW_RUN_ID")
-    if run_id:
-        return mlflow.start_run(run_id=run_id)
-    return mlflow.start_run(run_name=notebook, tags={TAG + "notebook": notebook, TAG + "interactive": "true"})
-
-
-def git_commit(cwd: str | os.PathLike | None = None) -> tuple[str, bool]:
-    """The git commit of ``cwd`` (default: the current folder) and whether its work tree is dirty.
-
-    Returns ``("unknown", False)`` outside git.
-    """
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True,
-                             cwd=cwd).stdout.strip()
-        dirty = bool(
-            subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
-                           timeout=5, cwd=cwd).stdout.strip()
-        )
-        return sha, dirty
-    except Exception:
-        return "unknown", False
-
-
-def package_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for pkg in ("scikit-learn", "pandas", "numpy", "mlflow", "papermill", "churnkit"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
-
-
-def pip_requirements() -> list[str]:
-    """Explicit requirements for the logged model (inferring them costs seconds)."""
-    v = package_versions()
-    return [f"scikit-learn=={v['scikit-learn']}", f"pandas=={v['pandas']}", f"numpy=={v['numpy']}"]
-
+from churnkit.tracking import client, git_commit, mlflow_module, package_versions, pip_requirements, setup_tracking
 
 # --------------------------------------------------------------------------------------------------
 # Candidates (one per 01-train run)
@@ -153,7 +39,7 @@ def pip_requirements() -> list[str]:
 
 def log_candidate(pipeline, dataset: Dataset, split, *, model: str, seed: int) -> str:
     """Log a trained candidate to the active run: params, schema, holdout, the model. Returns the run id."""
-    mlflow = _mlflow()
+    mlflow = mlflow_module()
     run = mlflow.active_run()
     if run is None:
         raise RegistryError("no active MLflow run; call churnkit.start_run(notebook) before log_candidate")
@@ -202,13 +88,13 @@ class Candidate:
     tags: dict
 
 
-def latest_candidate_run() -> str:
+def latest_candidate_run(config: Config | None = None) -> str:
     """The id of the newest 01-train run that logged a candidate and did not fail.
 
     A run still RUNNING counts: in JupyterLab the 01-train kernel keeps its run open while 02-evaluate runs.
     """
-    mlflow = _mlflow()
-    setup_tracking()
+    mlflow = mlflow_module()
+    setup_tracking(config)
     runs = mlflow.search_runs(
         filter_string=f"tags.`{TAG}role` = 'candidate'",
         order_by=["attributes.start_time DESC"],
@@ -221,13 +107,13 @@ def latest_candidate_run() -> str:
     raise RegistryError("no training run with a logged candidate found; run 01-train first or pass train_run_id")
 
 
-def load_candidate(train_run_id: str = "") -> Candidate:
+def load_candidate(train_run_id: str = "", config: Config | None = None) -> Candidate:
     """Load a candidate logged by 01-train (the newest when ``train_run_id`` is empty)."""
-    mlflow = _mlflow()
-    setup_tracking()
-    run_id = train_run_id or latest_candidate_run()
+    mlflow = mlflow_module()
+    c = client(config)
+    run_id = train_run_id or latest_candidate_run(config)
     try:
-        run = client().get_run(run_id)
+        run = c.get_run(run_id)
     except Exception as exc:
         raise RegistryError(f"training run {run_id!r} not found in {mlflow.get_tracking_uri()!r}; pass a run id from `churnkit runs`") from exc
     model_uri = run.data.tags.get(TAG + "model_uri")
@@ -245,7 +131,7 @@ def load_candidate(train_run_id: str = "") -> Candidate:
 
 def read_holdout(run_id: str) -> tuple[pd.DataFrame, pd.Series]:
     """The held-out rows (typed features) and labels a 01-train run logged."""
-    holdout = pd.read_parquet(_mlflow().artifacts.download_artifacts(run_id=run_id, artifact_path="holdout/holdout.parquet"))
+    holdout = pd.read_parquet(mlflow_module().artifacts.download_artifacts(run_id=run_id, artifact_path="holdout/holdout.parquet"))
     y = holdout.pop("__label__")
     return holdout, y
 
@@ -261,24 +147,24 @@ def read_holdout(run_id: str) -> tuple[pd.DataFrame, pd.Series]:
 # Registry
 # --------------------------------------------------------------------------------------------------
 
-def get_alias_version(alias: str, model_name: str = DEFAULT_MODEL_NAME):
+def get_alias_version(alias: str, model_name: str = DEFAULT_MODEL_NAME, config: Config | None = None):
     """The ModelVersion behind ``alias``, or None when the alias (or the model) does not exist."""
-    setup_tracking()
+    c = client(config)
     try:
-        return client().get_model_version_by_alias(model_name, alias)
+        return c.get_model_version_by_alias(model_name, alias)
     except Exception:
         return None
 
 
-def get_champion(model_name: str = DEFAULT_MODEL_NAME):
-    return get_alias_version(ALIAS_CHAMPION, model_name)
+def get_champion(model_name: str = DEFAULT_MODEL_NAME, config: Config | None = None):
+    return get_alias_version(ALIAS_CHAMPION, model_name, config)
 
 
-def aliases(model_name: str = DEFAULT_MODEL_NAME) -> dict[str, str]:
+def aliases(model_name: str = DEFAULT_MODEL_NAME, config: Config | None = None) -> dict[str, str]:
     """``{alias: version}`` for the registered model ({} when it does not exist yet)."""
-    setup_tracking()
+    c = client(config)
     try:
-        return {a: str(v) for a, v in client().get_registered_model(model_name).aliases.items()}
+        return {a: str(v) for a, v in c.get_registered_model(model_name).aliases.items()}
     except Exception:
         return {}
 
@@ -291,6 +177,7 @@ def register_candidate(
     metrics: dict[str, float] | None = None,
     threshold: float = 0.5,
     output_notebook: str = "",
+    config: Config | None = None,
 ) -> str | None:
     """Register ``candidate`` if ``verdict`` passed; returns the new version, or None (nothing touched).
 
@@ -300,15 +187,15 @@ def register_candidate(
     """
     if not verdict.passed:
         return None
-    setup_tracking()
-    c = client()
+    config = config or load_config()
+    c = client(config)
     t0 = time.perf_counter()
     existed = True
     try:
         c.get_registered_model(model_name)
     except Exception:
         existed = False
-    champion = get_champion(model_name)
+    champion = get_champion(model_name, config)
     tags = {
         TAG + "data_sha256": candidate.tags.get(TAG + "data_sha256", ""),
         TAG + "rows": candidate.tags.get(TAG + "rows", ""),
@@ -319,7 +206,7 @@ def register_candidate(
         TAG + "threshold": repr(float(threshold)),
         TAG + "train_run_id": candidate.run_id,
         TAG + "train_notebook": candidate.tags.get(TAG + "output_notebook", ""),
-        TAG + "evaluate_notebook": output_notebook or os.environ.get("CHURNKIT_OUTPUT_NOTEBOOK", ""),
+        TAG + "evaluate_notebook": output_notebook or config.output_notebook,
         TAG + "gate": json.dumps(verdict.to_dict()),
     }
     for k, v in (metrics or {}).items():
@@ -333,15 +220,15 @@ def register_candidate(
         _wait_ready(c, model_name, mv.version)
         alias = ALIAS_CHALLENGER if champion is not None else ALIAS_CHAMPION
         c.set_registered_model_alias(model_name, alias, mv.version)
-        record_history(model_name, mv.version, f"registered as {alias}: {verdict.summary()}")
+        record_history(model_name, mv.version, f"registered as {alias}: {verdict.summary()}", config)
     except Exception as exc:
         if mv is not None:
             _undo(c, model_name, mv.version, existed)
         elif not existed:
             _undo(c, model_name, None, existed)
         raise RegistryError(f"registering {candidate.model_uri!r} as {model_name!r} failed and was undone: {exc}") from exc
-    if _mlflow().active_run():
-        _mlflow().log_metric("registration_seconds", time.perf_counter() - t0)
+    if mlflow_module().active_run():
+        mlflow_module().log_metric("registration_seconds", time.perf_counter() - t0)
     return str(mv.version)
 
 
@@ -366,55 +253,54 @@ def _undo(c, name: str, version: str | None, existed: bool) -> None:
         pass
 
 
-def set_alias(alias: str, version: str, model_name: str = DEFAULT_MODEL_NAME, reason: str = "") -> None:
-    setup_tracking()
-    client().set_registered_model_alias(model_name, alias, str(version))
+def set_alias(alias: str, version: str, model_name: str = DEFAULT_MODEL_NAME, reason: str = "",
+              config: Config | None = None) -> None:
+    client(config).set_registered_model_alias(model_name, alias, str(version))
     if reason:
-        record_history(model_name, version, f"alias {alias}: {reason}")
+        record_history(model_name, version, f"alias {alias}: {reason}", config)
 
 
-def delete_alias(alias: str, model_name: str = DEFAULT_MODEL_NAME) -> None:
-    setup_tracking()
+def delete_alias(alias: str, model_name: str = DEFAULT_MODEL_NAME, config: Config | None = None) -> None:
+    c = client(config)
     try:
-        client().delete_registered_model_alias(model_name, alias)
+        c.delete_registered_model_alias(model_name, alias)
     except Exception:
         pass
 
 
-def promote(version: str, model_name: str = DEFAULT_MODEL_NAME, reason: str = "") -> None:
+def promote(version: str, model_name: str = DEFAULT_MODEL_NAME, reason: str = "", config: Config | None = None) -> None:
     """Make ``version`` the champion; the old champion becomes ``previous``; drop ``challenger`` if it was it."""
-    old = get_champion(model_name)
+    old = get_champion(model_name, config)
     if old is not None and str(old.version) != str(version):
-        set_alias(ALIAS_PREVIOUS, old.version, model_name, f"replaced by v{version}")
-    set_alias(ALIAS_CHAMPION, version, model_name, reason or "promoted")
-    ch = get_alias_version(ALIAS_CHALLENGER, model_name)
+        set_alias(ALIAS_PREVIOUS, old.version, model_name, f"replaced by v{version}", config)
+    set_alias(ALIAS_CHAMPION, version, model_name, reason or "promoted", config)
+    ch = get_alias_version(ALIAS_CHALLENGER, model_name, config)
     if ch is not None and str(ch.version) == str(version):
-        delete_alias(ALIAS_CHALLENGER, model_name)
+        delete_alias(ALIAS_CHALLENGER, model_name, config)
 
 
-def set_version_tag(version: str, key: str, value: str, model_name: str = DEFAULT_MODEL_NAME) -> None:
-    setup_tracking()
-    client().set_model_version_tag(model_name, str(version), key if key.startswith(TAG) else TAG + key, value)
+def set_version_tag(version: str, key: str, value: str, model_name: str = DEFAULT_MODEL_NAME,
+                    config: Config | None = None) -> None:
+    client(config).set_model_version_tag(model_name, str(version), key if key.startswith(TAG) else TAG + key, value)
 
 
-def record_history(model_name: str, version: str, event: str) -> None:
+def record_history(model_name: str, version: str, event: str, config: Config | None = None) -> None:
     """Append ``event`` (UTC time stamped) to the version's ``churnkit.history`` tag (a JSON list)."""
-    c = client()
+    c = client(config)
     mv = c.get_model_version(model_name, str(version))
     history = json.loads(mv.tags.get(TAG + "history", "[]"))
-    history.append({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "event": event})
+    history.append({"time": iso_seconds(), "event": event})
     c.set_model_version_tag(model_name, str(version), TAG + "history", json.dumps(history[-50:]))
 
 
-def version_history(version: str, model_name: str = DEFAULT_MODEL_NAME) -> list[dict]:
-    setup_tracking()
-    return json.loads(client().get_model_version(model_name, str(version)).tags.get(TAG + "history", "[]"))
+def version_history(version: str, model_name: str = DEFAULT_MODEL_NAME, config: Config | None = None) -> list[dict]:
+    return json.loads(client(config).get_model_version(model_name, str(version)).tags.get(TAG + "history", "[]"))
 
 
-def version_holdout(version: str, model_name: str = DEFAULT_MODEL_NAME) -> tuple[pd.DataFrame, pd.Series]:
+def version_holdout(version: str, model_name: str = DEFAULT_MODEL_NAME,
+                    config: Config | None = None) -> tuple[pd.DataFrame, pd.Series]:
     """The held-out rows and labels of the training run behind a registered version (for replaying traffic)."""
-    setup_tracking()
-    mv = client().get_model_version(model_name, str(version))
+    mv = client(config).get_model_version(model_name, str(version))
     run_id = mv.tags.get(TAG + "train_run_id") or mv.run_id
     if not run_id:
         raise RegistryError(f"model {model_name!r} v{version} records no training run; register it through 02-evaluate")
@@ -426,8 +312,7 @@ def list_versions(model_name: str | None = None, config: Config | None = None) -
 
     Each is a plain dict: ``name, version, aliases, tags, run_id, status, created`` (epoch ms), ``source``.
     """
-    setup_tracking(config)
-    c = client()
+    c = client(config)
     names = [model_name] if model_name else sorted(m.name for m in c.search_registered_models())
     out = []
     for name in names:
@@ -462,18 +347,18 @@ def find_version(uri: str, config: Config | None = None):
     """
     if not uri.startswith("models:/"):
         return None
-    setup_tracking(config)
+    c = client(config)
     rest = uri.removeprefix("models:/")
     try:
         if "@" in rest:
             name, alias = rest.split("@", 1)
-            return client().get_model_version_by_alias(name, alias)
+            return c.get_model_version_by_alias(name, alias)
         name, version = rest.rsplit("/", 1)
-        return client().get_model_version(name, version)
+        return c.get_model_version(name, version)
     except Exception as exc:
         raise RegistryError(
-            f"model {uri!r} not found in the registry at {_mlflow().get_tracking_uri()!r}; "
-            f"registered aliases: {aliases(rest.split('@')[0].split('/')[0])!r}"
+            f"model {uri!r} not found in the registry at {mlflow_module().get_tracking_uri()!r}; "
+            f"registered aliases: {aliases(rest.split('@')[0].split('/')[0], config)!r}"
         ) from exc
 
 
@@ -493,7 +378,7 @@ def resolve_model(uri: str, config: Config | None = None) -> tuple[Path, dict]:
             f"model {uri!r} is neither a folder nor a models:/ or runs:/ URI; use e.g. models:/churn@champion"
         )
     setup_tracking(config)
-    mlflow = _mlflow()
+    mlflow = mlflow_module()
     tags: dict = {}
     target = uri
     if uri.startswith("models:/"):
@@ -535,35 +420,17 @@ def load_model(uri: str, config: Config | None = None, *, verify: bool = True) -
     )
 
 
-def load_champion(model_name: str = DEFAULT_MODEL_NAME) -> LoadedModel | None:
+def load_champion(model_name: str = DEFAULT_MODEL_NAME, config: Config | None = None) -> LoadedModel | None:
     """The serving champion, verified, or None when no version holds the alias yet."""
-    if get_champion(model_name) is None:
+    if get_champion(model_name, config) is None:
         return None
-    return load_model(f"models:/{model_name}@{ALIAS_CHAMPION}")
+    return load_model(f"models:/{model_name}@{ALIAS_CHAMPION}", config)
 
 
-def log_evaluation(evaluation, verdict: GateResult, figure=None) -> None:
-    """Log holdout metrics, the gate verdict and the evaluation figure to the active run."""
-    mlflow = _mlflow()
-    mlflow.log_metrics({f"holdout_{k}": v for k, v in evaluation.challenger.items()})
-    if evaluation.champion is not None:
-        mlflow.log_metrics({f"champion_holdout_{k}": v for k, v in evaluation.champion.items()})
-    mlflow.log_metric("threshold", evaluation.threshold)
-    mlflow.set_tags(
-        {
-            TAG + "gate_passed": str(verdict.passed).lower(),
-            TAG + "gate_summary": verdict.summary()[:4000],
-            TAG + "gate": json.dumps(verdict.to_dict()),
-        }
-    )
-    if figure is not None:
-        mlflow.log_figure(figure, "evaluation.png")
-
-
-def record_registration(version: str | None, model_name: str = DEFAULT_MODEL_NAME) -> dict:
+def record_registration(version: str | None, model_name: str = DEFAULT_MODEL_NAME, config: Config | None = None) -> dict:
     """Tag the active run with the registration outcome; returns the registry's aliases for display."""
-    mlflow = _mlflow()
-    current = aliases(model_name)
+    mlflow = mlflow_module()
+    current = aliases(model_name, config)
     mlflow.set_tags({TAG + "registered_version": version or "", TAG + "model_name": model_name,
                      TAG + "aliases": json.dumps(current)})
     return current

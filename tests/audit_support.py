@@ -53,7 +53,7 @@ def _build(root: Path) -> AuditStore:
     config = load_config(root / "runs")
     pipeline = run_pipeline({"rows": 1500}, config=config, progress=False, echo=lambda *_: None,
                             steps=("01-train", "02-evaluate"))
-    client = registry.client()
+    client = registry.client(config)
 
     deploy = run_notebook(FIXTURES / "sleep.ipynb", {"seconds": 0}, config=config, folder=pipeline.folder,
                           pipeline_id=pipeline.pipeline_id, parent_run_id=pipeline.run_id, progress=False)
@@ -61,11 +61,12 @@ def _build(root: Path) -> AuditStore:
     for key, value in {"deploy_target": "local", "endpoint": "churn", "deployed_uri": "models:/churn@champion",
                        "endpoint_weights": json.dumps({"v1": 100})}.items():
         client.set_tag(deploy.run_id, "churnkit." + key, value)
-    registry.set_version_tag("1", "deploy_notebook", str(deploy.output_path))
+    registry.set_version_tag("1", "deploy_notebook", str(deploy.output_path), config=config)
 
-    candidate = registry.load_candidate(pipeline.step("01-train").run_id)
+    candidate = registry.load_candidate(pipeline.step("01-train").run_id, config)
     evaluate_nb = str(pipeline.step("02-evaluate").output_path)
-    version = registry.register_candidate(candidate, gate(0.93, 0.93, 0.85, 0.0), output_notebook=evaluate_nb)
+    version = registry.register_candidate(candidate, gate(0.93, 0.93, 0.85, 0.0), output_notebook=evaluate_nb,
+                                           config=config)
     assert version == "2"
     exp = registry.setup_tracking(config)
     rollout = client.create_run(exp, tags={"mlflow.runName": "rollout", "churnkit.notebook": "rollout",
@@ -74,8 +75,8 @@ def _build(root: Path) -> AuditStore:
                        "champion_version": "1", "challenger_version": "2"}.items():
         client.set_tag(rollout.info.run_id, "churnkit." + key, value)
     client.set_terminated(rollout.info.run_id, "FINISHED")
-    registry.set_version_tag("2", "rollout_decision", "rolled_back")
-    registry.set_version_tag("2", "rollout_run_id", rollout.info.run_id)
+    registry.set_version_tag("2", "rollout_decision", "rolled_back", config=config)
+    registry.set_version_tag("2", "rollout_run_id", rollout.info.run_id, config=config)
 
     try:
         run_notebook(FIXTURES / "crash.ipynb", {"how": "raise"}, config=config, progress=False)

@@ -20,7 +20,7 @@ def _build(folder: Path) -> None:
     import mlflow
 
     from churnkit import registry
-    from churnkit.config import load_config
+    from churnkit.config import TAG, load_config
     from churnkit.data import load_table
     from churnkit.evaluate import gate
     from churnkit.model import split_holdout, train_model
@@ -31,10 +31,10 @@ def _build(folder: Path) -> None:
         dataset = load_table("", rows=1500, seed=seed)
         split = split_holdout(dataset, seed=seed)
         pipeline = train_model(split, dataset.schema, seed=seed)
-        with mlflow.start_run(run_name="01-train", tags={registry.TAG + "notebook": "01-train"}):
+        with mlflow.start_run(run_name="01-train", tags={TAG + "notebook": "01-train"}):
             run_id = registry.log_candidate(pipeline, dataset, split, model="logreg", seed=seed)
-        candidate = registry.load_candidate(run_id)
-        registry.register_candidate(candidate, gate(0.99, None, 0.5, -1.0), threshold=0.5)
+        candidate = registry.load_candidate(run_id, config)
+        registry.register_candidate(candidate, gate(0.99, None, 0.5, -1.0), threshold=0.5, config=config)
 
 
 def registry_store(base: Path) -> Path:
@@ -65,6 +65,8 @@ def cloud_store(tmp_path: Path, monkeypatch, env: dict[str, str]):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    config = load_config(registry_store(tmp_path))
+    runs = registry_store(tmp_path)
+    monkeypatch.setenv("CHURNKIT_RUNS_DIR", str(runs))  # registry calls without a config read it
+    config = load_config(runs)
     registry.setup_tracking(config)
     return config

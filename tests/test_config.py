@@ -33,7 +33,7 @@ def test_runs_dir_that_is_a_file(tmp_path):
 def test_tracking_setup_does_not_leak_into_the_environment(tmp_path, monkeypatch):
     import os
 
-    from churnkit import registry
+    from churnkit import tracking as registry
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
@@ -44,8 +44,11 @@ def test_tracking_setup_does_not_leak_into_the_environment(tmp_path, monkeypatch
     import mlflow
 
     assert mlflow.get_tracking_uri() == cfg.tracking_uri
-    registry.setup_tracking()  # no config: keeps the store set up last
-    assert mlflow.get_tracking_uri() == cfg.tracking_uri
+    other = load_config(tmp_path / "b", {})
+    registry.setup_tracking()  # no config: read from the environment now, not the store set up last
+    assert mlflow.get_tracking_uri() == load_config().tracking_uri != cfg.tracking_uri
+    registry.setup_tracking(other)
+    assert mlflow.get_tracking_uri() == other.tracking_uri
 
 
 def test_scoped_environ_sets_unsets_and_restores(monkeypatch):

@@ -150,11 +150,44 @@ def test_cli_local_plan_status_and_usage_errors(store):
     assert bad.exit_code == 2 and "--guardrails works with --target sagemaker" in bad.stderr
 
 
-def test_cli_endpoint_plans_send_nothing_and_refuse_unknown_variants(store):
+@pytest.fixture
+def recording_aws(monkeypatch):
+    """A stand-in AWS endpoint on 127.0.0.1 that records every operation and answers as SageMaker does for
+    an endpoint that does not exist (400 ValidationException); credentials are set so requests are sent."""
+    import http.server
+    import threading
+
+    seen: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("content-length", 0)))
+            seen.append(self.headers.get("x-amz-target", self.path).split(".")[-1])
+            body = json.dumps({"__type": "ValidationException", "message": "Could not find endpoint"}).encode()
+            self.send_response(400)
+            self.send_header("content-type", "application/x-amz-json-1.1")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                 "AWS_ENDPOINT_URL": f"http://127.0.0.1:{server.server_port}", "AWS_MAX_ATTEMPTS": "1"}.items():
+        monkeypatch.setenv(k, v)
+    yield seen
+    server.shutdown()
+
+
+def test_cli_endpoint_plans_send_nothing_and_refuse_unknown_variants(store, recording_aws):
     res = _cli("endpoint", "stop", "--target", "sagemaker", "--plan", "--runs-dir", str(store.runs_dir))
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
-    assert (out["target"], out["action"]) == ("sagemaker", "stop") and isinstance(out["requests"], list)
+    assert (out["target"], out["action"]) == ("sagemaker", "stop")
+    assert recording_aws and all(op.startswith(("Describe", "List")) for op in recording_aws), recording_aws
     res = _cli("endpoint", "traffic", "v1=90", "v2=10", "--target", "sagemaker", "--plan", "--runs-dir", str(store.runs_dir))
     out = json.loads(res.stdout)
     assert out["action"] == "set_traffic"
@@ -162,3 +195,4 @@ def test_cli_endpoint_plans_send_nothing_and_refuse_unknown_variants(store):
     assert weights == {"v1": 90.0, "v2": 10.0}
     res = _cli("endpoint", "remove", "v1", "--target", "sagemaker", "--plan", "--runs-dir", str(store.runs_dir))
     assert res.exit_code == 1 and "no variant named 'v1'" in res.stderr  # nothing deployed to plan against
+    assert all(op.startswith(("Describe", "List")) for op in recording_aws), recording_aws  # read, never changed

@@ -131,18 +131,17 @@ def test_weights_shift_under_load_without_failed_requests(local, rows):
         t4 = time.time()
         assert state.weights == {"v1": 0, "v2": 100} and state.drift == []
         phase_c = load.wait_for(40, t4)
-        window = local.read_window(t2)
+        window = local.telemetry(["v1", "v2"], t2)
     failed = [r for r in load.results if r[1] != 200]
     assert failed == [] and len(load.results) >= 230
     assert share(load.between(t0, t1), "v1") == 1.0 and len(phase_a) >= 40
     assert 0.3 <= share(load.between(t2, t3), "v2") <= 0.7 and len(phase_b) >= 150
     assert share(load.between(t4, time.time()), "v2") == 1.0 and len(phase_c) >= 40
 
-    v = window["variants"]
-    assert set(window) == {"now", "variants"} and set(v) == {"v1", "v2"}
-    assert v["v1"]["requests"] > 40 and v["v2"]["requests"] > 40 and v["v1"]["errors"] == v["v2"]["errors"] == 0
-    assert len(v["v2"]["latencies_ms"]) == v["v2"]["requests"] and len(v["v2"]["scores"]) == v["v2"]["requests"]
-    assert all(0.0 <= s <= 1.0 for s in v["v1"]["scores"])
+    v = window
+    assert set(v) == {"v1", "v2"}
+    assert v["v1"].requests > 40 and v["v2"].requests > 40 and v["v1"].errors == v["v2"].errors == 0
+    assert len(v["v2"].latencies_ms) == v["v2"].requests and len(v["v2"].scores) == v["v2"].requests
 
     capture = list((local.state_dir / "capture" / "v2").glob("capture-*.jsonl"))
     assert capture and json.loads(capture[0].read_text().splitlines()[0])["model_version"] == "2"
@@ -173,11 +172,11 @@ def test_a_failing_variant_is_retried_elsewhere_and_counted(local, rows):
     with Load(local.url, rows) as load:
         since = time.time()
         load.wait_for(60, since)
-        window = local.read_window(since)
+        window = local.telemetry(["ghost", "v2"], since)
     assert [r for r in load.results if r[1] != 200] == [] and {r[2] for r in load.results} == {"v2"}
-    g = window["variants"]["ghost"]
-    assert g["errors"] == g["requests"] > 10 and g["scores"] == []
-    assert window["variants"]["v2"]["errors"] == 0
+    g = window["ghost"]
+    assert g.errors == g.requests > 10 and g.scores == () and g.source.startswith("local router ring buffer")
+    assert window["v2"].errors == 0
     assert local.describe().variants["ghost"].status == "unmanaged"
     assert local.set_traffic({"v2": 100}).weights == {"v2": 100, "ghost": 0}
     assert httpx.delete(local.url + "/-/variants/ghost").json() == {"deleted": "ghost", "busy": []}

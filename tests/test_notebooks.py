@@ -45,13 +45,13 @@ def test_notebook_runs_with_defaults(name, shared_runs):
     code = [c for c in nb["cells"] if c["cell_type"] == "code"]
     assert all(c["execution_count"] is not None for c in code)
     assert not [o for c in code for o in c["outputs"] if o.get("output_type") == "error"]
-    run = registry.client().get_run(res.run_id)
+    run = registry.client(shared_runs).get_run(res.run_id)
     assert run.info.status == "FINISHED" and run.data.tags["churnkit.notebook"] == name
     if name == "02-evaluate":
         assert run.data.tags["churnkit.gate_passed"] == "true"
         assert run.data.tags["churnkit.registered_version"] == "1"
         assert run.data.metrics["holdout_roc_auc"] > 0.85
-        assert [a.path for a in registry.client().list_artifacts(res.run_id)] == ["evaluation.png", "notebook"]
+        assert [a.path for a in registry.client(shared_runs).list_artifacts(res.run_id)] == ["evaluation.png", "notebook"]
         figures = [o for c in code for o in c["outputs"] if "image/png" in o.get("data", {})]
         assert figures, "the evaluation plots are shown in the executed notebook"
     if name == "03-deploy":

@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 
 from churnkit import rollout as ro
+from churnkit.clock import utcnow
+from churnkit.deploy.telemetry import Window, captured_in_folders, window_from_metrics
 from churnkit.exceptions import ParameterError, RolloutLockedError
 
 RNG = np.random.default_rng(7)
@@ -25,7 +27,7 @@ def window(requests=400, errors=0, timeouts=0, latency=5.0, scores=None, jitter=
     lat = latency + rng.exponential(jitter, ok)
     if scores is None:
         scores = rng.beta(2, 5, ok * 10)
-    return ro.Window(requests, errors, timeouts, tuple(lat), tuple(scores))
+    return Window(requests, errors, timeouts, tuple(lat), tuple(scores))
 
 
 # ---- plans ---------------------------------------------------------------------------------------
@@ -117,7 +119,7 @@ def test_too_little_traffic_gives_no_verdict_yet():
 def test_a_dead_challenger_fails_at_once_and_early():
     v = ro.judge_step(window(), window(requests=0), challenger_status="exited")
     assert [c.name for c in v.failed] == ["challenger_live"] and "'exited'" in v.reason
-    early = ro.early_breach(window(), ro.Window(), ro.Thresholds(), "exited")
+    early = ro.early_breach(window(), Window(), ro.Thresholds(), "exited")
     assert early is not None and not early.ok
 
 
@@ -139,9 +141,9 @@ def test_failure_threshold_counts_failed_checks_over_the_rollout():
 
 
 def test_window_from_router_stats():
-    w = ro.Window.from_dict({"requests": 3, "errors": 1, "timeouts": 1, "latencies_ms": [1, 2], "scores": [0.1]})
+    w = Window.from_dict({"requests": 3, "errors": 1, "timeouts": 1, "latencies_ms": [1, 2], "scores": [0.1]})
     assert w.failures == 2 and w.error_rate == pytest.approx(2 / 3) and w.p99_ms == pytest.approx(1.99)
-    assert ro.Window.from_dict(None).error_rate == 0.0 and ro.Window().p99_ms is None
+    assert Window.from_dict(None).error_rate == 0.0 and Window().p99_ms is None
 
 
 def test_psi_of_identical_and_constant_samples():
@@ -156,8 +158,8 @@ def test_psi_of_identical_and_constant_samples():
 def test_record_has_the_design_shape_and_is_valid_json():
     verdict = ro.judge_step(window(), window(latency=50))
     step = ro.StepRecord.from_windows(10, window(), window(latency=50), verdict, ok=False, seconds=2.0,
-                                      started=ro.utcnow())
-    rec = ro.RolloutRecord("rolled_back", verdict.reason, "1", "2", [step], finished=ro.utcnow())
+                                      started=utcnow())
+    rec = ro.RolloutRecord("rolled_back", verdict.reason, "1", "2", [step], finished=utcnow())
     d = json.loads(json.dumps(rec.to_dict(), allow_nan=False))
     assert list(d) == ["decision", "reason", "champion", "challenger", "steps", "started", "finished"]
     s = d["steps"][0]
@@ -254,11 +256,11 @@ def test_window_from_two_scrapes_of_the_servers_metrics():
         m.observe_request("/ping", 200, 0.001, None)
         if i >= 5:
             m.observe_scores(np.array([0.12, 0.62]))
-    w = ro.window_from_metrics(before, m.render())
+    w = window_from_metrics(before, m.render())
     assert (w.requests, w.errors, w.timeouts) == (100, 5, 0)
     assert len(w.latencies_ms) == 95 and w.p99_ms == pytest.approx(25.0)  # the 15 ms sits in the 25 ms bucket
     assert sorted(set(w.scores)) == [pytest.approx(0.125), pytest.approx(0.625)] and len(w.scores) == 190
-    assert ro.window_from_metrics("", before).requests == 1  # no earlier scrape: everything so far
+    assert window_from_metrics("", before).requests == 1  # no earlier scrape: everything so far
 
 
 def test_captured_inputs_come_from_the_local_capture_folders_since_the_step(tmp_path):
@@ -277,10 +279,10 @@ def test_captured_inputs_come_from_the_local_capture_folders_since_the_step(tmp_
         writer.write(record("2026-01-01T00:10:00Z", tenure))
         writer.close()
     since = 1767225600.0 + 60  # 2026-01-01T00:01:00Z
-    frame = ro.captured_inputs(SimpleNamespace(state_dir=tmp_path), ["v1", "v2"], since)
+    frame = captured_in_folders(tmp_path / "capture", ["v1", "v2"], since)
     assert sorted(frame["tenure"]) == [5, 7] and list(frame.columns) == ["tenure", "contract"]
-    assert ro.captured_inputs(SimpleNamespace(state_dir=tmp_path), ["v9"], since) is None
-    assert ro.captured_inputs(SimpleNamespace(), ["v1"], since) is None
+    assert captured_in_folders(tmp_path / "capture", ["v9"], since) is None
+    assert captured_in_folders(tmp_path / "nothing", ["v1"], since) is None
 
 
 @pytest.mark.parametrize("kw, name", [({"interval": -1}, "interval"), ({"interval": "30"}, "interval"),

@@ -17,7 +17,8 @@ import pytest
 from churnkit import registry
 from churnkit import rollout as ro
 from churnkit.config import load_config
-from churnkit.deploy.base import DeployTarget, EndpointState, VariantState
+from churnkit.deploy.base import CloudTarget, DeployTarget, EndpointState, VariantState
+from churnkit.deploy.telemetry import MetricsScraper, Window
 from churnkit.exceptions import RolloutError, RolloutLockedError
 from deploy_support import registry_store
 
@@ -25,7 +26,7 @@ FAST = dict(interval=0.3, min_requests=30)
 
 
 class FakeTarget(DeployTarget):
-    """Variants in memory; ``read_window`` makes ``rate`` requests/s split by the weights in force."""
+    """Variants in memory; ``telemetry`` makes ``rate`` requests/s split by the weights in force."""
 
     name = "fake"
 
@@ -71,7 +72,12 @@ class FakeTarget(DeployTarget):
 
     _plan_traffic = _plan_remove = _plan_stop = _plan_deploy
 
-    def read_window(self, since: float) -> dict:
+    def captured_inputs(self, variants, since):
+        return self.inputs
+
+    inputs = None
+
+    def telemetry(self, variants, since, until=None):
         now = time.time()
         rng = np.random.default_rng(int(since * 1000) % 2**32)
         out: dict[str, dict] = {}
@@ -94,7 +100,7 @@ class FakeTarget(DeployTarget):
                 acc["errors"] += errors
                 acc["latencies_ms"] += lat.tolist()
                 acc["scores"] += scores.tolist()
-        return {"now": now, "variants": out}
+        return {n: Window.from_dict(w, "fake") for n, w in out.items() if n in variants}
 
 
 @pytest.fixture
@@ -156,7 +162,9 @@ def test_errors_end_the_bake_early(store):
     config, make = store
     target = make(**{"2": {"errors": 0.5}})
     rec = run(target, config, steps=[50, 100], interval=30.0)
-    assert rec.decision == "rolled_back" and rec.steps[0].seconds < 10
+    assert rec.decision == "rolled_back"
+    # ended by the early check (liveness and errors only), not judged at the end of the 30 s bake
+    assert [c["name"] for c in rec.steps[0].checks] == ["challenger_live", "error_rate"]
 
 
 def test_dead_challenger_is_a_breach(store, monkeypatch):
@@ -190,7 +198,7 @@ def test_input_drift_is_judged_when_asked(store):
     config, make = store
     target = make()
     drifted = synth_month(300, month=4, seed=9, drift="covariate").drop(columns=["churn"])
-    target.read_inputs = lambda variants, since: drifted
+    target.inputs = drifted
     rec = run(target, config, max_input_drift=0.2)
     assert rec.decision == "rolled_back" and "input drift in" in rec.reason
     assert [c["name"] for c in rec.steps[0].checks if not c["ok"]] == ["input_drift"]
@@ -290,9 +298,10 @@ def test_rollback_without_previous_says_so(store):
 
 
 class CloudLike(FakeTarget):
-    """A cloud target: no router ring buffer, and variants without a URL serving /metrics."""
+    """A cloud target read through its variants' /metrics, whose variants have no URL serving it."""
 
-    read_window = None
+    telemetry = CloudTarget.telemetry
+    _scraper = MetricsScraper()
 
 
 def test_target_without_windows_or_metrics_urls_is_refused_before_any_change(store):
@@ -315,7 +324,7 @@ class TerminatedWhileBaking(FakeTarget):
 
 
 def test_sigterm_while_baking_rolls_back_and_a_second_one_cannot_cut_the_rollback_short(store):
-    from churnkit._runguard import RunTerminated
+    from churnkit.signals import RunTerminated
 
     config, _ = store
     target = TerminatedWhileBaking(config=config)
@@ -332,7 +341,7 @@ def test_sigterm_while_baking_rolls_back_and_a_second_one_cannot_cut_the_rollbac
 def test_cli_reports_a_terminated_rollout_with_the_signal_exit_code(monkeypatch, tmp_path):
     from click.testing import CliRunner
 
-    from churnkit._runguard import RunTerminated
+    from churnkit.signals import RunTerminated
     from churnkit.cli import main
 
     def terminated(*args, **kwargs):

@@ -25,7 +25,9 @@ from churnkit import rollout as ro
 from churnkit.cli import main
 from churnkit.config import load_config
 from churnkit.data import load_table
+from churnkit.deploy.base import CloudTarget
 from churnkit.deploy.local import LocalTarget
+from churnkit.deploy.telemetry import MetricsScraper
 from churnkit.evaluate import gate
 from churnkit.model import split_holdout, train_model
 from churnkit.replay import Replayer
@@ -90,10 +92,12 @@ class MetricsOnly:
 
     def __init__(self, target):
         self._target = target
+        self._scraper = MetricsScraper()
+
+    def telemetry(self, variants, since, until=None):
+        return CloudTarget.telemetry(self, variants, since, until)
 
     def __getattr__(self, name):
-        if name == "read_window":
-            raise AttributeError(name)
         return getattr(self._target, name)
 
 

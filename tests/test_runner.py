@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from churnkit import registry
-from churnkit._runguard import RunTerminated, sigterm_raises
+from churnkit.signals import RunTerminated, sigterm_raises
 from churnkit.cli import main
 from churnkit.exceptions import NotebookExecutionError
 from churnkit.runner import find_notebook, notebook_parameters, reproducibility_tags, run_notebook
@@ -237,7 +237,7 @@ def test_a_pipeline_stopped_by_sigterm_ends_its_parent_run_killed(store, monkeyp
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(5)  # the runner's handler raises before this returns
 
-    monkeypatch.setattr(runner, "run_notebook", terminated_step)
+    monkeypatch.setattr("churnkit.runner.pipeline.run_notebook", terminated_step)
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(RunTerminated):
         runner.run_pipeline({}, config=store, progress=False, echo=lambda *_: None)

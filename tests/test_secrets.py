@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from churnkit import secrets
+from churnkit.runner import secrets
 from churnkit.exceptions import NotebookExecutionError, ParameterError
 from churnkit.runner import check_parameters, notebook_parameters, run_notebook
 

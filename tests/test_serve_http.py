@@ -53,6 +53,12 @@ def _post(client, path, body, content_type="application/json", **kw):
 
 # ---- contracts ---------------------------------------------------------------------------------------
 
+def _model_seconds(metrics_text: str) -> float:
+    from churnkit.serve.metrics import MODEL, parse_prometheus
+
+    return sum(v for _, v in parse_prometheus(metrics_text)[MODEL + "_sum"])
+
+
 def test_serve_line_and_sagemaker_routes(served, raw):
     c, loaded = served["client"], served["loaded"]
     assert re.search(r"^serving churn v1 on http://127\.0\.0\.1:\d+$", served["server"].output(), re.MULTILINE)
@@ -63,7 +69,10 @@ def test_serve_line_and_sagemaker_routes(served, raw):
     want = expected_proba(loaded.pipeline, loaded.schema, raw.iloc[:5])
     np.testing.assert_allclose(_probs(resp), want, rtol=0, atol=1e-6)
     assert [p["churn"] for p in body["predictions"]] == [bool(p >= loaded.threshold) for p in _probs(resp)]
-    assert float(resp.headers["x-model-latency-ms"]) >= 0.0
+    before = _model_seconds(c.get("/metrics").text)
+    again = _post(c, "/invocations", {"instances": json_rows(raw.iloc[:5])})
+    spent = _model_seconds(c.get("/metrics").text) - before  # the same time, counted by /metrics
+    assert float(again.headers["x-model-latency-ms"]) == pytest.approx(1000 * spent, abs=0.0011)
     assert resp.headers["x-model-version"] == "1"
     assert resp.headers["content-type"] == "application/json"
 

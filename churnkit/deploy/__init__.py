@@ -64,8 +64,7 @@ def model_uri_for(model_name: str = "churn", model_alias: str = "auto", target: 
     from churnkit.config import ALIAS_CHALLENGER, ALIAS_CHAMPION
     from churnkit.exceptions import ChurnkitError
 
-    registry.setup_tracking(config)
-    current = registry.aliases(model_name)
+    current = registry.aliases(model_name, config)
     alias = model_alias
     if model_alias == "auto":
         alias = ALIAS_CHALLENGER if ALIAS_CHALLENGER in current else ALIAS_CHAMPION

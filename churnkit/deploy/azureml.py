@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from churnkit.config import TAG
 from churnkit.deploy.base import CloudTarget, EndpointState, Release, VariantState, export_release, request
 from churnkit.exceptions import CloudCredentialsError, DeployTargetError, MissingExtraError
 
@@ -143,7 +144,7 @@ class AzureMLTarget(CloudTarget):
         _, e = _ml()
         return e.Model(name=release.model_name, version=None if release.version == "local" else release.version,
                        type="custom_model", path=str(folder) if folder else f"<exported model folder of {release.uri}>",
-                       tags={"churnkit.artifact_sha256": release.sha256, "churnkit.source": release.uri})
+                       tags={TAG + "artifact_sha256": release.sha256, TAG + "source": release.uri})
 
     def _deployment(self, release: Release):
         _, e = _ml()
@@ -156,14 +157,14 @@ class AzureMLTarget(CloudTarget):
             instance_type=self.instance_type, instance_count=self.instance_count,
             environment_variables={"CHURNKIT_MODEL_NAME": release.model_name, "CHURNKIT_MODEL_VERSION": release.version,
                                    "CHURNKIT_MODEL_SHA256": release.sha256, "AIP_HTTP_PORT": str(PORT)},
-            tags={"churnkit.variant": release.variant, "churnkit.model_version": release.version},
+            tags={TAG + "variant": release.variant, TAG + "model_version": release.version},
             app_insights_enabled=True,
         )
 
     def _endpoint_entity(self, traffic: dict[str, int] | None = None, mirror: dict[str, int] | None = None, live=None):
         _, e = _ml()
         ep = live if live is not None else e.ManagedOnlineEndpoint(
-            name=self.endpoint, auth_mode="key", tags={"churnkit.endpoint": self.endpoint},
+            name=self.endpoint, auth_mode="key", tags={TAG + "endpoint": self.endpoint},
             description="churnkit churn model endpoint")
         if traffic is not None:
             ep.traffic = {deployment_name(n, self.endpoint): int(w) for n, w in traffic.items() if w > 0}
@@ -193,9 +194,9 @@ class AzureMLTarget(CloudTarget):
             "deployments": {}})
         for d in deployments:
             tags = d.tags or {}
-            variant = tags.get("churnkit.variant", d.name)
+            variant = tags.get(TAG + "variant", d.name)
             state.details["deployments"][variant] = d.name
-            state.variants[variant] = VariantState(variant, tags.get("churnkit.model_version", "?"),
+            state.variants[variant] = VariantState(variant, tags.get(TAG + "model_version", "?"),
                                                    int(traffic.get(d.name, 0)), d.provisioning_state or "?", state.url)
         return state
 

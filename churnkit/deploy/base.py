@@ -15,8 +15,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from churnkit.config import DEFAULT_MODEL_NAME, Config, load_config
-from churnkit.exceptions import ConfigError, DeployTargetError
+from churnkit.config import DEFAULT_MODEL_NAME, TAG, Config, load_config
+from churnkit.deploy.telemetry import LIVE_STATUSES, MetricsScraper, TargetLimits, Window
+from churnkit.exceptions import ConfigError, DeployTargetError, RolloutError
 
 ACTIONS = ("deploy", "set_traffic", "remove", "stop")
 
@@ -128,7 +129,7 @@ def resolve_release(model_uri: str, variant: str | None = None, config: Config |
                 "pass variant='name' (--variant) or deploy a models:/name@alias URI"
             )
         return Release(model_uri, DEFAULT_MODEL_NAME, "local", variant)
-    sha = dict(mv.tags).get(registry.TAG + "artifact_sha256", "")
+    sha = dict(mv.tags).get(TAG + "artifact_sha256", "")
     return Release(model_uri, mv.name, str(mv.version), variant or variant_name(mv.version), sha)
 
 
@@ -232,7 +233,7 @@ def compare(asked: dict[str, int], live: EndpointState, versions: dict[str, str]
         if v is not None and str(v.model_version) != str(version):
             drift.append(f"variant {name!r} serves model v{v.model_version} but v{version} was deployed")
     for name, v in live.variants.items():
-        if name in asked and v.status.lower() not in ("inservice", "running", "succeeded", "ready", "live", "deployed"):
+        if name in asked and v.status.lower() not in LIVE_STATUSES:
             drift.append(f"variant {name!r} status is {v.status!r}")
     return drift
 
@@ -263,19 +264,19 @@ def env_settings(names: dict[str, str], target: str, environ: dict | None = None
     return out
 
 
-def record_deploy(release: Release, state: EndpointState, weight: int) -> None:
+def record_deploy(release: Release, state: EndpointState, weight: int, config: Config) -> None:
     """Tag the version with the deploy notebook and append the deployment to its history."""
     from churnkit import registry
 
     if release.version == "local":
         return
-    registry.set_version_tag(release.version, "deploy_notebook", os.environ.get("CHURNKIT_OUTPUT_NOTEBOOK", ""),
-                             model_name=release.model_name)
+    registry.set_version_tag(release.version, "deploy_notebook", config.output_notebook,
+                             model_name=release.model_name, config=config)
     live = state.variants.get(release.variant)
     live_w = live.weight if live else "not live"
     registry.record_history(release.model_name, release.version,
                             f"deployed to {state.target} endpoint {state.endpoint!r} as {release.variant} "
-                            f"(asked {weight}%, live {live_w}%)")
+                            f"(asked {weight}%, live {live_w}%)", config)
 
 
 def plan_table(requests: list[dict]):
@@ -300,10 +301,10 @@ def log_deployment(state: EndpointState, model_uri: str, requests: list[dict] | 
     from churnkit import registry
 
     version = registry.find_version(model_uri)
-    mlflow.set_tags({"churnkit.deploy_target": state.target, "churnkit.endpoint": state.endpoint,
-                     "churnkit.deployed_uri": model_uri, "churnkit.endpoint_weights": json.dumps(state.weights),
-                     "churnkit.deployed_version": str(version.version) if version is not None else "",
-                     "churnkit.endpoint_drift": json.dumps(state.drift)})
+    mlflow.set_tags({TAG + "deploy_target": state.target, TAG + "endpoint": state.endpoint,
+                     TAG + "deployed_uri": model_uri, TAG + "endpoint_weights": json.dumps(state.weights),
+                     TAG + "deployed_version": str(version.version) if version is not None else "",
+                     TAG + "endpoint_drift": json.dumps(state.drift)})
     mlflow.log_dict(state.to_dict(), "deploy/endpoint.json")
     if requests is not None:
         mlflow.log_dict({"requests": requests}, "deploy/plan.json")
@@ -336,7 +337,7 @@ class DeployTarget(ABC):
         asked = weights_with(self.current_weights(before), release.variant, weight)
         self._apply_deploy(release, asked, before)
         state = self._verify(asked, {release.variant: release.version})
-        record_deploy(release, state, asked[release.variant])
+        record_deploy(release, state, asked[release.variant], self.config)
         return state
 
     def set_traffic(self, weights: dict[str, int]) -> EndpointState:
@@ -358,6 +359,30 @@ class DeployTarget(ABC):
     def current_weights(self, live: EndpointState) -> dict[str, int]:
         """The weights a new variant is added to (the live ones)."""
         return live.weights
+
+    # ---- what the rollout controller reads ------------------------------------------------------------
+    @property
+    def state_dir(self) -> Path:
+        """This endpoint's folder under the runs folder (its local state, capture, logs)."""
+        return self.config.runs_dir / "deploy" / self.name / self.endpoint
+
+    @abstractmethod
+    def telemetry(self, variants: list[str], since: float, until: float | None = None) -> dict[str, Window]:
+        """``{variant: Window}`` of the requests each of ``variants`` served from ``since`` to ``until``
+        (unix seconds; ``until`` None = now), each window naming the source of its numbers. A variant
+        with no data yet is absent or has 0 requests: the caller counts that as too little traffic."""
+
+    def telemetry_resolution(self) -> float:
+        """The shortest bake (seconds) this target's telemetry can judge: metric period plus ingestion delay."""
+        return self.limits().min_bake_s
+
+    @abstractmethod
+    def captured_inputs(self, variants: list[str], since: float):
+        """The model inputs ``variants`` served since ``since`` (a DataFrame), or None where capture is off."""
+
+    def limits(self) -> TargetLimits:
+        """The platform's traffic, guardrail and telemetry limits, checked before any request."""
+        return TargetLimits()
 
     @abstractmethod
     def describe(self) -> EndpointState:
@@ -453,7 +478,12 @@ def request(api: str, operation: str, params: dict, **extra) -> dict:
 
 
 class CloudTarget(DeployTarget):
-    """A managed-cloud target: settings from environment variables ``ENV``, constructor arguments winning."""
+    """A managed-cloud target: settings from environment variables ``ENV``, constructor arguments winning.
+
+    Telemetry defaults to scraping each variant's ``/metrics``, which works wherever the variant URLs
+    reach the kit's server (Kubernetes services, tests); a managed endpoint routes only predict calls,
+    so each cloud target reads its own metrics service instead.
+    """
 
     ENV: ClassVar[dict[str, str]] = {}
 
@@ -462,6 +492,24 @@ class CloudTarget(DeployTarget):
         super().__init__(endpoint, config)
         self._overrides = {k: v for k, v in overrides.items() if v}
         self._environ = environ
+        self._scraper = MetricsScraper()
+
+    def telemetry(self, variants: list[str], since: float, until: float | None = None) -> dict[str, Window]:
+        live = self.describe()
+        urls = {}
+        for name in variants:
+            v = live.variants.get(name)
+            url = (v.url if v is not None else "") or ""
+            if not url.startswith(("http://", "https://")):
+                raise RolloutError(
+                    f"variant {name!r} on {self.name} endpoint {self.endpoint!r} has no URL serving the kit's "
+                    f"/metrics (url {url!r}), so the controller cannot judge it; use SageMaker's guardrails "
+                    "(churnkit deploy --guardrails) or a target whose variants expose /metrics")
+            urls[name] = url
+        return self._scraper.windows(urls, since)
+
+    def captured_inputs(self, variants: list[str], since: float):
+        return None
 
     @property
     def settings(self) -> dict[str, str]:

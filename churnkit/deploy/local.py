@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from churnkit.deploy.base import DeployTarget, EndpointState, Release, VariantState, request
+from churnkit.deploy.telemetry import Window, captured_in_folders
 from churnkit.exceptions import DeployTargetError
 
 #: Popen objects of the processes this Python process started (so exits are reaped, not zombies).
@@ -114,10 +115,6 @@ class LocalTarget(DeployTarget):
         self.serve_args = list(serve_args)
 
     # ---- files ---------------------------------------------------------------------------------------
-    @property
-    def state_dir(self) -> Path:
-        return self.config.runs_dir / "deploy" / "local" / self.endpoint
-
     @property
     def live_port(self) -> int:
         """The running router's port (from the state), else the port a new router starts on."""
@@ -297,9 +294,16 @@ class LocalTarget(DeployTarget):
             return live.weights
         return {n: int(v.get("weight", 0)) for n, v in self.read_state().get("variants", {}).items()}
 
-    def read_window(self, since: float) -> dict:
-        """Per-variant requests, errors, timeouts, latencies and scores since ``since`` (the router's ring buffer)."""
-        return self._admin("GET", f"stats?since={float(since)!r}", timeout=10.0)
+    def telemetry(self, variants: list[str], since: float, until: float | None = None) -> dict[str, Window]:
+        """Per-variant requests, errors, timeouts, latencies and scores since ``since`` (the router's ring
+        buffer, which sees every request as the client does: timeouts and connection failures included)."""
+        raw = self._admin("GET", f"stats?since={float(since)!r}", timeout=10.0) or {}
+        source = f"local router ring buffer ({self.url})"
+        return {name: Window.from_dict(w, source) for name, w in (raw.get("variants") or {}).items()
+                if name in variants}
+
+    def captured_inputs(self, variants: list[str], since: float):
+        return captured_in_folders(self.state_dir / "capture", variants, since)
 
     # ---- changes -------------------------------------------------------------------------------------
     def _apply_deploy(self, release, asked, before):

@@ -391,7 +391,7 @@ class SageMakerTarget(CloudTarget):
             live = f"serves model v{serving.model_version}" if serving else "is not live"
             state.drift.append(f"variant {release.variant!r} {live}; "
                                f"v{release.version} is {'rolled back' if wait else 'being shifted in by SageMaker'}")
-        record_deploy(release, state, 100)
+        record_deploy(release, state, 100, self.config)
         return state
 
     def plan(self, action: str, **kw) -> list[dict]:

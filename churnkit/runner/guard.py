@@ -1,9 +1,9 @@
-"""What keeps a headless run's record intact whatever happens to it (used by churnkit.runner).
+"""What keeps a headless run's record intact whatever happens to it.
 
 - Every write of an output notebook goes through a papermill I/O handler that redacts credentials
   first, so no version of the file on disk (papermill saves after every cell) ever holds one.
-- SIGTERM (CI cancelling a job, ``kill``) becomes an exception while a notebook runs, so papermill's
-  final save and the runner's MLflow bookkeeping run instead of the process vanishing.
+- SIGTERM (CI cancelling a job, ``kill``) becomes an exception while a notebook runs
+  (:mod:`churnkit.signals`), so papermill's final save and the runner's MLflow bookkeeping run.
 - A run stopped from outside the kernel (timeout, kernel death, SIGTERM) leaves no error output in
   its notebook; :func:`mark_interrupted` adds one to the cell that was running, papermill style.
 """
@@ -14,24 +14,14 @@ import contextlib
 import html
 import json
 import os
-import signal
-import threading
 import uuid
 from collections import Counter
 from pathlib import Path
 
-from churnkit.secrets import redact_notebook, redact_notebook_json
+from churnkit.runner.secrets import redact_notebook, redact_notebook_json
 
 ERROR_TAG = "papermill-error-cell-tag"  # papermill's own marker: banner cells it strips on re-execution
 _BANNER_STYLE = 'style="color:red; font-family:Helvetica Neue, Helvetica, Arial, sans-serif; font-size:2em;"'
-
-
-class RunTerminated(BaseException):
-    """SIGTERM arrived while a notebook ran (a BaseException, like KeyboardInterrupt: nothing swallows it)."""
-
-    def __init__(self, signum: int):
-        super().__init__(f"received {signal.Signals(signum).name}")
-        self.signum = signum
 
 
 # --------------------------------------------------------------------------------------------------
@@ -95,31 +85,6 @@ def write_notebook(nb: dict, path: Path) -> Counter:
     clean, counts = redact_notebook(nb)
     Path(path).write_text(json.dumps(clean, indent=1, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
     return counts
-
-
-# --------------------------------------------------------------------------------------------------
-# SIGTERM
-# --------------------------------------------------------------------------------------------------
-
-def _raise_terminated(signum, frame):
-    # A second TERM while papermill saves and MLflow records the run would cut that short: ignore it.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise RunTerminated(signum)
-
-
-@contextlib.contextmanager
-def sigterm_raises():
-    """While active (main thread only), SIGTERM raises :class:`RunTerminated`; re-entrant."""
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) in (
-        _raise_terminated, signal.SIG_IGN,
-    ):
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
-from churnkit._rollout_checks import Verdict, Window, utcnow
-from churnkit.config import DEFAULT_MODEL_NAME, Config
+from churnkit import registry, tracking
+from churnkit.clock import utcnow
+from churnkit.config import DEFAULT_MODEL_NAME, TAG, Config, load_config
+from churnkit.deploy.telemetry import Window
+from churnkit.rollout.checks import Verdict
 
 
 
@@ -123,16 +125,16 @@ def log_record(record: RolloutRecord, config: Config | None = None) -> str:
     import mlflow
     from mlflow.entities import Metric
 
-    from churnkit import registry
 
-    exp_id = registry.setup_tracking(config)
-    c = registry.client()
+    config = config or load_config()
+    exp_id = tracking.setup_tracking(config)
+    c = tracking.client(config)
     active = mlflow.active_run()
     if active is not None:
         run_id = active.info.run_id
     else:
-        tags = {"mlflow.runName": "rollout", registry.TAG + "notebook": "rollout",
-                registry.TAG + "pipeline_id": os.environ.get("CHURNKIT_PIPELINE_ID", "")}
+        tags = {"mlflow.runName": "rollout", TAG + "notebook": "rollout",
+                TAG + "pipeline_id": config.pipeline_id}
         run_id = c.create_run(exp_id, tags=tags).info.run_id
     now = int(time.time() * 1000)
     metrics = [Metric("rollout_promoted", float(record.decision == "promoted"), now, 0),
@@ -146,7 +148,7 @@ def log_record(record: RolloutRecord, config: Config | None = None) -> str:
     c.log_batch(run_id, metrics=metrics)
     for key, value in {"rollout_decision": record.decision, "rollout_reason": record.reason[:7000],
                        "champion_version": record.champion or "", "challenger_version": record.challenger or ""}.items():
-        c.set_tag(run_id, registry.TAG + key, value)
+        c.set_tag(run_id, TAG + key, value)
     c.log_text(run_id, json.dumps(record.to_dict(), indent=2), "rollout/decision.json")
     if record.steps:
         import matplotlib.pyplot as plt
@@ -161,7 +163,6 @@ def log_record(record: RolloutRecord, config: Config | None = None) -> str:
 
 def record_outcome(record: RolloutRecord, model_name: str, where: str, config: Config | None = None) -> RolloutRecord:
     """Log ``record`` to MLflow and keep it in both versions' history (and the challenger's tags)."""
-    from churnkit import registry
 
     record.run_id = log_record(record, config)
     if record.decision == "none" or not record.challenger:
@@ -169,18 +170,18 @@ def record_outcome(record: RolloutRecord, model_name: str, where: str, config: C
     ch, cp = record.challenger, record.champion
     for key, value in (("rollout_decision", record.decision), ("rollout_reason", record.reason[:4000]),
                        ("rollout_run_id", record.run_id)):
-        registry.set_version_tag(ch, key, value, model_name)
+        registry.set_version_tag(ch, key, value, model_name, config)
     steps = ", ".join(f"{s.weight}% {'ok' if s.ok else 'failed'}" for s in record.steps) or "no steps"
     run = f"decision record in MLflow run {record.run_id}"
     if record.decision == "promoted":
-        registry.record_history(model_name, ch, f"rollout on {where}: promoted over v{cp} ({steps}); {run}")
+        registry.record_history(model_name, ch, f"rollout on {where}: promoted over v{cp} ({steps}); {run}", config)
         if cp:
-            registry.record_history(model_name, cp, f"rollout on {where}: replaced by v{ch}, kept as previous; {run}")
+            registry.record_history(model_name, cp, f"rollout on {where}: replaced by v{ch}, kept as previous; {run}", config)
     else:
-        registry.record_history(model_name, ch, f"rollout on {where}: rolled back ({steps}): {record.reason}; {run}")
+        registry.record_history(model_name, ch, f"rollout on {where}: rolled back ({steps}): {record.reason}; {run}", config)
         if cp:
             registry.record_history(model_name, cp, f"rollout on {where}: serves 100% again after v{ch} was rolled "
-                                                    f"back; {run}")
+                                                    f"back; {run}", config)
     return record
 
 
@@ -239,13 +240,12 @@ def plot_rollout(record: RolloutRecord):
     return fig
 
 
-def rollout_history(record: RolloutRecord, model_name: str = DEFAULT_MODEL_NAME):
+def rollout_history(record: RolloutRecord, model_name: str = DEFAULT_MODEL_NAME, config: Config | None = None):
     """The history of the record's versions, oldest first: which version served when, and why it changed."""
     import pandas as pd
 
-    from churnkit import registry
 
     rows = [{"time": h["time"], "version": v, "event": h["event"]}
             for v in dict.fromkeys(x for x in (record.champion, record.challenger) if x)
-            for h in registry.version_history(v, model_name)]
+            for h in registry.version_history(v, model_name, config)]
     return pd.DataFrame(rows, columns=["time", "version", "event"]).sort_values("time", kind="stable").reset_index(drop=True)

@@ -7,17 +7,15 @@ still listed. ``churnkit runs`` prints :func:`list_runs`; ``churnkit report`` wr
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import json
 import os
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from churnkit.config import DEFAULT_MODEL_NAME, Config, load_config
-from churnkit.exceptions import RunNotFoundError
-from churnkit.registry import TAG
+from churnkit.config import DEFAULT_MODEL_NAME, TAG, Config, load_config
+from churnkit.clock import iso_from_ms, iso_from_text
+from churnkit.runner import failed_cell
+from churnkit.tracking import has_store, iter_runs
 RUN_KEYS = ("run_id", "pipeline_id", "notebook", "status", "started", "finished", "parameters", "metrics",
             "output_notebook", "model_version")
 ENTRY_KEYS = (*RUN_KEYS, "model_name", "event", "gate", "rollout", "error", "passed_parameters", "experiment_id",
@@ -33,58 +31,6 @@ def _json(text: str | None, default: Any) -> Any:
         return json.loads(text) if text else default
     except ValueError:
         return default
-
-
-def _iso(ms: int | None) -> str | None:
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if ms else None
-
-
-def has_store(config: Config) -> bool:
-    """False for an embedded store not created yet: reading the runs must not create one."""
-    return not config.embedded or (config.runs_dir / "mlflow.db").exists()
-
-
-def iter_runs(config: Config | None = None, page: int = 1000):
-    """Every MLflow run of the churnkit experiment, newest first (paged through the tracking store)."""
-    from churnkit import registry
-
-    config = config or load_config()
-    if not has_store(config):
-        return
-    exp_id = registry.setup_tracking(config)
-    client, token = registry.client(), None
-    while True:
-        batch = client.search_runs([exp_id], order_by=["attributes.start_time DESC"], max_results=page,
-                                   page_token=token)
-        yield from batch
-        token = batch.token
-        if not token:
-            return
-
-
-def find_run(run_id: str, config: Config | None = None):
-    """The MLflow run ``run_id``, or the only run whose id starts with it (``churnkit runs`` shows 8 characters).
-
-    Raises
-    ------
-    RunNotFoundError
-        No run, or several runs, match.
-    """
-    from churnkit import registry
-
-    config = config or load_config()
-    with contextlib.suppress(Exception):  # MLflow raises its own error types for an unknown or partial id
-        if has_store(config):
-            registry.setup_tracking(config)
-            return registry.client().get_run(run_id)
-    matches = [r for r in iter_runs(config) if r.info.run_id.startswith(run_id)] if len(run_id) >= 4 else []
-    if len(matches) == 1:
-        return matches[0]
-    uri = config.tracking_uri
-    if matches:
-        ids = ", ".join(repr(r.info.run_id) for r in matches[:5])
-        raise RunNotFoundError(f"run id prefix {run_id!r} matches {len(matches)} runs ({ids}); give more characters")
-    raise RunNotFoundError(f"run {run_id!r} is not in the tracking store {uri!r}; list run ids with `churnkit runs`")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -142,9 +88,7 @@ def _error(status: str, tags: dict, output: str | None) -> dict | None:
     ename, _, evalue = text.partition(": ")
     cell = int(tags[TAG + "failed_cell"]) if tags.get(TAG + "failed_cell", "").isdigit() else None
     if not text and output:  # a run recorded before failures were tagged: read the notebook
-        from churnkit.runner import failed_cell
-
-        cell, ename, evalue = failed_cell(output)
+            cell, ename, evalue = failed_cell(output)
     return {"cell": cell, "ename": ename or None, "evalue": evalue or ""}
 
 
@@ -169,8 +113,8 @@ def run_entry(run) -> dict:
         "pipeline_id": tags.get(TAG + "pipeline_id") or None,
         "notebook": tags.get(TAG + "notebook") or tags.get("mlflow.runName") or "",
         "status": status,
-        "started": _iso(run.info.start_time),
-        "finished": _iso(run.info.end_time),
+        "started": iso_from_ms(run.info.start_time),
+        "finished": iso_from_ms(run.info.end_time),
         "parameters": _json(tags.get(TAG + "defaults"), {}) | passed,
         "metrics": dict(run.data.metrics),
         "output_notebook": output,
@@ -194,22 +138,17 @@ def run_entry(run) -> dict:
 
 def folder_entry(path: Path) -> dict:
     """An entry for an output notebook that MLflow does not know, from papermill's own metadata."""
-    from churnkit.runner import failed_cell
-
     try:
         meta = json.loads(path.read_text(encoding="utf-8")).get("metadata", {}).get("papermill", {})
     except (OSError, ValueError):
         meta = {}
     status = "FAILED" if meta.get("exception") else ("FINISHED" if meta.get("end_time") else "INCOMPLETE")
 
-    def iso(text):
-        return datetime.fromisoformat(text).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if text else None
-
-    started = iso(meta.get("start_time")) or _iso(int(path.stat().st_mtime * 1000))
+    started = iso_from_text(meta.get("start_time")) or iso_from_ms(int(path.stat().st_mtime * 1000))
     cell, ename, evalue = failed_cell(path)
     return dict.fromkeys(ENTRY_KEYS) | {
         "pipeline_id": path.parent.name, "notebook": path.stem, "status": status, "started": started,
-        "finished": iso(meta.get("end_time")), "parameters": meta.get("parameters") or {}, "metrics": {},
+        "finished": iso_from_text(meta.get("end_time")), "parameters": meta.get("parameters") or {}, "metrics": {},
         "output_notebook": str(path), "model_name": DEFAULT_MODEL_NAME,
         "error": {"cell": cell, "ename": ename, "evalue": evalue or ""} if status in FAILED else None,
         "passed_parameters": meta.get("parameters") or {}, "redactions": {}, "source": "folder",
@@ -325,65 +264,3 @@ def failure(error: dict) -> tuple[str, str]:
 # --------------------------------------------------------------------------------------------------
 # The HTML index
 # --------------------------------------------------------------------------------------------------
-
-# JupyterLab's look without its <script> tags (require.js, MathJax, mermaid come from a CDN): the index is
-# an audit artifact browsed offline, and it should run no third-party code.
-_OFFLINE_TEMPLATE = ("{%- extends 'lab/index.html.j2' -%}{% block html_head_js %}{% endblock %}"
-                     "{% block html_head_js_mathjax %}{% endblock %}{% block html_head_js_mermaidjs %}{% endblock %}")
-
-
-@functools.cache
-def _html_exporter():
-    from jinja2 import DictLoader
-    from nbconvert import HTMLExporter
-
-    return HTMLExporter(extra_loaders=[DictLoader({"churnkit_offline.html.j2": _OFFLINE_TEMPLATE})],
-                        template_file="churnkit_offline.html.j2")
-
-
-def render_notebook(path: str | os.PathLike) -> Path:
-    """Render an executed notebook to HTML beside it (``NN-name.html``); reused while newer than the notebook.
-
-    The notebook is redacted once more before rendering, in case it was not written by the runner.
-    """
-    import nbformat
-
-    from churnkit.secrets import redact_notebook
-
-    path = Path(path)
-    target = path.with_suffix(".html")
-    if target.exists() and target.stat().st_mtime >= path.stat().st_mtime:
-        return target
-    clean, _ = redact_notebook(json.loads(path.read_text(encoding="utf-8")))
-    body, _ = _html_exporter().from_notebook_node(nbformat.reads(json.dumps(clean), as_version=4))
-    tmp = target.with_suffix(".html.tmp")
-    tmp.write_text(body, encoding="utf-8")
-    tmp.replace(target)  # a reader never sees half a file
-    return target
-
-
-def write_report(config: Config | None = None, out: str | os.PathLike | None = None, *,
-                 ui_url: str | None = None, limit: int | None = None) -> Path:
-    """Write the static HTML index of the runs folder (default ``<runs>/index.html``); returns its path.
-
-    One row per pipeline run, expandable into its notebooks (each rendered to HTML and linked), failures
-    highlighted with the failed cell and error, gate verdicts and rollout decisions, links to the MLflow
-    UI (``MLFLOW_UI_URL``, default http://127.0.0.1:5000) and a section of registered model versions
-    linking back to the notebooks that produced, evaluated, deployed and rolled out each.
-    """
-    from churnkit._audit_html import page
-
-    config = config or load_config()
-    out = Path(out) if out else config.runs_dir / "index.html"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    runs, parents, versions = collect(config, limit)
-    notebooks = {e["output_notebook"] for e in runs if e["output_notebook"]}
-    notebooks |= {v["tags"].get(TAG + k) for v in versions for k in ("train_notebook", "evaluate_notebook",
-                                                                     "deploy_notebook", "rollout_notebook")}
-    rendered = {nb: render_notebook(nb) for nb in sorted(n for n in notebooks if n and Path(n).is_file())}
-    ui = (ui_url or os.environ.get("MLFLOW_UI_URL") or "http://127.0.0.1:5000").rstrip("/")
-    html = page(runs, parents, versions, rendered, out=out, ui=ui, config=config)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(html, encoding="utf-8")
-    tmp.replace(out)
-    return out

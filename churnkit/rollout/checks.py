@@ -2,8 +2,7 @@
 
 :func:`plan_steps` turns a strategy into the challenger's traffic weights; :func:`judge_step` compares
 the challenger's :class:`Window` with the champion's on the same time window (error rate, p99 latency
-ratio, prediction PSI, optionally input drift) and returns a :class:`Verdict`. ``churnkit.rollout``
-re-exports these names.
+ratio, prediction PSI, optionally input drift) and returns a :class:`Verdict`.
 
 ``failure_threshold`` is the number of failed checks that ends a rollout, counted over the whole
 rollout: with the default 1, the first failed check rolls back; with 3, two failed checks (in any
@@ -15,11 +14,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
 from typing import Sequence
 
 import numpy as np
 
+from churnkit.deploy.telemetry import LIVE_STATUSES, Window
 from churnkit.exceptions import ParameterError
 
 
@@ -30,11 +29,6 @@ LINEAR_STEPS = (25, 50, 75, 100)
 #: 200 scores a side that noise is below 0.1, well under the default max_prediction_psi of 0.2.
 MIN_PSI_SCORES = 200
 DECISIONS = ("promoted", "rolled_back", "none")
-LIVE_STATUSES = ("ready", "running", "inservice", "succeeded", "live", "deployed")
-
-
-def utcnow() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -83,49 +77,6 @@ def plan_steps(strategy: str = "canary", steps: Sequence[int] | str = ()) -> lis
 # --------------------------------------------------------------------------------------------------
 # Windows and checks (pure)
 # --------------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Window:
-    """One variant's traffic over a time window, as the target recorded it.
-
-    ``errors`` counts 5xx answers and connection failures, ``timeouts`` requests that timed out;
-    ``latencies_ms`` and ``scores`` (churn probabilities, one per scored row) come from the
-    successful requests.
-    """
-
-    requests: int = 0
-    errors: int = 0
-    timeouts: int = 0
-    latencies_ms: tuple[float, ...] = ()
-    scores: tuple[float, ...] = ()
-
-    @classmethod
-    def from_dict(cls, d: dict | None) -> "Window":
-        d = d or {}
-        return cls(int(d.get("requests", 0)), int(d.get("errors", 0)), int(d.get("timeouts", 0)),
-                   tuple(float(x) for x in d.get("latencies_ms", ())), tuple(float(x) for x in d.get("scores", ())))
-
-    @property
-    def failures(self) -> int:
-        return self.errors + self.timeouts
-
-    @property
-    def error_rate(self) -> float:
-        return self.failures / self.requests if self.requests else 0.0
-
-    @property
-    def p99_ms(self) -> float | None:
-        return p99(self.latencies_ms)
-
-    def to_dict(self) -> dict:
-        return {"requests": self.requests, "errors": self.errors, "timeouts": self.timeouts,
-                "latencies_ms": list(self.latencies_ms), "scores": list(self.scores)}
-
-
-def p99(values: Sequence[float]) -> float | None:
-    """The 99th percentile (None for no values)."""
-    return float(np.percentile(np.asarray(values, dtype=float), 99)) if len(values) else None
-
 
 @dataclass(frozen=True)
 class Thresholds:

@@ -1,4 +1,6 @@
-"""The HTML page of ``churnkit report`` (the data comes from churnkit.audit; this module only lays it out).
+"""The reviewer's HTML index of ``churnkit report``: rendered notebooks and one page over the runs.
+
+The data comes from :mod:`churnkit.audit.runs`; this module renders and lays it out.
 
 The page is static and self-contained: inline CSS, no script, relative links to the rendered notebooks
 so the runs folder can be zipped, uploaded as a CI artifact and browsed anywhere.
@@ -6,14 +8,17 @@ so the runs folder can be zipped, uploaded as a CI artifact and browsed anywhere
 
 from __future__ import annotations
 
+import functools
 import html
 import json
 import os
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from urllib.parse import quote
 
-from churnkit.audit import FAILED, TAG, _iso, failure, key_metrics, key_parameters
+from churnkit.audit.runs import FAILED, collect, failure, key_metrics, key_parameters
+from churnkit.clock import human_minutes, iso_from_ms
+from churnkit.config import TAG, Config, load_config
 
 CSS = """
 body { font: 14px/1.45 system-ui, -apple-system, Segoe UI, Helvetica, Arial, sans-serif; margin: 24px; color: #1d1d1f; }
@@ -204,7 +209,7 @@ class _Page:
         hist = "".join(f"<li>{_e(_when(h.get('time')))} {_e(h.get('event'))}</li>" for h in history[-8:])
         n = len(history)
         hist = f"<details><summary>{n} event{'s' if n != 1 else ''}</summary><ul>{hist}</ul></details>" if n else ""
-        created = _when(_iso(v["created"]))
+        created = _when(iso_from_ms(v["created"]))
         aliases = "".join(f'<span class="alias">{_e(a)}</span>' for a in v["aliases"])
         return (f'<tr class="version" id="model-{_e(v["name"])}-v{_e(v["version"])}" data-version="{_e(v["version"])}">'
                 f'<td>{_e(v["name"])}</td>'
@@ -227,7 +232,7 @@ def page(runs, parents, versions, rendered, *, out: Path, ui: str, config) -> st
     """The whole index page."""
     p = _Page(runs, parents, versions, rendered, out, ui)
     failed = sum(e["status"] in FAILED for e in runs)
-    now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    now = human_minutes()
     return (
         '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
@@ -239,3 +244,64 @@ def page(runs, parents, versions, rendered, *, out: Path, ui: str, config) -> st
         f'<h2 id="models">Registered model versions</h2>{p.models()}'
         "</body></html>\n"
     )
+
+
+# JupyterLab's look without its <script> tags (require.js, MathJax, mermaid come from a CDN): the index is
+# an audit artifact browsed offline, and it should run no third-party code.
+_OFFLINE_TEMPLATE = ("{%- extends 'lab/index.html.j2' -%}{% block html_head_js %}{% endblock %}"
+                     "{% block html_head_js_mathjax %}{% endblock %}{% block html_head_js_mermaidjs %}{% endblock %}")
+
+
+@functools.cache
+def _html_exporter():
+    from jinja2 import DictLoader
+    from nbconvert import HTMLExporter
+
+    return HTMLExporter(extra_loaders=[DictLoader({"churnkit_offline.html.j2": _OFFLINE_TEMPLATE})],
+                        template_file="churnkit_offline.html.j2")
+
+
+def render_notebook(path: str | os.PathLike) -> Path:
+    """Render an executed notebook to HTML beside it (``NN-name.html``); reused while newer than the notebook.
+
+    The notebook is redacted once more before rendering, in case it was not written by the runner.
+    """
+    import nbformat
+
+    from churnkit.runner.secrets import redact_notebook
+
+    path = Path(path)
+    target = path.with_suffix(".html")
+    if target.exists() and target.stat().st_mtime >= path.stat().st_mtime:
+        return target
+    clean, _ = redact_notebook(json.loads(path.read_text(encoding="utf-8")))
+    body, _ = _html_exporter().from_notebook_node(nbformat.reads(json.dumps(clean), as_version=4))
+    tmp = target.with_suffix(".html.tmp")
+    tmp.write_text(body, encoding="utf-8")
+    tmp.replace(target)  # a reader never sees half a file
+    return target
+
+
+def write_report(config: Config | None = None, out: str | os.PathLike | None = None, *,
+                 ui_url: str | None = None, limit: int | None = None) -> Path:
+    """Write the static HTML index of the runs folder (default ``<runs>/index.html``); returns its path.
+
+    One row per pipeline run, expandable into its notebooks (each rendered to HTML and linked), failures
+    highlighted with the failed cell and error, gate verdicts and rollout decisions, links to the MLflow
+    UI (``MLFLOW_UI_URL``, default http://127.0.0.1:5000) and a section of registered model versions
+    linking back to the notebooks that produced, evaluated, deployed and rolled out each.
+    """
+    config = config or load_config()
+    out = Path(out) if out else config.runs_dir / "index.html"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    runs, parents, versions = collect(config, limit)
+    notebooks = {e["output_notebook"] for e in runs if e["output_notebook"]}
+    notebooks |= {v["tags"].get(TAG + k) for v in versions for k in ("train_notebook", "evaluate_notebook",
+                                                                     "deploy_notebook", "rollout_notebook")}
+    rendered = {nb: render_notebook(nb) for nb in sorted(n for n in notebooks if n and Path(n).is_file())}
+    ui = (ui_url or os.environ.get("MLFLOW_UI_URL") or "http://127.0.0.1:5000").rstrip("/")
+    html = page(runs, parents, versions, rendered, out=out, ui=ui, config=config)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(html, encoding="utf-8")
+    tmp.replace(out)
+    return out

@@ -1,16 +1,17 @@
-"""Progressive rollout: shift traffic from ``champion`` to ``challenger`` step by step, judge, promote or roll back.
+"""The rollout controller: shift traffic from ``champion`` to ``challenger`` step by step, judge, promote or roll back.
 
-Three layers, top to bottom (this module re-exports the names of the first two):
+It builds on the other modules of :mod:`churnkit.rollout`:
 
-* **Decisions** (pure, ``_rollout_checks``): :func:`plan_steps` turns a strategy into traffic weights;
+* **Decisions** (pure, ``checks``): :func:`plan_steps` turns a strategy into traffic weights;
   :func:`judge_step` compares the challenger's :class:`Window` with the champion's on the same time
   window (error rate, p99 latency ratio, prediction PSI, optionally input drift) and returns a
   :class:`Verdict`. They take recorded windows, so they are unit-tested on data and nothing else.
-* **Record** (``_rollout_record``): :class:`RolloutRecord` is the decision record of DESIGN §7, logged
+* **Record** (``record``): :class:`RolloutRecord` is the decision record of DESIGN §7, logged
   to MLflow and kept in the model version's history; :func:`plot_rollout` draws its timeline.
-* **Controller** (here, with ``_rollout_io`` for the lock, the state file and request windows):
-  :func:`rollout` and :func:`rollback` drive any :class:`~churnkit.deploy.base.DeployTarget`
-  (``set_traffic``/``deploy``/``remove``), hold a per-endpoint lock and persist their state in
+* **Controller** (here, with ``store`` for the lock and the state file): :func:`rollout` and
+  :func:`rollback` drive any :class:`~churnkit.deploy.base.DeployTarget` through what it declares
+  (``deploy``/``set_traffic``/``remove``, ``telemetry``, ``captured_inputs``), hold a per-endpoint
+  lock and persist their state in
   ``<runs_dir>/rollout/<endpoint>.json`` so a rerun after a crash finds the live weights and either
   rolls back (the default) or resumes.
 
@@ -24,66 +25,29 @@ from __future__ import annotations
 
 import os
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Sequence
 
-from churnkit._rollout_checks import (  # noqa: F401 - the pure decisions are part of this module's API
-    CANARY_STEPS,
-    DECISIONS,
-    LINEAR_STEPS,
-    LIVE_STATUSES,
-    MIN_PSI_SCORES,
-    STRATEGIES,
+from churnkit import registry
+from churnkit.clock import utcnow
+from churnkit.config import ALIAS_CHALLENGER, ALIAS_CHAMPION, ALIAS_PREVIOUS, DEFAULT_MODEL_NAME, Config, load_config
+from churnkit.deploy.base import DeployTarget, variant_name
+from churnkit.deploy.telemetry import Window
+from churnkit.exceptions import ParameterError, RolloutError
+from churnkit.rollout.checks import (
     Check,
     Thresholds,
     Verdict,
-    Window,
-    check_error_rate,
     check_input_drift,
-    check_live,
-    check_p99,
-    check_prediction_psi,
     early_breach,
     enough_traffic,
     judge_step,
-    p99,
     plan_steps,
-    psi,
     should_roll_back,
-    utcnow,
 )
-from churnkit._rollout_io import (  # noqa: F401
-    MetricsWindows,
-    RolloutLock,
-    captured_inputs,
-    pid_alive,
-    read_state,
-    read_windows,
-    rollout_dir,
-    state_path,
-    window_from_metrics,
-    write_state,
-)
-from churnkit._rollout_record import (  # noqa: F401
-    RolloutRecord,
-    StepRecord,
-    log_record,
-    plot_rollout,
-    record_outcome,
-    rollout_history,
-)
-from churnkit._runguard import sigterm_raises
-from churnkit.config import (
-    ALIAS_CHALLENGER,
-    ALIAS_CHAMPION,
-    ALIAS_PREVIOUS,
-    DEFAULT_MODEL_NAME,
-    Config,
-    load_config,
-    scoped_environ,
-)
-from churnkit.exceptions import ParameterError, RolloutError
+from churnkit.rollout.record import RolloutRecord, StepRecord, record_outcome
+from churnkit.rollout.store import RolloutLock, read_state, rollout_dir, state_path, write_state
+from churnkit.signals import sigterm_raises
 
 
 @dataclass
@@ -104,21 +68,17 @@ class _Plan:
 
     @property
     def champion_variant(self) -> str:
-        from churnkit.deploy.base import variant_name
-
         return variant_name(self.champion)
 
     @property
     def challenger_variant(self) -> str:
-        from churnkit.deploy.base import variant_name
-
         return variant_name(self.challenger)
 
 
 class _Controller:
     """One rollout on one endpoint; every transition is written to the state file first."""
 
-    def __init__(self, target, config: Config, *, model_name: str, thresholds: Thresholds, interval: float,
+    def __init__(self, target: DeployTarget, config: Config, *, model_name: str, thresholds: Thresholds, interval: float,
                  max_bake: float, poll: float, replay_rate: float, echo: Callable[[str], None]):
         self.target, self.config, self.model_name = target, config, model_name
         self.th, self.interval, self.max_bake, self.poll = thresholds, interval, max_bake, poll
@@ -129,7 +89,6 @@ class _Controller:
         self.replayer = None
         self._last_champion_window: Window | None = None
         self._reference = None
-        self._metrics: MetricsWindows | None = None
 
     # ---- state -----------------------------------------------------------------------------------
     def save(self, **changes) -> None:
@@ -142,9 +101,8 @@ class _Controller:
     # ---- the rollout -----------------------------------------------------------------------------
     def run(self, plan: _Plan, record: RolloutRecord, start_step: int = 0) -> RolloutRecord:
         self.plan, self.record = plan, record
-        if getattr(self.target, "read_window", None) is None:  # judged from each variant's /metrics instead
-            self._metrics = MetricsWindows(self.target, [plan.champion_variant, plan.challenger_variant])
-            self._metrics.check(plan.champion_variant)
+        # a target that cannot report on the serving variant refuses here, before anything changes
+        self.target.telemetry([plan.champion_variant], time.time())
         try:
             if start_step == 0 and not self._deploy_challenger():
                 return self.record
@@ -206,13 +164,10 @@ class _Controller:
 
     def _baseline(self) -> Window:
         """The champion's traffic over the last interval: the comparison for a step where it gets 0 %."""
-        if self._metrics is not None:  # /metrics has no history: the first step's champion window serves
-            return Window()
-        windows = read_windows(self.target, time.time() - self.interval)
-        return windows.get(self.plan.champion_variant, Window())
+        return self._windows(time.time() - self.interval).get(self.plan.champion_variant, Window())
 
     def _windows(self, since: float) -> dict[str, Window]:
-        return self._metrics.read() if self._metrics is not None else read_windows(self.target, since)
+        return self.target.telemetry([self.plan.champion_variant, self.plan.challenger_variant], since)
 
     def _bake(self, i: int, baseline: Window) -> tuple[Verdict, StepRecord]:
         plan = self.plan
@@ -221,8 +176,7 @@ class _Controller:
         self.save(phase="baking", step=i)
         state = self.target.set_traffic(weights)
         started_iso, since = utcnow(), time.time()
-        if self._metrics is not None:
-            self._metrics.start()
+        self._windows(since)  # targets that diff scrapes keep one at the step's start
         applied = {n: state.weights.get(n) for n in weights}
         self.echo(f"  step {i + 1}/{len(plan.steps)}: {plan.challenger_variant} {w}%, {plan.champion_variant} {100 - w}%; "
                   f"baking {self.interval:g} s")
@@ -255,15 +209,13 @@ class _Controller:
 
     def _holdout(self):
         """The challenger's training holdout: the replayed rows and the input-drift reference (read once)."""
-        from churnkit import registry
-
         if self._reference is None:
-            self._reference, _ = registry.version_holdout(self.plan.challenger, self.plan.model_name)
+            self._reference, _ = registry.version_holdout(self.plan.challenger, self.plan.model_name, self.config)
         return self._reference
 
     def _input_drift(self, since: float) -> Check:
         variants = [self.plan.champion_variant, self.plan.challenger_variant]
-        return check_input_drift(self._holdout(), captured_inputs(self.target, variants, since), self.th.max_input_drift)
+        return check_input_drift(self._holdout(), self.target.captured_inputs(variants, since), self.th.max_input_drift)
 
     def _status(self) -> str:
         v = self.target.describe().variants.get(self.plan.challenger_variant)
@@ -271,8 +223,6 @@ class _Controller:
 
     # ---- outcomes --------------------------------------------------------------------------------
     def _roll_back(self, reason: str, *, keep_alias: bool = False) -> RolloutRecord:
-        from churnkit import registry
-
         plan = self.plan
         self.save(phase="rolling_back", reason=reason)
         self.echo(f"  rolling back: {reason}")
@@ -280,9 +230,9 @@ class _Controller:
         if plan.champion_variant in live.variants and live.weights.get(plan.champion_variant) != 100:
             self.target.set_traffic({plan.champion_variant: 100})
         if not keep_alias:
-            held = registry.get_alias_version(ALIAS_CHALLENGER, plan.model_name)
+            held = registry.get_alias_version(ALIAS_CHALLENGER, plan.model_name, self.config)
             if held is not None and str(held.version) == plan.challenger:
-                registry.delete_alias(ALIAS_CHALLENGER, plan.model_name)
+                registry.delete_alias(ALIAS_CHALLENGER, plan.model_name, self.config)
         live = self.target.describe()
         if plan.challenger_variant in live.variants:
             if live.weights.get(plan.champion_variant) == 100:
@@ -294,34 +244,30 @@ class _Controller:
 
     def undo(self) -> RolloutRecord:
         """The manual rollback: ``plan.champion`` (the previous version) serves 100 % again and is champion."""
-        from churnkit import registry
-
         plan = self.plan
         self.save(phase="undoing")
         if plan.champion_variant not in self.target.describe().variants:
             self.echo(f"  deploying models:/{plan.model_name}/{plan.champion} as {plan.champion_variant}")
             self.target.deploy(f"models:/{plan.model_name}/{plan.champion}", plan.champion_variant, 0)
         self.target.set_traffic({plan.champion_variant: 100})
-        champion = registry.get_champion(plan.model_name)
+        champion = registry.get_champion(plan.model_name, self.config)
         if champion is None or str(champion.version) != plan.champion:
-            registry.promote(plan.champion, plan.model_name, reason=plan.reason)
+            registry.promote(plan.champion, plan.model_name, reason=plan.reason, config=self.config)
         if plan.challenger not in ("", plan.champion) and plan.challenger_variant in self.target.describe().variants:
             self.target.remove(plan.challenger_variant)
         return self._finish("rolled_back", plan.reason)
 
     def _promote(self) -> RolloutRecord:
-        from churnkit import registry
-
         plan = self.plan
         reason = f"all {len(plan.steps)} steps passed ({', '.join(f'{w}%' for w in plan.steps)})"
         self.save(phase="promoting", reason=reason)
         live = self.target.describe()
         if live.weights.get(plan.challenger_variant) != 100:
             self.target.set_traffic({plan.challenger_variant: 100})
-        champion = registry.get_champion(plan.model_name)
+        champion = registry.get_champion(plan.model_name, self.config)
         if champion is None or str(champion.version) != plan.challenger:
             registry.promote(plan.challenger, plan.model_name, reason=f"rollout on {plan.target} endpoint "
-                             f"{plan.endpoint!r}: {reason}")
+                             f"{plan.endpoint!r}: {reason}", config=self.config)
         if plan.champion_variant in self.target.describe().variants:
             self.target.remove(plan.champion_variant)
         return self._finish("promoted", reason)
@@ -363,26 +309,13 @@ class _Controller:
                                "--resume to continue where it stopped)", keep_alias=True)
 
 
-@contextmanager
-def using_store(config: Config):
-    """Make ``config`` the store that registry helpers resolve from the environment, for the block's duration.
-
-    The registry's helpers (aliases, history, tags) read the store from ``CHURNKIT_RUNS_DIR`` /
-    ``MLFLOW_TRACKING_URI``; a rollout on ``--runs-dir X`` must not touch another store halfway.
-    """
-    values = {"CHURNKIT_RUNS_DIR": str(config.runs_dir),
-              "MLFLOW_TRACKING_URI": None if config.embedded else config.tracking_uri}
-    with scoped_environ(values):
-        yield config
-
-
 def _target_and_config(deploy_target, endpoint: str, config: Config | None):
     if isinstance(deploy_target, str):
         from churnkit.deploy import get_target
 
         config = config or load_config()  # the local target follows its running router's port by itself
         return get_target(deploy_target, endpoint=endpoint, config=config), config
-    return deploy_target, config or getattr(deploy_target, "config", None) or load_config()
+    return deploy_target, config or deploy_target.config
 
 
 def rollout(
@@ -439,9 +372,6 @@ def rollout(
     RolloutError
         No champion, or the champion is not deployed on the target.
     """
-    from churnkit import registry
-    from churnkit.deploy.base import variant_name
-
     plan_w = plan_steps(strategy, steps)
     th = Thresholds(max_error_rate, max_p99_ratio, max_prediction_psi, failure_threshold, min_requests, p99_slack_ms,
                     max_input_drift=max_input_drift)
@@ -453,18 +383,16 @@ def rollout(
         if not ok:
             raise ParameterError(f"{name} must be a {low} number, got {value!r}", name=name)
     target, config = _target_and_config(deploy_target, endpoint, config)
-    registry.setup_tracking(config)
     poll = min(1.0, max(0.2, interval / 4))
     ctl = _Controller(target, config, model_name=model_name, thresholds=th, interval=float(interval),
                       max_bake=float(max_bake or 10 * interval), poll=poll, replay_rate=float(replay_rate), echo=echo)
     # SIGTERM raises while the controller runs, so it rolls back (a second TERM cannot cut the rollback short)
-    with using_store(config), RolloutLock(rollout_dir(config) / f"{target.endpoint}.lock", target.endpoint), \
-            sigterm_raises():
+    with RolloutLock(rollout_dir(config) / f"{target.endpoint}.lock", target.endpoint), sigterm_raises():
         state = read_state(ctl.path)
         if state and state.get("phase") not in (None, "done"):
             return ctl.recover(state, resume)
-        champion = registry.get_champion(model_name)
-        challenger = registry.get_alias_version(ALIAS_CHALLENGER, model_name)
+        champion = registry.get_champion(model_name, config)
+        challenger = registry.get_alias_version(ALIAS_CHALLENGER, model_name, config)
         if challenger is None or (champion is not None and str(challenger.version) == str(champion.version)):
             record = RolloutRecord("none", "nothing to roll out: no challenger",
                                    str(champion.version) if champion else None, None)
@@ -486,7 +414,8 @@ def rollout(
             target.set_traffic({cv: 100})
             registry.record_history(model_name, str(champion.version),
                                     f"{target.name} endpoint {target.endpoint!r}: traffic was split {live.weights} with "
-                                    f"no rollout running; returned 100% to {cv} before rolling out v{challenger.version}")
+                                    f"no rollout running; returned 100% to {cv} before rolling out v{challenger.version}",
+                                    config)
         plan = _Plan(target.endpoint, target.name, model_name, str(champion.version), str(challenger.version), plan_w)
         echo(f"rolling out {model_name} v{plan.challenger} over v{plan.champion} on {target.name} endpoint "
              f"{target.endpoint!r}: steps {plan_w} %, {interval:g} s bake")
@@ -505,22 +434,19 @@ def rollback(deploy_target="local", *, endpoint: str = "churn", model_name: str 
     RolloutError
         No version holds ``previous``.
     """
-    from churnkit import registry
-
     target, config = _target_and_config(deploy_target, endpoint, config)
-    registry.setup_tracking(config)
     ctl = _Controller(target, config, model_name=model_name, thresholds=Thresholds(), interval=1.0, max_bake=1.0,
                       poll=0.2, replay_rate=0.0, echo=echo)
-    with using_store(config), RolloutLock(rollout_dir(config) / f"{target.endpoint}.lock", target.endpoint):
+    with RolloutLock(rollout_dir(config) / f"{target.endpoint}.lock", target.endpoint):
         state = read_state(ctl.path)
         if state and state.get("phase") not in (None, "done"):
             return ctl.recover(state, resume=False)
-        prev = registry.get_alias_version(ALIAS_PREVIOUS, model_name)
+        prev = registry.get_alias_version(ALIAS_PREVIOUS, model_name, config)
         if prev is None:
             raise RolloutError(f"no version of {model_name!r} holds the {ALIAS_PREVIOUS!r} alias, so there is nothing to "
-                               f"roll back to (aliases: {registry.aliases(model_name)!r}); a rollout must promote a "
+                               f"roll back to (aliases: {registry.aliases(model_name, config)!r}); a rollout must promote a "
                                "version first")
-        champion = registry.get_champion(model_name)
+        champion = registry.get_champion(model_name, config)
         old = str(champion.version) if champion is not None else None
         reason = f"manual rollback: v{prev.version} restored as champion with 100% traffic" + (
             f", v{old} demoted to {ALIAS_PREVIOUS}" if old else "")

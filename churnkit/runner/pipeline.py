@@ -1,0 +1,159 @@
+"""The monthly job: train, evaluate (gate, register), deploy and roll out, in one run folder.
+
+Each step is a notebook run (:func:`churnkit.runner.execution.run_notebook`) nested under one parent
+MLflow run; a step runs only when the one before left it something to do.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from churnkit import tracking
+from churnkit.config import TAG, Config, load_config
+from churnkit.exceptions import ParameterError
+from churnkit.runner.execution import KILLED_BY, RunResult, new_run_folder, run_notebook
+from churnkit.runner.params import split_parameters
+from churnkit.signals import RunTerminated, sigterm_raises
+
+PIPELINE_STEPS = ("01-train", "02-evaluate", "03-deploy", "04-rollout")
+
+
+@dataclass
+class PipelineResult:
+    pipeline_id: str
+    folder: Path
+    steps: list[RunResult]
+    run_id: str
+
+    def step(self, name: str) -> RunResult | None:
+        return next((s for s in self.steps if s.notebook == name), None)
+
+
+def run_pipeline(
+    parameters: dict[str, Any] | None = None,
+    *,
+    config: Config | None = None,
+    progress: bool | None = None,
+    echo=print,
+    steps: tuple[str, ...] = PIPELINE_STEPS,
+) -> PipelineResult:
+    """The monthly job in one run folder and parent MLflow run: train, evaluate (gate, register), then
+    deploy when a version was registered and roll out when it is a challenger and a champion serves.
+
+    ``steps`` limits the job to a prefix of :data:`PIPELINE_STEPS` (e.g. train and evaluate only).
+    """
+
+    if tuple(steps) != PIPELINE_STEPS[:len(steps)] or not steps:
+        raise ParameterError(f"pipeline steps {tuple(steps)!r} are not a prefix of {PIPELINE_STEPS!r}", name="steps")
+    config = config or load_config()
+    per_step = split_parameters(dict(parameters or {}), tuple(steps))
+    folder = new_run_folder(config)
+    exp_id = tracking.setup_tracking(config)
+    client = tracking.client(config)
+    parent = client.create_run(exp_id, tags={"mlflow.runName": "pipeline", TAG + "pipeline_id": folder.name,
+                                             TAG + "notebook": "pipeline",
+                                             TAG + "parameters": json.dumps(parameters or {})})
+    results: list[RunResult] = []
+    status = "FAILED"
+    with sigterm_raises():  # SIGTERM between two steps also ends the parent run KILLED
+        try:
+            for step in steps:
+                skipped = _skip_reason(step, results)
+                if skipped:
+                    echo(f"· {step} skipped: {skipped}")
+                    continue
+                params = dict(per_step[step])
+                if step == "02-evaluate" and results:
+                    params["train_run_id"] = results[0].run_id
+                echo(f"▶ {step} → {folder / (step + '.ipynb')}")
+                res = run_notebook(step, params, config=config, folder=folder, parent_run_id=parent.info.run_id,
+                                   pipeline_id=folder.name, progress=progress)
+                echo(f"  ✓ {step} finished in {res.seconds:.1f} s")
+                results.append(res)
+            status = "FINISHED"
+        except BaseException as exc:
+            if isinstance(exc, (KeyboardInterrupt, RunTerminated)) or getattr(exc, "ename", "") in KILLED_BY:
+                status = "KILLED"
+            raise
+        finally:
+            client.set_tag(parent.info.run_id, TAG + "status", status)
+            client.set_terminated(parent.info.run_id, status)
+    return PipelineResult(folder.name, folder, results, parent.info.run_id)
+
+
+def _skip_reason(step: str, results: list[RunResult]) -> str:
+    """Why ``step`` does not run: deploying needs a registered version, rolling out a challenger and a
+    serving endpoint (03-deploy's live weights)."""
+
+    done = {r.notebook: r for r in results}
+    ev = done.get("02-evaluate")
+    version = ev.tags.get(TAG + "registered_version", "") if ev else ""
+    if step == "03-deploy" and not version:
+        return "no version was registered"
+    if step == "04-rollout":
+        aliases = json.loads(ev.tags.get(TAG + "aliases", "{}")) if ev else {}
+        if not version or str(aliases.get("challenger", "")) != version:
+            return "no challenger was registered"
+        deployed = done.get("03-deploy")
+        weights = json.loads(deployed.tags.get(TAG + "endpoint_weights", "{}")) if deployed else {}
+        if not any(int(w) > 0 for w in weights.values()):
+            return "no champion serves on the endpoint"
+    return ""
+
+
+def pipeline_summary(result: PipelineResult) -> dict:
+    """What CI and people need from a pipeline run: metrics, gate verdict, the registered version."""
+
+    ev = result.step("02-evaluate")
+    metrics = {k.removeprefix("holdout_"): v for k, v in (ev.metrics if ev else {}).items()
+               if k.startswith("holdout_")}
+    champion = {k.removeprefix("champion_holdout_"): v for k, v in (ev.metrics if ev else {}).items()
+                if k.startswith("champion_holdout_")}
+    gate = json.loads(ev.tags.get(TAG + "gate", "{}")) if ev else {}
+    version = (ev.tags.get(TAG + "registered_version") if ev else "") or None
+    aliases = json.loads(ev.tags.get(TAG + "aliases", "{}")) if ev else {}
+    lines = [f"pipeline {result.pipeline_id}: {result.folder}"]
+    if metrics:
+        shown = ("roc_auc", "pr_auc", "log_loss", "brier", "lift_top_decile")
+        lines.append("holdout  " + "  ".join(f"{k} {metrics[k]:.4f}" for k in shown if k in metrics))
+    if champion:
+        lines.append("champion " + "  ".join(f"{k} {champion[k]:.4f}" for k in ("roc_auc", "pr_auc") if k in champion))
+    if gate:
+        if gate.get("passed"):
+            lines.append(f"gate     PASSED (roc_auc {gate['challenger_auc']:.4f} > {gate['auc_threshold']})")
+        else:
+            lines.append("gate     REFUSED")
+            lines += [f"  - {r}" for r in gate.get("reasons", [])]
+    model_name = ev.parameters.get("model_name", "churn") if ev else "churn"
+    if version:
+        role = next((a for a, v in aliases.items() if str(v) == version), "registered")
+        lines.append(f"model    registered {model_name} v{version} as {role}")
+    else:
+        lines.append(f"model    nothing registered; {model_name!r} registry unchanged (aliases {aliases})")
+    dep, out = result.step("03-deploy"), result.step("04-rollout")
+    deployment = rollout = None
+    if dep is not None:
+        deployment = {k: dep.tags.get(TAG + k, "") for k in ("deployed_uri", "deploy_target", "endpoint")}
+        deployment["weights"] = json.loads(dep.tags.get(TAG + "endpoint_weights", "{}"))
+        lines.append(f"deploy   {deployment['deployed_uri']} on {deployment['deploy_target']} endpoint "
+                     f"{deployment['endpoint']!r}: weights {deployment['weights']}")
+    if out is not None:
+        rollout = {"decision": out.tags.get(TAG + "rollout_decision", ""),
+                   "reason": out.tags.get(TAG + "rollout_reason", ""), "run_id": out.run_id}
+        lines.append(f"rollout  {rollout['decision']}: {rollout['reason']}")
+    return {
+        "pipeline_id": result.pipeline_id,
+        "folder": str(result.folder),
+        "notebooks": {s.notebook: str(s.output_path) for s in result.steps},
+        "metrics": metrics,
+        "champion_metrics": champion or None,
+        "gate": gate,
+        "registered_version": version,
+        "aliases": aliases,
+        "deployment": deployment,
+        "rollout": rollout,
+        "text": "\n".join(lines),
+    }
