@@ -155,7 +155,7 @@ def window_from_metrics(before: str, after: str) -> Window:
     only; a score at its bucket's middle), so p99 and PSI have the histograms' resolution. The server
     cannot see client timeouts, so ``timeouts`` is 0.
     """
-    from churnkit._latency import histogram, histogram_delta, parse_prometheus
+    from churnkit.monitor import histogram, histogram_delta, parse_prometheus
 
     a, b = parse_prometheus(before or ""), parse_prometheus(after)
 
