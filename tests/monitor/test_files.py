@@ -7,6 +7,7 @@ import time
 
 import httpx
 import pandas as pd
+import pytest
 from click.testing import CliRunner
 
 from churnkit.cli import main
@@ -78,3 +79,28 @@ def test_cli_text_output_says_drift_and_exits_0(tmp_path):
     res = CliRunner().invoke(main, ["monitor", "--reference", str(tmp_path / "a.csv"), "--current", str(tmp_path / "b.csv"),
                                     "--drift-share", "0.25"])
     assert res.exit_code == 0 and "dataset drift: YES" in res.stdout and "recommendation: RETRAIN" in res.stdout
+
+
+def test_log_monitor_report_attaches_metrics_json_and_html_to_the_active_run(champion):
+    import mlflow
+
+    from churnkit import registry
+    from churnkit.monitor import build_monitor_report, log_monitor_report
+
+    config, model, baseline, _ = champion
+    report = build_monitor_report(synth_month(600, 1, 0), synth_month(600, 2, 0, drift="covariate"), model=model,
+                                  baseline=baseline)
+    assert log_monitor_report(report) is None  # no active run: nothing logged, no error
+    registry.setup_tracking(config)
+    with mlflow.start_run() as run:
+        log_monitor_report(report)
+    logged = registry.client().get_run(run.info.run_id).data.metrics
+    perf = report.performance["metrics"]
+    assert logged == {"share_of_drifted_columns": pytest.approx(report.share_of_drifted_columns),
+                      "dataset_drift": float(report.dataset_drift), "retrain": float(report.recommendation["retrain"]),
+                      "prediction_psi": pytest.approx(report.prediction_drift["psi"]),
+                      "current_roc_auc": pytest.approx(perf["roc_auc"]), "current_pr_auc": pytest.approx(perf["pr_auc"])}
+    files = {a.path for a in registry.client().list_artifacts(run.info.run_id, "monitor")}
+    assert files == {"monitor/report.json", "monitor/report.html"}
+    stored = json.loads(mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/monitor/report.json"))
+    assert stored == json.loads(json.dumps(report.to_dict()))
