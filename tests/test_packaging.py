@@ -67,3 +67,14 @@ def test_ci_runs_the_readme_test_command():
     makefile = (ROOT / "Makefile").read_text()
     for target in ("demo:", "test:", "lab:", "serve:", "bench:", "clean:"):
         assert f"\n{target}" in makefile
+
+
+def test_every_test_folder_is_a_package():
+    """tests/<area>/ folders carry an __init__.py: test files may share a basename across folders
+    (monitor/test_public.py, rollout/test_public.py) and package-scoped fixtures end with their folder."""
+    folders = {p.parent for p in (ROOT / "tests").rglob("test_*.py")} - {ROOT / "tests"}
+    assert folders, "tests/ mirrors churnkit/ in sub-folders"
+    # tests/ itself stays a plain folder: its conftest and *_support modules are imported by name
+    assert not (ROOT / "tests" / "__init__.py").exists()
+    for folder in sorted(folders):
+        assert (folder / "__init__.py").exists(), f"{folder.relative_to(ROOT)} lacks an __init__.py"

@@ -264,7 +264,6 @@ def test_window_from_two_scrapes_of_the_servers_metrics():
 
 
 def test_captured_inputs_come_from_the_local_capture_folders_since_the_step(tmp_path):
-    from types import SimpleNamespace
 
     from churnkit.serve.capture import CaptureWriter
 

@@ -161,7 +161,7 @@ def captured_in_folders(capture_root: Path, variants: Sequence[str], since: floa
     ``<capture_root>/<variant>/`` (None when nothing was captured)."""
     import pandas as pd
 
-    from churnkit.serve.capture import read_capture
+    from churnkit.serve.capture import CAPTURE_COLUMNS, read_capture
 
     frames = [read_capture(capture_root / v) for v in variants if (capture_root / v).is_dir()]
     frames = [f for f in frames if len(f)]
@@ -169,4 +169,4 @@ def captured_in_folders(capture_root: Path, variants: Sequence[str], since: floa
         return None
     frame = pd.concat(frames, ignore_index=True)
     frame = frame[frame["time"] >= pd.Timestamp(since, unit="s", tz="UTC")]
-    return frame.drop(columns=["churn_probability", "model_version", "time"])
+    return frame.drop(columns=[c for c in CAPTURE_COLUMNS if c in frame.columns])

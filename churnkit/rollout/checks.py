@@ -151,7 +151,7 @@ class Check:
 
 def psi(reference: Sequence[float], current: Sequence[float], bins: int = 10) -> float:
     """Population stability index of ``current`` against ``reference`` (the monitor's: reference deciles, 1e-4 floor)."""
-    from churnkit._drift import counts_in_bins, population_stability_index, quantile_edges
+    from churnkit.monitor import counts_in_bins, population_stability_index, quantile_edges
 
     ref = np.sort(np.asarray(reference, dtype=float))
     cur = np.sort(np.asarray(current, dtype=float))

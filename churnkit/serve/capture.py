@@ -24,6 +24,11 @@ log = logging.getLogger("churnkit.serve")
 DEFAULT_MAX_BYTES = 16 * 1024 * 1024
 _STOP = object()
 
+#: The served churn score of a captured row, as :func:`read_capture` names it.
+SCORE_COLUMN = "churn_probability"
+#: Columns the data capture adds to the inputs (``read_capture`` returns the first three); never features.
+CAPTURE_COLUMNS = (SCORE_COLUMN, "model_version", "time", "request_id", "model_name")
+
 
 class CaptureWriter:
     """Appends capture records to rotating JSON Lines files from a background thread.
@@ -142,8 +147,8 @@ def read_capture(path):
                 except ValueError:
                     continue
                 for inputs, proba in zip(rec.get("inputs", []), rec.get("predictions", [])):
-                    rows.append({**inputs, "churn_probability": proba, "model_version": str(rec.get("model_version")),
+                    rows.append({**inputs, SCORE_COLUMN: proba, "model_version": str(rec.get("model_version")),
                                  "time": rec.get("time")})
-    frame = pd.DataFrame(rows, columns=None if rows else ["churn_probability", "model_version", "time"])
+    frame = pd.DataFrame(rows, columns=None if rows else list(CAPTURE_COLUMNS[:3]))
     frame["time"] = pd.to_datetime(frame["time"], utc=True, format="ISO8601")
     return frame

@@ -1,7 +1,8 @@
 """Reading what the monitor compares: tables, the serving data capture, the registry, a live server.
 
-The I/O edge of :mod:`churnkit.monitor` (which re-exports these names); everything here hands plain
-frames, a loaded model or Prometheus text to the pure functions there.
+The input edge of :mod:`churnkit.monitor`: everything here hands plain frames, a loaded model or
+Prometheus text to the pure functions of :mod:`~churnkit.monitor.report` and
+:mod:`~churnkit.monitor.latency`.
 """
 
 from __future__ import annotations
@@ -15,13 +16,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from churnkit._latency import latency_breakdown
 from churnkit.data import Schema, read_table, synth_month
 from churnkit.exceptions import DataError, MonitorError
-
-SCORE_COLUMN = "churn_probability"
-#: Columns the serving data capture adds to the inputs; never features.
-CAPTURE_COLUMNS = (SCORE_COLUMN, "model_version", "time", "request_id", "model_name")
+from churnkit.monitor.latency import latency_breakdown
+from churnkit.serve.capture import CAPTURE_COLUMNS, read_capture
 
 
 @dataclass
@@ -46,8 +44,6 @@ def read_current(path: str | Path) -> pd.DataFrame:
     """A table (CSV/Parquet) or the serving data capture (a folder of, or one, JSON Lines file)."""
     p = _must_exist(path, "current", "a CSV or Parquet file or a serving capture folder")
     if p.is_dir() or p.suffix.lower() == ".jsonl":
-        from churnkit.serve.capture import read_capture
-
         frame = read_capture(p)
         if frame.empty:
             raise DataError(f"capture {str(p)!r} holds no requests yet; let the server take traffic or pass a table")
@@ -170,54 +166,3 @@ def probe_rows(frame: pd.DataFrame, schema: Schema | None = None, rows: int = 5,
     sample = frame[cols].head(rows).astype(object)
     return [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()}
             for r in sample.to_dict(orient="records")]
-
-
-def monitor_files(
-    reference_path: str,
-    current_path: str,
-    *,
-    labels_path: str = "",
-    history: list[str] | tuple = (),
-    model_uri: str = "",
-    metrics_url: str = "",
-    probe_requests: int = 20,
-    config=None,
-    **options,
-):
-    """The ``churnkit monitor`` command as a function: read the files, load the model, build a MonitorReport.
-
-    ``options`` go to :func:`build_monitor_report` (drift_share, psi_act, max_auc_drop, label_column, ...).
-    """
-    paths = ",".join([*history, current_path])
-    inputs = load_monitor_inputs(reference_path, paths, labels_path)
-    model, baseline = load_monitored_model(model_uri=model_uri, config=config) if model_uri else (None, None)
-    latency = None
-    if metrics_url:
-        payload = probe_rows(inputs.current, model.schema if model is not None else None, 5,
-                             label_column=options.get("label_column", "churn"))
-        latency = measure_latency(metrics_url, payload, requests=probe_requests)
-    from churnkit.monitor import build_monitor_report
-
-    return build_monitor_report(inputs.reference, inputs.current, model=model, labels=inputs.labels,
-                                baseline=baseline, months=inputs.months, latency=latency, **options)
-
-
-def log_monitor_report(report, html: bool = True) -> None:
-    """Attach a report to the active MLflow run: headline metrics, the JSON, and the HTML report."""
-    import mlflow
-
-    if mlflow.active_run() is None:
-        return
-    metrics = {"share_of_drifted_columns": report.share_of_drifted_columns, "dataset_drift": float(report.dataset_drift),
-               "retrain": float(report.recommendation["retrain"])}
-    if report.prediction_drift:
-        metrics["prediction_psi"] = report.prediction_drift["psi"]
-    perf = report.performance or {}
-    if perf.get("metrics"):
-        metrics |= {"current_roc_auc": perf["metrics"]["roc_auc"], "current_pr_auc": perf["metrics"]["pr_auc"]}
-    mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(v)})
-    mlflow.log_dict(report.to_dict(), "monitor/report.json")
-    if html:
-        from churnkit._monitor_html import render_html
-
-        mlflow.log_text(render_html(report), "monitor/report.html")

@@ -9,80 +9,26 @@ plus client. Pure functions over the Prometheus text and a list of probe timings
 
 from __future__ import annotations
 
-import math
-import re
-
 import numpy as np
 
-MODEL = "churnkit_model_latency_seconds"
-OVERHEAD = "churnkit_overhead_latency_seconds"
-REQUESTS = "churnkit_requests_total"
-ROWS = "churnkit_prediction_rows_total"
-START = "churnkit_start_time_seconds"
-#: Routes counted in churnkit_requests_total that are not predictions (health, version, the scrape itself).
+from churnkit.serve.metrics import (
+    MODEL,
+    OVERHEAD,
+    REQUESTS,
+    ROWS,
+    START,
+    histogram,
+    histogram_delta,
+    histogram_quantile,
+    parse_prometheus,
+)
+
 NON_PREDICT_ROUTES = frozenset({"/metrics", "/ping", "/", "/health", "/version", "other"})
 
-_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)(?:\s+-?\d+)?\s*$")
-_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
-
-# Heuristics that name the likely cause (documented in the README).
 COLD_START_FACTOR = 5.0  # first probe request this many times the median (and 50 ms more) = cold start
 SATURATION_TAIL = 5.0  # overhead p99 / p50 above this (and p99 over 50 ms) = requests queue
 LARGE_PAYLOAD_ROWS = 100  # rows per request above which parsing/validation cost is payload-bound
 LARGE_PAYLOAD_BYTES = 256 * 1024
-
-
-def parse_prometheus(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
-    """Prometheus text exposition -> ``{sample name: [(labels, value), ...]}`` (comments skipped)."""
-    out: dict[str, list[tuple[dict[str, str], float]]] = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        m = _LINE.match(line)
-        if not m:
-            continue
-        name, labels, value = m.groups()
-        try:
-            v = float(value)
-        except ValueError:
-            continue
-        out.setdefault(name, []).append(({k: v.replace('\\"', '"') for k, v in _LABEL.findall(labels or "")}, v))
-    return out
-
-
-def histogram(samples: dict, name: str) -> dict:
-    """Buckets (upper bound -> cumulative count), sum and count, added up over every label set."""
-    buckets: dict[float, float] = {}
-    for labels, v in samples.get(name + "_bucket", []):
-        le = float(labels.get("le", "inf").replace("+Inf", "inf"))
-        buckets[le] = buckets.get(le, 0.0) + v
-    return {"buckets": dict(sorted(buckets.items())), "sum": sum(v for _, v in samples.get(name + "_sum", [])),
-            "count": sum(v for _, v in samples.get(name + "_count", []))}
-
-
-def histogram_delta(after: dict, before: dict | None) -> dict:
-    """What a histogram counted between two scrapes (``after`` minus ``before``)."""
-    if not before:
-        return after
-    return {"buckets": {le: c - before["buckets"].get(le, 0.0) for le, c in after["buckets"].items()},
-            "sum": after["sum"] - before["sum"], "count": after["count"] - before["count"]}
-
-
-def histogram_quantile(q: float, buckets: dict[float, float]) -> float:
-    """Prometheus' histogram_quantile: linear interpolation inside the bucket holding rank q."""
-    items = sorted(buckets.items())
-    if not items or items[-1][1] <= 0:
-        return float("nan")
-    rank = q * items[-1][1]
-    prev_le, prev_c = 0.0, 0.0
-    for le, c in items:
-        if c >= rank:
-            if math.isinf(le):
-                return prev_le
-            return prev_le + (le - prev_le) * ((rank - prev_c) / (c - prev_c) if c > prev_c else 1.0)
-        prev_le, prev_c = le, c
-    return prev_le
 
 
 def _ms_summary(hist: dict) -> dict | None:

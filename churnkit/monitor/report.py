@@ -1,13 +1,12 @@
-"""Monitoring: data drift, prediction drift, delayed-label performance and a latency breakdown.
+"""The monitoring report: per-column drift, prediction drift, delayed-label performance, a recommendation.
 
 :func:`build_monitor_report` compares a reference table (usually the training month) with a current
 window (a table, or the serving data capture) and assembles the report ``churnkit monitor --json``
 prints: per-column drift with the statistic suited to the column and the sample size (see
-:mod:`churnkit._drift` for the defaults), the share of drifted columns, score drift when a model is
-given, ROC AUC and friends once labels arrive, and a retrain recommendation with its reasons.
-:func:`latency_breakdown` reads a server's ``/metrics`` plus a client-side probe and says where the
-time goes. Statistics are pure functions over frames; reading files and the registry sits at the edges
-(:func:`load_monitor_inputs`, :func:`load_monitored_model`, :func:`monitor_files`).
+:mod:`churnkit.monitor.drift` for the defaults), the share of drifted columns, score drift when a model
+is given, ROC AUC and friends once labels arrive, and a retrain recommendation with its reasons.
+Pure: frames and an already loaded model in, a :class:`MonitorReport` out; reading files and the
+registry sits above it (:mod:`churnkit.monitor.inputs`, :mod:`churnkit.monitor.files`).
 """
 
 from __future__ import annotations
@@ -22,23 +21,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from churnkit._drift import DriftThresholds, compare_categorical, compare_numeric
-from churnkit._latency import latency_breakdown, parse_prometheus
-from churnkit._monitor_io import (
-    CAPTURE_COLUMNS,
-    SCORE_COLUMN,
-    MonitorInputs,
-    load_monitor_inputs,
-    load_monitored_model,
-    log_monitor_report,
-    measure_latency,
-    monitor_files,
-    probe_rows,
-    read_current,
-)
 from churnkit.data import NEGATIVE, POSITIVE, Schema, infer_schema, map_label, prepare_features, to_numeric
 from churnkit.evaluate import compute_metrics
 from churnkit.exceptions import DataError, LabelError, MonitorError
+from churnkit.monitor.drift import DriftThresholds, compare_categorical, compare_numeric
+from churnkit.serve.capture import CAPTURE_COLUMNS, SCORE_COLUMN
 
 DEFAULT_DRIFT_SHARE = 0.5
 DEFAULT_MAX_AUC_DROP = 0.03
@@ -46,24 +33,6 @@ DEFAULT_MAX_AUC_DROP = 0.03
 SCHEMA_SAMPLE_ROWS = 2_000
 #: Below this many rows (both sides together) columns are compared one after another.
 PARALLEL_MIN_ROWS = 200_000
-
-__all__ = [
-    "CAPTURE_COLUMNS",
-    "SCORE_COLUMN",
-    "MonitorInputs",
-    "MonitorReport",
-    "build_monitor_report",
-    "latency_breakdown",
-    "load_monitor_inputs",
-    "load_monitored_model",
-    "log_monitor_report",
-    "measure_latency",
-    "monitor_files",
-    "parse_prometheus",
-    "probe_rows",
-    "read_current",
-    "recommend",
-]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -163,29 +132,29 @@ class MonitorReport:
 
     # Plots (matplotlib Figures; imported lazily so the report itself needs no plotting stack)
     def plot_psi(self):
-        from churnkit._monitor_plots import plot_psi
+        from churnkit.monitor.plots import plot_psi
 
         return plot_psi(self)
 
     def plot_histograms(self, columns: list[str] | None = None, max_columns: int = 9):
         """Reference vs current distributions; the drifted columns (or ``columns``) by default."""
-        from churnkit._monitor_plots import plot_histograms
+        from churnkit.monitor.plots import plot_histograms
 
         return plot_histograms(self, columns, max_columns)
 
     def plot_scores(self):
-        from churnkit._monitor_plots import plot_scores
+        from churnkit.monitor.plots import plot_scores
 
         return plot_scores(self)
 
     def plot_auc(self):
-        from churnkit._monitor_plots import plot_auc
+        from churnkit.monitor.plots import plot_auc
 
         return plot_auc(self)
 
     def write_html(self, path: str | Path) -> Path:
         """Write a self-contained HTML report (plots embedded as PNG)."""
-        from churnkit._monitor_html import render_html
+        from churnkit.monitor.html import render_html
 
         out = Path(path)
         out.parent.mkdir(parents=True, exist_ok=True)
