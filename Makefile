@@ -71,6 +71,7 @@ bench: venv
 
 lint: venv
 	$(BIN)/ruff check churnkit tests bench
+	$(BIN)/lint-imports
 	$(BIN)/nbstripout --verify --keep-metadata-keys cell.metadata.tags --keep-id notebooks/*.ipynb
 
 clean:

@@ -29,9 +29,11 @@ def p99(values: Sequence[float]) -> float | None:
 class Window:
     """One variant's traffic over a time window, as the target recorded it.
 
-    ``errors`` counts 5xx answers and connection failures, ``timeouts`` requests that timed out;
-    ``latencies_ms`` and ``scores`` (churn probabilities, one per scored row) come from the
-    successful requests. ``source`` names where the numbers come from.
+    ``errors`` counts 5xx answers and connection failures, ``timeouts`` requests that timed out,
+    ``client_errors`` 4xx answers (the same traffic goes to every variant, so a challenger answering
+    4xx where the champion does not is the challenger's fault); ``latencies_ms`` and ``scores`` (churn
+    probabilities, one per scored row) come from the successful requests. ``source`` names where the
+    numbers come from.
     """
 
     requests: int = 0
@@ -40,13 +42,19 @@ class Window:
     latencies_ms: tuple[float, ...] = ()
     scores: tuple[float, ...] = ()
     source: str = ""
+    client_errors: int = 0
 
     @classmethod
     def from_dict(cls, d: dict | None, source: str = "") -> Window:
         d = d or {}
         return cls(int(d.get("requests", 0)), int(d.get("errors", 0)), int(d.get("timeouts", 0)),
                    tuple(float(x) for x in d.get("latencies_ms", ())), tuple(float(x) for x in d.get("scores", ())),
-                   str(d.get("source", source)))
+                   str(d.get("source", source)), int(d.get("client_errors", 0)))
+
+    @property
+    def answered(self) -> int:
+        """Requests answered with predictions (neither 4xx, 5xx nor timed out)."""
+        return max(self.requests - self.errors - self.timeouts - self.client_errors, 0)
 
     @property
     def failures(self) -> int:
@@ -62,7 +70,8 @@ class Window:
 
     def to_dict(self) -> dict:
         return {"requests": self.requests, "errors": self.errors, "timeouts": self.timeouts,
-                "latencies_ms": list(self.latencies_ms), "scores": list(self.scores), "source": self.source}
+                "latencies_ms": list(self.latencies_ms), "scores": list(self.scores), "source": self.source,
+                "client_errors": self.client_errors}
 
 
 @dataclass(frozen=True)
@@ -116,8 +125,12 @@ def window_from_metrics(before: str, after: str, source: str = "/metrics") -> Wi
     def server_error(labels):
         return predict(labels) and labels.get("status", "").startswith("5")
 
+    def client_error(labels):
+        return predict(labels) and labels.get("status", "").startswith("4")
+
     requests = int(counter(b, predict) - counter(a, predict))
     errors = int(counter(b, server_error) - counter(a, server_error))
+    client_errors = int(counter(b, client_error) - counter(a, client_error))
     latencies, lower = [], 0.0
     for le, n in delta_buckets(MODEL):
         latencies += [1000.0 * (le if math.isfinite(le) else 2 * lower)] * max(n, 0)
@@ -126,7 +139,7 @@ def window_from_metrics(before: str, after: str, source: str = "/metrics") -> Wi
     for le, n in delta_buckets(SCORES):
         scores += [(lower + min(le, 1.0)) / 2] * max(n, 0)
         lower = min(le, 1.0)
-    return Window(requests, errors, 0, tuple(latencies), tuple(scores), source)
+    return Window(requests, errors, 0, tuple(latencies), tuple(scores), source, client_errors)
 
 
 class MetricsScraper:

@@ -13,7 +13,7 @@ from churnkit.runner import secrets
 from churnkit.exceptions import NotebookExecutionError, ParameterError
 from churnkit.runner import check_parameters, notebook_parameters, run_notebook
 
-FIXTURE = Path(__file__).parent / "fixtures" / "secrets.ipynb"
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "secrets.ipynb"
 
 # Each value as tests/fixtures/secrets.ipynb assembles it at run time (the file itself holds none).
 PLANTED = {

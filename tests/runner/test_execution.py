@@ -22,7 +22,7 @@ from churnkit.cli import main
 from churnkit.exceptions import NotebookExecutionError
 from churnkit.runner import find_notebook, notebook_parameters, reproducibility_tags, run_notebook
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 SLEEP, CRASH = FIXTURES / "sleep.ipynb", FIXTURES / "crash.ipynb"
 
 

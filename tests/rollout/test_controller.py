@@ -2,7 +2,7 @@
 
 ``FakeTarget`` keeps variants and weights in memory and synthesises each variant's request window from
 the weights over time and a per-version behaviour (latency, error share, score shift, status), the
-way httpx's MockTransport stands in for a network. The real-process tests are in test_rollout_local.py.
+way httpx's MockTransport stands in for a network. The real-process tests are in tests/rollout/test_local.py.
 """
 
 from __future__ import annotations
