@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -56,10 +58,36 @@ def test_pipeline_routes_parameters_to_the_notebooks_that_declare_them():
         split_parameters({"colour": "red"}, ("01-train", "02-evaluate"))
 
 
-def test_unknown_parameter_starts_no_kernel_and_writes_nothing(runs_config):
+_SPAWNED: list[str] = []
+
+
+def _watch_processes(event: str, args) -> None:
+    if event in ("subprocess.Popen", "os.posix_spawn", "os.exec", "os.fork"):
+        _SPAWNED.append(f"{event} {args[:2]!r}")
+
+
+@pytest.fixture
+def spawned():
+    """Every process this test starts (Python's audit events; a kernel is a process)."""
+    if not getattr(sys, "_churnkit_process_hook", False):
+        sys.addaudithook(_watch_processes)
+        sys._churnkit_process_hook = True
+    _SPAWNED.clear()
+    yield _SPAWNED
+    _SPAWNED.clear()
+
+
+def test_the_process_watch_sees_a_process_start(spawned):
+    subprocess.run([sys.executable, "-c", "pass"], check=True)
+    assert spawned and spawned[0].startswith("subprocess.Popen")
+
+
+def test_unknown_parameter_starts_no_kernel_and_writes_nothing(runs_config, spawned):
     with pytest.raises(ParameterError):
         run_notebook("01-train", {"nope": 1}, config=runs_config)
-    assert not runs_config.runs_dir.exists() or not any(runs_config.runs_dir.glob("*/*.ipynb"))
+    kernels = [p for p in spawned if "ipykernel" in p or "python" in p.lower()]
+    assert kernels == []  # no kernel started (a library may still ask `uname -p` on import)
+    assert not runs_config.runs_dir.exists() or not any(runs_config.runs_dir.iterdir())
 
 
 def test_failed_cell_keeps_the_notebook_and_marks_the_run_failed(runs_config):
