@@ -14,7 +14,7 @@ AZML_PINS := $(shell echo $(AZML_PACKAGES) | sha256sum | cut -c1-16)
 AZML_DIR := $(CACHE)/azml-$(AZML_PINS)
 export MPLBACKEND := Agg
 
-.PHONY: venv demo test lab serve bench lint clean test-setup
+.PHONY: venv demo test lab serve bench lint clean test-setup image
 
 venv:
 	@if [ ! -f "$(VENV_DIR)/.complete" ]; then \
@@ -65,6 +65,12 @@ lab: venv
 
 serve: venv
 	$(BIN)/churnkit serve --model models:/churn@champion --port 8080
+
+# The serving image for linux/amd64 (prints its name); IMAGE_ARGS="--push --target sagemaker" pushes it to ECR
+# (azureml: ACR, vertex: Artifact Registry) with the registry named by templates/terraform/<cloud>'s outputs.
+IMAGE_ARGS ?=
+image: venv
+	$(BIN)/churnkit image build $(IMAGE_ARGS)
 
 bench: venv
 	for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
