@@ -41,13 +41,12 @@ locals {
 }
 
 resource "azurerm_federated_identity_credential" "ci" {
-  for_each            = local.federated
-  name                = "${var.name}-${each.key}"
-  resource_group_name = azurerm_resource_group.churnkit.name
-  parent_id           = azurerm_user_assigned_identity.deployer.id
-  audience            = ["api://AzureADTokenExchange"]
-  issuer              = each.value.issuer
-  subject             = each.value.subject
+  for_each  = local.federated
+  name      = "${var.name}-${each.key}"
+  parent_id = azurerm_user_assigned_identity.deployer.id # names the resource group too (resource_group_name is deprecated)
+  audience  = ["api://AzureADTokenExchange"]
+  issuer    = each.value.issuer
+  subject   = each.value.subject
 }
 
 resource "azurerm_role_assignment" "deployer" {

@@ -18,7 +18,7 @@ terraform {
   required_providers {
     azurerm = {
       source  = "hashicorp/azurerm"
-      version = ">= 4.42, < 5.0" # rbac_authorization_enabled on the Key Vault
+      version = ">= 4.50, < 5.0" # Key Vault rbac_authorization_enabled; federated credentials by parent_id alone
     }
     azapi = {
       source  = "Azure/azapi"
