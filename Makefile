@@ -38,6 +38,7 @@ test-setup: venv $(AZML_DIR)/.complete
 	@ln -sfn "$(AZML_DIR)" .venv-azml
 	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
 	  { (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "chromium could not be installed; the browser test will skip with this reason"; }
+	@command -v azurite-blob >/dev/null || npm install -g -s azurite@3.37.0  # Azure Blob emulator (model reads)
 
 # The monthly story on synthetic data, in a fresh runs/demo-<UTC time>/ each time: month 1 deploys v1
 # locally (router on DEMO_PORT), month 2's challenger is promoted under replayed traffic, a month with

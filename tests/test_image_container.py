@@ -16,10 +16,8 @@ from __future__ import annotations
 import io
 import json
 import subprocess
-import sys
 import tarfile
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
@@ -28,6 +26,7 @@ import pytest
 from conftest import free_port
 from docker_support import Container, ensure_base_image, readable_copy, start_dockerd, stop_dockerd
 from serve_support import CHURNKIT, REPO, json_rows, models, served_store
+from storage_support import gcs_emulator, upload_folder
 
 pytestmark = pytest.mark.docker
 MAX_IMAGE_BYTES = 400_000_000  # docker image inspect's Size
@@ -142,34 +141,9 @@ def test_sagemaker_contract(image, exported):
 @pytest.fixture(scope="session")
 def gcs(exported):
     """gcp-storage-emulator on 127.0.0.1 holding the exported folder at gs://churn-models/models/churn/1/."""
-    from google.api_core.client_options import ClientOptions
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import storage
-
-    port = free_port()
-    exe = str(Path(sys.executable).with_name("gcp-storage-emulator"))
-    proc = subprocess.Popen([exe, "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory", "-q"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    host = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(host + "/storage/v1/b", timeout=1.0)
-                break
-            except httpx.HTTPError:
-                assert time.monotonic() < deadline, "gcp-storage-emulator did not start"
-                time.sleep(0.2)
-        client = storage.Client(project="churn-proj", credentials=AnonymousCredentials(),
-                                client_options=ClientOptions(api_endpoint=host))
-        bucket = client.create_bucket("churn-models")
-        for path in sorted(exported["folder"].rglob("*")):
-            if path.is_file():
-                bucket.blob(f"models/churn/1/{path.relative_to(exported['folder'])}").upload_from_filename(str(path))
-        yield {"host": host, "uri": "gs://churn-models/models/churn/1", "bucket": bucket}
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    with gcs_emulator() as (host, client):
+        upload_folder(client.create_bucket("churn-models"), exported["folder"], "models/churn/1")
+        yield {"host": host, "uri": "gs://churn-models/models/churn/1"}
 
 
 def test_vertex_contract_reads_the_model_from_gcs(image, exported, gcs):

@@ -10,7 +10,8 @@ the package and the ``serve`` extra that pins it.
 - ``gs://bucket/prefix``: google-cloud-storage's default credentials (``STORAGE_EMULATOR_HOST`` is honoured).
 - ``https://ACCOUNT.blob.core.windows.net/CONTAINER/prefix``, ``wasbs://CONTAINER@ACCOUNT.blob.core.windows.net/prefix``
   and ``abfss://CONTAINER@ACCOUNT.dfs.core.windows.net/prefix``: azure-storage-blob with azure-identity's
-  ``DefaultAzureCredential`` (a managed identity in Azure).
+  ``DefaultAzureCredential`` (a managed identity in Azure), or ``AZURE_STORAGE_CONNECTION_STRING`` when set
+  (a SAS, or a storage emulator such as Azurite).
 """
 
 from __future__ import annotations
@@ -100,11 +101,17 @@ def _azure_location(uri: str) -> tuple[str, str, str]:
     return f"https://{parts.netloc}", container, prefix
 
 
-def _azure(uri: str, dest: Path) -> int:
+def _azure(uri: str, dest: Path, environ=None) -> int:
+    import os
+
+    env = os.environ if environ is None else environ
     blob = _require("azure.storage.blob", uri)
-    identity = _require("azure.identity", uri)
     account_url, container, prefix = _azure_location(uri)
-    client = blob.ContainerClient(account_url, container, credential=identity.DefaultAzureCredential())
+    if env.get("AZURE_STORAGE_CONNECTION_STRING"):
+        client = blob.ContainerClient.from_connection_string(env["AZURE_STORAGE_CONNECTION_STRING"], container)
+    else:
+        identity = _require("azure.identity", uri)
+        client = blob.ContainerClient(account_url, container, credential=identity.DefaultAzureCredential())
     count = 0
     for item in client.list_blobs(name_starts_with=prefix or None):
         rel = _relative(item.name, prefix)
