@@ -35,8 +35,8 @@ def _no_registry_env(monkeypatch):
 
 
 @pytest.mark.parametrize("target,uri,login", [
-    ("sagemaker", ECR, "aws ecr get-login-password --region eu-west-1 | docker login --username AWS --password-stdin "
-                       "123456789012.dkr.ecr.eu-west-1.amazonaws.com"),
+    ("sagemaker", ECR, ("aws ecr get-login-password --region eu-west-1 | docker login --username AWS --password-stdin "
+                        "123456789012.dkr.ecr.eu-west-1.amazonaws.com")),
     ("azureml", ACR, "az acr login --name acrchurnkitab12cd"),
     ("vertex", GAR, "gcloud auth configure-docker europe-west4-docker.pkg.dev --quiet"),
 ])
@@ -117,7 +117,7 @@ def test_serve_extra_pins_only_what_serving_needs_at_the_core_versions():
         return {r.split("==")[0].split("[")[0].lower(): r.split("==")[1] for r in reqs}
 
     core, serve = pins(project["dependencies"]), pins(project["optional-dependencies"]["serve"])
-    clouds = pins(sum((project["optional-dependencies"][e] for e in ("aws", "azure", "gcp")), []))
+    clouds = pins([r for e in ("aws", "azure", "gcp") for r in project["optional-dependencies"][e]])
     for name, version in serve.items():
         assert version == core.get(name, clouds.get(name, version)), f"{name}: serve {version}"
     assert {"scikit-learn", "numpy", "scipy", "pandas", "skops", "pyyaml", "starlette", "uvicorn", "uvloop",
