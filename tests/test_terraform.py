@@ -138,7 +138,9 @@ def test_gcp_has_bucket_registry_service_account_and_endpoint():
     assert res["google_storage_bucket_iam_member.serve_reads_models"]["role"] == "roles/storage.objectViewer"
 
 
-def test_aws_init_and_validate_against_the_provider_mirror(tmp_path):
+@pytest.fixture(scope="module")
+def aws_workdir(tmp_path_factory):
+    """templates/terraform/aws copied and `terraform init`ed against the provider mirror: (folder, env)."""
     found = find_mirror()
     if found is None:
         pytest.skip(f"no filesystem mirror of hashicorp/aws for linux_amd64 in {MIRROR_ROOTS} or TF_CLI_CONFIG_FILE; "
@@ -146,6 +148,7 @@ def test_aws_init_and_validate_against_the_provider_mirror(tmp_path):
     mirror, version = found
     major, minor = (int(x) for x in version.split(".")[:2])
     assert major == 5 and minor >= 60, f"the template pins aws >= 5.60, < 6.0; the mirror has {version}"
+    tmp_path = tmp_path_factory.mktemp("tf")
     work = tmp_path / "aws"
     shutil.copytree(ROOT / "aws", work)
     rc = tmp_path / "terraformrc"
@@ -158,13 +161,29 @@ def test_aws_init_and_validate_against_the_provider_mirror(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert init.returncode == 0, init.stdout + init.stderr
     assert f"hashicorp/aws v{version}" in init.stdout
+    return work, env
+
+
+def test_aws_init_and_validate_against_the_provider_mirror(aws_workdir):
+    work, env = aws_workdir
     valid = subprocess.run([TERRAFORM, "validate", "-json", "-no-color"], cwd=work, env=env, capture_output=True,
                            text=True, timeout=300)
-    import json
-
     report = json.loads(valid.stdout)
     assert report["valid"] is True, report["diagnostics"]
     assert report["warning_count"] == 0, report["diagnostics"]
+
+
+def test_aws_plans_autoscaling_and_ci_trust_with_a_mocked_provider(aws_workdir):
+    """`terraform test` plans with mock_provider: counts, for_each, preconditions, without credentials."""
+    work, env = aws_workdir
+    (work / "tests").mkdir(exist_ok=True)
+    shutil.copy(Path(__file__).parent / "fixtures" / "terraform" / "aws_plan.tftest.hcl", work / "tests")
+    res = subprocess.run([TERRAFORM, "test", "-no-color"], cwd=work, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert 'run "endpoint_with_autoscaling_and_ci_trust"... pass' in res.stdout
+    assert 'run "min_above_instance_count_is_refused"... pass' in res.stdout
+    assert "Success! 2 passed, 0 failed." in res.stdout
 
 
 # ---- autoscaling, the deployer identity, the defects fixed -------------------------------------------------
