@@ -14,7 +14,7 @@ AZML_PINS := $(shell echo $(AZML_PACKAGES) | sha256sum | cut -c1-16)
 AZML_DIR := $(CACHE)/azml-$(AZML_PINS)
 export MPLBACKEND := Agg
 
-.PHONY: venv demo test lab serve bench lint clean test-setup
+.PHONY: venv demo test lab serve bench lint clean test-setup image
 
 venv:
 	@if [ ! -f "$(VENV_DIR)/.complete" ]; then \
@@ -38,6 +38,7 @@ test-setup: venv $(AZML_DIR)/.complete
 	@ln -sfn "$(AZML_DIR)" .venv-azml
 	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
 	  { (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "chromium could not be installed; the browser test will skip with this reason"; }
+	@command -v azurite-blob >/dev/null || npm install -g -s azurite@3.37.0  # Azure Blob emulator (model reads)
 
 # The monthly story on synthetic data, in a fresh runs/demo-<UTC time>/ each time: month 1 deploys v1
 # locally (router on DEMO_PORT), month 2's challenger is promoted under replayed traffic, a month with
@@ -65,6 +66,12 @@ lab: venv
 
 serve: venv
 	$(BIN)/churnkit serve --model models:/churn@champion --port 8080
+
+# The serving image for linux/amd64 (prints its name); IMAGE_ARGS="--push --target sagemaker" pushes it to ECR
+# (azureml: ACR, vertex: Artifact Registry) with the registry named by templates/terraform/<cloud>'s outputs.
+IMAGE_ARGS ?=
+image: venv
+	$(BIN)/churnkit image build $(IMAGE_ARGS)
 
 bench: venv
 	for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

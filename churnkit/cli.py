@@ -389,6 +389,39 @@ def stop(deploy_target, endpoint, port, runs_dir, as_json, plan_only):
     _plan_or_apply(_target(deploy_target, endpoint, port, runs_dir), "stop", plan_only, as_json)
 
 
+# ---- the serving image --------------------------------------------------------------------------
+@main.group()
+def image():
+    """The serving image (templates/serving/Dockerfile): build it, push it to ECR, ACR or Artifact Registry."""
+
+
+@image.command("build")
+@click.option("--push", is_flag=True, help="Sign in to the target's registry, tag and push (needs --target).")
+@click.option("--target", "deploy_target", type=click.Choice(["sagemaker", "azureml", "vertex"]), default=None,
+              help="Whose registry: the image URI comes from --image-uri, the target's variable or Terraform output.")
+@click.option("--tag", default=None, help="Image tag (default: the tag of the URI, else the churnkit version).")
+@click.option("--base", default=None, metavar="IMAGE", help="Base image (build argument BASE; default python:3.11-slim).")
+@click.option("--image-uri", default=None, metavar="URI", help="Registry URI to push to, overriding the environment and Terraform.")
+@click.option("--ca-bundle", default=None, metavar="FILE",
+              help="CA bundle pip trusts during the build (default PIP_CERT, REQUESTS_CA_BUNDLE or SSL_CERT_FILE; '' for none).")
+@click.option("--network", default="host", show_default=True, help="docker build --network ('' for docker's default).")
+@click.option("--terraform-dir", type=click.Path(file_okay=False), default=None,
+              help="Terraform folder whose outputs name the registry (default templates/terraform/<cloud>).")
+@click.option("--plan", "plan_only", is_flag=True, help="Print the exact commands as JSON; run nothing.")
+def image_build(push, deploy_target, tag, base, image_uri, ca_bundle, network, terraform_dir, plan_only):
+    """Build the serving image for linux/amd64; with --push, push it where the deploy target reads it."""
+    from churnkit.deploy.image import plan_image, run_plan
+
+    plan = plan_image(push=push, target=deploy_target, tag=tag, base=base, image_uri=image_uri, ca_bundle=ca_bundle,
+                      network=network or None, terraform_dir=terraform_dir)
+    if plan_only:
+        return emit_json(plan.to_dict())
+    uri = run_plan(plan)
+    for name, value in plan.env.items():
+        click.echo(f"export {name}={value}", err=True)
+    click.echo(uri)
+
+
 # ---- monitoring ---------------------------------------------------------------------------------
 @main.command()
 @click.option("--reference", required=True, metavar="FILE", help="Reference table (CSV/Parquet), e.g. the training month.")

@@ -58,6 +58,17 @@ def churnkit_calls(script: str) -> list[list[str]]:
     return calls
 
 
+def _resolve_choices(command: click.Command, args: list[str]) -> list[str]:
+    """A ``$VARIABLE`` given to a choice option stands for one of its choices (the CI fills it in at run time)."""
+    choices = {name: opt.type.choices for opt in command.params if isinstance(opt.type, click.Choice)
+               for name in opt.opts}
+    out = list(args)
+    for i in range(1, len(out)):
+        if out[i - 1] in choices and out[i].startswith("$"):
+            out[i] = choices[out[i - 1]][0]
+    return out
+
+
 def _cron_is_monthly(cron: str) -> bool:
     minute, hour, day, month, weekday = cron.split()
     return minute.isdigit() and hour.isdigit() and day.isdigit() and month == "*" and weekday == "*"
@@ -69,14 +80,14 @@ TEMPLATES = ["github-monthly.yml", "azure-pipelines.yml", "gitlab-ci.yml"]
 @pytest.mark.parametrize("name", TEMPLATES)
 def test_every_churnkit_call_is_a_real_command_with_valid_options(name):
     calls = [c for s in _scripts(_load(name)) for c in churnkit_calls(s)]
-    assert [c[0] for c in calls].count("pipeline") == 1 and {"report", "runs"} <= {c[0] for c in calls}
+    assert [c[0] for c in calls].count("pipeline") == 1 and {"report", "runs", "image"} <= {c[0] for c in calls}
     declared = {p.name for step in PIPELINE_STEPS for p in notebook_parameters(step)}
     for args in calls:
         command: click.Command = main
         while isinstance(command, click.Group):  # descend: `churnkit data synth ...`
             assert args[0] in command.commands, f"{name}: no `churnkit {args[0]}` command"
             command, args = command.commands[args[0]], args[1:]
-        ctx = command.make_context(command.name, list(args))  # unknown options / bad values raise here
+        ctx = command.make_context(command.name, _resolve_choices(command, args))  # unknown options / bad values raise
         if command.name == "pipeline":
             names = {n for n, _ in ctx.params["pairs"]}
             assert names == INPUTS, f"{name} passes {sorted(names)}"
@@ -122,17 +133,26 @@ def test_github_workflow_runs_monthly_and_on_demand_with_oidc():
 def test_azure_devops_pipeline_is_scheduled_parameterized_and_keeps_runs():
     doc = _load("azure-pipelines.yml")
     assert doc["trigger"] == "none" and all(_cron_is_monthly(s["cron"]) for s in doc["schedules"])
-    assert {p["name"] for p in doc["parameters"]} == INPUTS
+    assert {p["name"] for p in doc["parameters"]} == INPUTS | {"serviceConnection", "serviceConnectionId"}
     (job,) = doc["jobs"]
     steps = job["steps"]
-    cli = next(s for s in steps if s.get("task", "").startswith("AzureCLI@"))
+    cli = next(s for s in steps if s.get("task", "").startswith("AzureCLI@")
+               and "churnkit pipeline" in s["inputs"]["inlineScript"])
     assert "churnkit pipeline" in cli["inputs"]["inlineScript"] and "set -euo pipefail" in cli["inputs"]["inlineScript"]
     assert set(cli["env"]) >= {"DATA_PATH", "MODEL", "AUC_THRESHOLD", "DEPLOY_TARGET"}
     publish = next(s for s in steps if s.get("task", "").startswith("PublishPipelineArtifact@"))
     assert publish["condition"] == "always()" and publish["inputs"]["targetPath"] == "runs"
     referenced = re.findall(r"\$\((\w+)\)", (CI / "azure-pipelines.yml").read_text())
-    assert "SERVICE_CONNECTION" in referenced
     assert not [v for v in referenced if re.search("SECRET|PASSWORD|ACCESS_KEY|ACCOUNT_KEY", v)]
+    # the service connection is resolved before the run: a template parameter, never a $(variable)
+    for task in (s for s in steps if s.get("task", "").startswith("AzureCLI@")):
+        assert task["inputs"]["azureSubscription"] == "${{ parameters.serviceConnection }}"
+    # the federated token is renewed while the job runs (azure-identity re-reads the file)
+    assert cli["inputs"]["addSpnToEnvironment"] is True
+    script = cli["inputs"]["inlineScript"]
+    assert 'export AZURE_FEDERATED_TOKEN_FILE=' in script and "SYSTEM_OIDCREQUESTURI" in script and "sleep 240" in script
+    assert cli["env"]["SYSTEM_ACCESSTOKEN"] == "$(System.AccessToken)"
+    assert "python.pythonLocation" in next(s for s in steps if s.get("task") == "Cache@2")["inputs"]["key"]
 
 
 def test_gitlab_job_uses_id_tokens_and_keeps_runs_on_failure():
@@ -143,6 +163,12 @@ def test_gitlab_job_uses_id_tokens_and_keeps_runs_on_failure():
     assert doc["variables"]["DEPLOY_TARGET"]["options"] == ["local", "sagemaker", "azureml", "vertex"]
     job = doc["churn-monthly"]
     assert set(job["id_tokens"]) == {"AWS_ID_TOKEN", "AZURE_ID_TOKEN", "GCP_ID_TOKEN"}
+    assert "platform.python_version()" in job["before_script"][0]  # one venv per interpreter patch version
+    image = doc["serving-image"]
+    assert image["stage"] == "image" and job["stage"] == "monthly" and doc["stages"] == ["image", "monthly"]
+    assert image["id_tokens"] == job["id_tokens"] and image["artifacts"]["reports"]["dotenv"] == "image.env"
+    assert any(s["name"].startswith("docker:") and s["name"].endswith("-dind") for s in image["services"])
+    assert "churnkit image build --push" in " ".join(image["script"])
     assert job["artifacts"]["when"] == "always" and job["artifacts"]["paths"] == ["runs/"]
     setup = "\n".join(job["before_script"])
     for var in ("AWS_WEB_IDENTITY_TOKEN_FILE", "AZURE_FEDERATED_TOKEN_FILE", "GOOGLE_APPLICATION_CREDENTIALS"):
@@ -160,3 +186,48 @@ def test_pre_commit_config_pins_the_project_tools_and_keeps_cell_tags():
     strip_repo, strip = hooks["nbstripout"]
     assert f'"nbstripout=={strip_repo["rev"]}"' in pins
     assert "cell.metadata.tags" in " ".join(strip["args"]) and "--keep-id" in strip["args"]
+
+
+def test_github_credentials_last_the_job_and_the_cache_key_names_the_interpreter():
+    wf = _load("github-monthly.yml")
+    (job,) = wf["jobs"].values()
+    steps = job["steps"]
+    aws = next(s for s in steps if s.get("uses", "").startswith("aws-actions/configure-aws-credentials@"))
+    assert int(aws["with"]["role-duration-seconds"]) >= job["timeout-minutes"] * 60
+    python = next(s for s in steps if s.get("uses", "").startswith("actions/setup-python@"))
+    cache = next(s for s in steps if s.get("uses", "").startswith("actions/cache@"))
+    assert f"steps.{python['id']}.outputs.python-version" in cache["with"]["key"]
+    image = next(s for s in steps if "churnkit image build --push" in s.get("run", ""))
+    assert image["if"] == "env.DEPLOY_TARGET != 'local'" and "GITHUB_ENV" in image["run"]
+    pipeline = next(s for s in steps if "churnkit pipeline" in s.get("run", ""))
+    assert steps.index(image) < steps.index(pipeline)
+    assert "ACTIONS_ID_TOKEN_REQUEST_URL" in pipeline["run"] and "AZURE_FEDERATED_TOKEN_FILE" in pipeline["run"]
+
+
+SCHEMAS = {"github-monthly.yml": "vendor.github-workflows", "gitlab-ci.yml": "vendor.gitlab-ci",
+           "azure-pipelines.yml": "vendor.azure-pipelines"}
+
+
+@pytest.mark.parametrize("name", TEMPLATES)
+def test_template_validates_against_its_platform_schema(name, tmp_path):
+    """check-jsonschema with the schema it vendors for each platform (offline); a broken copy must fail."""
+    import subprocess
+    import sys
+
+    exe = str(Path(sys.executable).with_name("check-jsonschema"))
+    # Azure Pipelines' schema uses regex escapes that only Python's dialect reads
+    cmd = [exe, "--regex-variant", "python", "--builtin-schema", SCHEMAS[name]]
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "NO_PROXY": "*", "HTTPS_PROXY": "http://127.0.0.1:9"}
+    res = subprocess.run([*cmd, str(CI / name)], capture_output=True, text=True, timeout=120, env=env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    broken = tmp_path / name
+    doc = _load(name)
+    if name == "github-monthly.yml":
+        doc["jobs"]["pipeline"]["timeout-minutes"] = "two hours"
+    elif name == "gitlab-ci.yml":
+        doc["churn-monthly"]["artifacts"]["when"] = "sometimes"
+    else:
+        doc["jobs"][0]["steps"][0] = {"checkout": "self", "unknownKey": 1}
+    broken.write_text(yaml.safe_dump(doc))
+    res = subprocess.run([*cmd, str(broken)], capture_output=True, text=True, timeout=120, env=env)
+    assert res.returncode == 1, res.stdout + res.stderr

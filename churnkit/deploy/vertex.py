@@ -70,17 +70,19 @@ class VertexTarget(CloudTarget):
     ENV = ENV
 
     def __init__(self, endpoint: str = "churn", config=None, *, machine_type: str = "n1-standard-2",
-                 min_replicas: int = 1, max_replicas: int = 1, credentials=None, service_account: str | None = None,
+                 min_replicas: int | None = None, max_replicas: int | None = None, credentials=None,
+                 service_account: str | None = None,
                  project: str | None = None,
                  region: str | None = None, image_uri: str | None = None, bucket: str | None = None,
                  environ: dict | None = None):
         super().__init__(endpoint, config, dict(project=project, region=region, image_uri=image_uri, bucket=bucket),
                          environ)
         self.machine_type = machine_type
-        self.min_replicas = min_replicas
-        self.max_replicas = max_replicas
         self._credentials = credentials
         env = os.environ if environ is None else environ
+        # replicas: the arguments, else CHURNKIT_GCP_MIN_REPLICAS / _MAX_REPLICAS (Terraform's churnkit_env), else 1
+        self.min_replicas = int(min_replicas or env.get("CHURNKIT_GCP_MIN_REPLICAS") or 1)
+        self.max_replicas = int(max_replicas or env.get("CHURNKIT_GCP_MAX_REPLICAS") or self.min_replicas)
         self.service_account = service_account or env.get("CHURNKIT_GCP_SERVICE_ACCOUNT", "")
 
     @property

@@ -1,8 +1,8 @@
 """Finding and loading the model a server scores with, verified by sha256.
 
 ``churnkit serve`` loads through :func:`churnkit.registry.load_model` (models:/, runs:/, a folder);
-a cloud storage URI (``gs://``, ``s3://``, ...; Vertex passes one in ``AIP_STORAGE_URI``) is
-downloaded first. A model folder copied out of the registry carries ``churnkit-model.json`` (name,
+a cloud storage URI (``gs://``, ``s3://``, Azure Blob; Vertex passes one in ``AIP_STORAGE_URI``) is
+downloaded first by :mod:`churnkit.serve.storage` (the storage SDKs, no MLflow). A model folder copied out of the registry carries ``churnkit-model.json`` (name,
 version, threshold, sha256; written by :func:`export_model`) so a container knows what it serves and
 refuses a changed artifact. :func:`load_model_folder` does the same without MLflow, for the Azure ML
 ``score.py`` environment.
@@ -17,9 +17,9 @@ from pathlib import Path
 
 from churnkit.exceptions import IntegrityError, RegistryError
 from churnkit.artifact import LoadedModel, artifact_sha256, read_metadata
+from churnkit.serve.storage import SCHEMES as REMOTE_SCHEMES, download
 
 MANIFEST = "churnkit-model.json"
-REMOTE_SCHEMES = ("gs://", "s3://", "wasbs://", "abfss://", "azureml://", "http://", "https://")
 
 
 def read_manifest(folder) -> dict:
@@ -137,10 +137,10 @@ def load_serving_model(uri: str, config=None, environ=None) -> LoadedModel:
     if uri.startswith(REMOTE_SCHEMES):
         import tempfile
 
-        import mlflow.artifacts
-
         try:
-            local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tempfile.mkdtemp(prefix="churnkit-model-"))
+            local = download(uri, tempfile.mkdtemp(prefix="churnkit-model-"))
+        except RegistryError:
+            raise
         except Exception as exc:
             raise RegistryError(f"model {uri!r} could not be downloaded ({type(exc).__name__}: {exc}); check the "
                                 "URI and that this machine can read it") from exc

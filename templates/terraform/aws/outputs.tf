@@ -11,7 +11,7 @@ output "bucket" {
 }
 
 output "image_uri" {
-  description = "CHURNKIT_AWS_IMAGE_URI: push the serving image (templates/serving/Dockerfile) here."
+  description = "CHURNKIT_AWS_IMAGE_URI: churnkit image build --push --target sagemaker pushes the serving image here."
   value       = local.image_uri
 }
 
@@ -33,6 +33,26 @@ output "alarm_names" {
 output "endpoint_name" {
   description = "churnkit deploy --endpoint."
   value       = var.endpoint_name
+}
+
+output "deployer_role_arn" {
+  description = "AWS_ROLE_ARN of the CI templates: the role that deploys, rolls out and monitors (OIDC trust for the CI named)."
+  value       = aws_iam_role.deployer.arn
+}
+
+output "deployer_permissions" {
+  description = "What the deployer role may do, by statement (sid -> actions): cite it when a call is denied."
+  value       = { for s in data.aws_iam_policy_document.deployer.statement : s.sid => s.actions }
+}
+
+output "oidc_provider_arns" {
+  description = "The OIDC identity providers the deployer role trusts, by CI."
+  value       = { for k, v in local.oidc_enabled : k => lookup(var.existing_oidc_provider_arns, k, try(aws_iam_openid_connect_provider.ci[k].arn, "")) }
+}
+
+output "autoscaling_resource_id" {
+  description = "Application Auto Scaling resource id of the variant (empty without create_endpoint)."
+  value       = try(aws_appautoscaling_target.variant[0].resource_id, "")
 }
 
 output "churnkit_env" {

@@ -2,8 +2,12 @@
 # account, Key Vault, Application Insights and container registry, plus the managed online endpoint
 # (through azapi: azurerm has no managed online endpoint resource).
 #
-#   terraform init && terraform apply -var location=westeurope
+#   terraform init
+#   terraform apply -var subscription_id="$(az account show --query id -o tsv)" -var location=westeurope
 #   eval "$(terraform output -raw churnkit_env)"   # AZURE_* , AZUREML_WORKSPACE, CHURNKIT_AZURE_IMAGE_URI
+#
+# azurerm 4.x needs the subscription explicitly: -var subscription_id=... (or ARM_SUBSCRIPTION_ID in the
+# environment, which the provider reads when the variable is left empty).
 #
 # churnkit deploy creates one deployment per model version and sets the endpoint's traffic; the
 # endpoint below ignores traffic changes so Terraform and the kit do not fight over them.
@@ -14,7 +18,7 @@ terraform {
   required_providers {
     azurerm = {
       source  = "hashicorp/azurerm"
-      version = ">= 4.0, < 5.0"
+      version = ">= 4.50, < 5.0" # Key Vault rbac_authorization_enabled; federated credentials by parent_id alone
     }
     azapi = {
       source  = "Azure/azapi"
@@ -24,6 +28,8 @@ terraform {
 }
 
 provider "azurerm" {
+  subscription_id = var.subscription_id != "" ? var.subscription_id : null # null: ARM_SUBSCRIPTION_ID
+
   features {
     key_vault {
       purge_soft_delete_on_destroy = false
@@ -40,6 +46,8 @@ locals {
   suffix         = substr(sha256("${data.azurerm_client_config.current.subscription_id}/${local.resource_group}"), 0, 6)
   tags           = merge({ "churnkit-project" = var.name }, var.tags)
   image_uri      = "${azurerm_container_registry.churnkit.login_server}/churnkit-serve:${var.image_tag}"
+  # online endpoint names are unique per Azure region: the default carries the same suffix as the registry
+  endpoint_name = var.endpoint_name != "" ? var.endpoint_name : "churn-${local.suffix}"
 }
 
 resource "azurerm_resource_group" "churnkit" {
@@ -61,14 +69,14 @@ resource "azurerm_storage_account" "churnkit" {
 }
 
 resource "azurerm_key_vault" "churnkit" {
-  name                       = "kv-${var.name}-${local.suffix}"
+  name                       = "kv-${substr(var.name, 0, 14)}-${local.suffix}" # <= 24 characters
   resource_group_name        = azurerm_resource_group.churnkit.name
   location                   = azurerm_resource_group.churnkit.location
   tenant_id                  = data.azurerm_client_config.current.tenant_id
   sku_name                   = "standard"
   purge_protection_enabled   = true
   soft_delete_retention_days = 7
-  enable_rbac_authorization  = true
+  rbac_authorization_enabled = true
   tags                       = local.tags
 }
 
@@ -119,7 +127,7 @@ resource "azurerm_machine_learning_workspace" "churnkit" {
 resource "azapi_resource" "endpoint" {
   count     = var.create_endpoint ? 1 : 0
   type      = "Microsoft.MachineLearningServices/workspaces/onlineEndpoints@2024-04-01"
-  name      = var.endpoint_name
+  name      = local.endpoint_name
   parent_id = azurerm_machine_learning_workspace.churnkit.id
   location  = azurerm_resource_group.churnkit.location
   tags      = local.tags
@@ -143,17 +151,5 @@ resource "azapi_resource" "endpoint" {
   }
 }
 
-# Least privilege for the endpoint's identity: pull the serving image, read model files.
-resource "azurerm_role_assignment" "endpoint_acr_pull" {
-  count                = var.create_endpoint ? 1 : 0
-  scope                = azurerm_container_registry.churnkit.id
-  role_definition_name = "AcrPull"
-  principal_id         = azapi_resource.endpoint[0].identity[0].principal_id
-}
-
-resource "azurerm_role_assignment" "endpoint_blob_reader" {
-  count                = var.create_endpoint ? 1 : 0
-  scope                = azurerm_storage_account.churnkit.id
-  role_definition_name = "Storage Blob Data Reader"
-  principal_id         = azapi_resource.endpoint[0].identity[0].principal_id
-}
+# The endpoint's system-assigned identity needs no role assignment here: Azure ML grants it AcrPull on the
+# workspace registry and Storage Blob Data Reader on the workspace storage when the endpoint is created.

@@ -16,7 +16,7 @@ output "workspace" {
 }
 
 output "image_uri" {
-  description = "CHURNKIT_AZURE_IMAGE_URI: push the serving image (templates/serving/Dockerfile) here."
+  description = "CHURNKIT_AZURE_IMAGE_URI: churnkit image build --push --target azureml pushes the serving image here."
   value       = local.image_uri
 }
 
@@ -27,13 +27,38 @@ output "acr_login_server" {
 
 output "endpoint_name" {
   description = "churnkit deploy --endpoint."
-  value       = var.endpoint_name
+  value       = local.endpoint_name
 }
 
 output "application_insights_connection_string" {
   description = "For dashboards over the deployments' request logs."
   value       = azurerm_application_insights.churnkit.connection_string
   sensitive   = true
+}
+
+output "deployer_client_id" {
+  description = "AZURE_CLIENT_ID of the CI templates: the managed identity that deploys, rolls out and monitors."
+  value       = azurerm_user_assigned_identity.deployer.client_id
+}
+
+output "deployer_principal_id" {
+  description = "Object id of the deployer identity (role assignments name it)."
+  value       = azurerm_user_assigned_identity.deployer.principal_id
+}
+
+output "deployer_roles" {
+  description = "The deployer's roles and their scopes: cite them when a call is denied."
+  value       = { for k, v in local.deployer_roles : v.role => v.scope }
+}
+
+output "tenant_id" {
+  description = "AZURE_TENANT_ID."
+  value       = data.azurerm_client_config.current.tenant_id
+}
+
+output "autoscale_setting_id" {
+  description = "The Azure Monitor autoscale setting of autoscale_deployment (empty without one)."
+  value       = try(azurerm_monitor_autoscale_setting.deployment[0].id, "")
 }
 
 output "churnkit_env" {

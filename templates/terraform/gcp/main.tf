@@ -31,7 +31,8 @@ locals {
 }
 
 resource "google_project_service" "apis" {
-  for_each           = toset(["aiplatform.googleapis.com", "artifactregistry.googleapis.com", "storage.googleapis.com"])
+  for_each = toset(["aiplatform.googleapis.com", "artifactregistry.googleapis.com", "storage.googleapis.com",
+  "iam.googleapis.com", "iamcredentials.googleapis.com", "sts.googleapis.com", "monitoring.googleapis.com"])
   service            = each.value
   disable_on_destroy = false
 }
@@ -75,12 +76,7 @@ resource "google_storage_bucket_iam_member" "serve_reads_models" {
   member = "serviceAccount:${google_service_account.serve.email}"
 }
 
-resource "google_artifact_registry_repository_iam_member" "serve_pulls_image" {
-  repository = google_artifact_registry_repository.serve.name
-  location   = var.region
-  role       = "roles/artifactregistry.reader"
-  member     = "serviceAccount:${google_service_account.serve.email}"
-}
+# No Artifact Registry grant: Vertex AI pulls the serving image with its own service agent, not as this account.
 
 resource "google_project_iam_member" "serve_observability" {
   for_each = toset(["roles/logging.logWriter", "roles/monitoring.metricWriter"])

@@ -55,3 +55,59 @@ variable "labels" {
   type        = map(string)
   default     = {}
 }
+
+# ---- replicas of each deployed model (passed to churnkit deploy through churnkit_env) ----------------------
+variable "min_replicas" {
+  description = "Fewest replicas of a deployed model (Vertex dedicated resources min_replica_count)."
+  type        = number
+  default     = 1
+}
+
+variable "max_replicas" {
+  description = "Most replicas of a deployed model; above min_replicas Vertex autoscales on CPU (60 % target)."
+  type        = number
+  default     = 3
+}
+
+# ---- the deployer's CI trust (a workload identity provider per CI whose variable is set) -----------------
+variable "github_repository" {
+  description = "GitHub repository (owner/name) whose Actions may impersonate the deployer; empty = no GitHub trust."
+  type        = string
+  default     = ""
+}
+
+variable "gitlab_url" {
+  description = "GitLab instance issuing the ID tokens (https://gitlab.com or your own)."
+  type        = string
+  default     = "https://gitlab.com"
+}
+
+variable "gitlab_project" {
+  description = "GitLab project path (group/project) whose CI jobs may impersonate the deployer; empty = no GitLab trust."
+  type        = string
+  default     = ""
+}
+
+variable "azure_devops_organization_id" {
+  description = "Azure DevOps organization id (GUID; issuer vstoken.dev.azure.com/<id>); empty = no Azure DevOps trust."
+  type        = string
+  default     = ""
+}
+
+variable "azure_devops_organization" {
+  description = "Azure DevOps organization name (subject sc://<organization>/<project>/<service connection>)."
+  type        = string
+  default     = ""
+}
+
+variable "azure_devops_project" {
+  description = "Azure DevOps project name."
+  type        = string
+  default     = ""
+}
+
+variable "azure_devops_service_connection" {
+  description = "Azure DevOps service connection whose tokens may impersonate the deployer."
+  type        = string
+  default     = "churnkit-gcp"
+}
