@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from churnkit.cli import main
 from churnkit.exceptions import RegistryError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ECR = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/churnkit-serve:0.1.0"
 ACR = "acrchurnkitab12cd.azurecr.io/churnkit-serve:0.1.0"
 GAR = "europe-west4-docker.pkg.dev/churn-proj/churnkit-serve/serve:0.1.0"
