@@ -32,7 +32,7 @@ _EXPORTS = {
     "log_monitor_report": "churnkit.monitor",
     "measure_latency": "churnkit.monitor",
     "probe_rows": "churnkit.monitor",
-    "load_candidate": "churnkit.registry",
+    "load_candidate": "churnkit.session",
     "load_champion": "churnkit.registry",
     "load_model": "churnkit.registry",
     "log_candidate": "churnkit.registry",

@@ -99,17 +99,19 @@ def start_run(notebook: str, config: Config | None = None):
     """Start (or resume) this notebook's MLflow run.
 
     Under ``churnkit run`` the runner created the run and passed its id in ``MLFLOW_RUN_ID``; in
-    JupyterLab a fresh run is started. Either way the run is active afterwards and returned.
+    JupyterLab every call starts a new run (:mod:`churnkit.session`). The run is active afterwards.
     """
+    from churnkit import session
+
+    session.quiet()  # before MLflow is imported: no terminal-only warnings or bars in cell outputs
     setup_tracking(config)
+    if not session.headless():  # JupyterLab: each execution is its own run, recorded by churnkit.session
+        return session.start_interactive_run(notebook)
     mlflow = _mlflow()
     active = mlflow.active_run()
     if active is not None:
         return active
-    run_id = os.environ.get("MLFLOW_RUN_ID")
-    if run_id:
-        return mlflow.start_run(run_id=run_id)
-    return mlflow.start_run(run_name=notebook, tags={TAG + "notebook": notebook, TAG + "interactive": "true"})
+    return mlflow.start_run(run_id=os.environ["MLFLOW_RUN_ID"])
 
 
 def git_commit(cwd: str | os.PathLike | None = None) -> tuple[str, bool]:
@@ -158,7 +160,9 @@ def log_candidate(pipeline, dataset: Dataset, split, *, model: str, seed: int) -
     if run is None:
         raise RegistryError("no active MLflow run; call churnkit.start_run(notebook) before log_candidate")
     commit, dirty = git_commit()
-    mlflow.log_params({"model": model, "seed": seed, "rows": dataset.rows, "features": len(dataset.schema.columns)})
+    logged = mlflow.get_run(run.info.run_id).data.params  # a notebook parameter of the same name stays as set
+    mlflow.log_params({k: v for k, v in {"model": model, "seed": seed, "rows": dataset.rows,
+                                         "features": len(dataset.schema.columns)}.items() if k not in logged})
     mlflow.set_tags(
         {
             TAG + "data_sha256": dataset.sha256,
