@@ -81,6 +81,9 @@ def setup_tracking(config: Config | None = None) -> str:
         return _configured["experiment_id"]
     if config.embedded:
         config.runs_dir.mkdir(parents=True, exist_ok=True)
+    from churnkit.session import quiet_store_setup
+
+    quiet_store_setup()
     _point_mlflow(config.tracking_uri)
     exp = mlflow.get_experiment_by_name(EXPERIMENT_NAME)
     if exp is None:

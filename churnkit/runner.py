@@ -269,6 +269,7 @@ def run_notebook(
     import papermill as pm
 
     from churnkit import registry
+    from churnkit.session import kernel_config
 
     config = config or load_config()
     path = find_notebook(notebook)
@@ -324,6 +325,7 @@ def run_notebook(
                         # terminated cell would otherwise hold the exit for 5 s, past a CI runner's grace
                         # period before SIGKILL. The runner, not the kernel, closes the MLflow run.
                         shutdown_kernel="immediate",
+                        config=kernel_config(),  # IPC sockets, not TCP: no unencrypted-TCP warning per kernel
                     )
             except pm.PapermillExecutionError as exc:
                 status = "FAILED"

@@ -50,9 +50,32 @@ def quiet() -> None:
     explicit setting of the user's is kept.
     """
     warnings.filterwarnings("ignore", message="IProgress not found")
+    quiet_store_setup()
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def quiet_store_setup() -> None:
+    """MLflow's INFO lines about creating and migrating its database tables: set-up detail, not news."""
     for name in ("mlflow.store.db.utils", "alembic.runtime.migration"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def kernel_config():
+    """traitlets config for kernels churnkit starts: IPC sockets in Jupyter's private runtime folder.
+
+    Over the default TCP transport every kernel logs "Kernel is running over TCP without encryption"; a
+    kernel on this machine needs no network port at all. The socket path is absolute because the kernel
+    runs in the notebook's folder, not the caller's.
+    """
+    import uuid
+
+    from jupyter_core.paths import jupyter_runtime_dir
+    from traitlets.config import Config as TraitletsConfig
+
+    runtime = Path(jupyter_runtime_dir())
+    runtime.mkdir(mode=0o700, parents=True, exist_ok=True)
+    sockets = runtime / f"kernel-{uuid.uuid4().hex[:12]}-ipc"
+    return TraitletsConfig({"KernelManager": {"transport": "ipc", "ip": str(sockets)}})
 
 
 def lab_session() -> str:
