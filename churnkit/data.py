@@ -247,17 +247,16 @@ def infer_schema(
     ``TotalCharges``; otherwise any text column read as numbers is.
     """
     dropped = [c for c in id_columns if c in frame.columns]
-    notes = {str(c): "dropped (id_columns)" for c in dropped}
+    notes = {str(c): "id_columns: listed in id_columns" for c in dropped}
     keep = {str(c) for c in keep_columns}
     rows = len(frame)
     specs: list[ColumnSpec] = []
 
     def drop(name: str, why: str) -> bool:
+        notes[name] = why  # "<rule>: <detail>"; kept or dropped shows in schema.dropped
         if name in keep:
-            notes[name] = f"kept by keep_columns although {why}"
             return False
         dropped.append(name)
-        notes[name] = f"dropped: {why} (keep it with keep_columns)"
         return True
 
     for name in frame.columns:
@@ -272,7 +271,7 @@ def infer_schema(
         native_numeric = pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col)
         if native_numeric or (not pd.api.types.is_bool_dtype(col) and _numeric_share(col[~blank]) >= NUMERIC_TEXT_SHARE):
             values = to_numeric(col)
-            if _integers_unique_per_row(values) and drop(str(name), "ID-like, integers unique per row"):
+            if _integers_unique_per_row(values) and drop(str(name), "ID-like: integers unique per row"):
                 continue
             coerced = not native_numeric and (not text_table or not _clean_numbers(col))
             specs.append(
@@ -287,9 +286,9 @@ def infer_schema(
         present = values.dropna()
         distinct = int(present.nunique())
         if rows >= ID_MIN_ROWS and distinct >= ID_LIKE_SHARE * rows:
-            if drop(str(name), f"ID-like, text with {distinct:,} distinct values in {rows:,} rows"):
+            if drop(str(name), f"ID-like: text with {distinct:,} distinct values in {rows:,} rows"):
                 continue
-        elif distinct > MAX_CATEGORIES and drop(str(name), f"{distinct:,} categories, more than {MAX_CATEGORIES}"):
+        elif distinct > MAX_CATEGORIES and drop(str(name), f"too many categories: {distinct:,} distinct values, above the limit of {MAX_CATEGORIES}"):
             continue
         specs.append(
             ColumnSpec(
@@ -495,8 +494,8 @@ def format_number(value: float | None) -> str:
 def describe_dataset(dataset: Dataset) -> pd.DataFrame:
     """One row per input column: role, missing share, categories or range (for the notebook).
 
-    ``attrs["summary"]`` is the line to print above the table: rows, churn rate, source and a note for
-    every column dropped or kept against the rules.
+    ``attrs["summary"]`` is the text to print above the table: rows, churn rate, source, and a note for
+    every column dropped by a rule (ID-like, too many categories) or kept against one by ``keep_columns``.
     """
     rows = []
     schema = dataset.schema
@@ -505,22 +504,24 @@ def describe_dataset(dataset: Dataset) -> pd.DataFrame:
         kind = spec.kind + (" (text in file)" if spec.numeric_text else "")
         if spec.name in schema.notes:
             kind += " (kept by keep_columns)"
-        rows.append(
-            {
-                "column": spec.name,
-                "kind": kind,
-                "missing": float(col.isna().mean()),
-                "values": ", ".join(spec.categories[:6]) + (f" ... ({len(spec.categories):,})" if len(spec.categories) > 6 else "")
-                if spec.kind == "categorical"
-                else f"{format_number(spec.minimum)} .. {format_number(spec.maximum)}",
-            }
-        )
+        if spec.kind == "categorical":
+            values = ", ".join(spec.categories[:6]) + (f" ... ({len(spec.categories):,} values)"
+                                                       if len(spec.categories) > 6 else "")
+        else:
+            values = f"{format_number(spec.minimum)} .. {format_number(spec.maximum)}"
+        rows.append({"column": spec.name, "kind": kind, "missing": f"{col.isna().mean():.1%}", "values": values})
     for name in schema.dropped:
-        why = schema.notes.get(name, "dropped (ID)")
-        rows.append({"column": name, "kind": why.split(" (keep it")[0], "missing": float("nan"), "values": ""})
+        rule, _, detail = schema.notes.get(name, "ID: ").partition(": ")
+        rows.append({"column": name, "kind": f"dropped ({rule})", "missing": "", "values": detail})
     out = pd.DataFrame(rows).set_index("column")
     lines = [f"{dataset.rows:,} rows, churn rate {dataset.y.mean():.1%}, source {dataset.source}"]
-    lines += [f"note: {name} {why}" for name, why in schema.notes.items() if why != "dropped (id_columns)"]
+    for name, why in schema.notes.items():
+        if why.startswith("id_columns:"):
+            continue
+        if name in schema.dropped:
+            lines.append(f"note: dropped {name!r}, {why}; keep it with keep_columns=[{name!r}]")
+        else:
+            lines.append(f"note: kept {name!r} as keep_columns asks, although {why}")
     out.attrs["summary"] = "\n".join(lines)
     return out
 
