@@ -190,7 +190,11 @@ def parameter_values(path: Path | None) -> tuple[dict[str, Any], list]:
     ns = shell.user_ns if shell is not None else {}
     defaults = {p.name: p.default for p in declared}
     values = {}
+    from churnkit.runner import looks_secret
+
     for name in names:
+        if looks_secret(name):  # credentials come from the environment, never from a run's record
+            continue
         value = ns.get(name, defaults.get(name))
         if isinstance(value, (str, int, float, bool, list, dict, type(None))):
             values[name] = value
@@ -198,7 +202,9 @@ def parameter_values(path: Path | None) -> tuple[dict[str, Any], list]:
 
 
 def _param_text(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value)
+    from churnkit import secrets
+
+    return secrets.redact_text(value if isinstance(value, str) else json.dumps(value))
 
 
 def start_interactive_run(notebook: str):
@@ -222,7 +228,7 @@ def start_interactive_run(notebook: str):
         "mlflow.runName": notebook,
         TAG + "notebook": notebook,
         TAG + "interactive": "true",
-        TAG + "parameters": json.dumps(params),
+        TAG + "parameters": _param_text(params),
         TAG + "status": "RUNNING",
     }
     if lab_session():
