@@ -3,6 +3,7 @@ execution: parameters as edited, FAILED/KILLED with the cell, and 02-evaluate sa
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 
@@ -94,24 +95,34 @@ def _wait_for_busy(k: LabKernel) -> None:
 
 
 def test_evaluate_prefers_this_sessions_candidate_and_says_so(lab, runs_config):
-    train = lab("01-train")
-    train.run_all(SMALL | {'model = "logreg"': 'model = "hgb"'})
-    ours = _runs(runs_config, "01-train")[-1]
-    # A headless candidate trained afterwards is newer, but not this session's.
+    # Only a headless candidate exists: 02-evaluate takes it and says it is not from this session.
     headless = run_notebook("01-train", {"rows": 600}, config=runs_config, progress=False)
     evaluate = lab("02-evaluate")
     results = evaluate.run_all()
     assert [s for s, _ in results] == ["ok"] * 4, text_of(results[-1][1])
     shown = text_of(results[1][1])
+    assert f"candidate  run {headless.run_id} (01-train, model logreg)" in shown
+    assert "no usable candidate was trained in this JupyterLab session, so took the newest in the store" in shown
+    assert "registered churn v1" in text_of(results[3][1])
+
+    # Trained in this session: preferred, and the record says which one was evaluated.
+    train = lab("01-train")
+    train.run_all(SMALL | {'model = "logreg"': 'model = "hgb"'})
+    ours = _runs(runs_config, "01-train")[-1]
+    assert ours.data.tags["churnkit.interactive"] == "true"
+    results = evaluate.run_all()
+    assert [s for s, _ in results] == ["ok"] * 4, text_of(results[-1][1])
+    shown = text_of(results[1][1])
     assert f"candidate  run {ours.info.run_id} (01-train, model hgb)" in shown
-    assert "in this JupyterLab session" in shown and "a newer one exists headless" in shown
-    assert headless.run_id[:8] in shown
+    assert "trained    " in shown and "in this JupyterLab session" in shown
+    assert "chosen     the newest candidate trained in this JupyterLab session" in shown
     assert f"sha256     {ours.data.tags['churnkit.data_sha256']}" in shown
-    assert "PASSED" in text_of(results[2][1]) and "registered churn v1" in text_of(results[3][1])
-    ev = _runs(runs_config, "02-evaluate")[-1]
-    assert ev.data.tags["churnkit.candidate_run_id"] == ours.info.run_id
-    assert registry.client().get_model_version("churn", "1").run_id == ours.info.run_id
+    assert re.search(r"^(PASSED|REFUSED): ", text_of(results[2][1]), re.M)
+    first_eval, second_eval = _runs(runs_config, "02-evaluate")
+    assert second_eval.data.tags["churnkit.candidate_run_id"] == ours.info.run_id
+    assert first_eval.data.tags["churnkit.registered_version"] == "1"  # the first record is left as it was
+    assert first_eval.info.status == "FINISHED"
     assert not [o for _, outs in results for o in outs if o["type"] == "execute_result"
                 and o["data"].get("text/plain", "").startswith("{")], "no bare dict left as a cell output"
-    train.shutdown()  # closing an idle notebook finishes its run
-    assert _runs(runs_config, "01-train")[0].info.status == "FINISHED"
+    train.shutdown()  # shutting down an idle kernel finishes its run
+    assert _runs(runs_config, "01-train")[-1].info.status == "FINISHED"
