@@ -36,8 +36,8 @@ $(AZML_DIR)/.complete:
 
 test-setup: venv $(AZML_DIR)/.complete
 	@ln -sfn "$(AZML_DIR)" .venv-azml
-	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
-	  { (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "chromium could not be installed; the browser test will skip with this reason"; }
+	@{ command -v chromium >/dev/null || command -v chromium-browser >/dev/null; } && command -v chromedriver >/dev/null || \
+	  { (apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null) || echo "chromium could not be installed; the browser tests will skip with this reason"; }
 	@command -v azurite-blob >/dev/null || npm install -g -s azurite@3.37.0  # Azure Blob emulator (model reads)
 
 # The monthly story on synthetic data, in a fresh runs/demo-<UTC time>/ each time: month 1 deploys v1
@@ -61,8 +61,15 @@ demo: venv
 test: test-setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
+# JupyterLab on notebooks/. MPLBACKEND (exported above for the headless targets) is removed so kernels
+# draw figures inline. The store and its artifacts stay in runs/ of the checkout whatever the kernel's
+# folder (a relative CHURNKIT_RUNS_DIR is taken from here). Jupyter refuses to start as root unless told
+# to; root is what containers and CI images usually run as, so --allow-root is passed then and only then.
+LAB_PORT ?= 8888
 lab: venv
-	$(BIN)/jupyter lab notebooks/
+	@runs="$${CHURNKIT_RUNS_DIR:-runs}"; case "$$runs" in /*) ;; *) runs="$(CURDIR)/$$runs";; esac; \
+	root=""; [ "$$(id -u)" = 0 ] && root="--allow-root"; \
+	env -u MPLBACKEND CHURNKIT_RUNS_DIR="$$runs" $(BIN)/jupyter lab --port=$(LAB_PORT) $$root notebooks/
 
 serve: venv
 	$(BIN)/churnkit serve --model models:/churn@champion --port 8080

@@ -44,8 +44,14 @@ class Config:
 
     @property
     def artifact_location(self) -> str | None:
-        """Artifact root for new experiments in the embedded store (the server decides otherwise)."""
-        return (self.runs_dir / "artifacts").resolve().as_uri() if self.embedded else None
+        """Artifact root for new experiments: ``runs_dir/artifacts`` for a local sqlite store (embedded, or
+        a ``sqlite:`` ``MLFLOW_TRACKING_URI``), whatever the working directory; a server decides otherwise.
+
+        Without it MLflow puts a sqlite store's artifacts in ``./mlruns`` of the process that logs them
+        (``notebooks/mlruns`` for a JupyterLab kernel).
+        """
+        local = self.embedded or self.tracking_uri.startswith("sqlite:")
+        return (self.runs_dir / "artifacts").resolve().as_uri() if local else None
 
 
 def default_runs_dir() -> Path:

@@ -22,6 +22,13 @@ POSITIVE = {"yes", "y", "true", "t", "1", "1.0", "churn", "churned"}
 NEGATIVE = {"no", "n", "false", "f", "0", "0.0"}
 # A text column is numeric when at least this share of its non-blank cells parse as numbers.
 NUMERIC_TEXT_SHARE = 0.95
+# A text column with at least this many distinct values per row is an identifier (names, account numbers).
+ID_LIKE_SHARE = 0.9
+# A categorical column with more distinct values than this is dropped (one-hot encoding it would swamp the
+# model with sparse columns, e.g. surnames) unless listed in keep_columns.
+MAX_CATEGORIES = 100
+# ID-like detection needs this many rows: in a tiny table any column can be unique by chance.
+ID_MIN_ROWS = 20
 DRIFT_KINDS = ("covariate", "concept", "new_category")
 
 
@@ -51,6 +58,7 @@ class Schema:
     columns: list[ColumnSpec]
     label: str
     dropped: list[str] = field(default_factory=list)
+    notes: dict[str, str] = field(default_factory=dict)  # column -> why it was dropped or flagged
 
     @property
     def names(self) -> list[str]:
@@ -71,7 +79,8 @@ class Schema:
         raise KeyError(name)
 
     def to_dict(self) -> dict:
-        return {"label": self.label, "dropped": list(self.dropped), "columns": [asdict(c) for c in self.columns]}
+        return {"label": self.label, "dropped": list(self.dropped), "columns": [asdict(c) for c in self.columns],
+                "notes": dict(self.notes)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Schema":
@@ -79,6 +88,7 @@ class Schema:
             columns=[ColumnSpec(**c) for c in d["columns"]],
             label=d["label"],
             dropped=list(d.get("dropped", [])),
+            notes=dict(d.get("notes", {})),
         )
 
 
@@ -205,10 +215,50 @@ def _category(v):
     return text if text else np.nan
 
 
-def infer_schema(frame: pd.DataFrame, label_column: str, id_columns: list[str] | tuple = ()) -> Schema:
-    """Infer each column's role: numeric, numeric-as-text, categorical, or an ID to drop."""
+def _clean_numbers(col: pd.Series) -> bool:
+    """True when every present cell is a number as written (no blanks, padding or stray text to coerce)."""
+    present = col.dropna().astype(str)
+    return bool(pd.to_numeric(present, errors="coerce").notna().all()) and bool(present.str.strip().eq(present).all())
+
+
+def _integers_unique_per_row(values: pd.Series) -> bool:
+    present = values.dropna()
+    return (len(values) >= ID_MIN_ROWS and len(present) == len(values) and present.is_unique
+            and bool(np.all(np.mod(present.to_numpy(), 1) == 0)))
+
+
+def infer_schema(
+    frame: pd.DataFrame,
+    label_column: str,
+    id_columns: list[str] | tuple = (),
+    keep_columns: list[str] | tuple = (),
+    *,
+    text_table: bool = False,
+) -> Schema:
+    """Infer each column's role: numeric, numeric-as-text, categorical, or an ID to drop.
+
+    Dropped with a note in ``Schema.notes``: ``id_columns``; integer columns unique per row (row numbers,
+    customer numbers); text columns with a distinct value in at least :data:`ID_LIKE_SHARE` of the rows
+    (IDs, names); categorical columns with more than :data:`MAX_CATEGORIES` values. ``keep_columns`` keeps
+    a column the last three rules would drop (the note says so).
+
+    ``text_table`` says every cell was read as text (CSV): a numeric column is then "text in file"
+    (``numeric_text``) only when cells needed cleaning (blanks, padding, stray text), as in Telco's
+    ``TotalCharges``; otherwise any text column read as numbers is.
+    """
     dropped = [c for c in id_columns if c in frame.columns]
+    notes = {str(c): "id_columns: listed in id_columns" for c in dropped}
+    keep = {str(c) for c in keep_columns}
+    rows = len(frame)
     specs: list[ColumnSpec] = []
+
+    def drop(name: str, why: str) -> bool:
+        notes[name] = why  # "<rule>: <detail>"; kept or dropped shows in schema.dropped
+        if name in keep:
+            return False
+        dropped.append(name)
+        return True
+
     for name in frame.columns:
         if name == label_column or name in dropped:
             continue
@@ -221,18 +271,24 @@ def infer_schema(frame: pd.DataFrame, label_column: str, id_columns: list[str] |
         native_numeric = pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col)
         if native_numeric or (not pd.api.types.is_bool_dtype(col) and _numeric_share(col[~blank]) >= NUMERIC_TEXT_SHARE):
             values = to_numeric(col)
+            if _integers_unique_per_row(values) and drop(str(name), "ID-like: integers unique per row"):
+                continue
+            coerced = not native_numeric and (not text_table or not _clean_numbers(col))
             specs.append(
                 ColumnSpec(
                     name=str(name), kind="numeric", dtype=str(col.dtype), nullable=bool(values.isna().any()),
-                    numeric_text=not native_numeric,
+                    numeric_text=coerced,
                     minimum=float(values.min()), maximum=float(values.max()),
                 )
             )
             continue
         values = to_categorical(col)
         present = values.dropna()
-        if len(frame) >= 20 and present.nunique() == len(frame):
-            dropped.append(str(name))  # unique per row and not a number: an identifier, not a feature
+        distinct = int(present.nunique())
+        if rows >= ID_MIN_ROWS and distinct >= ID_LIKE_SHARE * rows:
+            if drop(str(name), f"ID-like: text with {distinct:,} distinct values in {rows:,} rows"):
+                continue
+        elif distinct > MAX_CATEGORIES and drop(str(name), f"too many categories: {distinct:,} distinct values, above the limit of {MAX_CATEGORIES}"):
             continue
         specs.append(
             ColumnSpec(
@@ -243,9 +299,9 @@ def infer_schema(frame: pd.DataFrame, label_column: str, id_columns: list[str] |
     if not specs:
         raise DataError(
             f"no feature columns left after dropping the label {label_column!r} and ID columns {dropped!r}; "
-            "check label_column and id_columns"
+            "check label_column and id_columns (keep_columns keeps a column dropped as ID-like)"
         )
-    return Schema(columns=specs, label=label_column, dropped=dropped)
+    return Schema(columns=specs, label=label_column, dropped=dropped, notes=notes)
 
 
 def prepare_features(frame: pd.DataFrame, schema: Schema) -> pd.DataFrame:
@@ -264,6 +320,7 @@ def load_table(
     label_column: str = "churn",
     id_columns: list[str] | tuple = (),
     *,
+    keep_columns: list[str] | tuple = (),
     rows: int = 4000,
     month: int = 1,
     seed: int = 0,
@@ -278,7 +335,11 @@ def load_table(
     label_column : str
         The churn label; Yes/No, yes/no, True/False and 1/0 are all read.
     id_columns : list of str
-        Columns to drop; any non-numeric column unique per row is dropped as well.
+        Columns to drop; ID-like columns (text or integers unique per row, text with a distinct value in
+        nearly every row) and categorical columns above :data:`MAX_CATEGORIES` values are dropped as well,
+        each with a note in ``schema.notes``.
+    keep_columns : list of str
+        Columns to keep although the rules above would drop them.
 
     Raises
     ------
@@ -297,9 +358,12 @@ def load_table(
         raise DataError(f"table {source!r} has no rows; pass a table with at least one customer")
     if isinstance(id_columns, str):
         id_columns = [id_columns]
-    unknown_ids = [c for c in id_columns if c not in frame.columns]
-    if unknown_ids:
-        raise DataError(f"id_columns {unknown_ids!r} are not in the table; its columns are {list(frame.columns)!r}")
+    if isinstance(keep_columns, str):
+        keep_columns = [keep_columns]
+    for option, names in (("id_columns", id_columns), ("keep_columns", keep_columns)):
+        unknown = [c for c in names if c not in frame.columns]
+        if unknown:
+            raise DataError(f"{option} {unknown!r} are not in the table; its columns are {list(frame.columns)!r}")
     if label_column not in frame.columns:
         near = [c for c in frame.columns if str(c).lower() == str(label_column).lower()]
         hint = f" (did you mean {near[0]!r}?)" if near else ""
@@ -308,7 +372,9 @@ def load_table(
             "pass label_column with one of them"
         )
     y = map_label(frame[label_column], label_column)
-    schema = infer_schema(frame, label_column, list(id_columns))
+    text_table = isinstance(data_path, (str, Path)) and bool(data_path) and Path(data_path).suffix.lower() != ".parquet" \
+        and Path(data_path).suffix.lower() != ".pq"
+    schema = infer_schema(frame, label_column, list(id_columns), list(keep_columns), text_table=text_table)
     X = prepare_features(frame, schema)
     return Dataset(X=X.reset_index(drop=True), y=y.reset_index(drop=True), schema=schema, sha256=digest, source=source)
 
@@ -414,25 +480,49 @@ def synth_month(rows: int = 4000, month: int = 1, seed: int = 0, drift: str | No
     )
 
 
+def format_number(value: float | None) -> str:
+    """A number as a person reads it: 15,815,690 and 199,992.48, not 1.58157e+07."""
+    if value is None or not np.isfinite(value):
+        return str(value)
+    if float(value).is_integer():
+        return f"{int(value):,}"
+    if abs(value) >= 1000:
+        return f"{value:,.2f}"
+    return f"{value:.4g}"
+
+
 def describe_dataset(dataset: Dataset) -> pd.DataFrame:
-    """One row per input column: role, missing share, categories or range (for the notebook)."""
+    """One row per input column: role, missing share, categories or range (for the notebook).
+
+    ``attrs["summary"]`` is the text to print above the table: rows, churn rate, source, and a note for
+    every column dropped by a rule (ID-like, too many categories) or kept against one by ``keep_columns``.
+    """
     rows = []
-    for spec in dataset.schema.columns:
+    schema = dataset.schema
+    for spec in schema.columns:
         col = dataset.X[spec.name]
-        rows.append(
-            {
-                "column": spec.name,
-                "kind": spec.kind + (" (text in file)" if spec.numeric_text else ""),
-                "missing": float(col.isna().mean()),
-                "values": ", ".join(spec.categories[:6]) + (" ..." if len(spec.categories) > 6 else "")
-                if spec.kind == "categorical"
-                else f"{spec.minimum:g} .. {spec.maximum:g}",
-            }
-        )
-    for name in dataset.schema.dropped:
-        rows.append({"column": name, "kind": "dropped (ID)", "missing": float("nan"), "values": ""})
+        kind = spec.kind + (" (text in file)" if spec.numeric_text else "")
+        if spec.name in schema.notes:
+            kind += " (kept by keep_columns)"
+        if spec.kind == "categorical":
+            values = ", ".join(spec.categories[:6]) + (f" ... ({len(spec.categories):,} values)"
+                                                       if len(spec.categories) > 6 else "")
+        else:
+            values = f"{format_number(spec.minimum)} .. {format_number(spec.maximum)}"
+        rows.append({"column": spec.name, "kind": kind, "missing": f"{col.isna().mean():.1%}", "values": values})
+    for name in schema.dropped:
+        rule, _, detail = schema.notes.get(name, "ID: ").partition(": ")
+        rows.append({"column": name, "kind": f"dropped ({rule})", "missing": "", "values": detail})
     out = pd.DataFrame(rows).set_index("column")
-    out.attrs["summary"] = f"{dataset.rows} rows, churn rate {dataset.y.mean():.1%}, source {dataset.source}"
+    lines = [f"{dataset.rows:,} rows, churn rate {dataset.y.mean():.1%}, source {dataset.source}"]
+    for name, why in schema.notes.items():
+        if why.startswith("id_columns:"):
+            continue
+        if name in schema.dropped:
+            lines.append(f"note: dropped {name!r}, {why}; keep it with keep_columns=[{name!r}]")
+        else:
+            lines.append(f"note: kept {name!r} as keep_columns asks, although {why}")
+    out.attrs["summary"] = "\n".join(lines)
     return out
 
 

@@ -108,7 +108,10 @@ def gate(
 # --------------------------------------------------------------------------------------------------
 
 def plot_evaluation(y_true, proba, threshold: float = 0.5, champion_proba=None):
-    """One figure with ROC, precision-recall, calibration and the confusion matrix at ``threshold``."""
+    """One 2 x 2 figure: ROC, precision-recall, calibration and the confusion matrix at ``threshold``.
+
+    Sized for a notebook's width (about 1000 x 820 px inline) with labels at a readable size.
+    """
     import matplotlib
 
     matplotlib.use("Agg") if not _in_notebook() else None
@@ -116,29 +119,33 @@ def plot_evaluation(y_true, proba, threshold: float = 0.5, champion_proba=None):
     from sklearn.calibration import calibration_curve
 
     y = np.asarray(y_true, dtype=int)
-    fig, axes = plt.subplots(1, 4, figsize=(17, 4))
-    curves = [("challenger", proba)] + ([("champion", champion_proba)] if champion_proba is not None else [])
-    for name, p in curves:
-        fpr, tpr, _ = skm.roc_curve(y, p)
-        axes[0].plot(fpr, tpr, label=f"{name} AUC {skm.roc_auc_score(y, p):.3f}")
-        prec, rec, _ = skm.precision_recall_curve(y, p)
-        axes[1].plot(rec, prec, label=f"{name} AP {skm.average_precision_score(y, p):.3f}")
-        frac, mean = calibration_curve(y, p, n_bins=10, strategy="quantile")
-        axes[2].plot(mean, frac, marker="o", label=name)
-    axes[0].plot([0, 1], [0, 1], ls=":", c="grey")
-    axes[0].set(title="ROC", xlabel="false positive rate", ylabel="true positive rate")
-    axes[1].set(title="Precision-recall", xlabel="recall", ylabel="precision")
-    axes[2].plot([0, 1], [0, 1], ls=":", c="grey")
-    axes[2].set(title="Calibration", xlabel="mean predicted", ylabel="observed churn rate")
-    for ax in axes[:3]:
-        ax.legend(loc="best", fontsize=8)
-    cm = skm.confusion_matrix(y, (np.asarray(proba) >= threshold).astype(int), labels=[0, 1])
-    axes[3].imshow(cm, cmap="Blues")
-    for (i, j), v in np.ndenumerate(cm):
-        axes[3].text(j, i, str(v), ha="center", va="center")
-    axes[3].set(title=f"Confusion at {threshold:.2f}", xticks=[0, 1], yticks=[0, 1],
-                xticklabels=["stay", "churn"], yticklabels=["stay", "churn"], xlabel="predicted", ylabel="actual")
-    fig.tight_layout()
+    with plt.rc_context({"font.size": 11, "axes.titlesize": 13, "axes.labelsize": 11, "legend.fontsize": 10}):
+        fig, grid = plt.subplots(2, 2, figsize=(10, 8.2))
+        axes = grid.ravel()
+        curves = [("challenger", proba)] + ([("champion", champion_proba)] if champion_proba is not None else [])
+        for name, p in curves:
+            fpr, tpr, _ = skm.roc_curve(y, p)
+            axes[0].plot(fpr, tpr, label=f"{name} AUC {skm.roc_auc_score(y, p):.3f}")
+            prec, rec, _ = skm.precision_recall_curve(y, p)
+            axes[1].plot(rec, prec, label=f"{name} AP {skm.average_precision_score(y, p):.3f}")
+            frac, mean = calibration_curve(y, p, n_bins=10, strategy="quantile")
+            axes[2].plot(mean, frac, marker="o", label=name)
+        axes[0].plot([0, 1], [0, 1], ls=":", c="grey")
+        axes[0].set(title="ROC", xlabel="false positive rate", ylabel="true positive rate")
+        axes[1].set(title="Precision-recall", xlabel="recall", ylabel="precision")
+        axes[2].plot([0, 1], [0, 1], ls=":", c="grey")
+        axes[2].set(title="Calibration", xlabel="mean predicted", ylabel="observed churn rate")
+        for ax in axes[:3]:
+            ax.legend(loc="best")
+            ax.tick_params(labelsize=10)
+        cm = skm.confusion_matrix(y, (np.asarray(proba) >= threshold).astype(int), labels=[0, 1])
+        axes[3].imshow(cm, cmap="Blues")
+        for (i, j), v in np.ndenumerate(cm):
+            axes[3].text(j, i, f"{v:,}", ha="center", va="center", fontsize=13,
+                         color="white" if v > cm.max() / 2 else "black")
+        axes[3].set(title=f"Confusion at {threshold:.2f}", xticks=[0, 1], yticks=[0, 1],
+                    xticklabels=["stay", "churn"], yticklabels=["stay", "churn"], xlabel="predicted", ylabel="actual")
+        fig.tight_layout()
     return fig
 
 

@@ -44,7 +44,9 @@ def log_candidate(pipeline, dataset: Dataset, split, *, model: str, seed: int) -
     if run is None:
         raise RegistryError("no active MLflow run; call churnkit.start_run(notebook) before log_candidate")
     commit, dirty = git_commit()
-    mlflow.log_params({"model": model, "seed": seed, "rows": dataset.rows, "features": len(dataset.schema.columns)})
+    logged = mlflow.get_run(run.info.run_id).data.params  # a notebook parameter of the same name stays as set
+    mlflow.log_params({k: v for k, v in {"model": model, "seed": seed, "rows": dataset.rows,
+                                         "features": len(dataset.schema.columns)}.items() if k not in logged})
     mlflow.set_tags(
         {
             TAG + "data_sha256": dataset.sha256,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -53,6 +54,7 @@ def setup_tracking(config: Config | None = None) -> str:
     mlflow = mlflow_module()
     if config.embedded:
         config.runs_dir.mkdir(parents=True, exist_ok=True)
+    quiet_store_setup()
     exp = mlflow.get_experiment_by_name(EXPERIMENT_NAME)
     if exp is None:
         try:
@@ -66,6 +68,12 @@ def setup_tracking(config: Config | None = None) -> str:
     return exp_id
 
 
+def quiet_store_setup() -> None:
+    """MLflow's INFO lines about creating and migrating its database tables: set-up detail, not news."""
+    for name in ("mlflow.store.db.utils", "alembic.runtime.migration"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def client(config: Config | None = None):
     """An MlflowClient bound to ``config``'s store (set up first)."""
     from mlflow import MlflowClient
@@ -76,10 +84,11 @@ def client(config: Config | None = None):
 
 
 def start_run(notebook: str, config: Config | None = None):
-    """Start (or resume) this notebook's MLflow run.
+    """Start (or resume) this notebook's MLflow run (the headless path; notebooks call
+    :func:`churnkit.session.start_run`, which starts a new run per execution in JupyterLab).
 
-    Under ``churnkit run`` the runner created the run and passed its id in ``MLFLOW_RUN_ID``; in
-    JupyterLab a fresh run is started. Either way the run is active afterwards and returned.
+    Under ``churnkit run`` the runner created the run and passed its id in ``MLFLOW_RUN_ID``; elsewhere
+    a fresh run is started. Either way the run is active afterwards and returned.
     """
     setup_tracking(config)
     mlflow = mlflow_module()

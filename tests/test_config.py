@@ -61,3 +61,23 @@ def test_scoped_environ_sets_unsets_and_restores(monkeypatch):
     with scoped_environ({"CK_A": None, "CK_B": "2"}):
         assert "CK_A" not in os.environ and os.environ["CK_B"] == "2"
     assert os.environ["CK_A"] == "1" and "CK_B" not in os.environ
+
+
+def test_sqlite_tracking_uri_keeps_artifacts_under_runs_whatever_the_cwd(tmp_path, monkeypatch):
+    """A sqlite MLFLOW_TRACKING_URI is a local store: its artifacts go to runs/, never ./mlruns of the kernel."""
+    import mlflow
+
+    from churnkit import registry
+
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    monkeypatch.chdir(notebooks)
+    uri = f"sqlite:///{tmp_path / 'team.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    cfg = load_config(tmp_path / "runs")
+    assert not cfg.embedded and cfg.artifact_location == (tmp_path / "runs" / "artifacts").as_uri()
+    registry.setup_tracking(cfg)
+    with mlflow.start_run():
+        mlflow.log_text("x", "probe.txt")
+    assert list((tmp_path / "runs" / "artifacts").rglob("probe.txt"))
+    assert not (notebooks / "mlruns").exists()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -183,3 +185,80 @@ def test_synthetic_months_are_reproducible_and_drift():
     assert "Digital wallet" in set(new["payment_method"]) and "Digital wallet" not in set(a["payment_method"])
     with pytest.raises(DataError, match="'sideways'"):
         synth_month(rows=10, drift="sideways")
+
+
+def bank_export(n: int = 2000) -> pd.DataFrame:
+    """A table shaped like the common bank-churn export (RowNumber, CustomerId, Surname, ..., Exited)."""
+    rng = np.random.default_rng(7)
+    surnames = [f"Surname{i}" for i in range(int(n * 0.85))]  # many, but some shared: not unique per row
+    age = rng.integers(18, 92, n)
+    active = rng.integers(0, 2, n)
+    exited = (rng.random(n) < 1 / (1 + np.exp(-(0.07 * (age - 45) - 0.9 * active)))).astype(int)
+    return pd.DataFrame({
+        "RowNumber": np.arange(1, n + 1),
+        "CustomerId": rng.permutation(np.arange(15565701, 15565701 + 250_000))[:n],
+        "Surname": rng.choice(surnames, n),
+        "CreditScore": rng.integers(350, 851, n),
+        "Geography": rng.choice(["France", "Spain", "Germany"], n),
+        "Gender": rng.choice(["Female", "Male"], n),
+        "Age": age,
+        "Tenure": rng.integers(0, 11, n),
+        "Balance": np.round(np.where(rng.random(n) < 0.36, 0.0, rng.normal(119_000, 30_000, n)), 2),
+        "NumOfProducts": rng.integers(1, 5, n),
+        "HasCrCard": rng.integers(0, 2, n),
+        "IsActiveMember": active,
+        "EstimatedSalary": np.round(rng.uniform(11.58, 199_992.48, n), 2),
+        "Exited": exited,
+    })
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_bank_export_roles_ids_and_high_cardinality(tmp_path, suffix):
+    from churnkit.data import MAX_CATEGORIES, describe_dataset
+
+    frame = bank_export()
+    assert frame["Surname"].nunique() > MAX_CATEGORIES and frame["Surname"].nunique() < 0.9 * len(frame)
+    ds = load_table(write_table(frame, tmp_path / f"bank{suffix}"), "Exited")
+
+    # Integers unique per row are identifiers, surnames are too many categories: all dropped, each with a note.
+    assert ds.schema.dropped == ["RowNumber", "CustomerId", "Surname"]
+    assert ds.schema.notes["RowNumber"] == "ID-like: integers unique per row"
+    assert ds.schema.notes["Surname"].startswith("too many categories: ")
+    assert list(ds.X.columns) == ["CreditScore", "Geography", "Gender", "Age", "Tenure", "Balance", "NumOfProducts",
+                                  "HasCrCard", "IsActiveMember", "EstimatedSalary"]
+    # Numbers written as numbers are "numeric", in a CSV as much as in Parquet.
+    assert not any(c.numeric_text for c in ds.schema.columns)
+
+    table = describe_dataset(ds)
+    assert table.loc["Age", "kind"] == "numeric" and table.loc["Geography", "kind"] == "categorical"
+    assert table.loc["CustomerId", "kind"] == "dropped (ID-like)"
+    assert table.loc["Surname", "kind"] == "dropped (too many categories)"
+    salary = table.loc["EstimatedSalary", "values"]
+    assert re.fullmatch(r"[\d,.]+ \.\. 1\d\d,\d{3}\.\d\d", salary) and "e+" not in table.to_string()
+    summary = table.attrs["summary"]
+    assert "note: dropped 'Surname', too many categories:" in summary and "keep_columns=['Surname']" in summary
+    assert "note: dropped 'CustomerId', ID-like: integers unique per row" in summary
+
+
+def test_keep_columns_keeps_a_flagged_column_and_says_so(tmp_path):
+    from churnkit.data import describe_dataset
+
+    ds = load_table(bank_export(), "Exited", keep_columns=["Surname"])
+    assert "Surname" not in ds.schema.dropped and ds.schema.column("Surname").kind == "categorical"
+    assert ds.schema.dropped == ["RowNumber", "CustomerId"]
+    table = describe_dataset(ds)
+    assert table.loc["Surname", "kind"] == "categorical (kept by keep_columns)"
+    assert "note: kept 'Surname' as keep_columns asks, although too many categories" in table.attrs["summary"]
+    with pytest.raises(DataError, match=r"keep_columns \['Nope'\] are not in the table"):
+        load_table(bank_export(), "Exited", keep_columns=["Nope"])
+
+
+def test_near_unique_text_is_id_like_and_text_needing_cleanup_is_text_in_file(tmp_path):
+    frame = telco_frame(200)
+    frame["email"] = [f"user{i % 190}@example.com" for i in range(200)]  # 190 distinct in 200 rows
+    path = tmp_path / "t.csv"
+    frame.to_csv(path, index=False)
+    ds = load_table(path, "Churn")
+    assert "email" in ds.schema.dropped and ds.schema.notes["email"].startswith("ID-like: text with 190 distinct")
+    kinds = {c.name: c.numeric_text for c in ds.schema.columns if c.kind == "numeric"}
+    assert kinds == {"SeniorCitizen": False, "tenure": False, "MonthlyCharges": False, "TotalCharges": True}

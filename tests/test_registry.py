@@ -121,3 +121,18 @@ def test_newest_candidate_is_found_while_its_run_is_still_open(runs_config):
         mlflow.end_run("FAILED")
     with pytest.raises(RegistryError, match="run 01-train first"):
         registry.latest_candidate_run()  # a failed run is never picked
+
+
+def test_log_candidate_keeps_a_notebook_parameter_of_the_same_name(runs_config):
+    """01-train's `rows` parameter (synthetic rows) was logged when the run started; a table of another size
+    must not make MLflow refuse the candidate ("Changing param values is not allowed")."""
+    registry.setup_tracking(runs_config)
+    ds = load_table("", rows=400, seed=0)
+    split = split_holdout(ds, 0.25, 0)
+    pipe = train_model(split, ds.schema, "logreg", 0)
+    with mlflow.start_run() as run:
+        mlflow.log_params({"rows": "4000", "model": "logreg"})
+        registry.log_candidate(pipe, ds, split, model="logreg", seed=0)
+    params = registry.client().get_run(run.info.run_id).data.params
+    assert params["rows"] == "4000" and params["seed"] == "0" and params["features"] == str(len(ds.schema.columns))
+    assert registry.client().get_run(run.info.run_id).data.tags["churnkit.rows"] == "400"

@@ -246,7 +246,7 @@ def format_table(entries: list[dict]) -> str:
         lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
         if e.get("error"):
             where, detail = failure(e["error"])
-            lines.append(f"  ✗ {where}: {_short(detail, 100)}  ({e['output_notebook']})")
+            lines.append(f"  ✗ {where}: {_short(detail, 100)}  ({e['output_notebook'] or 'run in a live kernel'})")
     return "\n".join(lines)
 
 

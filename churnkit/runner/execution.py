@@ -169,6 +169,7 @@ def run_notebook(
                         # terminated cell would otherwise hold the exit for 5 s, past a CI runner's grace
                         # period before SIGKILL. The runner, not the kernel, closes the MLflow run.
                         shutdown_kernel="immediate",
+                        config=kernel_config(),  # IPC sockets, not TCP: no unencrypted-TCP warning per kernel
                     )
             except pm.PapermillExecutionError as exc:
                 status = "FAILED"
@@ -200,6 +201,24 @@ def run_notebook(
     final = client.get_run(run_id)
     return RunResult(path.stem, output, run_id, status, params, seconds, dict(final.data.tags),
                      dict(final.data.metrics), found)
+
+
+def kernel_config():
+    """traitlets config for kernels churnkit starts: IPC sockets in Jupyter's private runtime folder.
+
+    Over the default TCP transport every kernel logs "Kernel is running over TCP without encryption"; a
+    kernel on this machine needs no network port at all. The socket path is absolute because the kernel
+    runs in the notebook's folder, not the caller's.
+    """
+    import uuid
+
+    from jupyter_core.paths import jupyter_runtime_dir
+    from traitlets.config import Config as TraitletsConfig
+
+    runtime = Path(jupyter_runtime_dir())
+    runtime.mkdir(mode=0o700, parents=True, exist_ok=True)
+    sockets = runtime / f"kernel-{uuid.uuid4().hex[:12]}-ipc"
+    return TraitletsConfig({"KernelManager": {"transport": "ipc", "ip": str(sockets)}})
 
 
 def _interruption(exc: BaseException, cell_timeout: int | None) -> tuple[str, str]:
