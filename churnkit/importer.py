@@ -363,7 +363,9 @@ def _scoring_error(pipeline, X: pd.DataFrame, exc: Exception) -> ModelImportErro
             if _scores(pipeline, probe):
                 column = col
                 break
-    where = f"sample row {row}" + (f", column {column!r} (value {X[column].iloc[row]!r})" if column else "")
+    value = X[column].iloc[row] if column else None
+    value = value.item() if hasattr(value, "item") else value
+    where = f"sample row {row}" + (f", column {column!r} (value {value!r})" if column else "")
     return ModelImportError(f"scoring the sample failed at {where}: {what}; fix that value in the sample or make "
                             "the model handle it (e.g. an imputer in its Pipeline)")
 
