@@ -522,7 +522,7 @@ def import_model(
     try:
         y = sample.y if sample.y is not None else pd.Series(np.full(len(sample.X), np.nan), name=label_column)
         dataset = Dataset(X=sample.X, y=y, schema=sample.schema, sha256=sample.sha256, source=sample.source)
-        split = _Holdout(X_holdout=sample.X, y_holdout=y)
+        split = _Holdout(X_holdout=_kept_rows(sample), y_holdout=y)
         run_id = registry.log_candidate(foreign.pipeline, dataset, split, model=f"imported:{foreign.kind}", seed=0,
                                         skops_trusted_types=trusted_types)
         mlflow.set_tags(tags | {TAG + "role": "imported", TAG + "command": "import"})
@@ -553,6 +553,22 @@ def import_model(
                           kind=foreign.kind, version_warnings=foreign.version_warnings, aliases=current,
                           figure=fig)
     return result
+
+
+def _kept_rows(sample: Sample) -> pd.DataFrame:
+    """The sample's rows as kept with the version: its input columns plus every other typed column of the table.
+
+    A rollout replays these rows to champion and challenger alike, so a champion with other input
+    columns (the rest of the export) is answered too; ID-like columns and the label are left out.
+    """
+    try:
+        every = infer_schema(sample.frame, sample.schema.label)
+        rows = prepare_features(sample.frame, every)
+    except DataError:  # a column empty in every row, say: keep the model's own columns only
+        return sample.X
+    for name in sample.X.columns:
+        rows[name] = sample.X[name]
+    return rows.reset_index(drop=True)
 
 
 @dataclass(frozen=True)

@@ -414,3 +414,18 @@ def test_import_deploy_and_roll_out_on_the_local_target(f, local_endpoint_cleanu
     assert registry.aliases() == {"champion": "2", "previous": "1"}
     tags = registry.client().get_model_version("churn", "2").tags
     assert tags["churnkit.imported"] == "true" and tags["churnkit.rollout_decision"] == "promoted"
+    # an imported challenger with other input columns (4 numeric ones of the export): the replayed rows carry
+    # every column of its sample, so the champion (the whole export's columns) answers them as well
+    res = cli(f["bare"], "--sample", f["sample"], "--auc-threshold", "0.6", "--min-improvement", "-0.3", "--runs-dir", runs)
+    assert res.exit_code == 0 and "registered churn v3 as challenger" in res.stdout, res.output
+    assert "input columns differ from the champion's: removed" in res.stdout
+    res = CliRunner().invoke(main, ["deploy", "--target", "local", "--model", "models:/churn@challenger", "--port", port,
+                                    "--runs-dir", runs])
+    assert res.exit_code == 0, res.output
+    from churnkit.rollout import rollout
+
+    record = rollout("local", steps=[50, 100], interval=1.5, min_requests=30, replay_rate=60, max_p99_ratio=4.0,
+                     config=config, echo=lambda msg: None)
+    assert record.challenger == "3" and record.steps and record.steps[0].errors == 0
+    assert record.replay.failed == 0 and record.replay.succeeded > 30, record.replay.errors
+    assert set(record.replay.versions) == {"2", "3"}  # both schemas answered the same replayed rows
