@@ -201,3 +201,33 @@ def test_skops_file_types_are_judged_by_the_same_allow_list(tmp_path):
 ])
 def test_allow_list(name, ok):
     assert allowed(name) is ok
+
+
+def test_skops_file_with_a_type_outside_the_allow_list_is_refused(tmp_path):
+    import operator
+
+    import skops.io
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    X = np.array([[1.0, -2.0], [-3.0, 4.0], [5.0, -6.0], [-7.0, 8.0]])
+    path = tmp_path / "model.skops"
+    skops.io.dump(make_pipeline(FunctionTransformer(operator.abs), LogisticRegression()).fit(X, [0, 1, 0, 1]), path)
+    with pytest.raises(UnsafeModelError, match="_operator.abs"):
+        load_foreign_model(path, columns=["a", "b"])
+
+
+def test_mlflow_folder_must_be_the_sklearn_flavor_and_its_file_is_scanned(tmp_path):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "MLmodel").write_text("flavors:\n  python_function:\n    loader_module: my_loader\n")
+    with pytest.raises(ModelFileError, match=r"flavors \['python_function'\], not 'sklearn'"):
+        load_foreign_model(folder)
+    (folder / "MLmodel").write_text("flavors:\n  sklearn:\n    pickled_model: model.pkl\n"
+                                    "    serialization_format: cloudpickle\n")
+    marker = tmp_path / "ran"
+    (folder / "model.pkl").write_bytes(os_system_pickle(marker))
+    with pytest.raises(UnsafeModelError, match="os.system"):
+        load_foreign_model(folder)
+    assert not marker.exists()
