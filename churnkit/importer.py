@@ -46,7 +46,14 @@ from churnkit.evaluate import (
     schema_diff,
 )
 from churnkit.exceptions import DataError, LabelError, ModelFileError, ModelImportError, UnsafeModelError
-from churnkit.scan import ScanVerdict, allowed, decompress_joblib, scan_pickle_bytes, scan_skops_bytes
+from churnkit.scan import (
+    ScanVerdict,
+    allowed,
+    allowed_global,
+    decompress_joblib,
+    scan_pickle_bytes,
+    scan_skops_bytes,
+)
 
 TAG = "churnkit."
 PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")
@@ -136,7 +143,7 @@ def _restricted_unpickler(trust: bool):
         """joblib's unpickler that resolves only allow-listed globals (the scan's second line)."""
 
         def find_class(self, module, name):
-            if not trust and not allowed(f"{module}.{name}"):
+            if not trust and not allowed_global(module, name):
                 raise UnsafeModelError(f"model file names {module}.{name}, outside the allow-list; nothing was run",
                                        refused=[f"{module}.{name}"])
             return super().find_class(module, name)

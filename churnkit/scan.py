@@ -89,8 +89,13 @@ class ScanVerdict:
 
 
 def allowed(qualname: str) -> bool:
-    """True when the global ``module.name`` (or ``module:name``) is inside the allow-list."""
-    module, _, name = qualname.replace(":", ".").rpartition(".")
+    """True when the global or type ``module.name`` is inside the allow-list (see :func:`allowed_global`)."""
+    module, _, name = qualname.rpartition(".")
+    return allowed_global(module, name)
+
+
+def allowed_global(module: str, name: str) -> bool:
+    """True when the global ``name`` of ``module`` (as a pickle names it) is inside the allow-list."""
     if not module or not name or "unknown" in (module, name):
         return False
     if name in ALLOWED_NAMES.get(module, ()):
@@ -100,8 +105,9 @@ def allowed(qualname: str) -> bool:
         return False
     if any(module == d or module.startswith(d + ".") for d in DENIED_SUBMODULES):
         return False
-    dunder = name.startswith("__") and name not in DUNDER_CONSTRUCTORS
-    return not (name in DENIED_NAMES or dunder)
+    # protocol 4 names may be dotted paths through a class ("ndarray.tofile"): every part is judged
+    parts = name.split(".")
+    return not any(p in DENIED_NAMES or (p.startswith("__") and p not in DUNDER_CONSTRUCTORS) for p in parts)
 
 
 def _picklescan_dangerous(found: set[tuple[str, str]]) -> tuple[list[str], str]:
@@ -368,7 +374,7 @@ def scan_pickle_bytes(data: bytes, where: str, fmt: str = "pickle") -> ScanVerdi
     _walk(io.BytesIO(data), found, where)
     names = sorted(f"{m}.{n}" for m, n in found)
     dangerous, scanner = _picklescan_dangerous(found)
-    refused = sorted({q for q in names if not allowed(q)} | set(dangerous))
+    refused = sorted({f"{m}.{n}" for m, n in found if not allowed_global(m, n)} | set(dangerous))
     return ScanVerdict(path=where, format=fmt, globals=names, refused=refused, dangerous=dangerous, scanner=scanner)
 
 

@@ -19,7 +19,7 @@ import pytest
 
 from churnkit.exceptions import ModelFileError, UnsafeModelError
 from churnkit.importer import load_foreign_model, scan_model_file
-from churnkit.scan import allowed
+from churnkit.scan import allowed, allowed_global
 
 _FITTED: dict = {}
 
@@ -201,6 +201,27 @@ def test_skops_file_types_are_judged_by_the_same_allow_list(tmp_path):
 ])
 def test_allow_list(name, ok):
     assert allowed(name) is ok
+
+
+@pytest.mark.parametrize("module, name, ok", [
+    ("numpy", "ndarray", True), ("numpy", "ndarray.tofile", False), ("pandas.core.frame", "DataFrame.to_pickle", False),
+    ("sklearn.pipeline", "Pipeline.__init__.__globals__", False), ("builtins", "slice", True), ("builtins", "eval", False),
+])
+def test_dotted_names_are_judged_part_by_part(module, name, ok):
+    """Protocol 4 resolves dotted names through attributes: each part must pass."""
+    assert allowed_global(module, name) is ok
+
+
+def test_restricted_loader_refuses_what_the_scan_would(tmp_path):
+    """The second line: joblib's unpickler resolves only allow-listed globals even if a file got past the scan."""
+    import io
+
+    from churnkit.importer import _restricted_unpickler
+
+    data = os_system_pickle(tmp_path / "ran")
+    with pytest.raises(UnsafeModelError, match="os.system"):
+        _restricted_unpickler(False)("", io.BytesIO(data), True).load()
+    assert not (tmp_path / "ran").exists()
 
 
 def test_skops_file_with_a_type_outside_the_allow_list_is_refused(tmp_path):
