@@ -133,6 +133,40 @@ def synth(rows, month, seed, drift, out):
     click.echo(f"{path}: {len(frame)} rows, churn rate {(frame['churn'] == 'Yes').mean():.1%}")
 
 
+# ---- bring your own model -----------------------------------------------------------------------
+@main.command("import")
+@click.argument("model_file", type=click.Path(exists=True))
+@click.option("--sample", "sample_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="CSV or Parquet rows the model scores (its input columns, and the label for the gate).")
+@click.option("--label-column", default="churn", show_default=True, help="The churn label column of the sample.")
+@click.option("--model-name", default="churn", show_default=True, help="Registered model name.")
+@click.option("--threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+              help="Churn decision threshold stored with the version (default: chosen on the sample).")
+@click.option("--auc-threshold", type=float, default=0.85, show_default=True, help="Gate: sample ROC AUC must exceed this.")
+@click.option("--min-improvement", type=float, default=0.0, show_default=True,
+              help="Gate: AUC minus the serving champion's AUC on the same sample must reach this.")
+@click.option("--allow-schema-change", is_flag=True,
+              help="Let the model replace a champion with other input columns that cannot be compared with it.")
+@click.option("--no-gate", is_flag=True, help="Register without the gate (required for an unlabelled sample); recorded.")
+@click.option("--trust", is_flag=True, help="Load a file naming globals outside the allow-list (runs its code); recorded.")
+@click.option("--columns", default="", metavar="a,b,c", help="Input columns in training order, for a model fitted on a matrix.")
+@click.option("--runs-dir", type=click.Path(file_okay=False), help="Audit trail folder (default runs/ or CHURNKIT_RUNS_DIR).")
+@click.option("--json", "as_json", is_flag=True, help="Print the outcome as one JSON object.")
+def import_(model_file, sample_path, label_column, model_name, threshold, auc_threshold, min_improvement,
+            allow_schema_change, no_gate, trust, columns, runs_dir, as_json):
+    """Register an existing .joblib/.pkl/.skops model or MLflow model folder as a version of the model."""
+    from churnkit.importer import import_model
+
+    result = import_model(model_file, sample_path, label_column, model_name=model_name, threshold=threshold,
+                          no_gate=no_gate, trust=trust, columns=columns or None, auc_threshold=auc_threshold,
+                          min_improvement=min_improvement, allow_schema_change=allow_schema_change,
+                          config=_config(runs_dir))
+    if as_json:
+        emit_json(result.to_dict())
+    else:
+        click.echo(result.summary())
+
+
 # ---- real-time serving --------------------------------------------------------------------------
 @main.command()
 @click.option("--model", "model_uri", metavar="URI",

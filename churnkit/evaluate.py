@@ -54,6 +54,8 @@ class GateResult:
     champion_auc: float | None = None
     auc_threshold: float = DEFAULT_AUC_THRESHOLD
     min_improvement: float = DEFAULT_MIN_IMPROVEMENT
+    #: what the verdict rests on besides the thresholds (a champion not compared, a gate skipped on purpose)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def improvement(self) -> float | None:
@@ -63,10 +65,13 @@ class GateResult:
         return asdict(self) | {"improvement": self.improvement}
 
     def summary(self) -> str:
+        notes = "".join(f"; {n}" for n in self.notes)
+        if self.passed and not np.isfinite(self.challenger_auc):
+            return "SKIPPED" + (": " + "; ".join(self.notes) if self.notes else "")
         if self.passed:
-            vs = "" if self.champion_auc is None else f", champion {self.champion_auc:.4f} (+{self.improvement:.4f})"
-            return f"PASSED: holdout roc_auc {self.challenger_auc:.4f} > {self.auc_threshold}{vs}"
-        return "REFUSED: " + "; ".join(self.reasons)
+            vs = "" if self.champion_auc is None else f", champion {self.champion_auc:.4f} ({self.improvement:+.4f})"
+            return f"PASSED: holdout roc_auc {self.challenger_auc:.4f} > {self.auc_threshold}{vs}{notes}"
+        return "REFUSED: " + "; ".join(self.reasons) + notes
 
 
 def gate(
@@ -74,14 +79,32 @@ def gate(
     champion_auc: float | None = None,
     auc_threshold: float = DEFAULT_AUC_THRESHOLD,
     min_improvement: float = DEFAULT_MIN_IMPROVEMENT,
+    *,
+    champion_error: str | None = None,
+    allow_schema_change: bool = False,
 ) -> GateResult:
     """Decide whether a candidate may be registered.
 
     Passes only if ``challenger_auc > auc_threshold`` and, when a champion serves, the challenger's
     AUC minus the champion's AUC on the same holdout is at least ``min_improvement``. Every failed
     condition is listed in ``reasons``.
+
+    ``champion_error`` says why a serving champion could not be scored on the holdout (its input
+    columns are not there: see :func:`evaluate_holdout`). That is a reason to refuse, since the
+    comparison cannot be made, unless ``allow_schema_change`` says the schema change is deliberate;
+    then the absolute threshold alone decides and the verdict notes it.
     """
     reasons = []
+    notes = []
+    if champion_error and champion_auc is None:
+        if allow_schema_change:
+            notes.append(f"champion not compared ({champion_error}); allowed by allow_schema_change")
+        else:
+            reasons.append(
+                f"{champion_error}; the candidate cannot be compared with the champion: to replace the champion "
+                "by a model with another input schema deliberately, pass allow_schema_change=True "
+                "(-p allow_schema_change true, or churnkit import --allow-schema-change)"
+            )
     if not np.isfinite(challenger_auc):
         reasons.append(f"holdout roc_auc is {challenger_auc!r}, not a number; check the holdout has both classes")
     elif not challenger_auc > auc_threshold:
@@ -100,7 +123,44 @@ def gate(
         champion_auc=None if champion_auc is None else float(champion_auc),
         auc_threshold=float(auc_threshold),
         min_improvement=float(min_improvement),
+        notes=notes,
     )
+
+
+def schema_diff(champion_schema, candidate_schema) -> dict:
+    """Input columns the candidate adds, removes, or reads as another kind than the champion.
+
+    Takes :class:`churnkit.data.Schema` objects or their ``to_dict()``. Returns
+    ``{"added": [...], "removed": [...], "changed_kind": [{"column", "champion", "candidate"}], "same": bool}``.
+    """
+    old = _kinds(champion_schema)
+    new = _kinds(candidate_schema)
+    changed = [{"column": n, "champion": old[n], "candidate": k} for n, k in new.items() if n in old and old[n] != k]
+    added = [n for n in new if n not in old]
+    removed = [n for n in old if n not in new]
+    return {"added": added, "removed": removed, "changed_kind": changed, "same": not (added or removed or changed)}
+
+
+def describe_schema_diff(diff: dict | None) -> str:
+    """One line for people: ``columns added [...]; removed [...]; changed kind ...`` (or "same input columns")."""
+    if not diff:
+        return ""
+    if diff["same"]:
+        return "same input columns as the champion"
+    parts = []
+    if diff["added"]:
+        parts.append(f"added {diff['added']!r}")
+    if diff["removed"]:
+        parts.append(f"removed {diff['removed']!r}")
+    for c in diff["changed_kind"]:
+        parts.append(f"{c['column']!r} {c['champion']} -> {c['candidate']}")
+    return "input columns differ from the champion's: " + "; ".join(parts)
+
+
+def _kinds(schema) -> dict[str, str]:
+    if isinstance(schema, dict):
+        return {c["name"]: c["kind"] for c in schema["columns"]}
+    return {c.name: c.kind for c in schema.columns}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -165,6 +225,10 @@ class Evaluation:
     champion_proba: np.ndarray | None
     y_true: np.ndarray
     threshold: float
+    #: why the serving champion could not be scored on this holdout (None when it was, or none serves)
+    champion_error: str | None = None
+    #: :func:`schema_diff` of champion and candidate when both schemas were given
+    schema_changes: dict | None = None
 
     @property
     def champion_auc(self) -> float | None:
@@ -181,11 +245,37 @@ class Evaluation:
         return pd.DataFrame(cols).round(4)
 
 
-def evaluate_holdout(pipeline, X_holdout, y_holdout, champion_pipeline=None) -> Evaluation:
-    """Score the challenger, and the champion if given, on the same holdout rows."""
+def evaluate_holdout(pipeline, X_holdout, y_holdout, champion_pipeline=None, *, champion_schema=None,
+                     candidate_schema=None, champion_rows=None) -> Evaluation:
+    """Score the challenger, and the champion if given, on the same holdout rows.
+
+    With ``champion_schema`` the champion is scored on the columns it expects, typed as it was
+    trained (the candidate may have added, removed or retyped columns). When the holdout lacks one
+    of them, or scoring fails, the champion is left out and ``champion_error`` says why (the gate
+    turns that into a reason); ``schema_changes`` is :func:`schema_diff` when both schemas are given.
+    ``champion_rows``: the same customers with every column the table had (an imported model's
+    sample), so a champion with other columns can still be scored; default ``X_holdout``.
+    """
     y = np.asarray(y_holdout, dtype=int)
     p = pipeline.predict_proba(X_holdout)[:, 1]
-    cp = None if champion_pipeline is None else champion_pipeline.predict_proba(X_holdout)[:, 1]
+    cp, champion_error, changes = None, None, None
+    if champion_schema is not None and candidate_schema is not None:
+        changes = schema_diff(champion_schema, candidate_schema)
+    rows = X_holdout if champion_rows is None else champion_rows
+    if champion_pipeline is not None and champion_schema is not None:
+        missing = [c for c in champion_schema.names if c not in rows.columns]
+        if missing:
+            champion_error = (f"the champion expects column(s) {missing!r} that this holdout does not have "
+                              f"({describe_schema_diff(changes) or 'the input schemas differ'})")
+        else:
+            from churnkit.data import prepare_features
+
+            try:
+                cp = champion_pipeline.predict_proba(prepare_features(rows, champion_schema))[:, 1]
+            except Exception as exc:  # noqa: BLE001 - any failure of the old model on new rows is a gate reason
+                champion_error = f"scoring the champion on this holdout failed: {type(exc).__name__}: {exc}"
+    elif champion_pipeline is not None:
+        cp = champion_pipeline.predict_proba(rows)[:, 1]
     return Evaluation(
         challenger=compute_metrics(y, p),
         champion=None if cp is None else compute_metrics(y, cp),
@@ -193,4 +283,6 @@ def evaluate_holdout(pipeline, X_holdout, y_holdout, champion_pipeline=None) -> 
         champion_proba=cp,
         y_true=y,
         threshold=choose_threshold(y, p),
+        champion_error=champion_error,
+        schema_changes=changes,
     )

@@ -130,3 +130,19 @@ class RolloutLockedError(RolloutError):
 
 class MonitorError(ChurnkitError):
     """Reference and current data cannot be compared."""
+
+
+class ModelImportError(ChurnkitError):
+    """A model file cannot be imported: not a binary classifier, or its sample does not fit it."""
+
+
+class ModelFileError(ModelImportError):
+    """A model file is missing, corrupted, truncated, or not a format churnkit imports."""
+
+
+class UnsafeModelError(ModelImportError):
+    """A model file names globals outside the allow-list; nothing in it was loaded. ``refused`` lists them."""
+
+    def __init__(self, message: str, *, refused: list[str] | None = None):
+        super().__init__(message)
+        self.refused = list(refused or [])

@@ -37,8 +37,13 @@ from churnkit.tracking import client, git_commit, mlflow_module, package_version
 # Candidates (one per 01-train run)
 # --------------------------------------------------------------------------------------------------
 
-def log_candidate(pipeline, dataset: Dataset, split, *, model: str, seed: int) -> str:
-    """Log a trained candidate to the active run: params, schema, holdout, the model. Returns the run id."""
+def log_candidate(pipeline, dataset: Dataset, split, *, model: str, seed: int,
+                  skops_trusted_types: list[str] | None = None) -> str:
+    """Log a trained candidate to the active run: params, schema, holdout, the model. Returns the run id.
+
+    ``skops_trusted_types``: the non-default types the model's skops file needs (default: those of
+    ``build_model`` pipelines; an imported model passes the ones its scan allowed).
+    """
     mlflow = mlflow_module()
     run = mlflow.active_run()
     if run is None:
@@ -72,7 +77,8 @@ def log_candidate(pipeline, dataset: Dataset, split, *, model: str, seed: int) -
         metadata={"churnkit_schema": dataset.schema.to_dict(), "churnkit_model_kind": model},
         input_example=None,
         # Types our own pipelines contain; artifacts are sha256-checked against the registry before loading.
-        skops_trusted_types=["numpy.dtype", "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"],
+        skops_trusted_types=skops_trusted_types or ["numpy.dtype",
+                                                    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"],
     )
     mlflow.set_tag(TAG + "model_uri", info.model_uri)
     return run.info.run_id
@@ -180,8 +186,11 @@ def register_candidate(
     threshold: float = 0.5,
     output_notebook: str = "",
     config: Config | None = None,
+    tags: dict[str, str] | None = None,
 ) -> str | None:
     """Register ``candidate`` if ``verdict`` passed; returns the new version, or None (nothing touched).
+
+    ``tags`` are added to the version's own (an imported model's source file, scanner verdict, ...).
 
     The first version becomes ``champion``; later ones become ``challenger`` until a rollout promotes
     them. On any failure after the version was created, the version (and a model created for it) is
@@ -189,6 +198,7 @@ def register_candidate(
     """
     if not verdict.passed:
         return None
+    extra_tags = dict(tags or {})
     config = config or load_config()
     c = client(config)
     t0 = time.perf_counter()
@@ -213,6 +223,7 @@ def register_candidate(
     }
     for k, v in (metrics or {}).items():
         tags[TAG + "holdout_" + k] = repr(float(v))
+    tags.update(extra_tags)
     mv = None
     try:
         if not existed:

@@ -85,3 +85,65 @@ def test_evaluate_holdout_and_plot(scores):
     assert list(table.columns) == ["challenger", "champion", "difference"]
     fig = plot_evaluation(ev.y_true, ev.proba, ev.threshold, ev.champion_proba)
     assert len(fig.axes) >= 4
+
+
+# ---- candidate and champion with different input columns --------------------------------------------
+
+def _schema(**kinds):
+    from churnkit.data import ColumnSpec, Schema
+
+    return Schema(columns=[ColumnSpec(name=n, kind=k, dtype="object", nullable=False) for n, k in kinds.items()],
+                  label="churn")
+
+
+def test_schema_diff_lists_added_removed_and_changed_kind():
+    from churnkit.evaluate import describe_schema_diff, schema_diff
+
+    old = _schema(tenure="numeric", contract="categorical", support_calls="numeric")
+    new = _schema(tenure="numeric", contract="numeric", region="categorical")
+    diff = schema_diff(old, new)
+    assert diff == {"added": ["region"], "removed": ["support_calls"],
+                    "changed_kind": [{"column": "contract", "champion": "categorical", "candidate": "numeric"}],
+                    "same": False}
+    assert schema_diff(old.to_dict(), new.to_dict()) == diff  # stored schemas (MLmodel metadata) as well
+    assert schema_diff(old, old)["same"] and describe_schema_diff(schema_diff(old, old)) == "same input columns as the champion"
+    assert describe_schema_diff(diff) == ("input columns differ from the champion's: added ['region']; removed "
+                                          "['support_calls']; 'contract' categorical -> numeric")
+
+
+def test_champion_scored_on_its_own_columns_or_a_reason_instead_of_a_crash():
+    import pandas as pd
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+
+    from churnkit.evaluate import evaluate_holdout, gate
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 200)
+    frame = pd.DataFrame({"a": y + rng.normal(0, 0.5, 200), "b": rng.normal(0, 1, 200), "c": y + rng.normal(0, 1, 200)})
+
+    def fit(cols):
+        select = ColumnTransformer([("x", "passthrough", cols)])
+        return Pipeline([("x", select), ("m", LogisticRegression())]).fit(frame[cols], y)
+
+    champion, candidate = fit(["a", "b"]), fit(["a", "c"])
+    champ_schema, cand_schema = _schema(a="numeric", b="numeric"), _schema(a="numeric", c="numeric")
+    holdout = frame[["a", "c"]]
+    # the holdout lacks b: no crash, a reason
+    ev = evaluate_holdout(candidate, holdout, y, champion, champion_schema=champ_schema, candidate_schema=cand_schema)
+    assert ev.champion is None and "expects column(s) ['b']" in ev.champion_error
+    assert ev.schema_changes["added"] == ["c"] and ev.schema_changes["removed"] == ["b"]
+    verdict = gate(ev.challenger["roc_auc"], ev.champion_auc, 0.5, 0.0, champion_error=ev.champion_error)
+    assert not verdict.passed and any("allow_schema_change" in r for r in verdict.reasons)
+    ok = gate(ev.challenger["roc_auc"], ev.champion_auc, 0.5, 0.0, champion_error=ev.champion_error,
+              allow_schema_change=True)
+    assert ok.passed and "allowed by allow_schema_change" in ok.summary()
+    # every missed threshold is still listed next to the schema reason
+    both = gate(0.4, None, 0.5, 0.0, champion_error=ev.champion_error)
+    assert len(both.reasons) == 2
+    # rows with every column (an imported model's sample): the champion is compared on the columns it expects
+    ev = evaluate_holdout(candidate, holdout, y, champion, champion_schema=champ_schema, candidate_schema=cand_schema,
+                          champion_rows=frame)
+    want = skm.roc_auc_score(y, champion.predict_proba(frame[["a", "b"]])[:, 1])
+    assert ev.champion_error is None and ev.champion["roc_auc"] == pytest.approx(want)

@@ -1,4 +1,8 @@
-"""Every notebook runs headless with its defaults, in order, in one runs folder (as nbval would)."""
+"""Every notebook runs headless with its defaults, in order, in one runs folder (as nbval would).
+
+00-import (an existing model instead of training one) runs in its own runs folder: with its defaults it
+registers a demo model, which the training path's assertions (01-train → 02-evaluate registers v1) must not see.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import pytest
 from churnkit import registry
 from churnkit.runner import notebooks_dir, run_notebook
 
-NOTEBOOKS = sorted(p.stem for p in notebooks_dir().glob("[0-9][0-9]-*.ipynb"))
+NOTEBOOKS = sorted(p.stem for p in notebooks_dir().glob("[0-9][0-9]-*.ipynb") if not p.stem.startswith("00-"))
 
 
 @pytest.fixture(scope="module")
@@ -57,3 +61,26 @@ def test_notebook_runs_with_defaults(name, shared_runs):
     if name == "03-deploy":
         assert run.data.tags["churnkit.deployed_version"] == "1"
         assert json.loads(run.data.tags["churnkit.endpoint_weights"]) == {"v1": 100}
+
+
+def test_import_notebook_runs_with_defaults(tmp_path, monkeypatch):
+    """00-import with its defaults writes a demo .joblib and sample, scans, gates and registers it as v1."""
+    from churnkit.config import load_config
+
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID"):
+        monkeypatch.delenv(var, raising=False)
+    config = load_config(tmp_path / "runs")
+    res = run_notebook("00-import", {}, config=config, progress=False)
+    assert res.status == "FINISHED"
+    nb = json.loads(Path(res.output_path).read_text())
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    assert not [o for c in code for o in c["outputs"] if o.get("output_type") == "error"]
+    run = registry.client().get_run(res.run_id)
+    assert run.data.tags["churnkit.notebook"] == "00-import"
+    assert run.data.tags["churnkit.registered_version"] == "1" and run.data.tags["churnkit.gate_passed"] == "true"
+    assert run.data.metrics["holdout_roc_auc"] > 0.85
+    mv = registry.client().get_model_version("churn", "1")
+    assert mv.tags["churnkit.imported"] == "true" and mv.tags["churnkit.source_file"] == "churn-model.joblib"
+    assert json.loads(mv.tags["churnkit.scanner_verdict"])["safe"] is True
+    # the demo files are kept with the run, in its folder
+    assert (Path(res.output_path).parent / "import-demo" / "churn-model.joblib").is_file()

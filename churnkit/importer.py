@@ -1,0 +1,659 @@
+"""Bring your own model: an existing scikit-learn model file into the registry, like a trained one.
+
+:func:`import_model` takes a ``.joblib``/``.pkl``/``.pickle`` file, a ``.skops`` file or an MLflow
+model folder (sklearn flavor) plus a sample table, and registers the model as a new version:
+
+1. :func:`scan_model_file` lists every global the file names, without loading it
+   (:mod:`churnkit.scan`); one outside the allow-list refuses the file unless ``trust``.
+2. :func:`load_foreign_model` loads it (joblib's unpickler, restricted to the same allow-list as a
+   second line), checks it is a fitted two-class classifier with ``predict_proba``, records
+   scikit-learn version mismatches, and finds its input columns (``feature_names_in_`` or
+   ``columns``). A bare estimator is wrapped in a Pipeline whose first step selects those columns,
+   so the served model takes the schema's named columns like a trained one.
+3. The sample is read like training data (:mod:`churnkit.data`), checked against the columns, and
+   scored; a labelled sample is evaluated and gated exactly as in ``02-evaluate``.
+4. What passes is logged through :func:`churnkit.registry.log_candidate` (re-saved as skops with its
+   trusted types and the churnkit schema) and registered through
+   :func:`churnkit.registry.register_candidate`: nothing downstream ever unpickles the original.
+
+Nothing touches the registry until every check passed.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from churnkit.config import DEFAULT_MODEL_NAME, TAG, Config, load_config
+from churnkit.data import Dataset, Schema, file_sha256, infer_schema, map_label, prepare_features, read_table
+from churnkit.evaluate import (
+    DEFAULT_AUC_THRESHOLD,
+    DEFAULT_MIN_IMPROVEMENT,
+    Evaluation,
+    GateResult,
+    describe_schema_diff,
+    evaluate_holdout,
+    gate,
+    schema_diff,
+)
+from churnkit.exceptions import DataError, LabelError, ModelFileError, ModelImportError, UnsafeModelError
+from churnkit.scan import (
+    ScanVerdict,
+    allowed,
+    allowed_global,
+    decompress_joblib,
+    scan_pickle_bytes,
+    scan_skops_bytes,
+)
+
+
+PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")
+#: Probabilities of the registered (re-saved) model must equal the original's this closely.
+TOLERANCE = 1e-9
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading the file
+# --------------------------------------------------------------------------------------------------
+
+@dataclass
+class _Source:
+    path: Path  # what the user passed
+    model_file: Path  # the bytes that get deserialized
+    kind: str  # "pickle" | "skops"
+    raw: bytes
+
+
+def _source(model_path) -> _Source:
+    path = Path(model_path)
+    if not path.exists():
+        raise ModelFileError(f"model file {str(path)!r} does not exist; pass a .joblib, .pkl, .skops file or an "
+                             "MLflow model folder")
+    if path.is_dir():
+        return _mlflow_folder(path)
+    suffix = path.suffix.lower()
+    if suffix not in PICKLE_SUFFIXES + (".skops",):
+        raise ModelFileError(f"model file {str(path)!r} has extension {suffix!r}; churnkit imports .joblib, .pkl, "
+                             ".pickle, .skops files and MLflow model folders")
+    return _Source(path, path, "skops" if suffix == ".skops" else "pickle", path.read_bytes())
+
+
+def _mlflow_folder(path: Path) -> _Source:
+    import yaml
+
+    mlmodel = path / "MLmodel"
+    if not mlmodel.exists():
+        raise ModelFileError(f"folder {str(path)!r} has no MLmodel file; pass an MLflow model folder or a model file")
+    try:
+        flavors = (yaml.safe_load(mlmodel.read_text()) or {}).get("flavors") or {}
+    except yaml.YAMLError as exc:
+        raise ModelFileError(f"{str(mlmodel)!r} is not valid YAML ({exc}); the folder is corrupted") from exc
+    sk = flavors.get("sklearn")
+    if not sk:
+        raise ModelFileError(f"MLflow model {str(path)!r} has flavors {sorted(flavors)!r}, not 'sklearn'; churnkit "
+                             "imports scikit-learn models only")
+    fmt = sk.get("serialization_format", "cloudpickle")
+    name = sk.get("pickled_model")
+    if not name or not (path / name).is_file():
+        raise ModelFileError(f"MLflow model {str(path)!r} names model file {name!r}, which is not there")
+    if fmt not in ("skops", "pickle", "cloudpickle"):
+        raise ModelFileError(f"MLflow model {str(path)!r} is serialized as {fmt!r}; churnkit reads skops, pickle "
+                             "and cloudpickle")
+    return _Source(path, path / name, "skops" if fmt == "skops" else "pickle", (path / name).read_bytes())
+
+
+def _scan(src: _Source) -> tuple[ScanVerdict, bytes]:
+    where = str(src.model_file)
+    if src.kind == "skops":
+        return scan_skops_bytes(src.raw, where), src.raw
+    data, fmt = decompress_joblib(src.raw, where)
+    return scan_pickle_bytes(data, where, fmt), data
+
+
+def scan_model_file(model_path) -> ScanVerdict:
+    """List the globals (pickles) or types (skops) a model file or MLflow folder would load, without loading it."""
+    return _scan(_source(model_path))[0]
+
+
+def _refuse(verdict: ScanVerdict) -> UnsafeModelError:
+    first = verdict.refused[0]
+    return UnsafeModelError(
+        f"model file {verdict.path!r} imports {first!r}"
+        + (f" and {len(verdict.refused) - 1} more ({', '.join(verdict.refused[1:6])})" if len(verdict.refused) > 1 else "")
+        + ", outside the allow-list (scikit-learn, NumPy, SciPy, pandas, XGBoost, LightGBM); nothing was loaded. "
+        "Loading it would run that code: re-save the model with only library objects, or pass --trust (trust=True) "
+        "if you know where the file comes from (recorded on the version)",
+        refused=verdict.refused,
+    )
+
+
+def _restricted_unpickler(trust: bool):
+    from joblib.numpy_pickle import NumpyUnpickler
+
+    class Restricted(NumpyUnpickler):
+        """joblib's unpickler that resolves only allow-listed globals (the scan's second line)."""
+
+        def find_class(self, module, name):
+            if not trust and not allowed_global(module, name):
+                raise UnsafeModelError(f"model file names {module}.{name}, outside the allow-list; nothing was run",
+                                       refused=[f"{module}.{name}"])
+            return super().find_class(module, name)
+
+    return Restricted
+
+
+def _deserialize(src: _Source, data: bytes, verdict: ScanVerdict, trust: bool):
+    if src.kind == "skops":
+        import skops.io
+
+        return skops.io.load(io.BytesIO(data), trusted=verdict.globals)
+    unpickler = _restricted_unpickler(trust)("", io.BytesIO(data), True)
+    return unpickler.load()
+
+
+# --------------------------------------------------------------------------------------------------
+# The model
+# --------------------------------------------------------------------------------------------------
+
+@dataclass
+class ForeignModel:
+    """A loaded foreign model, checked, with what serving needs to know about it."""
+
+    estimator: Any  # the object as loaded
+    pipeline: Any  # what gets registered: the estimator, or it behind a column-selecting step
+    columns: list[str]  # input columns in the model's order
+    wrapped: bool
+    source: str
+    sha256: str
+    scan: ScanVerdict
+    trusted: bool
+    version_warnings: list[str] = field(default_factory=list)
+    source_sklearn_version: str = ""
+
+    @property
+    def kind(self) -> str:
+        est = self.estimator
+        steps = getattr(est, "steps", None)
+        last = steps[-1][1] if steps else est
+        return type(last).__name__
+
+
+def load_foreign_model(model_path, trust: bool = False, columns: list[str] | str | None = None) -> ForeignModel:
+    """Scan, load and check a model file; wrap a bare estimator so it takes named columns.
+
+    Raises
+    ------
+    UnsafeModelError
+        The file names a global outside the allow-list (and ``trust`` is False); nothing was loaded.
+    ModelFileError
+        Missing, corrupted or truncated file; an unsupported format.
+    ModelImportError
+        Not a fitted classifier with ``predict_proba`` for two classes; input columns unknown.
+    """
+    src = _source(model_path)
+    verdict, data = _scan(src)
+    if not verdict.safe and not trust:
+        raise _refuse(verdict)
+    from sklearn.exceptions import InconsistentVersionWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", InconsistentVersionWarning)
+        try:
+            estimator = _deserialize(src, data, verdict, trust)
+        except UnsafeModelError:
+            raise
+        except Exception as exc:
+            raise ModelFileError(f"model file {str(src.model_file)!r} could not be loaded ({type(exc).__name__}: {exc}); "
+                                 "it is corrupted or truncated, or needs a library that is not installed") from exc
+    mismatches = [w.message for w in caught if isinstance(w.message, InconsistentVersionWarning)]
+    notes = [f"{m.estimator_name} was saved with scikit-learn {m.original_sklearn_version} and is loaded with "
+             f"{m.current_sklearn_version}" for m in mismatches]
+    _check_classifier(estimator, str(src.path))
+    cols = _input_columns(estimator, columns, str(src.path))
+    pipeline, wrapped = _servable(estimator, cols)
+    return ForeignModel(
+        estimator=estimator, pipeline=pipeline, columns=cols, wrapped=wrapped, source=str(src.path),
+        sha256=file_sha256(src.model_file), scan=verdict, trusted=bool(trust) and not verdict.safe,
+        version_warnings=sorted(set(notes)),
+        source_sklearn_version=mismatches[0].original_sklearn_version if mismatches else "",
+    )
+
+
+def _check_classifier(est, where: str) -> None:
+    from sklearn.exceptions import NotFittedError
+    from sklearn.utils.validation import check_is_fitted
+
+    if not callable(getattr(est, "predict_proba", None)) or not hasattr(est, "fit"):
+        raise ModelImportError(f"{where!r} holds a {type(est).__module__}.{type(est).__name__}, not a classifier with "
+                               "predict_proba; save the fitted estimator or Pipeline itself (joblib.dump(model, path))")
+    try:
+        check_is_fitted(est)
+    except NotFittedError as exc:
+        raise ModelImportError(f"{where!r} holds an unfitted {type(est).__name__}; fit it before saving ({exc})") from exc
+    except TypeError:
+        pass  # not an sklearn estimator: classes_ below decides
+    classes = getattr(est, "classes_", None)
+    if classes is None or len(classes) != 2:
+        n = "no" if classes is None else len(classes)
+        raise ModelImportError(f"{where!r} is a {type(est).__name__} with {n} classes ({list(classes)[:5] if classes is not None else []!r}); "
+                               "churnkit serves two-class churn models (predict_proba column 1 = churn)")
+
+
+def _input_columns(est, columns, where: str) -> list[str]:
+    if isinstance(columns, str):
+        columns = [c.strip() for c in columns.split(",") if c.strip()]
+    columns = list(columns or [])
+    names = getattr(est, "feature_names_in_", None)
+    if names is not None:
+        names = [str(c) for c in names]
+        if columns and columns != names:
+            raise ModelImportError(f"columns {columns!r} differ from the {len(names)} columns the model was fitted on "
+                                   f"({names!r}); leave columns empty to use the model's own")
+        return names
+    if not columns:
+        n = getattr(est, "n_features_in_", "?")
+        raise ModelImportError(f"{where!r} does not record its input column names (no feature_names_in_; it was "
+                               f"fitted on a matrix of {n} columns); pass them in training order: --columns a,b,c")
+    n = getattr(est, "n_features_in_", None)
+    if n is not None and n != len(columns):
+        raise ModelImportError(f"{len(columns)} columns given ({columns!r}) but the model was fitted on {n}; pass "
+                               "exactly its input columns in training order")
+    return columns
+
+
+def _servable(est, columns: list[str]):
+    """The estimator as it is when it is a Pipeline taking named columns, else behind a column selector."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.pipeline import Pipeline
+
+    if isinstance(est, Pipeline) and getattr(est, "feature_names_in_", None) is not None:
+        return est, False
+    select = ColumnTransformer([("columns", "passthrough", list(columns))], remainder="drop",
+                               verbose_feature_names_out=False)
+    if getattr(est, "feature_names_in_", None) is not None:
+        select.set_output(transform="pandas")  # the estimator checks the names it was fitted with
+    select.fit(pd.DataFrame({c: [0.0] for c in columns}))
+    return Pipeline([("columns", select), ("model", est)]), True
+
+
+# --------------------------------------------------------------------------------------------------
+# The sample
+# --------------------------------------------------------------------------------------------------
+
+@dataclass
+class Sample:
+    X: pd.DataFrame
+    y: pd.Series | None
+    schema: Schema
+    sha256: str
+    source: str
+    frame: pd.DataFrame  # every column of the table, as read (the champion may need others)
+
+
+def read_sample(sample_path, columns: list[str], label_column: str = "churn", *, no_gate: bool = False) -> Sample:
+    """The sample as typed model inputs (read like training data), its schema and labels (None if unlabelled)."""
+    frame = read_table(sample_path)
+    labelled = label_column in frame.columns
+    if not labelled and not no_gate:
+        near = [c for c in frame.columns if str(c).lower() == str(label_column).lower()]
+        raise LabelError(f"label column {label_column!r} is not in the sample {str(sample_path)!r}"
+                         + (f" (did you mean {near[0]!r}?)" if near else "")
+                         + f"; its columns are {list(frame.columns)!r}; pass --label-column with one of them, or "
+                         "--no-gate to register without evaluation (recorded on the version)")
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise DataError(f"the sample {str(sample_path)!r} lacks {len(missing)} column(s) the model needs: {missing!r}; "
+                        f"the model expects {columns!r}")
+    subset = frame[list(columns) + ([label_column] if labelled else [])]
+    schema = infer_schema(subset, label_column)
+    dropped = [c for c in columns if c not in schema.names]
+    if dropped:
+        raise DataError(f"model input column(s) {dropped!r} look like IDs in the sample (text, unique per row); a model "
+                        "cannot use such a column: re-train it without them")
+    schema = Schema(columns=[schema.column(c) for c in columns], label=label_column,
+                    dropped=[c for c in frame.columns if c not in columns and c != label_column])
+    X = prepare_features(frame, schema).reset_index(drop=True)
+    y = map_label(frame[label_column], label_column).reset_index(drop=True) if labelled else None
+    return Sample(X, y, schema, file_sha256(sample_path), str(sample_path), frame.reset_index(drop=True))
+
+
+def score_sample(pipeline, X: pd.DataFrame) -> np.ndarray:
+    """Churn probabilities; a failure names the first failing row and, where one value explains it, the column."""
+    try:
+        proba = _proba(pipeline, X)
+    except Exception as exc:
+        raise _scoring_error(pipeline, X, exc) from exc
+    bad = np.flatnonzero(~np.isfinite(proba))
+    if len(bad):
+        row = int(bad[0])
+        raise ModelImportError(f"the model returns a non-finite churn probability for sample row {row} "
+                               f"({_row_text(X, row)}); check the model and that row")
+    return proba
+
+
+def _proba(pipeline, X) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        out = np.asarray(pipeline.predict_proba(X), dtype=float)
+    if out.ndim != 2 or out.shape != (len(X), 2):
+        raise ModelImportError(f"predict_proba returned shape {out.shape}, expected ({len(X)}, 2)")
+    return out[:, 1]
+
+
+def _scoring_error(pipeline, X: pd.DataFrame, exc: Exception) -> ModelImportError:
+    row = None
+    for i in range(len(X)):
+        try:
+            _proba(pipeline, X.iloc[[i]])
+        except Exception:
+            row = i
+            break
+    what = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    if row is None:
+        return ModelImportError(f"scoring the sample failed ({what}) although each row scores on its own; "
+                                "check the model handles a batch")
+    good = next((i for i in range(len(X)) if i != row and _scores(pipeline, X.iloc[[i]])), None)
+    column = None
+    if good is not None:
+        for col in X.columns:
+            probe = X.iloc[[row]].copy()
+            probe[col] = X[col].iloc[good]
+            if _scores(pipeline, probe):
+                column = col
+                break
+    value = X[column].iloc[row] if column else None
+    value = value.item() if hasattr(value, "item") else value
+    where = f"sample row {row}" + (f", column {column!r} (value {value!r})" if column else "")
+    return ModelImportError(f"scoring the sample failed at {where}: {what}; fix that value in the sample or make "
+                            "the model handle it (e.g. an imputer in its Pipeline)")
+
+
+def _scores(pipeline, X) -> bool:
+    try:
+        _proba(pipeline, X)
+        return True
+    except Exception:
+        return False
+
+
+def _row_text(X: pd.DataFrame, row: int) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in list(X.iloc[row].items())[:6])
+
+
+# --------------------------------------------------------------------------------------------------
+# Import
+# --------------------------------------------------------------------------------------------------
+
+@dataclass
+class ImportResult:
+    """What an import did: the version (None when the gate refused), the verdict, schema and tags."""
+
+    model_name: str
+    version: str | None
+    verdict: GateResult
+    evaluation: Evaluation | None
+    schema: Schema
+    columns: list[str]
+    scan: ScanVerdict
+    tags: dict[str, str]
+    threshold: float
+    run_id: str
+    rows: int
+    wrapped: bool
+    kind: str
+    version_warnings: list[str]
+    aliases: dict[str, str] = field(default_factory=dict)
+    figure: Any = None  # the evaluation figure (ROC, PR, calibration, confusion), None without labels
+
+    @property
+    def schema_changes(self) -> dict | None:
+        return None if self.evaluation is None else self.evaluation.schema_changes
+
+    def to_dict(self) -> dict:
+        ev = self.evaluation
+        return {
+            "model_name": self.model_name, "version": self.version, "registered": self.version is not None,
+            "aliases": self.aliases, "gate": self.verdict.to_dict(), "gate_summary": self.verdict.summary(),
+            "metrics": None if ev is None else ev.challenger, "champion_metrics": None if ev is None else ev.champion,
+            "threshold": self.threshold, "rows": self.rows, "columns": self.columns, "model_kind": self.kind,
+            "wrapped": self.wrapped, "scan": self.scan.to_dict(), "schema": self.schema.to_dict(),
+            "schema_changes": self.schema_changes, "version_warnings": self.version_warnings, "tags": self.tags,
+            "run_id": self.run_id,
+        }
+
+    def summary(self) -> str:
+        ev = self.evaluation
+        lines = [f"model    {self.kind} from {self.tags[TAG + 'source_file']} (sha256 {self.tags[TAG + 'source_sha256'][:12]}...)"
+                 + (", wrapped to take named columns" if self.wrapped else ""),
+                 f"scan     {self.scan.summary()}" + (" — trusted on request" if self.tags.get(TAG + "trusted") else "")]
+        lines += [f"warning  {w}" for w in self.version_warnings]
+        lines.append(f"sample   {self.rows} rows, {len(self.columns)} input columns")
+        if self.schema_changes and not self.schema_changes["same"]:
+            lines.append(f"schema   {describe_schema_diff(self.schema_changes)}")
+        if ev is not None:
+            m = ev.challenger
+            lines.append(f"sample   roc_auc {m['roc_auc']:.4f}  pr_auc {m['pr_auc']:.4f}  log_loss {m['log_loss']:.4f}  "
+                         f"brier {m['brier']:.4f}  lift_top_decile {m['lift_top_decile']:.4f}")
+            if ev.champion is not None:
+                lines.append(f"champion roc_auc {ev.champion['roc_auc']:.4f}  pr_auc {ev.champion['pr_auc']:.4f}")
+        lines.append(f"gate     {self.verdict.summary()}")
+        if self.version:
+            role = next((a for a, v in self.aliases.items() if v == self.version), "registered")
+            lines.append(f"model    registered {self.model_name} v{self.version} as {role} (threshold {self.threshold:.4f})")
+        else:
+            lines.append(f"model    nothing registered; {self.model_name!r} registry unchanged (aliases {self.aliases!r})")
+        return "\n".join(lines)
+
+
+def import_model(
+    model_path,
+    sample_path,
+    label_column: str = "churn",
+    model_name: str = DEFAULT_MODEL_NAME,
+    threshold: float | None = None,
+    no_gate: bool = False,
+    trust: bool = False,
+    columns: list[str] | str | None = None,
+    auc_threshold: float = DEFAULT_AUC_THRESHOLD,
+    min_improvement: float = DEFAULT_MIN_IMPROVEMENT,
+    allow_schema_change: bool = False,
+    config: Config | None = None,
+) -> ImportResult:
+    """Scan, load, check and evaluate a model file, then register it as a version of ``model_name``.
+
+    Parameters
+    ----------
+    model_path : path
+        ``.joblib``/``.pkl``/``.pickle``/``.skops`` file, or an MLflow model folder (sklearn flavor).
+    sample_path : path
+        CSV or Parquet rows the model scores (its input columns; the label for the gate).
+    threshold : float, optional
+        The churn decision threshold stored with the version; None (or 0) chooses it on the sample (F1).
+    no_gate : bool
+        Register without evaluation (required for an unlabelled sample); recorded on the version.
+    trust : bool
+        Load a file whose globals are outside the allow-list; recorded on the version.
+    columns : list or "a,b,c", optional
+        Input columns in training order, for an estimator fitted on a bare matrix.
+    allow_schema_change : bool
+        Let the candidate replace a champion it cannot be compared with (another input schema).
+
+    Raises
+    ------
+    ChurnkitError
+        Any check failing; the registry is untouched.
+    """
+    from churnkit import registry, tracking
+
+    config = config or load_config()
+    foreign = load_foreign_model(model_path, trust=trust, columns=columns)
+    sample = read_sample(sample_path, foreign.columns, label_column, no_gate=no_gate)
+    proba = score_sample(foreign.pipeline, sample.X)
+    original = score_sample(foreign.estimator, sample.X[foreign.columns]) if foreign.wrapped else proba
+    if not np.allclose(proba, original, rtol=0, atol=TOLERANCE):
+        raise ModelImportError("the wrapped model's probabilities differ from the original's; report this with the file")
+    trusted_types = _skops_types(foreign, trust)
+    tracking.setup_tracking(config)
+    champion = registry.load_champion(model_name, config)
+    evaluation, verdict, fig = None, None, None
+    if sample.y is not None:
+        evaluation = evaluate_holdout(foreign.pipeline, sample.X, sample.y, champion.pipeline if champion else None,
+                                      champion_schema=champion.schema if champion else None,
+                                      candidate_schema=sample.schema, champion_rows=sample.frame)
+        verdict = gate(evaluation.challenger["roc_auc"], evaluation.champion_auc, auc_threshold, min_improvement,
+                       champion_error=evaluation.champion_error, allow_schema_change=allow_schema_change)
+        from churnkit.evaluate import plot_evaluation
+
+        fig = plot_evaluation(evaluation.y_true, evaluation.proba, threshold or evaluation.threshold,
+                              evaluation.champion_proba)
+    if no_gate:
+        why = "gate skipped on request (no_gate)" + ("" if sample.y is not None else ": the sample has no labels")
+        verdict = GateResult(passed=True, reasons=[], challenger_auc=float("nan"), auc_threshold=float(auc_threshold),
+                             min_improvement=float(min_improvement), notes=[why])
+    chosen = float(threshold) if threshold else (evaluation.threshold if evaluation is not None else 0.5)
+    tags = _import_tags(foreign, sample, no_gate=no_gate, label_column=label_column)
+    if champion is not None:
+        tags[TAG + "schema_changes"] = json.dumps(schema_diff(champion.schema, sample.schema))
+
+    mlflow = tracking.mlflow_module()
+    started = mlflow.active_run() is None
+    run = tracking.start_run("00-import", config)
+    try:
+        y = sample.y if sample.y is not None else pd.Series(np.full(len(sample.X), np.nan), name=label_column)
+        dataset = Dataset(X=sample.X, y=y, schema=sample.schema, sha256=sample.sha256, source=sample.source)
+        split = _Holdout(X_holdout=_kept_rows(sample), y_holdout=y)
+        run_id = registry.log_candidate(foreign.pipeline, dataset, split, model=f"imported:{foreign.kind}", seed=0,
+                                        skops_trusted_types=trusted_types)
+        mlflow.set_tags(tags | {TAG + "role": "imported", TAG + "command": "import"})
+        if evaluation is not None:
+            tracking.log_evaluation(evaluation, verdict, fig)
+        else:
+            mlflow.set_tags({TAG + "gate_passed": "true", TAG + "gate_summary": verdict.summary(),
+                             TAG + "gate": json.dumps(verdict.to_dict())})
+        candidate = registry.load_candidate(run_id, config)
+        reloaded = score_sample(candidate.pipeline, sample.X)
+        if not np.allclose(reloaded, original, rtol=0, atol=TOLERANCE):
+            raise ModelImportError(
+                f"the model re-saved as skops scores differently from the file (max difference "
+                f"{float(np.max(np.abs(reloaded - original))):.3g}); it holds state skops does not keep; not registered")
+        version = registry.register_candidate(candidate, verdict, model_name=model_name,
+                                              metrics=evaluation.challenger if evaluation else None, threshold=chosen,
+                                              tags=tags, config=config)
+        current = registry.record_registration(version, model_name, config)
+    except BaseException:
+        if started:
+            mlflow.end_run(status="FAILED")
+        raise
+    if started:
+        mlflow.end_run()
+    result = ImportResult(model_name=model_name, version=version, verdict=verdict, evaluation=evaluation,
+                          schema=sample.schema, columns=foreign.columns, scan=foreign.scan, tags=tags,
+                          threshold=chosen, run_id=run.info.run_id, rows=len(sample.X), wrapped=foreign.wrapped,
+                          kind=foreign.kind, version_warnings=foreign.version_warnings, aliases=current,
+                          figure=fig)
+    return result
+
+
+def _kept_rows(sample: Sample) -> pd.DataFrame:
+    """The sample's rows as kept with the version: its input columns plus every other typed column of the table.
+
+    A rollout replays these rows to champion and challenger alike, so a champion with other input
+    columns (the rest of the export) is answered too; ID-like columns and the label are left out.
+    """
+    try:
+        every = infer_schema(sample.frame, sample.schema.label)
+        rows = prepare_features(sample.frame, every)
+    except DataError:  # a column empty in every row, say: keep the model's own columns only
+        return sample.X
+    for name in sample.X.columns:
+        rows[name] = sample.X[name]
+    return rows.reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class _Holdout:
+    """What log_candidate reads of a split: the rows kept with the model (here the whole sample)."""
+
+    X_holdout: pd.DataFrame
+    y_holdout: pd.Series
+
+
+def _skops_types(foreign: ForeignModel, trust: bool) -> list[str]:
+    """The types the re-saved skops file needs trusted; each inside the allow-list unless ``trust``."""
+    import skops.io
+
+    try:
+        types = skops.io.get_untrusted_types(data=skops.io.dumps(foreign.pipeline))
+    except Exception as exc:
+        raise ModelImportError(f"the model cannot be saved as skops ({type(exc).__name__}: {exc}); churnkit registers "
+                               "models only in that format (loading it never runs code)") from exc
+    outside = [t for t in types if not allowed(t)]
+    if outside and not trust:
+        raise UnsafeModelError(f"the model holds type(s) {outside!r} outside the allow-list; pass --trust if you "
+                               "know where the file comes from (recorded on the version)", refused=outside)
+    return sorted(types) or ["numpy.dtype"]
+
+
+def _import_tags(foreign: ForeignModel, sample: Sample, *, no_gate: bool, label_column: str) -> dict[str, str]:
+    tags = {
+        TAG + "imported": "true",
+        TAG + "source_file": os.path.basename(foreign.source.rstrip("/")),
+        TAG + "source_path": str(Path(foreign.source).resolve()),
+        TAG + "source_sha256": foreign.sha256,
+        TAG + "scanner_verdict": json.dumps(foreign.scan.to_dict()),
+        TAG + "model_kind": foreign.kind,
+        TAG + "input_columns": json.dumps(foreign.columns),
+        TAG + "wrapped": str(foreign.wrapped).lower(),
+        TAG + "sample_sha256": sample.sha256,
+        TAG + "sample_labelled": str(sample.y is not None).lower(),
+    }
+    if foreign.trusted:
+        tags[TAG + "trusted"] = "true"
+    if no_gate:
+        tags[TAG + "no_gate"] = "true"
+    if foreign.version_warnings:
+        tags[TAG + "sklearn_version_mismatch"] = "; ".join(foreign.version_warnings)[:4000]
+        tags[TAG + "source_sklearn_version"] = foreign.source_sklearn_version
+    return tags
+
+
+# --------------------------------------------------------------------------------------------------
+# Demo files for the notebook's defaults
+# --------------------------------------------------------------------------------------------------
+
+def write_demo_model(folder: str | os.PathLike = "", rows: int = 2000, seed: int = 0) -> tuple[str, str]:
+    """Write a fitted logistic Pipeline as ``churn-model.joblib`` and a labelled ``sample.csv`` (synthetic months).
+
+    What a team bringing its own model would have: the model trained on month 1 outside churnkit,
+    and month 2's customers as the sample. Returns ``(model_path, sample_path)``; ``folder`` empty
+    means ``import-demo/`` beside the output notebook under ``churnkit run`` (kept with the run), else a
+    new temporary folder.
+    """
+    import joblib
+
+    from churnkit.data import load_table, synth_month, write_table
+    from churnkit.model import build_model
+
+    notebook = os.environ.get("CHURNKIT_OUTPUT_NOTEBOOK", "")
+    if folder:
+        out = Path(folder)
+    elif notebook:
+        out = Path(notebook).parent / "import-demo"
+    else:
+        out = Path(tempfile.mkdtemp(prefix="churnkit-import-demo-"))
+    out.mkdir(parents=True, exist_ok=True)
+    train = load_table("", rows=rows, month=1, seed=seed)
+    model = build_model("logreg", train.schema, seed=seed).fit(train.X, train.y.to_numpy())
+    model_path = out / "churn-model.joblib"
+    joblib.dump(model, model_path)
+    sample_path = write_table(synth_month(rows=max(200, rows // 2), month=2, seed=seed + 1), out / "sample.csv")
+    return str(model_path), str(sample_path)
