@@ -194,6 +194,16 @@ def report(runs_dir, out, limit):
 TARGET_CHOICE = click.Choice(["local", "sagemaker", "azureml", "vertex"])
 
 
+def _endpoint_name(ctx, param, value):
+    from churnkit.deploy.base import check_endpoint_name
+    from churnkit.exceptions import DeployTargetError
+
+    try:
+        return check_endpoint_name(value)
+    except DeployTargetError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 def _rollout_echo(as_json: bool):
     return (lambda msg: click.echo(msg, err=True)) if as_json else click.echo
 
@@ -202,7 +212,8 @@ def _endpoint_options(fn):
     """--target, --endpoint, --model-name, --runs-dir and --json, shared by rollout and rollback."""
     for option in reversed([
         click.option("--target", "deploy_target", type=TARGET_CHOICE, required=True, help="Deploy target of the endpoint."),
-        click.option("--endpoint", default="churn", show_default=True, help="Endpoint name on the target."),
+        click.option("--endpoint", default="churn", show_default=True, callback=_endpoint_name,
+                     help="Endpoint name on the target (lowercase letters, digits, '-')."),
         click.option("--model-name", default="churn", show_default=True, help="Registered model name."),
         click.option("--runs-dir", type=click.Path(file_okay=False), help="Audit trail folder (default runs/ or CHURNKIT_RUNS_DIR)."),
         click.option("--json", "as_json", is_flag=True, help="Print the decision record as one JSON object."),
@@ -283,7 +294,8 @@ def _target_options(fn):
     for option in reversed([
         click.option("--target", "deploy_target", required=True, callback=_target_name, metavar="NAME",
                      help="local, sagemaker, azureml or vertex."),
-        click.option("--endpoint", default="churn", show_default=True, help="Endpoint name on the target."),
+        click.option("--endpoint", default="churn", show_default=True, callback=_endpoint_name,
+                     help="Endpoint name on the target (lowercase letters, digits, '-')."),
         click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True,
                      help="The local router's port (local target only)."),
         click.option("--runs-dir", type=click.Path(file_okay=False), help="Audit trail folder (default runs/ or CHURNKIT_RUNS_DIR)."),

@@ -96,6 +96,15 @@ class Load:
             return [r for r in self.results if start <= r[0] < end]
 
 
+def admin(local, method: str, path: str, **kw):
+    """A request to the router's admin API: its own 127.0.0.1 port, the token from the state folder."""
+    import httpx
+
+    port = local.router_info()["admin_port"]
+    return httpx.request(method, f"http://127.0.0.1:{port}/-/{path}",
+                         headers={"authorization": f"Bearer {local.admin_token()}"}, **kw)
+
+
 def share(results, variant: str) -> float:
     return sum(1 for r in results if r[2] == variant) / len(results)
 
@@ -164,11 +173,10 @@ def test_remove_drains_a_live_variant_under_load(local, rows):
 
 
 def test_a_failing_variant_is_retried_elsewhere_and_counted(local, rows):
-    import httpx
 
     ghost = f"http://127.0.0.1:{free_port()}"  # nothing listens there: like a crashed process
-    assert httpx.put(local.url + "/-/variants/ghost", json={"url": ghost, "model_version": "9"}).status_code == 200
-    assert httpx.put(local.url + "/-/weights", json={"weights": {"ghost": 50, "v2": 50}}).status_code == 200
+    assert admin(local, "PUT", "variants/ghost", json={"url": ghost, "model_version": "9"}).status_code == 200
+    assert admin(local, "PUT", "weights", json={"weights": {"ghost": 50, "v2": 50}}).status_code == 200
     with Load(local.url, rows) as load:
         since = time.time()
         load.wait_for(60, since)
@@ -179,7 +187,7 @@ def test_a_failing_variant_is_retried_elsewhere_and_counted(local, rows):
     assert window["v2"].errors == 0
     assert local.describe().variants["ghost"].status == "unmanaged"
     assert local.set_traffic({"v2": 100}).weights == {"v2": 100, "ghost": 0}
-    assert httpx.delete(local.url + "/-/variants/ghost").json() == {"deleted": "ghost", "busy": []}
+    assert admin(local, "DELETE", "variants/ghost").json() == {"deleted": "ghost", "busy": []}
 
 
 def test_router_own_routes_and_forwarded_version(local):
@@ -194,10 +202,11 @@ def test_router_own_routes_and_forwarded_version(local):
     assert httpx.get(local.url + "/version").json()["version"] == "2"
     metrics = httpx.get(local.url + "/metrics").text
     assert 'churnkit_router_variant_weight{variant="v2"} 100' in metrics
-    bad = httpx.put(local.url + "/-/weights", json={"weights": {"v2": 60}})
+    bad = admin(local, "PUT", "weights", json={"weights": {"v2": 60}})
     assert bad.status_code == 422 and "summing to 100" in bad.json()["error"]
-    bad = httpx.put(local.url + "/-/variants/v9", json={"url": "http://127.0.0.1:1", "weight": "lots"})
-    assert bad.status_code == 400 and "'lots'" in bad.json()["error"] and "v9" not in httpx.get(local.url + "/-/state").json()["variants"]
+    bad = admin(local, "PUT", "variants/v9", json={"url": "http://127.0.0.1:1", "weight": "lots"})
+    assert bad.status_code == 422 and "'lots'" in bad.json()["error"]
+    assert "v9" not in admin(local, "GET", "state").json()["variants"]
     r = httpx.post(local.url + "/invocations", json={"instances": [{"tenure": "abc"}]})
     assert 400 <= r.status_code < 500  # a client mistake passes through, never retried into a 5xx
 
@@ -213,7 +222,7 @@ def test_a_crashed_router_is_restarted_with_the_last_weights(local, rows):
     while _alive(old) and time.time() < deadline:
         time.sleep(0.05)
     down = local.describe()
-    assert down.details["router"] == "stopped" and down.url == "" and down.weights == {"v2": 0}
+    assert down.details["router"] == "dead" and down.url == "" and down.weights == {"v2": 0}
     assert local.current_weights(down) == {"v2": 100}  # what a new variant would be added to
     state = local.set_traffic({"v2": 100})
     assert state.weights == {"v2": 100} and state.drift == [] and local.read_state()["router"]["pid"] != old
@@ -244,7 +253,8 @@ def test_records_stats_and_scores():
     rec.add("v1", "error", 1.0)
     rec.add("v2", "timeout", 30000.0)
     stats = rec.stats(0)["variants"]
-    assert stats["v1"] == {"requests": 2, "errors": 1, "timeouts": 0, "latencies_ms": [2.0], "scores": [0.1, 0.2]}
+    assert stats["v1"] == {"requests": 2, "errors": 1, "timeouts": 0, "client_errors": 0, "latencies_ms": [2.0],
+                           "scores": [0.1, 0.2]}
     assert stats["v2"]["timeouts"] == 1 and stats["v2"]["latencies_ms"] == []
     assert rec.stats(time.time() + 1)["variants"] == {}
     assert _scores(b'{"predictions": [{"churn_probability": 0.3, "churn": false}]}') == (0.3,)
