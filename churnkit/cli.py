@@ -147,8 +147,13 @@ def synth(rows, month, seed, drift, out):
 @click.option("--capture-dir", type=click.Path(file_okay=False), help="Write every scored request there (JSON Lines).")
 @click.option("--capture-max-bytes", type=click.IntRange(min=1), default=16 * 1024 * 1024, show_default=True,
               help="Rotate capture files at this size.")
+@click.option("--header-timeout", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
+              help="Seconds a client has to send a request's headers; slower connections are closed.")
+@click.option("--body-timeout", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
+              help="Seconds a client has to send a request's body; slower ones get 408.")
 @click.option("--runs-dir", type=click.Path(file_okay=False), help="Audit trail folder (default runs/ or CHURNKIT_RUNS_DIR).")
-def serve(model_uri, host, port, max_body_bytes, max_rows, capture_dir, capture_max_bytes, runs_dir):
+def serve(model_uri, host, port, max_body_bytes, max_rows, capture_dir, capture_max_bytes, header_timeout, body_timeout,
+          runs_dir):
     """Serve the model over HTTP: SageMaker, Vertex AI, Azure ML and MLflow routes, /metrics."""
     import os
 
@@ -159,8 +164,8 @@ def serve(model_uri, host, port, max_body_bytes, max_rows, capture_dir, capture_
     loaded = load_serving_model(model_uri or env["model"], _config(runs_dir))
     app = create_app(loaded, max_body_bytes=max_body_bytes, max_rows=max_rows, capture_dir=capture_dir,
                      capture_max_bytes=capture_max_bytes, vertex_health_route=env["vertex_health_route"],
-                     vertex_predict_route=env["vertex_predict_route"])
-    run_server(app, host=host or env["host"], port=env["port"] if port is None else port)
+                     vertex_predict_route=env["vertex_predict_route"], body_timeout=body_timeout)
+    run_server(app, host=host or env["host"], port=env["port"] if port is None else port, header_timeout=header_timeout)
 
 
 # ---- the reviewer's view of runs/ ---------------------------------------------------------------

@@ -361,17 +361,23 @@ class BodyTooLarge(Exception):
     pass
 
 
-async def read_body(request, limit: int) -> bytes:
-    """The request body, refused (BodyTooLarge) from its Content-Length or as soon as the stream passes ``limit``."""
+#: Seconds a client has to send a request's body (408 after).
+BODY_TIMEOUT = 30.0
+
+
+async def read_body(request, limit: int, timeout: float = BODY_TIMEOUT) -> bytes:
+    """The request body, refused (BodyTooLarge) from its Content-Length or as soon as the stream passes ``limit``;
+    TimeoutError when it is not complete within ``timeout`` seconds."""
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > limit:
         raise BodyTooLarge(int(length))
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(size)
-        chunks.append(chunk)
+    async with asyncio.timeout(timeout):
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLarge(size)
+            chunks.append(chunk)
     return b"".join(chunks)
 
 
@@ -406,7 +412,7 @@ def create_app(router: Router, token: str | None = None, admin_port: int | None 
     async def body_json(request: Request) -> dict | None:
         try:
             data = json.loads(await read_body(request, 1024 * 1024) or b"{}")
-        except (ValueError, BodyTooLarge):
+        except (ValueError, BodyTooLarge, TimeoutError):
             return None
         return data if isinstance(data, dict) else None
 
@@ -463,6 +469,9 @@ def create_app(router: Router, token: str | None = None, admin_port: int | None 
     async def forward(request: Request):
         try:
             body = await read_body(request, router.max_body_bytes)
+        except TimeoutError:
+            return JSONResponse({"error": f"the request body did not arrive within {BODY_TIMEOUT:g} s", "details": []},
+                                status_code=408, headers={"connection": "close"})
         except BodyTooLarge as exc:
             return JSONResponse({"error": f"the body has more than {router.max_body_bytes} bytes ({exc.args[0]} so far); "
                                           "send fewer rows per request",
@@ -581,6 +590,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--log-file", default=None, help="Rotating log file (default: DIR/router.log).")
     parser.add_argument("--log-max-bytes", type=int, default=LOG_MAX_BYTES, help="Rotate the log at this size.")
     parser.add_argument("--access-log", action="store_true", help="Log one line per forwarded request.")
+    parser.add_argument("--header-timeout", type=float, default=10.0,
+                        help="Seconds a client has to send its request headers; slower connections are closed.")
     args = parser.parse_args(argv)
     state_dir = Path(args.state)
     port = args.port if args.port is not None else _endpoint_port(state_dir)
@@ -598,8 +609,10 @@ def main(argv: list[str] | None = None) -> None:
     tmp.replace(state_dir / ROUTER_FILE)
     log.warning("router on http://%s:%s (admin on 127.0.0.1:%s) for %s", args.host, record["port"], admin_port, state_dir)
     print(f"router on http://{args.host}:{record['port']} for {args.state}", file=sys.stderr, flush=True)
-    config = uvicorn.Config(app, loop="auto", http="auto", access_log=False, log_level="warning",  # uvloop/httptools
-                            timeout_graceful_shutdown=10, log_config=None)
+    from churnkit.serve.limits import protocol_class
+
+    config = uvicorn.Config(app, loop="auto", http=protocol_class(args.header_timeout), access_log=False,
+                            log_level="warning", timeout_graceful_shutdown=10, log_config=None)
     uvicorn.Server(config).run(sockets=[public, admin])
 
 
