@@ -211,6 +211,115 @@ def test_router_own_routes_and_forwarded_version(local):
     assert 400 <= r.status_code < 500  # a client mistake passes through, never retried into a 5xx
 
 
+def test_admin_api_is_on_its_own_port_with_a_token_and_validates_weights(local):
+    import httpx
+
+    public = httpx.put(local.url + "/-/variants/thief", json={"url": "http://127.0.0.1:1", "weight": 0})
+    assert public.status_code == 404  # the public port knows no admin path
+    assert httpx.get(local.url + "/-/state").status_code == 404 and httpx.get(local.url + "/-/stats").status_code == 404
+    token_file = local.state_dir / "admin.token"
+    assert token_file.stat().st_mode & 0o777 == 0o600
+    port = local.router_info()["admin_port"]
+    assert port != local.live_port
+    assert httpx.get(f"http://127.0.0.1:{port}/-/state").status_code == 401
+    assert httpx.get(f"http://127.0.0.1:{port}/-/state", headers={"authorization": "Bearer wrong"}).status_code == 401
+    assert admin(local, "GET", "invocations").status_code == 404  # the admin port forwards nothing
+    # weights: integers summing to 100 on known variants, whichever route sets them
+    assert admin(local, "PUT", "weights", json={"weights": {"v2": 200}}).status_code == 422
+    assert admin(local, "PUT", "weights", json={"weights": {"v2": 50, "nope": 50}}).status_code == 422
+    doubled = admin(local, "PUT", "variants/v9", json={"url": "http://127.0.0.1:1", "weight": 100})
+    assert doubled.status_code == 422 and "sum to 200" in doubled.json()["error"]
+    bad_url = admin(local, "PUT", "variants/v9", json={"url": "file:///etc/passwd", "weight": 0})
+    assert bad_url.status_code == 422 and "not an http" in bad_url.json()["error"]
+    assert admin(local, "GET", "state").json()["weights"] == {"v2": 100}
+
+
+def test_router_refuses_bodies_above_serves_limit_before_reading_them(local, rows):
+    import httpx
+
+    from churnkit.serve.contracts import DEFAULT_MAX_BODY_BYTES
+
+    state = admin(local, "GET", "state").json()
+    assert state["max_body_bytes"] == DEFAULT_MAX_BODY_BYTES
+    before = admin(local, "GET", "state").json()["variants"]["v2"]["requests"]
+    big = b'{"instances": [' + b" " * (DEFAULT_MAX_BODY_BYTES + 10) + b"]}"
+    r = httpx.post(local.url + "/invocations", content=big, headers={"content-type": "application/json"}, timeout=60)
+    assert r.status_code == 413 and f"max_body_bytes {DEFAULT_MAX_BODY_BYTES}" in r.json()["details"][0]
+
+    def chunks():  # no Content-Length: refused while streaming, after the limit, not after the whole body
+        yield b'{"instances": ['
+        for _ in range(64):
+            yield b" " * (1024 * 1024)
+
+    r = httpx.post(local.url + "/invocations", content=chunks(), headers={"content-type": "application/json"}, timeout=60)
+    assert r.status_code == 413
+    assert admin(local, "GET", "state").json()["variants"]["v2"]["requests"] == before  # nothing was forwarded
+    assert httpx.post(local.url + "/invocations", json={"instances": rows[:3]}).status_code == 200
+
+
+def test_router_log_rotates_and_has_no_line_per_request(tmp_path):
+    """A router on its own: a dead variant makes it warn on every request; the log rotates at its size."""
+    import subprocess
+    import sys
+
+    import httpx
+
+    state = tmp_path / "ep"
+    state.mkdir()
+    ghost = f"http://127.0.0.1:{free_port()}"
+    (state / "state.json").write_text(json.dumps({"port": free_port(), "variants": {
+        "ghost": {"url": ghost, "model_version": "1", "weight": 100}}}))
+    proc = subprocess.Popen([sys.executable, "-m", "churnkit.deploy.router", "--state", str(state),
+                             "--log-max-bytes", "4000"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while not (state / "router.json").exists() and time.time() < deadline:
+            time.sleep(0.05)
+        url = f"http://127.0.0.1:{json.loads((state / 'state.json').read_text())['port']}"
+        with httpx.Client(timeout=10) as c:
+            while True:
+                try:
+                    c.get(url + "/metrics")
+                    break
+                except httpx.HTTPError:
+                    time.sleep(0.05)
+            for _ in range(150):
+                assert c.post(url + "/invocations", json={"instances": []}).status_code == 503
+            for _ in range(50):
+                c.get(url + "/metrics")
+    finally:
+        proc.terminate()
+        proc.wait(15)
+    logs = sorted(p.name for p in state.glob("router.log*"))
+    assert logs == ["router.log", "router.log.1", "router.log.2", "router.log.3"], logs  # three backups kept
+    assert all((state / name).stat().st_size <= 4000 for name in logs)
+    text = "".join((state / name).read_text() for name in logs)
+    assert "variant ghost failed" in text and "HTTP Request" not in text and "/metrics" not in text
+
+
+@pytest.mark.parametrize("name", ["../../escape", "Churn", "churn_1", "-churn", "churn-", "a" * 64, ""])
+def test_endpoint_names_are_checked_at_every_entry(name, runs_config):
+    from click.testing import CliRunner
+
+    from churnkit import rollout as ro
+    from churnkit.cli import main
+    from churnkit.deploy import get_target
+    from churnkit.exceptions import DeployTargetError
+
+    with pytest.raises(DeployTargetError, match="lowercase letters, digits and '-'") as info:
+        get_target("local", endpoint=name, config=runs_config)
+    assert repr(name) in str(info.value)
+    with pytest.raises(DeployTargetError, match="is not valid"):
+        ro.rollout("local", endpoint=name, config=runs_config)
+    for args in (["endpoint", "status", "--target", "local"], ["rollout", "--target", "local"],
+                 ["deploy", "--target", "local", "--model", "models:/churn@champion"]):
+        result = CliRunner().invoke(main, [*args, "--endpoint", name, "--runs-dir", str(runs_config.runs_dir)])
+        assert result.exit_code == 2 and "is not valid" in result.output, (args, result.output)
+    assert not runs_config.runs_dir.exists() or not any(runs_config.runs_dir.rglob("*.lock"))
+    assert not (runs_config.runs_dir.parent / "escape").exists()
+    assert get_target("local", endpoint="churn-eu-2", config=runs_config).endpoint == "churn-eu-2"
+
+
 def test_a_crashed_router_is_restarted_with_the_last_weights(local, rows):
     import httpx
 
