@@ -333,11 +333,11 @@ class LocalTarget(DeployTarget):
         if self.router_info():
             with contextlib.suppress(DeployTargetError):
                 live = self._admin("GET", "state", timeout=5.0)
-        status = "running" if live else "dead" if state.get("variants") else "stopped"
+        status_router = "running" if live else "dead" if state.get("variants") else "stopped"
         out = EndpointState(self.name, self.endpoint, url=self.url if live else "", details={
             "state_dir": str(self.state_dir), "router_pid": (live or {}).get("pid", router.get("pid")),
-            "router": status, "port": self.live_port if state.get("variants") else None})
-        if status == "dead":
+            "router": status_router, "port": self.live_port if state.get("variants") else None})
+        if status_router == "dead":
             out.drift.append(f"the router of endpoint {self.endpoint!r} (pid {router.get('pid')}) is not running, so "
                              f"port {self.live_port} answers nothing; the next deploy/traffic/rollout command restarts "
                              f"it there with the last weights (or run it under a supervisor: see the README)")
@@ -345,6 +345,8 @@ class LocalTarget(DeployTarget):
             seen = (live or {}).get("variants", {}).get(name, {})
             if not _alive(v.get("pid")):
                 status = "dead"
+            elif status_router == "dead":
+                status = "router down"
             elif seen.get("healthy") is False:
                 status = "unhealthy"
             else:
