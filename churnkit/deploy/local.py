@@ -426,9 +426,7 @@ class LocalTarget(DeployTarget):
             state = self.read_state()
             pids = [v.get("pid") for v in state.get("variants", {}).values()] + [(state.get("router") or {}).get("pid")]
             pids += [int(p.read_text()) for p in self.state_dir.glob("*.pid") if p.read_text().strip().isdigit()]
-            for pid in dict.fromkeys(p for p in pids if p):
-                terminate(pid)
-            pids.append(self.router_info().get("pid"))
+            pids.append(self.router_info().get("pid"))  # a router started by a supervisor too
             for pid in dict.fromkeys(p for p in pids if p):
                 terminate(pid)
             for p in self.state_dir.glob("*.pid"):
