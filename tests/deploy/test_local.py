@@ -365,6 +365,9 @@ def test_records_stats_and_scores():
     assert stats["v1"] == {"requests": 2, "errors": 1, "timeouts": 0, "client_errors": 0, "latencies_ms": [2.0],
                            "scores": [0.1, 0.2]}
     assert stats["v2"]["timeouts"] == 1 and stats["v2"]["latencies_ms"] == []
+    rec.add("v3", "client_error", 3.0)  # a 4xx: the variant answered, but with no prediction
+    assert rec.stats(0)["variants"]["v3"] == {"requests": 1, "errors": 0, "timeouts": 0, "client_errors": 1,
+                                              "latencies_ms": [], "scores": []}
     assert rec.stats(time.time() + 1)["variants"] == {}
     assert _scores(b'{"predictions": [{"churn_probability": 0.3, "churn": false}]}') == (0.3,)
     assert _scores(b'[{"churn_probability": 0.7}]') == (0.7,) and _scores(b"not json") == ()
