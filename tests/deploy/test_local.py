@@ -297,6 +297,54 @@ def test_router_log_rotates_and_has_no_line_per_request(tmp_path):
     assert "variant ghost failed" in text and "HTTP Request" not in text and "/metrics" not in text
 
 
+def test_router_closes_slow_header_connections(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    import httpx
+
+    state = tmp_path / "ep"
+    state.mkdir()
+    port = free_port()
+    (state / "state.json").write_text(json.dumps({"port": port, "variants": {}}))
+    proc = subprocess.Popen([sys.executable, "-m", "churnkit.deploy.router", "--state", str(state), "--header-timeout",
+                             "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    socks = []
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/metrics")
+                break
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        for _ in range(10):
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\n")
+            s.settimeout(0.01)
+            socks.append(s)
+        open_ = list(socks)
+        deadline = time.time() + 20  # the deadline is 1 s; nothing stays open for 20
+        while open_ and time.time() < deadline:
+            for s in list(open_):
+                try:
+                    s.send(b"X")
+                    if s.recv(4096) == b"":
+                        open_.remove(s)
+                except (BlockingIOError, TimeoutError):
+                    pass
+                except OSError:
+                    open_.remove(s)
+            time.sleep(0.25)
+        assert open_ == [], f"{len(open_)} of 10 slow-header connections to the router still open"
+    finally:
+        for s in socks:
+            s.close()
+        proc.terminate()
+        proc.wait(15)
+
+
 @pytest.mark.parametrize("name", ["../../escape", "Churn", "churn_1", "-churn", "churn-", "a" * 64, ""])
 def test_endpoint_names_are_checked_at_every_entry(name, runs_config):
     from click.testing import CliRunner
