@@ -181,8 +181,13 @@ def import_(model_file, sample_path, label_column, model_name, threshold, auc_th
 @click.option("--capture-dir", type=click.Path(file_okay=False), help="Write every scored request there (JSON Lines).")
 @click.option("--capture-max-bytes", type=click.IntRange(min=1), default=16 * 1024 * 1024, show_default=True,
               help="Rotate capture files at this size.")
+@click.option("--header-timeout", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
+              help="Seconds a client has to send a request's headers; slower connections are closed.")
+@click.option("--body-timeout", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
+              help="Seconds a client has to send a request's body; slower ones get 408.")
 @click.option("--runs-dir", type=click.Path(file_okay=False), help="Audit trail folder (default runs/ or CHURNKIT_RUNS_DIR).")
-def serve(model_uri, host, port, max_body_bytes, max_rows, capture_dir, capture_max_bytes, runs_dir):
+def serve(model_uri, host, port, max_body_bytes, max_rows, capture_dir, capture_max_bytes, header_timeout, body_timeout,
+          runs_dir):
     """Serve the model over HTTP: SageMaker, Vertex AI, Azure ML and MLflow routes, /metrics."""
     import os
 
@@ -193,8 +198,8 @@ def serve(model_uri, host, port, max_body_bytes, max_rows, capture_dir, capture_
     loaded = load_serving_model(model_uri or env["model"], _config(runs_dir))
     app = create_app(loaded, max_body_bytes=max_body_bytes, max_rows=max_rows, capture_dir=capture_dir,
                      capture_max_bytes=capture_max_bytes, vertex_health_route=env["vertex_health_route"],
-                     vertex_predict_route=env["vertex_predict_route"])
-    run_server(app, host=host or env["host"], port=env["port"] if port is None else port)
+                     vertex_predict_route=env["vertex_predict_route"], body_timeout=body_timeout)
+    run_server(app, host=host or env["host"], port=env["port"] if port is None else port, header_timeout=header_timeout)
 
 
 # ---- the reviewer's view of runs/ ---------------------------------------------------------------
@@ -228,6 +233,16 @@ def report(runs_dir, out, limit):
 TARGET_CHOICE = click.Choice(["local", "sagemaker", "azureml", "vertex"])
 
 
+def _endpoint_name(ctx, param, value):
+    from churnkit.deploy.base import check_endpoint_name
+    from churnkit.exceptions import DeployTargetError
+
+    try:
+        return check_endpoint_name(value)
+    except DeployTargetError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 def _rollout_echo(as_json: bool):
     return (lambda msg: click.echo(msg, err=True)) if as_json else click.echo
 
@@ -236,7 +251,8 @@ def _endpoint_options(fn):
     """--target, --endpoint, --model-name, --runs-dir and --json, shared by rollout and rollback."""
     for option in reversed([
         click.option("--target", "deploy_target", type=TARGET_CHOICE, required=True, help="Deploy target of the endpoint."),
-        click.option("--endpoint", default="churn", show_default=True, help="Endpoint name on the target."),
+        click.option("--endpoint", default="churn", show_default=True, callback=_endpoint_name,
+                     help="Endpoint name on the target (lowercase letters, digits, '-')."),
         click.option("--model-name", default="churn", show_default=True, help="Registered model name."),
         click.option("--runs-dir", type=click.Path(file_okay=False), help="Audit trail folder (default runs/ or CHURNKIT_RUNS_DIR)."),
         click.option("--json", "as_json", is_flag=True, help="Print the decision record as one JSON object."),
@@ -317,7 +333,8 @@ def _target_options(fn):
     for option in reversed([
         click.option("--target", "deploy_target", required=True, callback=_target_name, metavar="NAME",
                      help="local, sagemaker, azureml or vertex."),
-        click.option("--endpoint", default="churn", show_default=True, help="Endpoint name on the target."),
+        click.option("--endpoint", default="churn", show_default=True, callback=_endpoint_name,
+                     help="Endpoint name on the target (lowercase letters, digits, '-')."),
         click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True,
                      help="The local router's port (local target only)."),
         click.option("--runs-dir", type=click.Path(file_okay=False), help="Audit trail folder (default runs/ or CHURNKIT_RUNS_DIR)."),

@@ -10,6 +10,7 @@ requests a change would send, in the cloud API's own field names, and sends noth
 from __future__ import annotations
 
 import os
+import re
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,6 +21,18 @@ from churnkit.deploy.telemetry import LIVE_STATUSES, MetricsScraper, TargetLimit
 from churnkit.exceptions import ConfigError, DeployTargetError, RolloutError
 
 ACTIONS = ("deploy", "set_traffic", "remove", "stop")
+#: Endpoint names every target accepts and that are safe as a folder and lock-file name: 1 to 63 lowercase
+#: letters, digits and '-', starting and ending with a letter or digit (SageMaker's rule, lowercased).
+ENDPOINT_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+ENDPOINT_RULE = ("1 to 63 lowercase letters, digits and '-', starting and ending with a letter or digit "
+                 "(e.g. churn, churn-eu-2)")
+
+
+def check_endpoint_name(name) -> str:
+    """``name`` when it is a valid endpoint name (``ENDPOINT_RULE``); DeployTargetError naming the value otherwise."""
+    if not isinstance(name, str) or not ENDPOINT_NAME.fullmatch(name):
+        raise DeployTargetError(f"endpoint name {name!r} is not valid: use {ENDPOINT_RULE}")
+    return name
 
 
 @dataclass
@@ -320,7 +333,7 @@ class DeployTarget(ABC):
     name: ClassVar[str] = ""
 
     def __init__(self, endpoint: str = "churn", config: Config | None = None):
-        self.endpoint = endpoint
+        self.endpoint = check_endpoint_name(endpoint)
         self.config = config or load_config()
         self.plan_basis = ""
         self.plan_live = EndpointState(self.name, endpoint)

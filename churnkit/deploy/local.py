@@ -3,8 +3,13 @@
 One detached serve process per variant (its own free port, pid file, log, data capture) and one
 router process on the endpoint's port (``python -m churnkit.deploy.router``). Processes start in a
 new session, so ``churnkit deploy --target local`` returns while the endpoint keeps serving; the
-state lives in ``<runs_dir>/deploy/local/<endpoint>/`` (``state.json``, ``*.pid``, ``*.log``,
-``capture/<variant>/``) and ``stop()`` ends them all. This is what the rollout controller drives in
+state lives in ``<runs_dir>/deploy/local/<endpoint>/`` (``state.json`` with the endpoint's ``port``,
+``router.json``, ``admin.token``, ``*.pid``, ``*.log``, ``capture/<variant>/``) and ``stop()`` ends them all.
+
+The endpoint's port is kept in its state: every command (deploy, traffic, remove, rollout's
+telemetry) finds a dead router and starts it again on that port with the last weights; ``describe``
+(``churnkit endpoint status``) reports a dead router without restarting it. The router's admin API is
+on its own 127.0.0.1 port with the token in ``admin.token``. This is what the rollout controller drives in
 tests and in ``make demo``; scale-out is the clouds' job, not this target's.
 """
 
@@ -65,13 +70,18 @@ def _free_port(host: str) -> int:
 
 
 def terminate(pid: int | None, timeout: float = 10.0) -> bool:
-    """SIGTERM the process group of ``pid`` (then SIGKILL after ``timeout``); True if something was stopped."""
+    """SIGTERM the process group of ``pid`` (then SIGKILL after ``timeout``); True if something was stopped.
+
+    SIGCONT follows SIGTERM, so a stopped (SIGSTOP, ``kill -STOP``) process acts on it at once.
+    """
     if not pid or not _alive(pid) or not _ours(pid):
         _CHILDREN.pop(pid or 0, None)
         return False
     for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, sig)
+            if sig == signal.SIGTERM:
+                os.killpg(pid, signal.SIGCONT)
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             if not _alive(pid):
@@ -117,9 +127,24 @@ class LocalTarget(DeployTarget):
     # ---- files ---------------------------------------------------------------------------------------
     @property
     def live_port(self) -> int:
-        """The running router's port (from the state), else the port a new router starts on."""
-        router = self.read_state().get("router") or {}
-        return int(router["port"]) if router.get("port") and _alive(router.get("pid")) else self.port
+        """The endpoint's port from its state (a dead router restarts on it), else the port a new router starts on."""
+        state = self.read_state()
+        port = state.get("port") or (state.get("router") or {}).get("port")
+        return int(port) if port else self.port
+
+    def router_info(self) -> dict:
+        """What the running router wrote to ``router.json`` (pid, port, admin_port), or {} when it is not alive."""
+        try:
+            info = json.loads((self.state_dir / "router.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        return info if _alive(info.get("pid")) and _ours(int(info["pid"])) else {}
+
+    def admin_token(self) -> str:
+        """The router's admin token (``admin.token`` in the state folder, mode 0600)."""
+        from churnkit.deploy.router import read_token
+
+        return read_token(self.state_dir)
 
     @property
     def url(self) -> str:
@@ -162,9 +187,9 @@ class LocalTarget(DeployTarget):
             env["MLFLOW_TRACKING_URI"] = self.config.tracking_uri
         return env
 
-    def _spawn(self, name: str, cmd: list[str]) -> subprocess.Popen:
+    def _spawn(self, name: str, cmd: list[str], output: str | None = None) -> subprocess.Popen:
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.state_dir / f"{name}.log", "ab") as log:
+        with open(self.state_dir / (output or f"{name}.log"), "ab") as log:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     start_new_session=True, close_fds=True, env=self._env(), cwd=str(self.state_dir))
         _CHILDREN[proc.pid] = proc
@@ -179,12 +204,15 @@ class LocalTarget(DeployTarget):
         return cmd + self.serve_args
 
     def _router_command(self, port: int | None = None) -> list[str]:
-        return [sys.executable, "-m", "churnkit.deploy.router", "--state", str(self.state_dir),
-                "--port", str(port or self.port or "<free port>"), "--host", self.host,
-                "--timeout", str(self.request_timeout)]
+        cmd = [sys.executable, "-m", "churnkit.deploy.router", "--state", str(self.state_dir),
+               "--port", str(port or self.live_port or "<free port>"), "--host", self.host,
+               "--timeout", str(self.request_timeout)]
+        if "--max-body-bytes" in self.serve_args[:-1]:  # the router refuses what its variants would refuse
+            cmd += ["--max-body-bytes", self.serve_args[self.serve_args.index("--max-body-bytes") + 1]]
+        return cmd
 
     def _log_tail(self, name: str, lines: int = 15) -> str:
-        path = self.state_dir / f"{name}.log"
+        path = self.state_dir / (name if "." in name else f"{name}.log")
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
 
     def _start_variant(self, release: Release) -> dict:
@@ -213,32 +241,51 @@ class LocalTarget(DeployTarget):
         )
 
     def _ensure_router(self, state: dict) -> None:
-        """Start the router unless it runs; a running router keeps its port whatever ``port`` says."""
-        router = state.get("router") or {}
-        if _alive(router.get("pid")) and self._get(f"http://{self.host}:{router.get('port')}/-/state") == 200:
+        """Start the router on the endpoint's port unless it runs (a supervised router is adopted as it is)."""
+        port = int(state.get("port") or (state.get("router") or {}).get("port") or self.port or _free_port(self.host))
+        state["port"] = port  # the endpoint's port: every later command and a restarted router use it
+        info = self.router_info()
+        if info and int(info.get("port", 0)) == port and self._admin_status(info) == 200:
+            if state.get("router", {}).get("pid") != info["pid"]:
+                state["router"] = {"pid": info["pid"], "port": port, "url": f"http://{self.host}:{port}"}
+                self._write_state(state)
             return
-        port = self.port or _free_port(self.host)  # port 0: any free port (kept in the state)
+        if info:  # a router of this endpoint on another port: the state's port wins
+            terminate(info.get("pid"))
         url = f"http://{self.host}:{port}"
-        if self._get(f"{url}/-/state") is not None:
+        if self._get(f"{url}/ping") is not None:
             raise DeployTargetError(
-                f"port {port} on {self.host} is taken by another process; pass another port (port=..., --port), "
-                "or 0 for any free one"
+                f"port {port} on {self.host} is taken by another process, and endpoint {self.endpoint!r} listens there "
+                f"(its state: {str(self.state_dir / 'state.json')!r}); stop that process, or stop the endpoint "
+                "(churnkit endpoint stop) and deploy it again with another --port"
             )
         state["router"] = {}
-        self._write_state(state)  # the router loads variants and weights from it
-        proc = self._spawn("router", self._router_command(port))
+        self._write_state(state)  # the router loads variants, weights and its port from it
+        (self.state_dir / "router.json").unlink(missing_ok=True)
+        self.admin_token()
+        proc = self._spawn("router", self._router_command(port), output="router.out")
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 break
-            if self._get(f"{url}/-/state") == 200:
+            info = self.router_info()
+            if info.get("pid") == proc.pid and self._admin_status(info) == 200:
                 state["router"] = {"pid": proc.pid, "port": port, "url": url}
                 self._write_state(state)
                 return
             time.sleep(0.05)
         terminate(proc.pid)
         raise DeployTargetError(f"the router of endpoint {self.endpoint!r} did not start on port {port}; "
-                                f"its log ends with:\n{self._log_tail('router')}")
+                                f"its log ends with:\n{self._log_tail('router.out') or self._log_tail('router')}")
+
+    def _revive(self) -> None:
+        """Restart a dead router from the state (its port, variants and weights)."""
+        if self.router_info():
+            return
+        with self._lock():
+            state = self.read_state()
+            if state.get("variants"):
+                self._ensure_router(state)
 
     # ---- HTTP helpers --------------------------------------------------------------------------------
     def _get(self, url: str, timeout: float = 2.0) -> int | None:
@@ -249,13 +296,28 @@ class LocalTarget(DeployTarget):
         except httpx.HTTPError:
             return None
 
-    def _admin(self, method: str, path: str, body: dict | None = None, timeout: float = 120.0) -> dict:
+    def _admin_status(self, info: dict) -> int | None:
         import httpx
 
         try:
-            r = httpx.request(method, f"{self.url}/-/{path}", json=body, timeout=timeout)
+            return httpx.get(f"http://127.0.0.1:{info['admin_port']}/-/state", timeout=2.0,
+                             headers={"authorization": f"Bearer {self.admin_token()}"}).status_code
+        except (httpx.HTTPError, KeyError):
+            return None
+
+    def _admin(self, method: str, path: str, body: dict | None = None, timeout: float = 120.0) -> dict:
+        """Call the router's admin API (its own 127.0.0.1 port, the token of the state folder)."""
+        import httpx
+
+        info = self.router_info()
+        where = f"http://127.0.0.1:{info.get('admin_port', '?')}"
+        try:
+            if not info:
+                raise httpx.ConnectError("the router is not running")
+            r = httpx.request(method, f"{where}/-/{path}", json=body, timeout=timeout,
+                              headers={"authorization": f"Bearer {self.admin_token()}"})
         except httpx.HTTPError as exc:
-            raise DeployTargetError(f"the router of endpoint {self.endpoint!r} at {self.url} did not answer "
+            raise DeployTargetError(f"the router of endpoint {self.endpoint!r} (admin {where}) did not answer "
                                     f"{method} /-/{path} ({exc}); `churnkit endpoint status --target local` shows it") from exc
         if r.status_code != 200:
             raise DeployTargetError(f"router {method} /-/{path} answered {r.status_code}: {r.text[:300]}")
@@ -263,18 +325,28 @@ class LocalTarget(DeployTarget):
 
     # ---- describe ------------------------------------------------------------------------------------
     def describe(self) -> EndpointState:
+        """The live endpoint; a router that died is reported (``details["router"] == "dead"`` and a drift line),
+        not restarted: the next command that changes or reads traffic restarts it on the endpoint's port."""
         state = self.read_state()
         router = state.get("router") or {}
         live = None
-        if _alive(router.get("pid")):
+        if self.router_info():
             with contextlib.suppress(DeployTargetError):
                 live = self._admin("GET", "state", timeout=5.0)
+        status_router = "running" if live else "dead" if state.get("variants") else "stopped"
         out = EndpointState(self.name, self.endpoint, url=self.url if live else "", details={
-            "state_dir": str(self.state_dir), "router_pid": router.get("pid"), "router": "running" if live else "stopped"})
+            "state_dir": str(self.state_dir), "router_pid": (live or {}).get("pid", router.get("pid")),
+            "router": status_router, "port": self.live_port if state.get("variants") else None})
+        if status_router == "dead":
+            out.drift.append(f"the router of endpoint {self.endpoint!r} (pid {router.get('pid')}) is not running, so "
+                             f"port {self.live_port} answers nothing; the next deploy/traffic/rollout command restarts "
+                             f"it there with the last weights (or run it under a supervisor: see the README)")
         for name, v in state.get("variants", {}).items():
             seen = (live or {}).get("variants", {}).get(name, {})
             if not _alive(v.get("pid")):
                 status = "dead"
+            elif status_router == "dead":
+                status = "router down"
             elif seen.get("healthy") is False:
                 status = "unhealthy"
             else:
@@ -297,6 +369,7 @@ class LocalTarget(DeployTarget):
     def telemetry(self, variants: list[str], since: float, until: float | None = None) -> dict[str, Window]:
         """Per-variant requests, errors, timeouts, latencies and scores since ``since`` (the router's ring
         buffer, which sees every request as the client does: timeouts and connection failures included)."""
+        self._revive()  # a router that died mid-rollout comes back on the endpoint's port
         raw = self._admin("GET", f"stats?since={float(since)!r}", timeout=10.0) or {}
         source = f"local router ring buffer ({self.url})"
         return {name: Window.from_dict(w, source) for name, w in (raw.get("variants") or {}).items()
@@ -353,11 +426,13 @@ class LocalTarget(DeployTarget):
             state = self.read_state()
             pids = [v.get("pid") for v in state.get("variants", {}).values()] + [(state.get("router") or {}).get("pid")]
             pids += [int(p.read_text()) for p in self.state_dir.glob("*.pid") if p.read_text().strip().isdigit()]
+            pids.append(self.router_info().get("pid"))  # a router started by a supervisor too
             for pid in dict.fromkeys(p for p in pids if p):
                 terminate(pid)
             for p in self.state_dir.glob("*.pid"):
                 p.unlink(missing_ok=True)
             (self.state_dir / "state.json").unlink(missing_ok=True)
+            (self.state_dir / "router.json").unlink(missing_ok=True)
         return self.describe()
 
     # ---- plans ---------------------------------------------------------------------------------------

@@ -168,6 +168,56 @@ def check_error_rate(champion: Window, challenger: Window, max_error_rate: float
     return Check("error_rate", rate, max_error_rate, ok, detail)
 
 
+def client_error_rate(w: Window) -> float:
+    """The share of a window's requests answered 4xx."""
+    return w.client_errors / w.requests if w.requests else 0.0
+
+
+def check_client_errors(champion: Window, challenger: Window, max_error_rate: float) -> Check:
+    """Fails when the challenger's 4xx share exceeds the champion's on the same window by more than ``max_error_rate``.
+
+    Both variants get the same traffic, so a client mistake is refused by both alike; a challenger that
+    refuses what the champion scores (a model trained on a column the traffic lacks) is the challenger's fault.
+    """
+    rate, base = client_error_rate(challenger), client_error_rate(champion)
+    ok = rate - base <= max_error_rate
+    detail = (f"client errors (4xx) {rate:.2%} ({challenger.client_errors}/{challenger.requests}) vs champion "
+              f"{base:.2%} on the same traffic, limit +{max_error_rate:.2%}")
+    return Check("client_errors", rate, base + max_error_rate, ok, detail)
+
+
+#: The challenger must return at least this share of the champion's scores per answered request.
+MIN_SCORE_COVERAGE = 0.5
+
+
+def check_scored_share(champion: Window, challenger: Window) -> Check:
+    """Fails when the challenger's answers carry fewer scores than the champion's on the same traffic.
+
+    The value is the challenger's scores per answered request over the champion's (1.0: alike); below
+    ``MIN_SCORE_COVERAGE`` the challenger answers without predictions. When it answered nothing, or the
+    champion's window has no scores to compare with, the check cannot be computed and does not pass.
+    """
+    if not champion.answered or not champion.scores or not challenger.answered:
+        return Check("scored_share", None, MIN_SCORE_COVERAGE, False,
+                     f"scored share could not be computed: challenger answered {challenger.answered} of "
+                     f"{challenger.requests} requests, champion {champion.answered} with {len(champion.scores)} scores")
+    coverage = (len(challenger.scores) / challenger.answered) / (len(champion.scores) / champion.answered)
+    ok = coverage >= MIN_SCORE_COVERAGE
+    detail = (f"challenger returned {len(challenger.scores)} scores for {challenger.answered} answered requests, "
+              f"{coverage:.0%} of the champion's scores per answer (limit {MIN_SCORE_COVERAGE:.0%})")
+    return Check("scored_share", float(coverage), MIN_SCORE_COVERAGE, ok, detail)
+
+
+def check_timeouts(champion: Window, challenger: Window) -> Check:
+    """Fails when the challenger timed out on a larger share of its requests than the champion (a hung variant)."""
+    rate = challenger.timeouts / challenger.requests if challenger.requests else 0.0
+    base = champion.timeouts / champion.requests if champion.requests else 0.0
+    ok = not (challenger.timeouts and rate > base)
+    detail = (f"timeouts {rate:.2%} ({challenger.timeouts}/{challenger.requests}) vs champion {base:.2%} "
+              f"({champion.timeouts}/{champion.requests})")
+    return Check("timeouts", rate, base, ok, detail)
+
+
 def check_p99(champion: Window, challenger: Window, max_p99_ratio: float, slack_ms: float = 10.0) -> Check:
     """Fails when challenger p99 / champion p99 exceeds ``max_p99_ratio`` by more than ``slack_ms``."""
     ch, cp = challenger.p99_ms, champion.p99_ms
@@ -182,12 +232,15 @@ def check_p99(champion: Window, challenger: Window, max_p99_ratio: float, slack_
 def check_prediction_psi(champion: Window, challenger: Window, max_psi: float, min_scores: int = MIN_PSI_SCORES) -> Check:
     """Fails when the PSI of the challenger's scores against the champion's exceeds ``max_psi``.
 
-    Not judged (ok, value None) while either side has fewer than ``min_scores`` scores.
+    A PSI that cannot be computed (either side has fewer than ``min_scores`` scores) is *not* a pass:
+    the check fails with value None. :func:`enough_traffic` extends the bake until both sides have
+    the scores, so this happens only to a challenger that answers without scores.
     """
     n_ch, n_cp = len(challenger.scores), len(champion.scores)
     if min(n_ch, n_cp) < max(min_scores, 1):
-        return Check("prediction_psi", None, max_psi, True,
-                     f"prediction PSI not judged: {n_ch} challenger and {n_cp} champion scores (need {min_scores} each)")
+        return Check("prediction_psi", None, max_psi, False,
+                     f"prediction PSI could not be computed: {n_ch} challenger and {n_cp} champion scores "
+                     f"(need {max(min_scores, 1)} each)")
     value = psi(champion.scores, challenger.scores)
     ok = value <= max_psi
     return Check("prediction_psi", value, max_psi, ok, f"prediction PSI {value:.3f} (limit {max_psi})")
@@ -244,8 +297,20 @@ class Verdict:
 
 
 def enough_traffic(champion: Window, challenger: Window, thresholds: Thresholds) -> bool:
-    """True when both variants saw at least ``min_requests`` requests (a step may be judged)."""
-    return challenger.requests >= thresholds.min_requests and champion.requests >= thresholds.min_requests
+    """True when both variants saw at least ``min_requests`` requests and, where the champion answered with
+    scores, both hold ``min_scores`` scores (a step may be judged; otherwise the bake extends)."""
+    requests = challenger.requests >= thresholds.min_requests and champion.requests >= thresholds.min_requests
+    if not requests or not champion.scores:
+        return requests
+    need = max(thresholds.min_scores, 1)
+    return len(champion.scores) >= need and (len(challenger.scores) >= need or not check_scored_share(champion, challenger).ok)
+
+
+def count_checks(champion: Window, challenger: Window, thresholds: Thresholds) -> list[Check]:
+    """The checks on counts (5xx and timeouts, 4xx, scored share): judged as soon as ``min_requests`` arrived."""
+    return [check_error_rate(champion, challenger, thresholds.max_error_rate),
+            check_client_errors(champion, challenger, thresholds.max_error_rate),
+            check_scored_share(champion, challenger)]
 
 
 def judge_step(champion: Window, challenger: Window, thresholds: Thresholds = Thresholds(),
@@ -259,27 +324,34 @@ def judge_step(champion: Window, challenger: Window, thresholds: Thresholds = Th
     checks = [check_live(challenger_status)]
     enough = enough_traffic(champion, challenger, thresholds)
     if enough:
-        checks.append(check_error_rate(champion, challenger, thresholds.max_error_rate))
+        checks.extend(count_checks(champion, challenger, thresholds))
         checks.append(check_p99(champion, challenger, thresholds.max_p99_ratio, thresholds.p99_slack_ms))
         checks.append(check_prediction_psi(champion, challenger, thresholds.max_prediction_psi, thresholds.min_scores))
         checks.extend(extra)
     note = "" if enough else (f"not enough traffic yet: challenger {challenger.requests}, champion "
-                              f"{champion.requests} requests (min_requests {thresholds.min_requests})")
+                              f"{champion.requests} requests (min_requests {thresholds.min_requests}); "
+                              f"{len(challenger.scores)} and {len(champion.scores)} scores (min_scores "
+                              f"{thresholds.min_scores})")
     return Verdict(tuple(checks), enough, note)
 
 
 def early_breach(champion: Window, challenger: Window, thresholds: Thresholds, challenger_status: str = "ready") -> Verdict | None:
-    """A verdict that may end a bake early: a dead challenger, or errors over at least ``min_requests``.
+    """A verdict that may end a bake early: a dead challenger, a challenger that timed out (at once: each
+    timeout cost a client the router's per-try timeout), or 5xx, 4xx or unscored answers over at least
+    ``min_requests``.
 
     Latency and PSI wait for the end of the bake (they are statistics of the whole window).
     """
     live = check_live(challenger_status)
     if not live.ok:
         return Verdict((live,), True)
+    hung = check_timeouts(champion, challenger)
+    if not hung.ok:
+        return Verdict((live, hung), True)
     if challenger.requests >= max(thresholds.min_requests, 1):
-        err = check_error_rate(champion, challenger, thresholds.max_error_rate)
-        if not err.ok:
-            return Verdict((live, err), True)
+        failed = [c for c in count_checks(champion, challenger, thresholds) if not c.ok and c.value is not None]
+        if failed:
+            return Verdict((live, *failed), True)
     return None
 
 

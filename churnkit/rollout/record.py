@@ -40,6 +40,9 @@ class StepRecord:
     started: str = ""
     reason: str = ""
     checks: list[dict] = field(default_factory=list)
+    timeouts: int = 0
+    client_errors: int = 0
+    champion_client_errors: int = 0
 
     @classmethod
     def from_windows(cls, weight: int, champion: Window, challenger: Window, verdict: Verdict, *, ok: bool,
@@ -50,7 +53,8 @@ class StepRecord:
             p99_ms=_num(challenger.p99_ms, 3), prediction_psi=_num(psi_check.value if psi_check else None),
             ok=bool(ok), champion_requests=champion.requests, champion_errors=champion.failures,
             champion_p99_ms=_num(champion.p99_ms, 3), seconds=round(float(seconds), 3), started=started,
-            reason=verdict.reason, checks=[c.to_dict() for c in verdict.checks],
+            reason=verdict.reason, checks=[c.to_dict() for c in verdict.checks], timeouts=challenger.timeouts,
+            client_errors=challenger.client_errors, champion_client_errors=champion.client_errors,
         )
 
     def to_dict(self) -> dict:
@@ -82,7 +86,8 @@ class RolloutRecord:
 
     @classmethod
     def from_dict(cls, d: dict) -> "RolloutRecord":
-        steps = [StepRecord(**s) for s in d.get("steps", [])]
+        known = set(StepRecord.__dataclass_fields__)
+        steps = [StepRecord(**{k: v for k, v in s.items() if k in known}) for s in d.get("steps", [])]
         return cls(d["decision"], d.get("reason", ""), d.get("champion"), d.get("challenger"), steps,
                    d.get("started", ""), d.get("finished", ""))
 

@@ -10,16 +10,26 @@ GET /health, /version, /metrics            operations (Prometheus text on /metri
 The predict routes are plain ASGI callables (no Request/Response objects on the hot path); every
 client mistake is a 4xx ``{"error", "details"}``, an unexpected failure a logged 500 with a
 generic body, never a stack trace.
+
+Readiness: at start the app scores probe rows built from the model's training schema; a model that
+cannot score makes every health route (``/ping``, ``/``, ``/health``, Vertex's) and every predict
+route answer 503 with the reason, never 200 then 500. Bodies above ``OFFLOAD_BYTES`` are parsed and
+scored in a worker thread, so the event loop keeps answering; slow clients are closed
+(:mod:`churnkit.serve.limits`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import sys
 import time
 import uuid
 from datetime import UTC, datetime
+
+import anyio.to_thread
+import numpy as np
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -31,8 +41,9 @@ from starlette.routing import Route
 from churnkit.exceptions import ConfigError, SchemaError
 from churnkit.version import __version__
 from churnkit.serve import contracts
+from churnkit.serve.limits import DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT, Disconnected, protocol_class, read_body
 from churnkit.serve.metrics import CONTENT_TYPE, Metrics
-from churnkit.serve.scorer import Scorer
+from churnkit.serve.scorer import Scorer, probe_rows
 
 log = logging.getLogger("churnkit.serve")
 
@@ -42,42 +53,53 @@ DEFAULT_PORT = 8080
 PREDICT_ROUTES = ("/invocations", "/score")
 _JSON = b"application/json"
 _INTERNAL = contracts.dumps({"error": "internal error while scoring; the server log has the details", "details": []})
+#: Bodies larger than this are parsed, validated and scored in a worker thread (the event loop stays free).
+OFFLOAD_BYTES = 64 * 1024
 
 
-class _Disconnected(Exception):
-    pass
-
-
-async def _read_body(receive, limit: int) -> bytes:
-    chunks, size = [], 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise _Disconnected
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise contracts.body_too_large(size, limit)
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+def probe_model(scorer: Scorer) -> str:
+    """Score probe rows of the model's schema; "" when the model scores, else why it cannot."""
+    try:
+        proba = np.asarray(scorer.predict_records(probe_rows(scorer.schema)[:3]), dtype=float)
+        if proba.shape != (3,) or not np.all(np.isfinite(proba)) or proba.min() < 0 or proba.max() > 1:
+            return f"probe rows scored {proba.tolist()!r}, not three probabilities from 0 to 1"
+    except Exception as exc:  # noqa: BLE001 - any failure means the model cannot serve
+        return f"{type(exc).__name__}: {exc}"
+    return ""
 
 
 class Service:
-    """What every route shares: the loaded model, its scorer, metrics and data capture."""
+    """What every route shares: the loaded model, its scorer, metrics and data capture.
 
-    def __init__(self, loaded, scorer: Scorer, max_body_bytes: int, capture=None):
+    ``not_ready`` is empty when the model scored the probe rows at start, else the reason it could not.
+    """
+
+    def __init__(self, loaded, scorer: Scorer, max_body_bytes: int, capture=None,
+                 body_timeout: float = DEFAULT_BODY_TIMEOUT):
         self.loaded = loaded
         self.scorer = scorer
         self.max_body_bytes = int(max_body_bytes)
+        self.body_timeout = float(body_timeout)
         self.capture = capture
         self.metrics = Metrics(loaded.name, str(loaded.version), loaded.sha256)
         self.version_header = str(loaded.version).encode("latin-1", "replace")
+        self.not_ready = probe_model(scorer)
+        if self.not_ready:
+            log.error("model %s v%s cannot score probe rows of its own schema, so the server reports not ready "
+                      "(503): %s", loaded.name, loaded.version, self.not_ready)
+
+    def not_ready_body(self) -> dict:
+        return {"status": "not ready", "error": f"model {self.loaded.name} v{self.loaded.version} cannot score: "
+                f"{self.not_ready}; deploy a version that scores (its training run's holdout)", "details": [self.not_ready]}
 
     def describe(self) -> dict:
         m = self.loaded
         return {"name": m.name, "version": str(m.version), "sha256": m.sha256, "uri": m.uri, "threshold": m.threshold,
                 "churnkit": __version__, "engine": self.scorer.engine}
+
+
+class _NotReady(Exception):
+    pass
 
 
 class PredictEndpoint:
@@ -100,12 +122,16 @@ class PredictEndpoint:
         request_id = request_id or uuid.uuid4().hex
         status, model_seconds = 200, None
         m = svc.loaded
+        close = False
         try:
+            if svc.not_ready:
+                raise _NotReady
             if length is not None and length.isdigit() and int(length) > svc.max_body_bytes:
                 raise contracts.body_too_large(int(length), svc.max_body_bytes)
-            body = await _read_body(receive, svc.max_body_bytes)
-            scored = contracts.score_request(body, content_type, svc.scorer, m.name, str(m.version),
-                                             max_body_bytes=svc.max_body_bytes, vertex=self.vertex)
+            body = await read_body(receive, svc.max_body_bytes, svc.body_timeout)
+            score = functools.partial(contracts.score_request, body, content_type, svc.scorer, m.name, str(m.version),
+                                      max_body_bytes=svc.max_body_bytes, vertex=self.vertex)
+            scored = await anyio.to_thread.run_sync(score) if len(body) > OFFLOAD_BYTES else score()
             model_seconds = scored.model_seconds
             data = contracts.dumps(scored.body)
             svc.metrics.observe_scores(scored.proba)
@@ -115,10 +141,13 @@ class PredictEndpoint:
                     "model_name": m.name, "model_version": str(m.version),
                     "inputs": scored.payload.records(svc.scorer.validator.names), "predictions": scored.proba.tolist(),
                 })
-        except _Disconnected:
+        except Disconnected:
             return
+        except _NotReady:
+            status, data = 503, contracts.dumps(svc.not_ready_body())
         except SchemaError as exc:
             status, data = exc.status, contracts.dumps(contracts.error_body(exc))
+            close = status in (408, 413)  # the rest of the body is not read: the connection cannot be reused
         except Exception:  # an internal failure: logged with its trace, never shown to the client
             log.exception("scoring failed (request id %s)", request_id)
             status, data, model_seconds = 500, _INTERNAL, None
@@ -128,7 +157,7 @@ class PredictEndpoint:
             (b"content-type", _JSON), (b"content-length", str(len(data)).encode()),
             (b"x-model-latency-ms", latency), (b"x-model-version", svc.version_header),
             (b"x-request-id", request_id.encode("latin-1", "replace")),
-        ]})
+        ] + ([(b"connection", b"close")] if close else [])})
         await send({"type": "http.response.body", "body": data})
 
 
@@ -174,6 +203,7 @@ def create_app(
     vertex_health_route: str | None = None,
     vertex_predict_route: str | None = None,
     fast: bool = True,
+    body_timeout: float = DEFAULT_BODY_TIMEOUT,
 ) -> Starlette:
     """The Starlette app serving ``loaded`` (a :class:`churnkit.registry.LoadedModel`).
 
@@ -189,6 +219,8 @@ def create_app(
         Vertex AI's ``AIP_HEALTH_ROUTE`` / ``AIP_PREDICT_ROUTE``.
     fast : bool
         False scores with sklearn itself (for comparisons).
+    body_timeout : float
+        Seconds a client has to send a request's body (408 after).
     """
     for name, route in (("vertex_health_route", vertex_health_route), ("vertex_predict_route", vertex_predict_route)):
         if route is not None and not route.startswith("/"):
@@ -200,12 +232,16 @@ def create_app(
 
         capture = CaptureWriter(capture_dir, capture_max_bytes or DEFAULT_MAX_BYTES)
         capture.start()
-    svc = Service(loaded, scorer, max_body_bytes, capture)
+    svc = Service(loaded, scorer, max_body_bytes, capture, body_timeout)
 
     async def ok(request: Request) -> Response:
+        if svc.not_ready:
+            return _json(svc.not_ready_body(), 503)
         return _json({"status": "ok"})
 
     async def health(request: Request) -> Response:
+        if svc.not_ready:
+            return _json({**svc.not_ready_body(), "name": loaded.name, "version": str(loaded.version)}, 503)
         return _json({"status": "ok", "name": loaded.name, "version": str(loaded.version), "engine": scorer.engine,
                       "uptime_seconds": round(time.time() - svc.metrics.start_time, 3), "rows_scored": svc.metrics.rows})
 
@@ -274,11 +310,13 @@ def environment_settings(environ) -> dict:
     }
 
 
-def run_server(app: Starlette, host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> None:
-    """Serve ``app`` with uvicorn until SIGINT/SIGTERM (uvloop and httptools when installed: uvicorn's "auto").
+def run_server(app: Starlette, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
+               header_timeout: float = DEFAULT_HEADER_TIMEOUT) -> None:
+    """Serve ``app`` with uvicorn until SIGINT/SIGTERM (uvloop, and httptools with a header read deadline).
 
     Prints ``serving <name> v<version> on http://host:port`` to stderr once the socket listens
-    (port 0 picks a free port and prints it).
+    (port 0 picks a free port and prints it). A connection whose request headers are not complete
+    ``header_timeout`` seconds after it opened (or after its previous response) is closed.
     """
     import uvicorn
 
@@ -293,7 +331,7 @@ def run_server(app: Starlette, host: str = "127.0.0.1", port: int = DEFAULT_PORT
                 print(f"serving {svc.loaded.name} v{svc.loaded.version} on http://{host}:{bound}", file=sys.stderr, flush=True)
 
     config = uvicorn.Config(
-        app, host=host, port=port, loop="auto", http="auto", lifespan="on", access_log=False, log_level="warning",
-        server_header=False, timeout_graceful_shutdown=10,
+        app, host=host, port=port, loop="auto", http=protocol_class(header_timeout), lifespan="on", access_log=False,
+        log_level="warning", server_header=False, timeout_graceful_shutdown=10,
     )
     _Server(config).run()

@@ -150,6 +150,15 @@ def parse_json(obj) -> Payload:
     return _rows(value, columns)
 
 
+def csv_rows_at_least(body: bytes) -> int:
+    """A lower bound of the rows in a CSV body, counted without parsing it (non-empty lines minus a header);
+    0 when a quote may hide a line break inside a field."""
+    if b'"' in body:
+        return 0
+    lines = sum(1 for line in body.split(b"\n") if line.strip(b"\r"))
+    return max(lines - 1, 0)
+
+
 def parse_csv(body: bytes, names: list[str], accepted: frozenset) -> Payload:
     """CSV rows: with a header when the first row names only known columns, else the model's order."""
     try:
@@ -177,6 +186,8 @@ def parse_body(body: bytes, content_type: str | None, validator: Validator) -> t
     if kind in JSON_TYPES or kind.endswith("+json"):
         payload = parse_json(loads(body))
     elif kind in CSV_TYPES:
+        if csv_rows_at_least(body) > validator.max_rows:  # refused before the body is parsed
+            validator.check_count(csv_rows_at_least(body))
         payload = parse_csv(body, validator.names, validator.expected | validator.ignored)
     else:
         raise RequestError(

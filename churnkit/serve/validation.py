@@ -159,7 +159,8 @@ class Validator:
             f"(nullable columns: {sorted(self.nullable)!r})"
         )
 
-    def _check_count(self, n: int) -> None:
+    def check_count(self, n: int) -> None:
+        """Refuse ``n`` rows: 422 for none, 413 above ``max_rows``."""
         if n == 0:
             raise SchemaError("the request has no rows to score; send at least one row", status=422,
                               details=["no rows: send at least one instance"])
@@ -176,7 +177,7 @@ class Validator:
 
     def records(self, rows: list) -> Batch:
         """Validate a list of ``{column: value}`` objects; raises SchemaError (422/413) naming every problem."""
-        self._check_count(len(rows))
+        self.check_count(len(rows))
         problems = _Problems()
         expected, ignored, nullable = self.expected, self.ignored, self.nullable
         numeric_rows = []
@@ -251,7 +252,7 @@ class Validator:
             columns = self.names
         else:
             self.check_columns(columns)
-        self._check_count(len(rows))
+        self.check_count(len(rows))
         width = len(columns)
         problems = _Problems()
         for i, row in enumerate(rows):

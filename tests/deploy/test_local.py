@@ -96,6 +96,15 @@ class Load:
             return [r for r in self.results if start <= r[0] < end]
 
 
+def admin(local, method: str, path: str, **kw):
+    """A request to the router's admin API: its own 127.0.0.1 port, the token from the state folder."""
+    import httpx
+
+    port = local.router_info()["admin_port"]
+    return httpx.request(method, f"http://127.0.0.1:{port}/-/{path}",
+                         headers={"authorization": f"Bearer {local.admin_token()}"}, **kw)
+
+
 def share(results, variant: str) -> float:
     return sum(1 for r in results if r[2] == variant) / len(results)
 
@@ -164,11 +173,10 @@ def test_remove_drains_a_live_variant_under_load(local, rows):
 
 
 def test_a_failing_variant_is_retried_elsewhere_and_counted(local, rows):
-    import httpx
 
     ghost = f"http://127.0.0.1:{free_port()}"  # nothing listens there: like a crashed process
-    assert httpx.put(local.url + "/-/variants/ghost", json={"url": ghost, "model_version": "9"}).status_code == 200
-    assert httpx.put(local.url + "/-/weights", json={"weights": {"ghost": 50, "v2": 50}}).status_code == 200
+    assert admin(local, "PUT", "variants/ghost", json={"url": ghost, "model_version": "9"}).status_code == 200
+    assert admin(local, "PUT", "weights", json={"weights": {"ghost": 50, "v2": 50}}).status_code == 200
     with Load(local.url, rows) as load:
         since = time.time()
         load.wait_for(60, since)
@@ -179,7 +187,7 @@ def test_a_failing_variant_is_retried_elsewhere_and_counted(local, rows):
     assert window["v2"].errors == 0
     assert local.describe().variants["ghost"].status == "unmanaged"
     assert local.set_traffic({"v2": 100}).weights == {"v2": 100, "ghost": 0}
-    assert httpx.delete(local.url + "/-/variants/ghost").json() == {"deleted": "ghost", "busy": []}
+    assert admin(local, "DELETE", "variants/ghost").json() == {"deleted": "ghost", "busy": []}
 
 
 def test_router_own_routes_and_forwarded_version(local):
@@ -194,12 +202,170 @@ def test_router_own_routes_and_forwarded_version(local):
     assert httpx.get(local.url + "/version").json()["version"] == "2"
     metrics = httpx.get(local.url + "/metrics").text
     assert 'churnkit_router_variant_weight{variant="v2"} 100' in metrics
-    bad = httpx.put(local.url + "/-/weights", json={"weights": {"v2": 60}})
+    bad = admin(local, "PUT", "weights", json={"weights": {"v2": 60}})
     assert bad.status_code == 422 and "summing to 100" in bad.json()["error"]
-    bad = httpx.put(local.url + "/-/variants/v9", json={"url": "http://127.0.0.1:1", "weight": "lots"})
-    assert bad.status_code == 400 and "'lots'" in bad.json()["error"] and "v9" not in httpx.get(local.url + "/-/state").json()["variants"]
+    bad = admin(local, "PUT", "variants/v9", json={"url": "http://127.0.0.1:1", "weight": "lots"})
+    assert bad.status_code == 422 and "'lots'" in bad.json()["error"]
+    assert "v9" not in admin(local, "GET", "state").json()["variants"]
     r = httpx.post(local.url + "/invocations", json={"instances": [{"tenure": "abc"}]})
     assert 400 <= r.status_code < 500  # a client mistake passes through, never retried into a 5xx
+
+
+def test_admin_api_is_on_its_own_port_with_a_token_and_validates_weights(local):
+    import httpx
+
+    public = httpx.put(local.url + "/-/variants/thief", json={"url": "http://127.0.0.1:1", "weight": 0})
+    assert public.status_code == 404  # the public port knows no admin path
+    assert httpx.get(local.url + "/-/state").status_code == 404 and httpx.get(local.url + "/-/stats").status_code == 404
+    token_file = local.state_dir / "admin.token"
+    assert token_file.stat().st_mode & 0o777 == 0o600
+    port = local.router_info()["admin_port"]
+    assert port != local.live_port
+    assert httpx.get(f"http://127.0.0.1:{port}/-/state").status_code == 401
+    assert httpx.get(f"http://127.0.0.1:{port}/-/state", headers={"authorization": "Bearer wrong"}).status_code == 401
+    assert admin(local, "GET", "invocations").status_code == 404  # the admin port forwards nothing
+    # weights: integers summing to 100 on known variants, whichever route sets them
+    assert admin(local, "PUT", "weights", json={"weights": {"v2": 200}}).status_code == 422
+    assert admin(local, "PUT", "weights", json={"weights": {"v2": 50, "nope": 50}}).status_code == 422
+    doubled = admin(local, "PUT", "variants/v9", json={"url": "http://127.0.0.1:1", "weight": 100})
+    assert doubled.status_code == 422 and "sum to 200" in doubled.json()["error"]
+    bad_url = admin(local, "PUT", "variants/v9", json={"url": "file:///etc/passwd", "weight": 0})
+    assert bad_url.status_code == 422 and "not an http" in bad_url.json()["error"]
+    assert admin(local, "GET", "state").json()["weights"] == {"v2": 100}
+
+
+def test_router_refuses_bodies_above_serves_limit_before_reading_them(local, rows):
+    import httpx
+
+    from churnkit.serve.contracts import DEFAULT_MAX_BODY_BYTES
+
+    state = admin(local, "GET", "state").json()
+    assert state["max_body_bytes"] == DEFAULT_MAX_BODY_BYTES
+    before = admin(local, "GET", "state").json()["variants"]["v2"]["requests"]
+    big = b'{"instances": [' + b" " * (DEFAULT_MAX_BODY_BYTES + 10) + b"]}"
+    r = httpx.post(local.url + "/invocations", content=big, headers={"content-type": "application/json"}, timeout=60)
+    assert r.status_code == 413 and f"max_body_bytes {DEFAULT_MAX_BODY_BYTES}" in r.json()["details"][0]
+
+    def chunks():  # no Content-Length: refused while streaming, after the limit, not after the whole body
+        yield b'{"instances": ['
+        for _ in range(64):
+            yield b" " * (1024 * 1024)
+
+    r = httpx.post(local.url + "/invocations", content=chunks(), headers={"content-type": "application/json"}, timeout=60)
+    assert r.status_code == 413
+    assert admin(local, "GET", "state").json()["variants"]["v2"]["requests"] == before  # nothing was forwarded
+    assert httpx.post(local.url + "/invocations", json={"instances": rows[:3]}).status_code == 200
+
+
+def test_router_log_rotates_and_has_no_line_per_request(tmp_path):
+    """A router on its own: a dead variant makes it warn on every request; the log rotates at its size."""
+    import subprocess
+    import sys
+
+    import httpx
+
+    state = tmp_path / "ep"
+    state.mkdir()
+    ghost = f"http://127.0.0.1:{free_port()}"
+    (state / "state.json").write_text(json.dumps({"port": free_port(), "variants": {
+        "ghost": {"url": ghost, "model_version": "1", "weight": 100}}}))
+    proc = subprocess.Popen([sys.executable, "-m", "churnkit.deploy.router", "--state", str(state),
+                             "--log-max-bytes", "4000"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while not (state / "router.json").exists() and time.time() < deadline:
+            time.sleep(0.05)
+        url = f"http://127.0.0.1:{json.loads((state / 'state.json').read_text())['port']}"
+        with httpx.Client(timeout=10) as c:
+            while True:
+                try:
+                    c.get(url + "/metrics")
+                    break
+                except httpx.HTTPError:
+                    time.sleep(0.05)
+            for _ in range(150):
+                assert c.post(url + "/invocations", json={"instances": []}).status_code == 503
+            for _ in range(50):
+                c.get(url + "/metrics")
+    finally:
+        proc.terminate()
+        proc.wait(15)
+    logs = sorted(p.name for p in state.glob("router.log*"))
+    assert logs == ["router.log", "router.log.1", "router.log.2", "router.log.3"], logs  # three backups kept
+    assert all((state / name).stat().st_size <= 4000 for name in logs)
+    text = "".join((state / name).read_text() for name in logs)
+    assert "variant ghost failed" in text and "HTTP Request" not in text and "/metrics" not in text
+
+
+def test_router_closes_slow_header_connections(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    import httpx
+
+    state = tmp_path / "ep"
+    state.mkdir()
+    port = free_port()
+    (state / "state.json").write_text(json.dumps({"port": port, "variants": {}}))
+    proc = subprocess.Popen([sys.executable, "-m", "churnkit.deploy.router", "--state", str(state), "--header-timeout",
+                             "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    socks = []
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/metrics")
+                break
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        for _ in range(10):
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\n")
+            s.settimeout(0.01)
+            socks.append(s)
+        open_ = list(socks)
+        deadline = time.time() + 20  # the deadline is 1 s; nothing stays open for 20
+        while open_ and time.time() < deadline:
+            for s in list(open_):
+                try:
+                    s.send(b"X")
+                    if s.recv(4096) == b"":
+                        open_.remove(s)
+                except (BlockingIOError, TimeoutError):
+                    pass
+                except OSError:
+                    open_.remove(s)
+            time.sleep(0.25)
+        assert open_ == [], f"{len(open_)} of 10 slow-header connections to the router still open"
+    finally:
+        for s in socks:
+            s.close()
+        proc.terminate()
+        proc.wait(15)
+
+
+@pytest.mark.parametrize("name", ["../../escape", "Churn", "churn_1", "-churn", "churn-", "a" * 64, ""])
+def test_endpoint_names_are_checked_at_every_entry(name, runs_config):
+    from click.testing import CliRunner
+
+    from churnkit import rollout as ro
+    from churnkit.cli import main
+    from churnkit.deploy import get_target
+    from churnkit.exceptions import DeployTargetError
+
+    with pytest.raises(DeployTargetError, match="lowercase letters, digits and '-'") as info:
+        get_target("local", endpoint=name, config=runs_config)
+    assert repr(name) in str(info.value)
+    with pytest.raises(DeployTargetError, match="is not valid"):
+        ro.rollout("local", endpoint=name, config=runs_config)
+    for args in (["endpoint", "status", "--target", "local"], ["rollout", "--target", "local"],
+                 ["deploy", "--target", "local", "--model", "models:/churn@champion"]):
+        result = CliRunner().invoke(main, [*args, "--endpoint", name, "--runs-dir", str(runs_config.runs_dir)])
+        assert result.exit_code == 2 and "is not valid" in result.output, (args, result.output)
+    assert not runs_config.runs_dir.exists() or not any(runs_config.runs_dir.rglob("*.lock"))
+    assert not (runs_config.runs_dir.parent / "escape").exists()
+    assert get_target("local", endpoint="churn-eu-2", config=runs_config).endpoint == "churn-eu-2"
 
 
 def test_a_crashed_router_is_restarted_with_the_last_weights(local, rows):
@@ -213,7 +379,7 @@ def test_a_crashed_router_is_restarted_with_the_last_weights(local, rows):
     while _alive(old) and time.time() < deadline:
         time.sleep(0.05)
     down = local.describe()
-    assert down.details["router"] == "stopped" and down.url == "" and down.weights == {"v2": 0}
+    assert down.details["router"] == "dead" and down.url == "" and down.weights == {"v2": 0}
     assert local.current_weights(down) == {"v2": 100}  # what a new variant would be added to
     state = local.set_traffic({"v2": 100})
     assert state.weights == {"v2": 100} and state.drift == [] and local.read_state()["router"]["pid"] != old
@@ -244,8 +410,12 @@ def test_records_stats_and_scores():
     rec.add("v1", "error", 1.0)
     rec.add("v2", "timeout", 30000.0)
     stats = rec.stats(0)["variants"]
-    assert stats["v1"] == {"requests": 2, "errors": 1, "timeouts": 0, "latencies_ms": [2.0], "scores": [0.1, 0.2]}
+    assert stats["v1"] == {"requests": 2, "errors": 1, "timeouts": 0, "client_errors": 0, "latencies_ms": [2.0],
+                           "scores": [0.1, 0.2]}
     assert stats["v2"]["timeouts"] == 1 and stats["v2"]["latencies_ms"] == []
+    rec.add("v3", "client_error", 3.0)  # a 4xx: the variant answered, but with no prediction
+    assert rec.stats(0)["variants"]["v3"] == {"requests": 1, "errors": 0, "timeouts": 0, "client_errors": 1,
+                                              "latencies_ms": [], "scores": []}
     assert rec.stats(time.time() + 1)["variants"] == {}
     assert _scores(b'{"predictions": [{"churn_probability": 0.3, "churn": false}]}') == (0.3,)
     assert _scores(b'[{"churn_probability": 0.7}]') == (0.7,) and _scores(b"not json") == ()

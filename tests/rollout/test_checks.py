@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from churnkit import rollout as ro
+from churnkit.rollout import checks
 from churnkit.clock import utcnow
 from churnkit.deploy.telemetry import Window, captured_in_folders, window_from_metrics
 from churnkit.exceptions import ParameterError, RolloutLockedError
@@ -69,7 +70,8 @@ def test_thresholds_refuse_nonsense():
 def test_same_model_passes_every_check():
     v = ro.judge_step(window(seed=1), window(seed=2))
     assert v.enough and v.ok and v.failed == []
-    assert [c.name for c in v.checks] == ["challenger_live", "error_rate", "p99_ratio", "prediction_psi"]
+    assert [c.name for c in v.checks] == ["challenger_live", "error_rate", "client_errors", "scored_share", "p99_ratio",
+                                          "prediction_psi"]
     assert v.check("prediction_psi").value < 0.05
 
 
@@ -104,10 +106,55 @@ def test_shifted_predictions_fail_psi():
     assert v.check("prediction_psi").value > 0.2 and "limit 0.2" in v.reason
 
 
-def test_psi_is_not_judged_on_too_few_scores():
-    few = ro.judge_step(window(), window(requests=60, scores=RNG.random(50)), ro.Thresholds(min_requests=50))
-    psi = few.check("prediction_psi")
-    assert psi.ok and psi.value is None and "not judged" in psi.detail
+def test_too_few_scores_extend_the_bake_and_an_uncomputable_psi_does_not_pass():
+    few = ro.judge_step(window(), window(requests=15), ro.Thresholds(min_requests=10))  # 150 scores
+    assert not few.enough and not few.ok and "150 and 4000 scores (min_scores 200)" in few.reason
+    psi = checks.check_prediction_psi(window(), window(requests=60, scores=RNG.random(50)), 0.2)
+    assert not psi.ok and psi.value is None and "could not be computed" in psi.detail
+
+
+def client_window(requests=400, client_errors=0, scores_per_answer=10, seed=0):
+    """A window where ``client_errors`` requests were answered 4xx (no latency, no scores)."""
+    rng = np.random.default_rng(seed)
+    answered = requests - client_errors
+    return Window(requests, 0, 0, tuple(5.0 + rng.exponential(1.0, answered)),
+                  tuple(rng.beta(2, 5, answered * scores_per_answer)), client_errors=client_errors)
+
+
+def test_a_challenger_answering_4xx_to_every_request_fails():
+    """The same traffic goes to both variants: 4xx the champion does not give are the challenger's fault."""
+    v = ro.judge_step(client_window(), client_window(client_errors=400, seed=1))
+    assert v.enough and not v.ok
+    assert {c.name for c in v.failed} == {"client_errors", "scored_share", "prediction_psi"}
+    assert "client errors (4xx) 100.00% (400/400) vs champion 0.00%" in v.reason
+    assert "prediction PSI could not be computed: 0 challenger" in v.reason
+    early = ro.early_breach(client_window(), client_window(requests=60, client_errors=60), ro.Thresholds(min_requests=50))
+    assert early is not None and "client_errors" in [c.name for c in early.failed]
+
+
+def test_client_errors_both_variants_give_alike_are_not_the_challengers():
+    v = ro.judge_step(client_window(client_errors=40), client_window(client_errors=42, seed=2))
+    assert v.ok, v.reason
+    assert v.check("client_errors").value == pytest.approx(42 / 400)
+    assert not ro.judge_step(client_window(client_errors=40), client_window(client_errors=80, seed=2)).ok
+
+
+def test_a_challenger_answering_without_scores_fails_the_scored_share():
+    v = ro.judge_step(client_window(), client_window(scores_per_answer=0, seed=3))
+    assert v.enough and {c.name for c in v.failed} == {"scored_share", "prediction_psi"}
+    assert v.check("scored_share").value == 0.0
+    half = checks.check_scored_share(client_window(), client_window(scores_per_answer=4, seed=4))
+    assert not half.ok and half.value == pytest.approx(0.4)
+    assert checks.check_scored_share(client_window(), client_window(seed=5)).ok
+
+
+def test_a_timeout_ends_the_bake_at_once_whatever_min_requests():
+    th = ro.Thresholds(min_requests=50)
+    early = ro.early_breach(window(), window(requests=3, timeouts=1), th)
+    assert early is not None and [c.name for c in early.failed] == ["timeouts"]
+    assert "timeouts 33.33% (1/3)" in early.reason
+    # the champion timing out as often is an outage, not the challenger's doing
+    assert ro.early_breach(window(requests=30, timeouts=10), window(requests=3, timeouts=1), th) is None
 
 
 def test_too_little_traffic_gives_no_verdict_yet():

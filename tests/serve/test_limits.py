@@ -1,0 +1,203 @@
+"""The serve process under slow, large and broken conditions, with real sockets on 127.0.0.1.
+
+A server whose model cannot score reports not-ready (503 with the reason) on every health route
+instead of 200-then-500; slowloris connections (headers or a body at a byte at a time) are closed by
+the header and body deadlines; a CSV body with too many rows is refused before it is parsed; a large
+body is parsed off the event loop, so ``/ping`` answers while it is scored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import socket
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+from conftest import free_port
+from serve_support import CHURNKIT, Server, clean_env, json_rows, models, served_store
+
+MAX_ROWS = 100
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    base = tmp_path_factory.mktemp("limits")
+    runs, loaded = served_store(base)
+    return base, runs, loaded
+
+
+@pytest.fixture(scope="module")
+def server(store):
+    base, runs, _ = store
+    srv = Server([CHURNKIT, "serve", "--model", "models:/churn@champion", "--runs-dir", str(runs), "--port", "0",
+                  "--max-rows", str(MAX_ROWS), "--header-timeout", "1", "--body-timeout", "2"],
+                 clean_env(), base / "serve.log")
+    yield srv
+    srv.close()
+
+
+class InThread:
+    """``create_app(loaded)`` served by uvicorn (the serve command's protocol) in a thread on a free port."""
+
+    def __init__(self, app):
+        import uvicorn
+
+        from churnkit.serve.limits import protocol_class
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, http=protocol_class(5.0),
+                                                    log_level="warning", lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert self.server.started
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(15)
+
+
+def _unscorable(loaded):
+    """``loaded`` with a classifier fitted on one feature more than the pipeline produces: it cannot score."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+
+    (prep_name, prep), (clf_name, clf) = loaded.pipeline.steps
+    width = clf.coef_.shape[1] + 1
+    rng = np.random.default_rng(0)
+    wrong = LogisticRegression().fit(rng.normal(size=(20, width)), np.arange(20) % 2)
+    return dataclasses.replace(loaded, pipeline=Pipeline([(prep_name, prep), (clf_name, wrong)]))
+
+
+def test_a_model_that_cannot_score_reports_not_ready_with_the_reason(store):
+    from churnkit.serve.app import create_app
+
+    _, _, loaded = store
+    app = create_app(_unscorable(loaded), vertex_health_route="/vertex/health", vertex_predict_route="/vertex/predict")
+    row = json_rows(models().raw.iloc[:1])
+    with InThread(app) as srv, httpx.Client(base_url=srv.url, timeout=10) as c:
+        for route in ("/ping", "/", "/health", "/vertex/health"):
+            r = c.get(route)
+            assert r.status_code == 503, (route, r.text)
+            assert r.json()["status"] == "not ready" and "features" in r.json()["error"], r.text
+        for route in ("/invocations", "/score", "/vertex/predict"):
+            r = c.post(route, json={"instances": row})
+            assert r.status_code == 503 and "cannot score" in r.json()["error"], (route, r.text)
+    good = create_app(loaded)
+    with InThread(good) as srv, httpx.Client(base_url=srv.url, timeout=10) as c:
+        assert c.get("/ping").status_code == 200 and c.get("/health").json()["status"] == "ok"
+        assert c.post("/invocations", json={"instances": row}).status_code == 200
+
+
+def _closed(sock: socket.socket) -> bool:
+    """True when the server closed ``sock`` (reads EOF or a reset); False while it is open."""
+    try:
+        return sock.recv(4096) == b"" or _drain_then_eof(sock)
+    except (BlockingIOError, TimeoutError):
+        return False
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+
+
+def _drain_then_eof(sock: socket.socket) -> bool:
+    while True:
+        if sock.recv(4096) == b"":
+            return True
+
+
+def test_slowloris_headers_are_closed_by_the_header_deadline(server):
+    socks = []
+    for _ in range(20):
+        s = socket.create_connection(("127.0.0.1", server.port))
+        s.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\n")
+        s.settimeout(0.01)
+        socks.append(s)
+    try:
+        open_ = list(socks)
+        deadline = time.monotonic() + 20  # the header deadline is 1 s; nothing stays open for 20
+        while open_ and time.monotonic() < deadline:
+            for s in list(open_):
+                try:
+                    s.send(b"X")  # a byte at a time, as slowloris does
+                except OSError:
+                    open_.remove(s)
+                    continue
+                if _closed(s):
+                    open_.remove(s)
+            time.sleep(0.25)
+        assert open_ == [], f"{len(open_)} of 20 slow-header connections still open"
+        assert httpx.get(server.url + "/ping").status_code == 200  # the server still serves
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_a_slow_body_gets_408_and_the_connection_closed(server):
+    s = socket.create_connection(("127.0.0.1", server.port))
+    try:
+        s.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n")
+        s.settimeout(0.01)
+        got, deadline = b"", time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                s.send(b" ")
+                chunk = s.recv(4096)
+                if chunk == b"":
+                    break
+                got += chunk
+            except (BlockingIOError, TimeoutError):
+                pass
+            except (ConnectionResetError, BrokenPipeError):
+                break
+            time.sleep(0.25)
+        assert got.startswith(b"HTTP/1.1 408"), got[:200]
+        assert b"did not arrive within 2 s" in got and b"connection: close" in got.lower()
+    finally:
+        s.close()
+
+
+def test_csv_with_too_many_rows_is_refused_before_it_is_parsed(server):
+    names = models().schema.names
+    body = (",".join(names) + "\n" + "\n".join(["x,"] * (MAX_ROWS + 4))).encode() + b"\n\xff\xfe,"  # not UTF-8 at the end
+    r = httpx.post(server.url + "/invocations", content=body, headers={"content-type": "text/csv"})
+    assert r.status_code == 413, r.text  # counted before parsing: the body is never decoded (that would be a 400)
+    assert r.json()["details"] == [f"rows: {MAX_ROWS + 5} > max_rows {MAX_ROWS}"]
+
+
+def test_a_large_body_is_scored_off_the_event_loop(store, tmp_path):
+    base, runs, _ = store
+    srv = Server([CHURNKIT, "serve", "--model", "models:/churn@champion", "--runs-dir", str(runs), "--port", "0",
+                  "--max-rows", "200000", "--max-body-bytes", str(200 * 1024 * 1024)], clean_env(), tmp_path / "big.log")
+    try:
+        rows = json_rows(models().raw)
+        body = json.dumps({"instances": rows * 100}).encode()  # 30,000 rows: a second or more of parsing and validation
+        done: dict[str, float] = {}
+
+        def big():
+            r = httpx.post(srv.url + "/invocations", content=body, headers={"content-type": "application/json"},
+                           timeout=120)
+            done["big"] = time.monotonic()
+            done["status"] = r.status_code
+
+        t = threading.Thread(target=big)
+        t.start()
+        time.sleep(0.5)  # the body is on its way; the server is parsing it
+        pings = []
+        while t.is_alive() and len(pings) < 5:
+            pings.append(httpx.get(srv.url + "/ping", timeout=120).status_code)
+            done.setdefault("ping", time.monotonic())
+        t.join(120)
+        assert done["status"] == 200 and pings and set(pings) == {200}
+        assert done["ping"] < done["big"], "a /ping waited for the large body to be scored (event loop blocked)"
+    finally:
+        srv.close()
