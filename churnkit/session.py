@@ -23,13 +23,13 @@ import json
 import os
 import signal
 import socket
-import time
 import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from churnkit import tracking
+from churnkit.clock import iso_from_ms
 from churnkit.config import TAG, Config
 from churnkit.registry import Candidate
 
@@ -363,7 +363,7 @@ class SessionCandidate(Candidate):
 
 
 def _when(ms: int | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ms / 1000)) if ms else "?"
+    return (iso_from_ms(ms) or "?").replace("T", " ").replace("Z", " UTC")
 
 
 def _where(run, mine: str) -> str:

@@ -26,7 +26,6 @@ import logging
 import sys
 import time
 import uuid
-from datetime import UTC, datetime
 
 import anyio.to_thread
 import numpy as np
@@ -38,6 +37,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from churnkit.clock import utcnow
 from churnkit.exceptions import ConfigError, SchemaError
 from churnkit.version import __version__
 from churnkit.serve import contracts
@@ -137,7 +137,7 @@ class PredictEndpoint:
             svc.metrics.observe_scores(scored.proba)
             if svc.capture is not None:
                 svc.capture.write({
-                    "time": datetime.now(UTC).isoformat(timespec="milliseconds"), "request_id": request_id,
+                    "time": utcnow(), "request_id": request_id,
                     "model_name": m.name, "model_version": str(m.version),
                     "inputs": scored.payload.records(svc.scorer.validator.names), "predictions": scored.proba.tolist(),
                 })

@@ -13,9 +13,9 @@ import json
 import logging
 import queue
 import threading
-import time
 from pathlib import Path
 
+from churnkit.clock import file_stamp
 from churnkit.exceptions import DataError
 from churnkit.serve.contracts import dumps
 
@@ -73,7 +73,7 @@ class CaptureWriter:
 
     def _open(self) -> None:
         while True:
-            stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+            stamp = file_stamp()
             path = self.directory / f"capture-{stamp}-{self._seq:04d}.jsonl"
             self._seq += 1
             try:
