@@ -127,6 +127,7 @@ def pipeline_summary(result: PipelineResult) -> dict:
         else:
             lines.append("gate     REFUSED")
             lines += [f"  - {r}" for r in gate.get("reasons", [])]
+        lines += [f"  note: {n}" for n in gate.get("notes", [])]
     model_name = ev.parameters.get("model_name", "churn") if ev else "churn"
     if version:
         role = next((a for a, v in aliases.items() if str(v) == version), "registered")
