@@ -293,10 +293,27 @@ def _target_options(fn):
     return fn
 
 
-def _target(name: str, endpoint: str, port: int, runs_dir):
+def _target(name: str, endpoint: str, port: int, runs_dir, autoscaling=None):
     from churnkit.deploy import open_target
 
-    return open_target(name, endpoint, port, _config(runs_dir))
+    return open_target(name, endpoint, port, _config(runs_dir), autoscaling=autoscaling)
+
+
+def _autoscaling_options(fn):
+    """--min-instances ... --schedule: the autoscaling policy deploy registers for the new variant."""
+    for option in reversed([
+        click.option("--min-instances", type=int, default=None, help="Autoscaling: fewest instances (replicas)."),
+        click.option("--max-instances", type=int, default=None, help="Autoscaling: most instances."),
+        click.option("--target-invocations-per-instance", type=float, default=None, metavar="N",
+                     help="Autoscaling: requests per instance per minute to hold (`churnkit loadtest --ramp` prints one)."),
+        click.option("--target-cpu", type=float, default=None, metavar="PERCENT", help="Autoscaling: CPU percent to hold instead."),
+        click.option("--scale-in-cooldown", type=int, default=None, metavar="SECONDS", help="Autoscaling: seconds between scale-ins."),
+        click.option("--scale-out-cooldown", type=int, default=None, metavar="SECONDS", help="Autoscaling: seconds between scale-outs."),
+        click.option("--schedule", "schedules", multiple=True, metavar="'MON-FRI 08:00 4-10'",
+                     help="Autoscaling: min-max instances from a time of day (UTC) on some days (repeatable)."),
+    ]):
+        fn = option(fn)
+    return fn
 
 
 def _emit_state(state, as_json: bool) -> None:
@@ -330,9 +347,13 @@ def _plan_or_apply(target, action: str, plan_only: bool, as_json: bool, **kw) ->
               help="SageMaker only: replace the model with a blue/green canary or linear shift and alarm rollback.")
 @click.option("--step", type=click.IntRange(1, 99), default=10, show_default=True, help="Guardrails: percent per step.")
 @click.option("--bake", type=click.IntRange(min=0), default=600, show_default=True, help="Guardrails: seconds between steps.")
-def deploy(deploy_target, endpoint, port, runs_dir, as_json, model_uri, variant, weight, plan_only, guardrails, step, bake):
-    """Deploy a registered model version to an endpoint as a weighted variant."""
-    target = _target(deploy_target, endpoint, port, runs_dir)
+@_autoscaling_options
+def deploy(deploy_target, endpoint, port, runs_dir, as_json, model_uri, variant, weight, plan_only, guardrails, step, bake,
+           **scaling):
+    """Deploy a registered model version to an endpoint as a weighted variant (autoscaled with --min/--max-instances)."""
+    from churnkit.deploy.autoscaling import policy_for
+
+    target = _target(deploy_target, endpoint, port, runs_dir, policy_for(deploy_target, **scaling))
     if guardrails and deploy_target != "sagemaker":
         raise click.BadParameter(f"--guardrails works with --target sagemaker, not {deploy_target!r}", param_hint="--guardrails")
     if guardrails:
@@ -353,8 +374,17 @@ def endpoint():
 @endpoint.command()
 @_target_options
 def status(deploy_target, endpoint, port, runs_dir, as_json):
-    """Show the live variants, their model versions, weights and status."""
-    _emit_state(_target(deploy_target, endpoint, port, runs_dir).describe(), as_json)
+    """Show the live variants, their model versions, weights and status; autoscaling and instance counts on a cloud."""
+    from churnkit.deploy.autoscaling import live_status, status_lines
+
+    target = _target(deploy_target, endpoint, port, runs_dir)
+    state = target.describe()
+    scaling = live_status(target, state)
+    if as_json:
+        return emit_json({**state.to_dict(), "autoscaling": scaling})
+    click.echo(state.summary())
+    for line in status_lines(scaling):
+        click.echo(line)
 
 
 @endpoint.command()
