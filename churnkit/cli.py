@@ -148,19 +148,24 @@ def synth(rows, month, seed, drift, out):
 @click.option("--capture-max-bytes", type=click.IntRange(min=1), default=16 * 1024 * 1024, show_default=True,
               help="Rotate capture files at this size.")
 @click.option("--runs-dir", type=click.Path(file_okay=False), help="Audit trail folder (default runs/ or CHURNKIT_RUNS_DIR).")
-def serve(model_uri, host, port, max_body_bytes, max_rows, capture_dir, capture_max_bytes, runs_dir):
+@click.option("--workers", default=None, metavar="N|auto",
+              help="Server processes on the port (auto: one per CPU). Default CHURNKIT_WORKERS, else auto when the "
+                   "model comes from the environment (a container), else 1.")
+def serve(model_uri, host, port, max_body_bytes, max_rows, capture_dir, capture_max_bytes, runs_dir, workers):
     """Serve the model over HTTP: SageMaker, Vertex AI, Azure ML and MLflow routes, /metrics."""
     import os
 
     from churnkit.serve.app import create_app, environment_settings, run_server
     from churnkit.serve.loading import load_serving_model
+    from churnkit.serve.workers import resolve_workers
 
     env = environment_settings(os.environ)
-    loaded = load_serving_model(model_uri or env["model"], _config(runs_dir))
+    n_workers = resolve_workers(workers, default="1" if model_uri else "auto")
+    loaded = load_serving_model(model_uri or env["model"], _config(runs_dir), compiled=True)
     app = create_app(loaded, max_body_bytes=max_body_bytes, max_rows=max_rows, capture_dir=capture_dir,
                      capture_max_bytes=capture_max_bytes, vertex_health_route=env["vertex_health_route"],
                      vertex_predict_route=env["vertex_predict_route"])
-    run_server(app, host=host or env["host"], port=env["port"] if port is None else port)
+    run_server(app, host=host or env["host"], port=env["port"] if port is None else port, workers=n_workers)
 
 
 # ---- the reviewer's view of runs/ ---------------------------------------------------------------

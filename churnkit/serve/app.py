@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 import time
 import uuid
@@ -207,7 +208,8 @@ def create_app(
 
     async def health(request: Request) -> Response:
         return _json({"status": "ok", "name": loaded.name, "version": str(loaded.version), "engine": scorer.engine,
-                      "uptime_seconds": round(time.time() - svc.metrics.start_time, 3), "rows_scored": svc.metrics.rows})
+                      "uptime_seconds": round(time.time() - svc.metrics.start_time, 3), "rows_scored": svc.metrics.rows,
+                      "pid": os.getpid()})
 
     async def version(request: Request) -> Response:
         return _json(svc.describe())
@@ -274,7 +276,7 @@ def environment_settings(environ) -> dict:
     }
 
 
-def run_server(app: Starlette, host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> None:
+def run_server(app: Starlette, host: str = "127.0.0.1", port: int = DEFAULT_PORT, workers: int = 1) -> None:
     """Serve ``app`` with uvicorn until SIGINT/SIGTERM (uvloop and httptools when installed: uvicorn's "auto").
 
     Prints ``serving <name> v<version> on http://host:port`` to stderr once the socket listens
@@ -296,4 +298,10 @@ def run_server(app: Starlette, host: str = "127.0.0.1", port: int = DEFAULT_PORT
         app, host=host, port=port, loop="auto", http="auto", lifespan="on", access_log=False, log_level="warning",
         server_header=False, timeout_graceful_shutdown=10,
     )
+    if workers > 1:  # pre-forked processes on one socket, /metrics summed over them (churnkit.serve.workers)
+        from churnkit.serve.workers import run_workers
+
+        return run_workers(app, config, workers, lambda bound, n: print(
+            f"serving {svc.loaded.name} v{svc.loaded.version} on http://{host}:{bound} ({n} workers)",
+            file=sys.stderr, flush=True))
     _Server(config).run()
