@@ -424,6 +424,44 @@ def stop(deploy_target, endpoint, port, runs_dir, as_json, plan_only):
     _plan_or_apply(_target(deploy_target, endpoint, port, runs_dir), "stop", plan_only, as_json)
 
 
+# ---- capacity -----------------------------------------------------------------------------------
+@main.command()
+@click.argument("url")
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=20.0, show_default=True,
+              help="Requests per second (the first step of a --ramp).")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
+              help="Seconds to send (each step of a --ramp).")
+@click.option("--ramp", is_flag=True, help="Raise the rate x1.5 per step until the p99 objective is missed; "
+              "prints the rate one instance holds and the autoscaling target.")
+@click.option("--p99-objective-ms", type=click.FloatRange(min=0, min_open=True), default=100.0, show_default=True)
+@click.option("--headroom", type=click.FloatRange(0, 1, max_open=True), default=0.3, show_default=True,
+              help="Share of the sustained rate kept free in the autoscaling target.")
+@click.option("--max-steps", type=click.IntRange(min=1), default=8, show_default=True, help="Most ramp steps.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True, help="Rows per request.")
+@click.option("--route", default="/invocations", show_default=True, help="Predict route (/score on Azure ML).")
+@click.option("--data", "data_path", default="", metavar="FILE", help="Rows to send (CSV/Parquet; default a synthetic month).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+def loadtest(url, rate, duration, ramp, p99_objective_ms, headroom, max_steps, batch_size, route, data_path, as_json):
+    """Load URL at --rate for --duration: throughput, p50/p99, errors, model vs overhead latency; --ramp sizes it."""
+    from churnkit import loadtest as lt
+
+    rows = None
+    if data_path:
+        from churnkit.data import read_table
+
+        rows = read_table(data_path).drop(columns=["churn", "customer_id"], errors="ignore")
+    kw = {"rows": rows, "route": route, "batch_size": batch_size}
+    if ramp:
+        result = lt.ramp(url, rate, duration, p99_objective_ms=p99_objective_ms, headroom=headroom, max_steps=max_steps,
+                         echo=None if as_json else click.echo, **kw)
+    else:
+        result = lt.loadtest(url, rate, duration, **kw)
+    if as_json:
+        emit_json(result.to_dict())
+    else:
+        click.echo(result.summary())
+
+
 # ---- monitoring ---------------------------------------------------------------------------------
 @main.command()
 @click.option("--reference", required=True, metavar="FILE", help="Reference table (CSV/Parquet), e.g. the training month.")
