@@ -464,8 +464,8 @@ def loadtest(url, rate, duration, ramp, p99_objective_ms, headroom, max_steps, b
 
 # ---- monitoring ---------------------------------------------------------------------------------
 @main.command()
-@click.option("--reference", required=True, metavar="FILE", help="Reference table (CSV/Parquet), e.g. the training month.")
-@click.option("--current", required=True, metavar="FILE|DIR",
+@click.option("--reference", default=None, metavar="FILE", help="Reference table (CSV/Parquet), e.g. the training month.")
+@click.option("--current", default=None, metavar="FILE|DIR",
               help="Current table, or a serving data-capture folder / .jsonl file (served scores included).")
 @click.option("--history", multiple=True, metavar="FILE", help="Earlier labelled months, oldest first (AUC over months).")
 @click.option("--labels", "labels_path", default="", metavar="FILE", help="Labels that arrived later, joined on --id-column.")
@@ -489,9 +489,30 @@ def loadtest(url, rate, duration, ramp, p99_objective_ms, headroom, max_steps, b
 @click.option("--report", "report_path", default="", metavar="FILE.html", help="Write the HTML report (plots included).")
 @click.option("--runs-dir", type=click.Path(file_okay=False), help="Audit trail folder (default runs/ or CHURNKIT_RUNS_DIR).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+@click.option("--latency", is_flag=True, help="Latency diagnosis from a cloud endpoint's own metrics (with --target).")
+@click.option("--target", "latency_target", type=click.Choice(["sagemaker", "azureml", "vertex"]), default=None,
+              help="--latency: the cloud of --endpoint.")
+@click.option("--endpoint", default="churn", show_default=True, help="--latency: the endpoint name.")
+@click.option("--since", default="1h", show_default=True, help="--latency: how far back to read (30m, 1h, 2d).")
 def monitor(reference, current, history, labels_path, label_column, id_column, id_columns, model_uri, metrics_url,
-            probe_requests, drift_share, psi_warn, psi_act, max_auc_drop, small_sample, report_path, runs_dir, as_json):
-    """Data drift, prediction drift, performance once labels arrive, latency; exit 0 even when drift is found."""
+            probe_requests, drift_share, psi_warn, psi_act, max_auc_drop, small_sample, report_path, runs_dir, as_json,
+            latency, latency_target, endpoint, since):
+    """Data drift, prediction drift, performance once labels arrive, latency; exit 0 even when drift is found.
+
+    With --latency --target T --endpoint E: where a cloud endpoint's time goes, the likely cause and the change to make.
+    """
+    if latency:
+        from churnkit.monitor.cloud import cloud_latency, summary
+
+        if not latency_target:
+            raise click.UsageError("--latency needs --target sagemaker|azureml|vertex (for a churnkit server: --metrics-url)")
+        result = cloud_latency(latency_target, endpoint, since, config=_config(runs_dir))
+        if as_json:
+            return emit_json({k: v for k, v in result.items() if k != "series"}
+                             | {"series": {n: s.to_dict() for n, s in result["series"].items()}})
+        return click.echo(summary(result))
+    if not (reference and current):
+        raise click.UsageError("give --reference FILE and --current FILE|DIR (or --latency --target T --endpoint E)")
     from churnkit.monitor import monitor_files
 
     report = monitor_files(reference, current, labels_path=labels_path, history=history, model_uri=model_uri,
