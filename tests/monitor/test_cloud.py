@@ -8,6 +8,7 @@ Scaling. https://docs.aws.amazon.com/sagemaker/latest/dg/monitoring-cloudwatch.h
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import pytest
 
@@ -173,3 +174,175 @@ def test_cli_latency_json_and_usage(aws):
     assert res.exit_code == 2 and "--latency needs --target" in res.output
     res = CliRunner().invoke(main, ["monitor", "--reference", "x.csv"])
     assert res.exit_code == 2 and "give --reference FILE and --current" in res.output
+
+
+# ---- Azure ML through azure-mgmt-monitor, only the HTTP transport replaced ------------------------------------
+WS = ("/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg-churn/providers/"
+      "Microsoft.MachineLearningServices/workspaces/ws-churn")
+
+
+def _azure_metric(name: str, unit: str, series: list[tuple[str, list[dict]]]) -> dict:
+    """One metric as GET .../providers/Microsoft.Insights/metrics returns it
+    (https://learn.microsoft.com/rest/api/monitor/metrics/list)."""
+    return {"id": f"{WS}/providers/Microsoft.Insights/metrics/{name}", "type": "Microsoft.Insights/metrics",
+            "name": {"value": name, "localizedValue": name}, "unit": unit, "errorCode": "Success",
+            "timeseries": [{"metadatavalues": ([{"name": {"value": "deployment", "localizedValue": "deployment"},
+                                                  "value": dep}] if dep else []), "data": data} for dep, data in series]}
+
+
+def _azure_transport(responses: dict, status: int = 200):
+    import io
+    import json
+    from urllib.parse import urlparse
+
+    import requests
+    from azure.core.pipeline.transport import RequestsTransport
+
+    class Fake(RequestsTransport):
+        def __init__(self):
+            super().__init__(session=self, session_owner=False)
+            self.paths: list[str] = []
+
+        def request(self, method, url, data=None, **kw):
+            path = urlparse(url).path
+            self.paths.append(path)
+            body = responses.get(path)
+            code = status if body is not None else 404
+            if body is None:
+                body = {"error": {"code": "ResourceNotFound", "message": f"{path} not found"}}
+            resp = requests.Response()
+            resp.status_code, resp.reason, resp.url = code, "OK" if code < 400 else "Error", url
+            resp.headers.update({"content-type": "application/json"})
+            resp._content = json.dumps(body).encode()
+            resp.raw = io.BytesIO(resp._content)
+            return resp
+
+        def close(self):
+            pass
+
+    return Fake()
+
+
+def _minutes(n: int, **values) -> list[dict]:
+    return [{"timeStamp": (NOW - dt.timedelta(minutes=n - i)).isoformat(), **{k: (v[i] if isinstance(v, list) else v)
+                                                                           for k, v in values.items()}} for i in range(n)]
+
+
+def test_azureml_under_provisioned_from_azure_monitor():
+    from churnkit.deploy.autoscaling import AutoscalingPolicy, azure_setting, monitor_client
+    from churnkit.monitor.cloud import read_azureml
+    from deploy.test_azureml import FakeCredential
+
+    ep = f"{WS}/onlineEndpoints/churn"
+    setting = azure_setting(AutoscalingPolicy(1, 3, target_cpu=70), workspace_id=WS, endpoint="churn",
+                            deployment="blue", location="westeurope")
+    setting |= {"id": "/subscriptions/x/resourceGroups/rg-churn/providers/microsoft.insights/autoscalesettings/s",
+                "name": "churn-blue-autoscale"}
+    responses = {
+        f"{ep}/providers/Microsoft.Insights/metrics": {"value": [
+            _azure_metric("RequestLatency", "Milliseconds", [("blue", _minutes(10, average=180.0, maximum=900.0))]),
+            _azure_metric("RequestLatency_P99", "Milliseconds", [("blue", _minutes(10, average=850.0))]),
+            _azure_metric("RequestsPerMinute", "Count", [("blue", _minutes(10, total=3000.0))])]},
+        f"{ep}/deployments/blue/providers/Microsoft.Insights/metrics": {"value": [
+            _azure_metric("CpuUtilizationPercentage", "Percent", [("", _minutes(10, average=93.0, maximum=99.0))]),
+            _azure_metric("MemoryUtilizationPercentage", "Percent", [("", _minutes(10, average=40.0))]),
+            _azure_metric("DeploymentCapacity", "Count", [("", _minutes(10, average=[2.0] * 4 + [3.0] * 6))])]},
+        "/subscriptions/00000000-0000-0000-0000-000000000000/resourcegroups/rg-churn/providers/Microsoft.Insights/"
+        "autoscalesettings/churn-blue-autoscale": setting,
+    }
+    transport = _azure_transport(responses)
+    client = monitor_client(FakeCredential(), "00000000-0000-0000-0000-000000000000", transport=transport)
+    series = read_azureml("churn", NOW.timestamp() - 3600, client=client, workspace_id=WS, deployments={"blue": "blue"},
+                          resource_group="rg-churn")
+    s = series["blue"]
+    assert len(s.times) == 10 and s.instances[-1] == 3.0 and s.scaling["max_instances"] == 3
+    d = diagnose(s)
+    assert d["likely_cause"] == "under-provisioned scaling" and d["breakdown_ms"]["total"] == pytest.approx(180.0)
+    assert "--max-instances 5" in d["change"] and d["requests"] == 30000
+
+    denied = _azure_transport({k: {"error": {"code": "AuthorizationFailed", "message": "does not have authorization "
+                                             "to perform action 'Microsoft.Insights/metrics/read'"}}
+                               for k in responses}, status=403)
+    client = monitor_client(FakeCredential(), "00000000-0000-0000-0000-000000000000", transport=denied)
+    with pytest.raises(MonitoringPermissionError, match="Microsoft.Insights/metrics/read.*`deployer_principal_id`"):
+        read_azureml("churn", NOW.timestamp() - 3600, client=client, workspace_id=WS, deployments={"blue": "blue"},
+                     resource_group="rg-churn")
+
+
+# ---- Vertex AI through google-cloud-monitoring's gRPC transport to a local MetricService ----------------------
+def _gcp_series(metric: str, kind: str, value_type: str, values: list, labels: dict | None = None) -> dict:
+    """A TimeSeries as projects.timeSeries.list returns it (https://cloud.google.com/monitoring/api/ref_v3/rest/v3/TimeSeries)."""
+    field = {"DISTRIBUTION": "distributionValue", "INT64": "int64Value", "DOUBLE": "doubleValue"}[value_type]
+    points = []
+    for i, v in enumerate(values):
+        end = NOW - dt.timedelta(minutes=len(values) - i)
+        value = {"count": "10", "mean": v} if value_type == "DISTRIBUTION" else (str(v) if value_type == "INT64" else v)
+        points.append({"interval": {"startTime": (end - dt.timedelta(minutes=1)).isoformat().replace("+00:00", "Z"),
+                                    "endTime": end.isoformat().replace("+00:00", "Z")}, "value": {field: value}})
+    return {"metric": {"type": f"aiplatform.googleapis.com/prediction/online/{metric}", "labels": labels or {}},
+            "resource": {"type": "aiplatform.googleapis.com/Endpoint",
+                         "labels": {"endpoint_id": "123", "deployed_model_id": "456", "location": "europe-west4"}},
+            "metricKind": kind, "valueType": value_type, "points": points}
+
+
+@pytest.fixture
+def gcp_server():
+    """A gRPC server on 127.0.0.1 answering google.monitoring.v3.MetricService/ListTimeSeries from recorded series;
+    the SDK's own gRPC transport talks to it over a real channel."""
+    from concurrent import futures
+
+    import grpc
+    from google.cloud.monitoring_v3 import ListTimeSeriesRequest, ListTimeSeriesResponse, TimeSeries
+
+    state = {"by_metric": {}, "deny": False}
+
+    def list_time_series(request, context):
+        if state["deny"]:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, "Permission monitoring.timeSeries.list denied")
+        metric = request.filter.split("prediction/online/", 1)[1].split('"', 1)[0]
+        return ListTimeSeriesResponse(time_series=[TimeSeries.from_json(json.dumps(t))
+                                                   for t in state["by_metric"].get(metric, [])])
+
+    server = grpc.server(futures.ThreadPoolExecutor(2))
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("google.monitoring.v3.MetricService", {
+        "ListTimeSeries": grpc.unary_unary_rpc_method_handler(
+            list_time_series, request_deserializer=ListTimeSeriesRequest.deserialize,
+            response_serializer=ListTimeSeriesResponse.serialize)})])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+
+    def client():
+        from google.cloud import monitoring_v3
+        from google.cloud.monitoring_v3.services.metric_service.transports.grpc import MetricServiceGrpcTransport
+
+        return monitoring_v3.MetricServiceClient(
+            transport=MetricServiceGrpcTransport(channel=grpc.insecure_channel(f"127.0.0.1:{port}")))
+
+    state["client"] = client
+    yield state
+    server.stop(0)
+
+
+def test_vertex_scaling_too_slow_from_cloud_monitoring(gcp_server):
+    from churnkit.monitor.cloud import read_vertex
+
+    by_metric = {
+        "prediction_latencies": [_gcp_series("prediction_latencies", "DELTA", "DISTRIBUTION", [30.0] * 10, {"latency_type": "model"}),
+                                 _gcp_series("prediction_latencies", "DELTA", "DISTRIBUTION", [12.0] * 10, {"latency_type": "overhead"})],
+        "prediction_count": [_gcp_series("prediction_count", "DELTA", "INT64", [2000] * 10)],
+        "error_count": [_gcp_series("error_count", "DELTA", "INT64", [0] * 10)],
+        "replicas": [_gcp_series("replicas", "GAUGE", "INT64", [1] * 6 + [2] * 4)],
+        "cpu/utilization": [_gcp_series("cpu/utilization", "GAUGE", "DOUBLE", [0.5] * 5 + [0.95] * 5)],
+    }
+    gcp_server["by_metric"] = by_metric
+    series = read_vertex("123", NOW.timestamp() - 3600, client=gcp_server["client"](), project="churn-proj",
+                         deployed={"456": "v7"})
+    s = series["v7"]
+    s.scaling = {"min_instances": 1, "max_instances": 5, "metric": "request_count", "target": 1500, "scale_out_cooldown": None}
+    d = diagnose(s)
+    assert len(s.times) == 10 and d["breakdown_ms"]["model"] == pytest.approx(30.0) and d["cpu_peak_pct"] == pytest.approx(95.0)
+    assert d["likely_cause"] == "scaling policy too slow" and "--target-invocations-per-instance 1050" in d["change"]
+
+    with pytest.raises(MonitoringPermissionError, match="monitoring.timeSeries.list.*`deployer_service_account`"):
+        gcp_server["deny"] = True
+        read_vertex("123", NOW.timestamp() - 3600, client=gcp_server["client"](), project="churn-proj", deployed={})
