@@ -525,3 +525,24 @@ def summary(report: dict) -> str:
                   f"    likely cause: {d['likely_cause']}: {d['explanation']}",
                   f"    change: {d['change']}"]
     return "\n".join(lines)
+
+
+def plot_cloud_latency(report: dict):
+    """The platform's series per variant (latency split, requests, CPU, instances) with the verdict; a Figure."""
+    import matplotlib.pyplot as plt
+
+    names = list(report["series"])
+    fig, axes = plt.subplots(len(names) or 1, 2, figsize=(12, 3.2 * max(len(names), 1)), squeeze=False)
+    for row, name in zip(axes, names):
+        frame = report["series"][name].frame()
+        d = report["variants"][name]
+        lat = [c for c in ("model_ms", "overhead_ms", "total_ms", "model_ms_max") if c in frame and frame[c].notna().any()]
+        frame[lat].plot(ax=row[0], marker=".")
+        row[0].set_ylabel("ms")
+        row[0].set_title(f"{name}: {d['likely_cause']}", loc="left", fontsize=10)
+        load = [c for c in ("invocations", "cpu_pct", "instances") if c in frame and frame[c].notna().any()]
+        frame[load].plot(ax=row[1], secondary_y=[c for c in load if c == "instances"], marker=".")
+        row[1].set_title(d["change"][:110], loc="left", fontsize=8)
+    fig.suptitle(f"{report['target']} endpoint {report['endpoint']!r}: latency from the platform's metrics")
+    fig.tight_layout()
+    return fig

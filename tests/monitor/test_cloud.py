@@ -346,3 +346,14 @@ def test_vertex_scaling_too_slow_from_cloud_monitoring(gcp_server):
     with pytest.raises(MonitoringPermissionError, match="monitoring.timeSeries.list.*`deployer_service_account`"):
         gcp_server["deny"] = True
         read_vertex("123", NOW.timestamp() - 3600, client=gcp_server["client"](), project="churn-proj", deployed={})
+
+
+def test_notebook_names_and_chart(aws):
+    import churnkit as ck
+
+    endpoint(aws)
+    record(aws, 6, invocations=300, model_ms=2.0, overhead_ms=30.0, cpu=20.0)
+    report = ck.cloud_latency("sagemaker", "churn", "1h", session=aws)
+    assert "likely cause: payload size" in ck.cloud_latency_summary(report)
+    fig = ck.plot_cloud_latency(report)
+    assert len(fig.axes) >= 2 and fig.axes[0].get_title(loc="left") == "v1: payload size"
