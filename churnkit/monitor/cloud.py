@@ -191,7 +191,8 @@ def _cause(s: PlatformSeries, out: dict, inv: list[float]) -> tuple[str, str, st
             f"(ran {inst['min']:.0f}-{inst['max']:.0f} of {lo}-{hi}): the burst outran the scale-out"), (
             f"scale out earlier: --target-invocations-per-instance {better} (was {target})"
             + (f", --scale-out-cooldown 60 (was {cooldown})" if cooldown and cooldown > 60 else "")
-            + f", and --min-instances {int(inst['max'] or lo or 1)} before known bursts (--schedule)")
+            + f", and --min-instances {max(math.ceil((inst['max'] or 1) * (cpu or 100.0) / TARGET_CPU), lo or 1)} "
+              "ahead of known bursts (--schedule)")
     cold = _cold_start(s, inv)
     if cold is not None:
         i, worst, base = cold
