@@ -478,7 +478,7 @@ def azure_workspace_id(target) -> str:
             f"Microsoft.MachineLearningServices/workspaces/{s['workspace']}")
 
 
-def azure_step(target, deployment: str, *, delete: bool = False) -> tuple[str, dict]:
+def azure_step(target, deployment: str, *, delete: bool = False, policy: AutoscalingPolicy | None = None) -> tuple[str, dict]:
     """The AzureMLTarget step that creates (or deletes) ``deployment``'s autoscale setting."""
     s = target.settings
     key = {"resource_group_name": s["resource_group"], "autoscale_setting_name": azure_setting_name(target.endpoint, deployment)}
@@ -488,7 +488,7 @@ def azure_step(target, deployment: str, *, delete: bool = False) -> tuple[str, d
         location = target.client.workspaces.get(s["workspace"]).location
     except Exception:  # a plan without credentials: the workspace's region is filled in when applied
         location = "<workspace location>"
-    body = azure_setting(target.autoscaling, workspace_id=azure_workspace_id(target), endpoint=target.endpoint,
+    body = azure_setting(policy or target.autoscaling, workspace_id=azure_workspace_id(target), endpoint=target.endpoint,
                          deployment=deployment, location=location)
     return "autoscale_settings.create_or_update", {**key, "parameters": body}
 
@@ -520,3 +520,37 @@ def live_status(target, state) -> dict[str, dict]:
                             target.settings["resource_group"], target.endpoint, state.details.get("deployments", {}))
     endpoint = target._endpoint()
     return vertex_status(endpoint.gca_resource.deployed_models) if endpoint is not None else {}
+
+
+def inherited(target, live) -> AutoscalingPolicy | None:
+    """The policy of a variant already autoscaled on the endpoint, for a new variant deployed without one.
+
+    A pipeline deploys each month's challenger without autoscaling options; taking the serving variant's
+    policy keeps the endpoint autoscaled after the rollout promotes the challenger and removes the old one.
+    None when no variant is autoscaled or the policy cannot be read (e.g. a plan without credentials).
+    """
+    if not live.exists:
+        return None
+    try:
+        status = live_status(target, live)
+    except Exception:  # noqa: BLE001 - unreadable policy (no credentials in a plan): nothing to inherit
+        return None
+    for a in (s.get("autoscaling") for s in status.values()):
+        if not a:
+            continue
+        metric, value, out_cd, in_cd = None, None, None, None
+        if a.get("policies"):
+            p = a["policies"][0]
+            metric, value, in_cd, out_cd = p.get("metric"), p.get("target"), p.get("scale_in_cooldown"), p.get("scale_out_cooldown")
+        elif a.get("rules"):
+            metric, value = a["rules"][0]["metric"], a["rules"][0]["threshold"]
+        elif a.get("metrics"):
+            metric, value = a["metrics"][0]["metric"], a["metrics"][0]["target"]
+        cpu = metric is not None and "cpu" in metric.lower()
+        return AutoscalingPolicy(
+            min_instances=int(a["min_instances"]), max_instances=int(a["max_instances"]),
+            target_invocations_per_instance=None if cpu or value is None else float(value),
+            target_cpu=float(value) if cpu and value is not None else None,
+            scale_in_cooldown=in_cd if target.name == "sagemaker" else None,
+            scale_out_cooldown=out_cd if target.name == "sagemaker" else None)
+    return None

@@ -213,8 +213,9 @@ class AzureMLTarget(CloudTarget):
                 steps.append(("models.create_or_update", self._model(release)))
             steps += [("environments.create_or_update", self._environment()),
                       ("online_deployments.begin_create_or_update", self._deployment(release))]
-            if self.autoscaling is not None:
-                steps.append(autoscaling.azure_step(self, deployment_name(release.variant, self.endpoint)))
+            policy = self.autoscaling or autoscaling.inherited(self, live)  # a new deployment keeps the endpoint autoscaled
+            if policy is not None:
+                steps.append(autoscaling.azure_step(self, deployment_name(release.variant, self.endpoint), policy=policy))
         steps.append(("online_endpoints.begin_create_or_update", self._endpoint_entity(asked)))
         return steps
 

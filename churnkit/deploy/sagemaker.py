@@ -244,7 +244,8 @@ class SageMakerTarget(CloudTarget):
         old = {v["VariantName"]: v for v in live.details.get("production_variants", [])}
         variants = [self._variant(n, old[n]["ModelName"], asked[n], old[n]) for n in live.variants]
         variants.append(self._variant(release.variant, self.model_name(release), asked[release.variant]))
-        scaling = autoscaling.sagemaker_requests(self.autoscaling, self.endpoint, release.variant) if self.autoscaling else []
+        policy = self.autoscaling or autoscaling.inherited(self, live)  # a new variant keeps the endpoint autoscaled
+        scaling = autoscaling.sagemaker_requests(policy, self.endpoint, release.variant) if policy else []
         return reqs + self._config_requests(variants, live) + scaling
 
     def _plan_traffic(self, asked: dict[str, int], live: EndpointState) -> list[dict]:

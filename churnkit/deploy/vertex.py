@@ -203,8 +203,9 @@ class VertexTarget(CloudTarget):
             "dedicated_resources": {"machine_spec": {"machine_type": self.machine_type},
                                     "min_replica_count": self.min_replicas, "max_replica_count": self.max_replicas},
         }
-        if self.autoscaling is not None:
-            deployed["dedicated_resources"] = autoscaling.vertex_dedicated_resources(self.autoscaling, self.machine_type)
+        policy = self.autoscaling or autoscaling.inherited(self, live)  # a new deployed model keeps the endpoint autoscaled
+        if policy is not None:
+            deployed["dedicated_resources"] = autoscaling.vertex_dedicated_resources(policy, self.machine_type)
         if self.service_account:
             deployed["service_account"] = self.service_account
         return request("aiplatform", "EndpointService.DeployModel", {
@@ -294,7 +295,8 @@ class VertexTarget(CloudTarget):
         self._call("deploy model", endpoint.deploy, model, deployed_model_display_name=release.variant,
                    traffic_split=self._split(asked, before, new=release.variant), machine_type=self.machine_type,
                    service_account=self.service_account or None,
-                   **(autoscaling.vertex_deploy_kwargs(self.autoscaling) if self.autoscaling is not None else
+                   **(autoscaling.vertex_deploy_kwargs(policy) if (policy := self.autoscaling or autoscaling.inherited(
+                       self, before)) is not None else
                       {"min_replica_count": self.min_replicas, "max_replica_count": self.max_replicas}))
 
     def _apply_traffic(self, asked, before):

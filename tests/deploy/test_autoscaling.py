@@ -117,8 +117,14 @@ def test_sagemaker_registers_each_new_variant_keeps_it_through_traffic_shifts_an
     (action,) = aas.describe_scheduled_actions(ServiceNamespace="sagemaker")["ScheduledActions"]
     assert action["ScalableTargetAction"] == {"MinCapacity": 2, "MaxCapacity": 6}
 
-    t.deploy("models:/churn@challenger", weight=0)
+    plain = get_target("sagemaker", config=aws, poll_seconds=0)  # the monthly pipeline passes no options
+    emulate_update_endpoint(plain)
+    plain.deploy("models:/churn@challenger", weight=0)  # v2 inherits v1's policy: the endpoint stays autoscaled
     assert _targets(t) == {"endpoint/churn/variant/v1": (1, 4), "endpoint/churn/variant/v2": (1, 4)}
+    v2 = [p for p in aas.describe_scaling_policies(ServiceNamespace="sagemaker")["ScalingPolicies"]
+          if p["ResourceId"] == "endpoint/churn/variant/v2"]
+    assert v2[0]["TargetTrackingScalingPolicyConfiguration"]["TargetValue"] == 750.0
+    assert v2[0]["TargetTrackingScalingPolicyConfiguration"]["ScaleInCooldown"] == 600
     for weights in ({"v1": 90, "v2": 10}, {"v1": 50, "v2": 50}, {"v1": 0, "v2": 100}):  # a rollout's steps
         t.set_traffic(weights)
         assert len(_targets(t)) == 2  # weights move; the policies stay
