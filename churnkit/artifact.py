@@ -26,6 +26,7 @@ class LoadedModel:
     sha256: str
     uri: str
     path: Path
+    compiled: Any = None  # the numpy scorer stored at export (churnkit.serve.compiled); pipeline is then None
 
 
 def read_mlmodel(model_dir: str | Path) -> dict:

@@ -186,20 +186,26 @@ def import_(model_file, sample_path, label_column, model_name, threshold, auc_th
 @click.option("--body-timeout", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
               help="Seconds a client has to send a request's body; slower ones get 408.")
 @click.option("--runs-dir", type=click.Path(file_okay=False), help="Audit trail folder (default runs/ or CHURNKIT_RUNS_DIR).")
+@click.option("--workers", default=None, metavar="N|auto",
+              help="Server processes on the port (auto: one per CPU). Default CHURNKIT_WORKERS, else auto when the "
+                   "model comes from the environment (a container), else 1.")
 def serve(model_uri, host, port, max_body_bytes, max_rows, capture_dir, capture_max_bytes, header_timeout, body_timeout,
-          runs_dir):
+          runs_dir, workers):
     """Serve the model over HTTP: SageMaker, Vertex AI, Azure ML and MLflow routes, /metrics."""
     import os
 
     from churnkit.serve.app import create_app, environment_settings, run_server
     from churnkit.serve.loading import load_serving_model
+    from churnkit.serve.workers import resolve_workers
 
     env = environment_settings(os.environ)
-    loaded = load_serving_model(model_uri or env["model"], _config(runs_dir))
+    n_workers = resolve_workers(workers, default="1" if model_uri else "auto")
+    loaded = load_serving_model(model_uri or env["model"], _config(runs_dir), compiled=True)
     app = create_app(loaded, max_body_bytes=max_body_bytes, max_rows=max_rows, capture_dir=capture_dir,
                      capture_max_bytes=capture_max_bytes, vertex_health_route=env["vertex_health_route"],
                      vertex_predict_route=env["vertex_predict_route"], body_timeout=body_timeout)
-    run_server(app, host=host or env["host"], port=env["port"] if port is None else port, header_timeout=header_timeout)
+    run_server(app, host=host or env["host"], port=env["port"] if port is None else port, header_timeout=header_timeout,
+               workers=n_workers)
 
 
 # ---- the reviewer's view of runs/ ---------------------------------------------------------------
@@ -344,10 +350,27 @@ def _target_options(fn):
     return fn
 
 
-def _target(name: str, endpoint: str, port: int, runs_dir):
+def _target(name: str, endpoint: str, port: int, runs_dir, autoscaling=None):
     from churnkit.deploy import open_target
 
-    return open_target(name, endpoint, port, _config(runs_dir))
+    return open_target(name, endpoint, port, _config(runs_dir), autoscaling=autoscaling)
+
+
+def _autoscaling_options(fn):
+    """--min-instances ... --schedule: the autoscaling policy deploy registers for the new variant."""
+    for option in reversed([
+        click.option("--min-instances", type=int, default=None, help="Autoscaling: fewest instances (replicas)."),
+        click.option("--max-instances", type=int, default=None, help="Autoscaling: most instances."),
+        click.option("--target-invocations-per-instance", type=float, default=None, metavar="N",
+                     help="Autoscaling: requests per instance per minute to hold (`churnkit loadtest --ramp` prints one)."),
+        click.option("--target-cpu", type=float, default=None, metavar="PERCENT", help="Autoscaling: CPU percent to hold instead."),
+        click.option("--scale-in-cooldown", type=int, default=None, metavar="SECONDS", help="Autoscaling: seconds between scale-ins."),
+        click.option("--scale-out-cooldown", type=int, default=None, metavar="SECONDS", help="Autoscaling: seconds between scale-outs."),
+        click.option("--schedule", "schedules", multiple=True, metavar="'MON-FRI 08:00 4-10'",
+                     help="Autoscaling: min-max instances from a time of day (UTC) on some days (repeatable)."),
+    ]):
+        fn = option(fn)
+    return fn
 
 
 def _emit_state(state, as_json: bool) -> None:
@@ -381,9 +404,13 @@ def _plan_or_apply(target, action: str, plan_only: bool, as_json: bool, **kw) ->
               help="SageMaker only: replace the model with a blue/green canary or linear shift and alarm rollback.")
 @click.option("--step", type=click.IntRange(1, 99), default=10, show_default=True, help="Guardrails: percent per step.")
 @click.option("--bake", type=click.IntRange(min=0), default=600, show_default=True, help="Guardrails: seconds between steps.")
-def deploy(deploy_target, endpoint, port, runs_dir, as_json, model_uri, variant, weight, plan_only, guardrails, step, bake):
-    """Deploy a registered model version to an endpoint as a weighted variant."""
-    target = _target(deploy_target, endpoint, port, runs_dir)
+@_autoscaling_options
+def deploy(deploy_target, endpoint, port, runs_dir, as_json, model_uri, variant, weight, plan_only, guardrails, step, bake,
+           **scaling):
+    """Deploy a registered model version to an endpoint as a weighted variant (autoscaled with --min/--max-instances)."""
+    from churnkit.deploy.autoscaling import policy_for
+
+    target = _target(deploy_target, endpoint, port, runs_dir, policy_for(deploy_target, **scaling))
     if guardrails and deploy_target != "sagemaker":
         raise click.BadParameter(f"--guardrails works with --target sagemaker, not {deploy_target!r}", param_hint="--guardrails")
     if guardrails:
@@ -404,8 +431,17 @@ def endpoint():
 @endpoint.command()
 @_target_options
 def status(deploy_target, endpoint, port, runs_dir, as_json):
-    """Show the live variants, their model versions, weights and status."""
-    _emit_state(_target(deploy_target, endpoint, port, runs_dir).describe(), as_json)
+    """Show the live variants, their model versions, weights and status; autoscaling and instance counts on a cloud."""
+    from churnkit.deploy.autoscaling import live_status, status_lines
+
+    target = _target(deploy_target, endpoint, port, runs_dir)
+    state = target.describe()
+    scaling = live_status(target, state)
+    if as_json:
+        return emit_json({**state.to_dict(), "autoscaling": scaling})
+    click.echo(state.summary())
+    for line in status_lines(scaling):
+        click.echo(line)
 
 
 @endpoint.command()
@@ -473,10 +509,48 @@ def image_build(push, deploy_target, tag, base, image_uri, ca_bundle, network, t
     click.echo(uri)
 
 
+# ---- capacity -----------------------------------------------------------------------------------
+@main.command()
+@click.argument("url")
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=20.0, show_default=True,
+              help="Requests per second (the first step of a --ramp).")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
+              help="Seconds to send (each step of a --ramp).")
+@click.option("--ramp", is_flag=True, help="Raise the rate x1.5 per step until the p99 objective is missed; "
+              "prints the rate one instance holds and the autoscaling target.")
+@click.option("--p99-objective-ms", type=click.FloatRange(min=0, min_open=True), default=100.0, show_default=True)
+@click.option("--headroom", type=click.FloatRange(0, 1, max_open=True), default=0.3, show_default=True,
+              help="Share of the sustained rate kept free in the autoscaling target.")
+@click.option("--max-steps", type=click.IntRange(min=1), default=8, show_default=True, help="Most ramp steps.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True, help="Rows per request.")
+@click.option("--route", default="/invocations", show_default=True, help="Predict route (/score on Azure ML).")
+@click.option("--data", "data_path", default="", metavar="FILE", help="Rows to send (CSV/Parquet; default a synthetic month).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+def loadtest(url, rate, duration, ramp, p99_objective_ms, headroom, max_steps, batch_size, route, data_path, as_json):
+    """Load URL at --rate for --duration: throughput, p50/p99, errors, model vs overhead latency; --ramp sizes it."""
+    from churnkit import loadtest as lt
+
+    rows = None
+    if data_path:
+        from churnkit.data import read_table
+
+        rows = read_table(data_path).drop(columns=["churn", "customer_id"], errors="ignore")
+    kw = {"rows": rows, "route": route, "batch_size": batch_size}
+    if ramp:
+        result = lt.ramp(url, rate, duration, p99_objective_ms=p99_objective_ms, headroom=headroom, max_steps=max_steps,
+                         echo=None if as_json else click.echo, **kw)
+    else:
+        result = lt.loadtest(url, rate, duration, **kw)
+    if as_json:
+        emit_json(result.to_dict())
+    else:
+        click.echo(result.summary())
+
+
 # ---- monitoring ---------------------------------------------------------------------------------
 @main.command()
-@click.option("--reference", required=True, metavar="FILE", help="Reference table (CSV/Parquet), e.g. the training month.")
-@click.option("--current", required=True, metavar="FILE|DIR",
+@click.option("--reference", default=None, metavar="FILE", help="Reference table (CSV/Parquet), e.g. the training month.")
+@click.option("--current", default=None, metavar="FILE|DIR",
               help="Current table, or a serving data-capture folder / .jsonl file (served scores included).")
 @click.option("--history", multiple=True, metavar="FILE", help="Earlier labelled months, oldest first (AUC over months).")
 @click.option("--labels", "labels_path", default="", metavar="FILE", help="Labels that arrived later, joined on --id-column.")
@@ -500,9 +574,30 @@ def image_build(push, deploy_target, tag, base, image_uri, ca_bundle, network, t
 @click.option("--report", "report_path", default="", metavar="FILE.html", help="Write the HTML report (plots included).")
 @click.option("--runs-dir", type=click.Path(file_okay=False), help="Audit trail folder (default runs/ or CHURNKIT_RUNS_DIR).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+@click.option("--latency", is_flag=True, help="Latency diagnosis from a cloud endpoint's own metrics (with --target).")
+@click.option("--target", "latency_target", type=click.Choice(["sagemaker", "azureml", "vertex"]), default=None,
+              help="--latency: the cloud of --endpoint.")
+@click.option("--endpoint", default="churn", show_default=True, help="--latency: the endpoint name.")
+@click.option("--since", default="1h", show_default=True, help="--latency: how far back to read (30m, 1h, 2d).")
 def monitor(reference, current, history, labels_path, label_column, id_column, id_columns, model_uri, metrics_url,
-            probe_requests, drift_share, psi_warn, psi_act, max_auc_drop, small_sample, report_path, runs_dir, as_json):
-    """Data drift, prediction drift, performance once labels arrive, latency; exit 0 even when drift is found."""
+            probe_requests, drift_share, psi_warn, psi_act, max_auc_drop, small_sample, report_path, runs_dir, as_json,
+            latency, latency_target, endpoint, since):
+    """Data drift, prediction drift, performance once labels arrive, latency; exit 0 even when drift is found.
+
+    With --latency --target T --endpoint E: where a cloud endpoint's time goes, the likely cause and the change to make.
+    """
+    if latency:
+        from churnkit.monitor.cloud import cloud_latency, summary
+
+        if not latency_target:
+            raise click.UsageError("--latency needs --target sagemaker|azureml|vertex (for a churnkit server: --metrics-url)")
+        result = cloud_latency(latency_target, endpoint, since, config=_config(runs_dir))
+        if as_json:
+            return emit_json({k: v for k, v in result.items() if k != "series"}
+                             | {"series": {n: s.to_dict() for n, s in result["series"].items()}})
+        return click.echo(summary(result))
+    if not (reference and current):
+        raise click.UsageError("give --reference FILE and --current FILE|DIR (or --latency --target T --endpoint E)")
     from churnkit.monitor import monitor_files
 
     report = monitor_files(reference, current, labels_path=labels_path, history=history, model_uri=model_uri,

@@ -14,9 +14,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from churnkit.exceptions import DataError, LabelError
+
+
+class _Pandas:
+    """pandas, imported on first use: a scoring server needs only Schema from here (its cold start)."""
+
+    def __getattr__(self, name: str):
+        import pandas
+
+        globals()["pd"] = pandas
+        return getattr(pandas, name)
+
+
+pd = _Pandas()
 
 POSITIVE = {"yes", "y", "true", "t", "1", "1.0", "churn", "churned"}
 NEGATIVE = {"no", "n", "false", "f", "0", "0.0"}

@@ -99,8 +99,19 @@ class DeployTargetError(ChurnkitError):
     """An unknown deploy target, or a target that cannot do what was asked."""
 
 
+class AutoscalingError(DeployTargetError):
+    """An autoscaling policy a cloud would refuse (max below min, a target of 0, a cooldown out of range),
+    or autoscaling asked of a target that has none."""
+
+    exit_code = 2
+
+
 class CloudCredentialsError(ConfigError):
     """A cloud SDK found no usable credentials; the message adds the variables churnkit reads."""
+
+
+class MonitoringPermissionError(CloudCredentialsError):
+    """The identity may not read the cloud's metrics; the message names the permission and the Terraform output."""
 
 
 class MissingExtraError(ChurnkitError):

@@ -49,6 +49,7 @@ class ReplayResult:
     versions: dict[str, int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     latencies_ms: list[float] = field(default_factory=list)
+    model_ms: list[float] = field(default_factory=list)  # the server's X-Model-Latency-Ms of each answer
 
     @property
     def achieved_rate(self) -> float:
@@ -123,7 +124,8 @@ class Replayer:
             self._next += 1
             return i
 
-    def _record(self, ok: bool, status: str, ms: float | None, version: str | None, rows: int, error: str = "") -> None:
+    def _record(self, ok: bool, status: str, ms: float | None, version: str | None, rows: int, error: str = "",
+                model_ms: str | None = None) -> None:
         r = self.result
         with self._lock:
             r.requests += 1
@@ -132,6 +134,8 @@ class Replayer:
                 r.succeeded += 1
                 r.rows += rows
                 r.latencies_ms.append(ms)
+                if model_ms:
+                    r.model_ms.append(float(model_ms))
                 if version:
                     r.versions[version] = r.versions.get(version, 0) + 1
             else:
@@ -165,7 +169,8 @@ class Replayer:
                 ms = (time.perf_counter() - t0) * 1000.0
                 ok = 200 <= resp.status_code < 300
                 self._record(ok, str(resp.status_code), ms, resp.headers.get("x-model-version"), rows,
-                             "" if ok else f"request {i}: HTTP {resp.status_code}: {resp.text[:200]}")
+                             "" if ok else f"request {i}: HTTP {resp.status_code}: {resp.text[:200]}",
+                             resp.headers.get("x-model-latency-ms"))
 
     # ---- control ---------------------------------------------------------------------------------
     def start(self) -> "Replayer":

@@ -39,9 +39,12 @@ def get_target(name: str, **options) -> DeployTarget:
     return target_class(name)(**options)
 
 
-def open_target(name: str, endpoint: str = "churn", port: int = 8000, config=None) -> DeployTarget:
-    """The target the notebooks and the CLI use: ``port`` applies to the local router only."""
+def open_target(name: str, endpoint: str = "churn", port: int = 8000, config=None, autoscaling=None) -> DeployTarget:
+    """The target the notebooks and the CLI use: ``port`` applies to the local router only, ``autoscaling``
+    (an AutoscalingPolicy, validated for the target's cloud) to the cloud targets only."""
     options = {"endpoint": endpoint, "config": config}
+    if autoscaling is not None:
+        options["autoscaling"] = autoscaling.validate(name)  # `local` has none: a clear error here
     if name == "local":
         options["port"] = port
     return get_target(name, **options)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from churnkit.config import TAG
+from churnkit.deploy import autoscaling
 from churnkit.deploy.base import CloudTarget, EndpointState, Release, VariantState, export_release, request
 from churnkit.exceptions import CloudCredentialsError, DeployTargetError, MissingExtraError
 
@@ -94,7 +95,8 @@ class AzureMLTarget(CloudTarget):
     def __init__(self, endpoint: str = "churn", config=None, *, instance_type: str = "Standard_DS3_v2",
                  instance_count: int = 1, wait_timeout: float = 600.0, poll_seconds: float = 10.0, credential=None,
                  client_kwargs: dict | None = None, subscription_id: str | None = None, resource_group: str | None = None,
-                 workspace: str | None = None, image_uri: str | None = None, environ: dict | None = None):
+                 workspace: str | None = None, image_uri: str | None = None, environ: dict | None = None,
+                 autoscaling=None):
         super().__init__(endpoint, config, dict(subscription_id=subscription_id, resource_group=resource_group,
                                                 workspace=workspace, image_uri=image_uri), environ)
         self.instance_type = instance_type
@@ -104,6 +106,7 @@ class AzureMLTarget(CloudTarget):
         self._credential = credential
         self._client_kwargs = dict(client_kwargs or {})
         self._client = None
+        self.autoscaling = autoscaling.validate(self.name) if autoscaling is not None else None  # Azure Monitor
 
     @property
     def client(self):
@@ -210,6 +213,9 @@ class AzureMLTarget(CloudTarget):
                 steps.append(("models.create_or_update", self._model(release)))
             steps += [("environments.create_or_update", self._environment()),
                       ("online_deployments.begin_create_or_update", self._deployment(release))]
+            policy = self.autoscaling or autoscaling.inherited(self, live)  # a new deployment keeps the endpoint autoscaled
+            if policy is not None:
+                steps.append(autoscaling.azure_step(self, deployment_name(release.variant, self.endpoint), policy=policy))
         steps.append(("online_endpoints.begin_create_or_update", self._endpoint_entity(asked)))
         return steps
 
@@ -219,6 +225,7 @@ class AzureMLTarget(CloudTarget):
     def _remove_steps(self, variant: str, asked: dict[str, int], live: EndpointState) -> list[tuple[str, Any]]:
         mirror = {n: w for n, w in live.details.get("mirror_traffic", {}).items() if n != deployment_name(variant, self.endpoint)}
         return [*self._traffic_steps(asked, {self._variant_of(n, live): w for n, w in mirror.items()}),
+                autoscaling.azure_step(self, deployment_name(variant, self.endpoint), delete=True),
                 ("online_deployments.begin_delete", {"name": deployment_name(variant, self.endpoint),
                                                      "endpoint_name": self.endpoint})]
 
@@ -247,6 +254,9 @@ class AzureMLTarget(CloudTarget):
 
         for op, obj in steps:
             group, method = op.split(".")
+            if group == "autoscale_settings":  # Azure Monitor, not the workspace's MLClient
+                autoscaling.azure_run(self, method, obj)
+                continue
             ops = getattr(self.client, group)
             if op == "models.create_or_update" and obj.version is not None:
                 try:  # the workspace may hold the version already (e.g. MLflow tracking on the workspace)
@@ -325,5 +335,7 @@ class AzureMLTarget(CloudTarget):
     def stop(self) -> EndpointState:
         """Delete the endpoint with its deployments (idempotent; models and environments stay)."""
         if self._get_endpoint() is not None:
+            for deployment in self.describe().details["deployments"].values():
+                autoscaling.azure_run(self, "delete", autoscaling.azure_step(self, deployment, delete=True)[1])
             self._send("delete endpoint", self.client.online_endpoints.begin_delete, name=self.endpoint)
         return self.describe()

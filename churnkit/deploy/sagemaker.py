@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from churnkit.deploy import autoscaling
 from churnkit.deploy.base import CloudTarget, EndpointState, Release, VariantState, _share, export_release, request
 from churnkit.exceptions import CloudCredentialsError, DeployTargetError, MissingExtraError
 
@@ -81,6 +82,8 @@ class SageMakerTarget(CloudTarget):
         Override the environment variables of the same meaning.
     session : boto3.Session, optional
         The session to build clients from (tests pass one under moto).
+    autoscaling : AutoscalingPolicy, optional
+        Registered with Application Auto Scaling for each new variant (see churnkit.deploy.autoscaling).
     """
 
     name = "sagemaker"
@@ -89,7 +92,8 @@ class SageMakerTarget(CloudTarget):
     def __init__(self, endpoint: str = "churn", config=None, *, instance_type: str = "ml.m5.large",
                  instance_count: int = 1, capture_percent: int = 100, wait_timeout: float = 1800.0,
                  poll_seconds: float = 15.0, role_arn: str | None = None, bucket: str | None = None,
-                 image_uri: str | None = None, region: str | None = None, session=None, environ: dict | None = None):
+                 image_uri: str | None = None, region: str | None = None, session=None, environ: dict | None = None,
+                 autoscaling=None):
         super().__init__(endpoint, config, dict(role_arn=role_arn, bucket=bucket, image_uri=image_uri, region=region),
                          environ)
         self.instance_type = instance_type
@@ -99,6 +103,7 @@ class SageMakerTarget(CloudTarget):
         self.poll_seconds = poll_seconds
         self._session = session
         self._clients: dict[str, Any] = {}
+        self.autoscaling = autoscaling.validate(self.name) if autoscaling is not None else None
 
     # ---- clients ---------------------------------------------------------------------------------
     def client(self, service: str):
@@ -239,7 +244,9 @@ class SageMakerTarget(CloudTarget):
         old = {v["VariantName"]: v for v in live.details.get("production_variants", [])}
         variants = [self._variant(n, old[n]["ModelName"], asked[n], old[n]) for n in live.variants]
         variants.append(self._variant(release.variant, self.model_name(release), asked[release.variant]))
-        return reqs + self._config_requests(variants, live)
+        policy = self.autoscaling or autoscaling.inherited(self, live)  # a new variant keeps the endpoint autoscaled
+        scaling = autoscaling.sagemaker_requests(policy, self.endpoint, release.variant) if policy else []
+        return reqs + self._config_requests(variants, live) + scaling
 
     def _plan_traffic(self, asked: dict[str, int], live: EndpointState) -> list[dict]:
         return [request("sagemaker", "UpdateEndpointWeightsAndCapacities", {
@@ -248,7 +255,8 @@ class SageMakerTarget(CloudTarget):
         })]
 
     def _plan_remove(self, variant: str, asked: dict[str, int], live: EndpointState) -> list[dict]:
-        drain = self._plan_traffic({**asked, variant: 0}, live)
+        drain = [autoscaling.sagemaker_deregister_request(self.endpoint, variant),
+                 *self._plan_traffic({**asked, variant: 0}, live)]
         old = {v["VariantName"]: v for v in live.details.get("production_variants", [])}
         variants = [self._variant(n, old[n]["ModelName"], asked[n], old[n]) for n in asked]
         return drain + self._config_requests(variants, live)
@@ -256,7 +264,8 @@ class SageMakerTarget(CloudTarget):
     def _plan_stop(self, live: EndpointState) -> list[dict]:
         if not live.exists:
             return []
-        return [request("sagemaker", "DeleteEndpoint", {"EndpointName": self.endpoint}),
+        return [*(autoscaling.sagemaker_deregister_request(self.endpoint, v) for v in live.variants),
+                request("sagemaker", "DeleteEndpoint", {"EndpointName": self.endpoint}),
                 request("sagemaker", "DeleteEndpointConfig", {"EndpointConfigName": live.details["endpoint_config"]})]
 
     # ---- apply -------------------------------------------------------------------------------------
@@ -272,6 +281,9 @@ class SageMakerTarget(CloudTarget):
             except DeployTargetError as exc:
                 if req["operation"] in ("CreateModel", "CreateEndpointConfig") and "already exist" in str(exc).lower():
                     out.append({})  # same name = same content (names carry the version or a digest)
+                    continue
+                if req["operation"] == "DeregisterScalableTarget" and autoscaling.not_registered(exc.__cause__):
+                    out.append({})  # the variant was not autoscaled
                     continue
                 raise
             if req["operation"] in ("CreateEndpoint", "UpdateEndpointWeightsAndCapacities") or (
@@ -294,7 +306,7 @@ class SageMakerTarget(CloudTarget):
             try:
                 self._call(req["api"], req["operation"], req["request"])
             except DeployTargetError as exc:
-                if not _not_found(exc):
+                if not _not_found(exc) and not autoscaling.not_registered(exc.__cause__):
                     raise
         return self.describe()
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from churnkit.deploy import autoscaling
 from churnkit.deploy.base import CloudTarget, EndpointState, Release, VariantState, export_release, request
 from churnkit.exceptions import CloudCredentialsError, DeployTargetError, MissingExtraError
 
@@ -74,10 +75,11 @@ class VertexTarget(CloudTarget):
                  service_account: str | None = None,
                  project: str | None = None,
                  region: str | None = None, image_uri: str | None = None, bucket: str | None = None,
-                 environ: dict | None = None):
+                 environ: dict | None = None, autoscaling=None):
         super().__init__(endpoint, config, dict(project=project, region=region, image_uri=image_uri, bucket=bucket),
                          environ)
         self.machine_type = machine_type
+        self.autoscaling = autoscaling.validate(self.name) if autoscaling is not None else None  # on DeployModel
         self._credentials = credentials
         env = os.environ if environ is None else environ
         # replicas: the arguments, else CHURNKIT_GCP_MIN_REPLICAS / _MAX_REPLICAS (Terraform's churnkit_env), else 1
@@ -203,6 +205,9 @@ class VertexTarget(CloudTarget):
             "dedicated_resources": {"machine_spec": {"machine_type": self.machine_type},
                                     "min_replica_count": self.min_replicas, "max_replica_count": self.max_replicas},
         }
+        policy = self.autoscaling or autoscaling.inherited(self, live)  # a new deployed model keeps the endpoint autoscaled
+        if policy is not None:
+            deployed["dedicated_resources"] = autoscaling.vertex_dedicated_resources(policy, self.machine_type)
         if self.service_account:
             deployed["service_account"] = self.service_account
         return request("aiplatform", "EndpointService.DeployModel", {
@@ -291,8 +296,10 @@ class VertexTarget(CloudTarget):
             labels={"churnkit-endpoint": _label(self.endpoint)}, **self._scope)
         self._call("deploy model", endpoint.deploy, model, deployed_model_display_name=release.variant,
                    traffic_split=self._split(asked, before, new=release.variant), machine_type=self.machine_type,
-                   min_replica_count=self.min_replicas, max_replica_count=self.max_replicas,
-                   service_account=self.service_account or None)
+                   service_account=self.service_account or None,
+                   **(autoscaling.vertex_deploy_kwargs(policy) if (policy := self.autoscaling or autoscaling.inherited(
+                       self, before)) is not None else
+                      {"min_replica_count": self.min_replicas, "max_replica_count": self.max_replicas}))
 
     def _apply_traffic(self, asked, before):
         self._call("update traffic", self._endpoint().update, traffic_split=self._split(asked, before))

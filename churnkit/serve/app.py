@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import sys
 import time
 import uuid
@@ -243,7 +244,8 @@ def create_app(
         if svc.not_ready:
             return _json({**svc.not_ready_body(), "name": loaded.name, "version": str(loaded.version)}, 503)
         return _json({"status": "ok", "name": loaded.name, "version": str(loaded.version), "engine": scorer.engine,
-                      "uptime_seconds": round(time.time() - svc.metrics.start_time, 3), "rows_scored": svc.metrics.rows})
+                      "uptime_seconds": round(time.time() - svc.metrics.start_time, 3), "rows_scored": svc.metrics.rows,
+                      "pid": os.getpid()})
 
     async def version(request: Request) -> Response:
         return _json(svc.describe())
@@ -311,8 +313,9 @@ def environment_settings(environ) -> dict:
 
 
 def run_server(app: Starlette, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
-               header_timeout: float = DEFAULT_HEADER_TIMEOUT) -> None:
-    """Serve ``app`` with uvicorn until SIGINT/SIGTERM (uvloop, and httptools with a header read deadline).
+               header_timeout: float = DEFAULT_HEADER_TIMEOUT, workers: int = 1) -> None:
+    """Serve ``app`` with uvicorn until SIGINT/SIGTERM (uvloop, and httptools with a header read deadline);
+    ``workers`` > 1 forks that many processes on one socket.
 
     Prints ``serving <name> v<version> on http://host:port`` to stderr once the socket listens
     (port 0 picks a free port and prints it). A connection whose request headers are not complete
@@ -334,4 +337,10 @@ def run_server(app: Starlette, host: str = "127.0.0.1", port: int = DEFAULT_PORT
         app, host=host, port=port, loop="auto", http=protocol_class(header_timeout), lifespan="on", access_log=False,
         log_level="warning", server_header=False, timeout_graceful_shutdown=10,
     )
+    if workers > 1:  # pre-forked processes on one socket, /metrics summed over them (churnkit.serve.workers)
+        from churnkit.serve.workers import run_workers
+
+        return run_workers(app, config, workers, lambda bound, n: print(
+            f"serving {svc.loaded.name} v{svc.loaded.version} on http://{host}:{bound} ({n} workers)",
+            file=sys.stderr, flush=True))
     _Server(config).run()

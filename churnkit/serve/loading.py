@@ -38,6 +38,11 @@ def export_model(loaded: LoadedModel, dest) -> Path:
     shutil.copytree(loaded.path, dest, dirs_exist_ok=True)
     manifest = {"name": loaded.name, "version": str(loaded.version), "threshold": loaded.threshold,
                 "sha256": loaded.sha256, "uri": loaded.uri}
+    from churnkit.serve.compiled import write_compiled
+
+    scorer = write_compiled(loaded, dest)  # sklearn-checked numpy arrays: a server starts without sklearn
+    if scorer is not None:
+        manifest["scorer"] = scorer
     (dest / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return dest
 
@@ -114,8 +119,12 @@ def _load_estimator(folder: Path):
     )
 
 
-def load_model_folder(folder, uri: str | None = None, environ=None) -> LoadedModel:
-    """Load an MLflow sklearn model folder without MLflow (skops), verified against its manifest."""
+def load_model_folder(folder, uri: str | None = None, environ=None, *, compiled: bool = False) -> LoadedModel:
+    """Load an MLflow sklearn model folder without MLflow (skops), verified against its manifest.
+
+    ``compiled=True`` loads the compiled scorer the manifest records instead of the pipeline (no
+    sklearn; ``pipeline`` is None) when the folder has one.
+    """
     from churnkit.data import Schema
 
     folder = find_model_folder(folder)
@@ -124,15 +133,22 @@ def load_model_folder(folder, uri: str | None = None, environ=None) -> LoadedMod
         raise RegistryError(f"model folder {str(folder)!r} carries no churnkit schema in its MLmodel; train it with 01-train")
     uri = uri or str(folder)
     sha = verify_folder(folder, uri, environ)  # before deserializing anything
+    stored = read_manifest(folder).get("scorer") if compiled else None
+    model = None
+    if stored:
+        from churnkit.serve.compiled import read_compiled
+
+        model = read_compiled(folder, stored)
     loaded = LoadedModel(
-        pipeline=_load_estimator(folder), schema=Schema.from_dict(meta["churnkit_schema"]),
+        pipeline=None if model is not None else _load_estimator(folder), compiled=model,
+        schema=Schema.from_dict(meta["churnkit_schema"]),
         threshold=float(meta.get("churnkit_threshold", 0.5)), name=str(meta.get("churnkit_name", "churn")),
         version="local", sha256=sha, uri=uri, path=folder,
     )
     return apply_manifest(loaded, environ)
 
 
-def load_serving_model(uri: str, config=None, environ=None) -> LoadedModel:
+def load_serving_model(uri: str, config=None, environ=None, *, compiled: bool = False) -> LoadedModel:
     """The model ``churnkit serve`` scores with: registry URI, folder, or cloud storage URI; sha256 verified."""
     if uri.startswith(REMOTE_SCHEMES):
         import tempfile
@@ -154,4 +170,4 @@ def load_serving_model(uri: str, config=None, environ=None) -> LoadedModel:
         _check_sha256(loaded.sha256, uri, {"CHURNKIT_MODEL_SHA256": env.get("CHURNKIT_MODEL_SHA256")})
         return loaded
     # /opt/ml/model and Azure ML may hold the model folder below the root; no MLflow on this path
-    return load_model_folder(local, uri, environ)
+    return load_model_folder(local, uri, environ, compiled=compiled)

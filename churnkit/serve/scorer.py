@@ -144,7 +144,7 @@ class _Trees:
 
     def predict(self, batch: Batch) -> np.ndarray:
         X = self.prep.dense(batch)
-        if len(X) >= TREE_WALK_MAX_ROWS:
+        if len(X) >= TREE_WALK_MAX_ROWS and self.clf is not None:  # None: loaded compiled, without sklearn
             raw = self.clf._raw_predict(X, n_threads=1)[:, 0]
         else:
             raw = self.walk(X)
@@ -319,8 +319,19 @@ class Scorer:
 
     @classmethod
     def from_loaded(cls, loaded, **kw) -> Scorer:
-        """Build from a :class:`churnkit.registry.LoadedModel`."""
+        """Build from a :class:`churnkit.registry.LoadedModel` (its stored compiled model when it has one)."""
+        if loaded.compiled is not None and kw.get("fast", True):
+            return cls.from_compiled(loaded.compiled, loaded.schema, loaded.threshold, max_rows=kw.get("max_rows", 10_000))
         return cls(loaded.pipeline, loaded.schema, loaded.threshold, **kw)
+
+    @classmethod
+    def from_compiled(cls, compiled, schema: Schema, threshold: float = 0.5, *, max_rows: int = 10_000) -> Scorer:
+        """A scorer over a compiled model checked against sklearn at export (:mod:`churnkit.serve.compiled`)."""
+        self = cls.__new__(cls)
+        self.pipeline, self.schema, self.threshold = None, schema, float(threshold)
+        self.validator = Validator(schema, max_rows=max_rows)
+        self.sklearn, self.model, self.fallback_reason = None, compiled, ""
+        return self
 
     @property
     def engine(self) -> str:

@@ -16,6 +16,7 @@ ALLOWED = {
     "drift": set(),
     "latency": set(),
     "plots": set(),
+    "cloud": set(),
     "html": set(),
     "report": {"drift", "plots", "html"},
     "inputs": {"latency"},
