@@ -75,11 +75,11 @@ def test_import_notebook_runs_with_defaults(tmp_path, monkeypatch):
     nb = json.loads(Path(res.output_path).read_text())
     code = [c for c in nb["cells"] if c["cell_type"] == "code"]
     assert not [o for c in code for o in c["outputs"] if o.get("output_type") == "error"]
-    run = registry.client().get_run(res.run_id)
+    run = registry.client(config).get_run(res.run_id)
     assert run.data.tags["churnkit.notebook"] == "00-import"
     assert run.data.tags["churnkit.registered_version"] == "1" and run.data.tags["churnkit.gate_passed"] == "true"
     assert run.data.metrics["holdout_roc_auc"] > 0.85
-    mv = registry.client().get_model_version("churn", "1")
+    mv = registry.client(config).get_model_version("churn", "1")
     assert mv.tags["churnkit.imported"] == "true" and mv.tags["churnkit.source_file"] == "churn-model.joblib"
     assert json.loads(mv.tags["churnkit.scanner_verdict"])["safe"] is True
     # the demo files are kept with the run, in its folder
