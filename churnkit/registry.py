@@ -27,7 +27,16 @@ from churnkit.config import (
     load_config,
 )
 from churnkit.clock import iso_seconds
-from churnkit.artifact import LoadedModel, artifact_sha256, read_metadata
+from churnkit.artifact import (
+    FILES_MANIFEST,
+    TRUSTED_TYPES,
+    LoadedModel,
+    artifact_sha256,
+    load_estimator,
+    read_metadata,
+    verify_files,
+    write_files_manifest,
+)
 from churnkit.data import Dataset, Schema
 from churnkit.evaluate import GateResult
 from churnkit.exceptions import IntegrityError, RegistryError
@@ -70,9 +79,16 @@ def log_candidate(pipeline, dataset: Dataset, split, *, model: str, seed: int) -
         metadata={"churnkit_schema": dataset.schema.to_dict(), "churnkit_model_kind": model},
         input_example=None,
         # Types our own pipelines contain; artifacts are sha256-checked against the registry before loading.
-        skops_trusted_types=["numpy.dtype", "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"],
+        skops_trusted_types=list(TRUSTED_TYPES),
     )
-    mlflow.set_tag(TAG + "model_uri", info.model_uri)
+    # The manifest of every file of the logged folder; its sha256 goes on the run, then on the version.
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(mlflow.artifacts.download_artifacts(info.model_uri, dst_path=tmp))
+        files_sha = write_files_manifest(local)
+        from mlflow import MlflowClient
+
+        MlflowClient().log_model_artifact(info.model_id, str(local / FILES_MANIFEST))
+    mlflow.set_tags({TAG + "model_uri": info.model_uri, TAG + "files_sha256": files_sha})
     return run.info.run_id
 
 
@@ -86,6 +102,7 @@ class Candidate:
     y_holdout: pd.Series
     artifact_sha256: str
     tags: dict
+    files_sha256: str = ""
 
 
 def latest_candidate_run(config: Config | None = None) -> str:
@@ -120,13 +137,12 @@ def load_candidate(train_run_id: str = "", config: Config | None = None) -> Cand
     if not model_uri:
         raise RegistryError(f"run {run_id!r} logged no candidate model; pass the run id of a 01-train run")
     local = Path(mlflow.artifacts.download_artifacts(model_uri))
+    files_sha = verify_files(local, run.data.tags.get(TAG + "files_sha256"), f"training run {run_id}")
     sha = artifact_sha256(local)
-    import mlflow.sklearn
-
-    pipeline = mlflow.sklearn.load_model(str(local))
+    pipeline = load_estimator(local)
     schema = Schema.from_dict(read_metadata(local)["churnkit_schema"])
     holdout, y = read_holdout(run_id)
-    return Candidate(run_id, model_uri, pipeline, schema, holdout, y, sha, dict(run.data.tags))
+    return Candidate(run_id, model_uri, pipeline, schema, holdout, y, sha, dict(run.data.tags), files_sha)
 
 
 def read_holdout(run_id: str) -> tuple[pd.DataFrame, pd.Series]:
@@ -203,6 +219,7 @@ def register_candidate(
         TAG + "git_dirty": candidate.tags.get(TAG + "git_dirty", ""),
         TAG + "sklearn_version": package_versions()["scikit-learn"],
         TAG + "artifact_sha256": candidate.artifact_sha256,
+        TAG + "files_sha256": candidate.files_sha256,
         TAG + "threshold": repr(float(threshold)),
         TAG + "train_run_id": candidate.run_id,
         TAG + "train_notebook": candidate.tags.get(TAG + "output_notebook", ""),
@@ -395,6 +412,9 @@ def resolve_model(uri: str, config: Config | None = None) -> tuple[Path, dict]:
 def load_model(uri: str, config: Config | None = None, *, verify: bool = True) -> LoadedModel:
     """Load a model for scoring, refusing it when its sha256 differs from the registered one."""
     local, tags = resolve_model(uri, config)
+    if verify:  # every file against the manifest recorded at registration, before anything is read
+        where = f"registered version {tags['__name__']} v{tags['__version__']}" if "__version__" in tags else "none"
+        verify_files(local, tags.get(TAG + "files_sha256"), where)
     sha = artifact_sha256(local)
     expected = tags.get(TAG + "artifact_sha256")
     if verify and expected and expected != sha:
@@ -402,9 +422,7 @@ def load_model(uri: str, config: Config | None = None, *, verify: bool = True) -
             f"model {uri!r}: artifact sha256 {sha[:16]}... does not match {expected[:16]}... recorded at "
             "registration; the file was changed after registration: re-register the model or restore the artifact"
         )
-    import mlflow.sklearn
-
-    pipeline = mlflow.sklearn.load_model(str(local))
+    pipeline = load_estimator(local)
     meta = read_metadata(local)
     if "churnkit_schema" not in meta:
         raise RegistryError(f"model {uri!r} carries no churnkit schema in its MLmodel metadata; train it with 01-train")

@@ -5,7 +5,8 @@ a cloud storage URI (``gs://``, ``s3://``, ...; Vertex passes one in ``AIP_STORA
 downloaded first. A model folder copied out of the registry carries ``churnkit-model.json`` (name,
 version, threshold, sha256; written by :func:`export_model`) so a container knows what it serves and
 refuses a changed artifact. :func:`load_model_folder` does the same without MLflow, for the Azure ML
-``score.py`` environment.
+``score.py`` environment. Every file of a folder is checked against its ``churnkit-files.json`` before
+anything in it is read, and only skops files load (:mod:`churnkit.artifact`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import shutil
 from pathlib import Path
 
 from churnkit.exceptions import IntegrityError, RegistryError
-from churnkit.artifact import LoadedModel, artifact_sha256, read_metadata
+from churnkit.artifact import FILES_MANIFEST, LoadedModel, artifact_sha256, load_estimator, read_metadata, verify_files
+from churnkit.data import file_sha256
 
 MANIFEST = "churnkit-model.json"
 REMOTE_SCHEMES = ("gs://", "s3://", "wasbs://", "abfss://", "azureml://", "http://", "https://")
@@ -37,7 +39,7 @@ def export_model(loaded: LoadedModel, dest) -> Path:
     dest = Path(dest)
     shutil.copytree(loaded.path, dest, dirs_exist_ok=True)
     manifest = {"name": loaded.name, "version": str(loaded.version), "threshold": loaded.threshold,
-                "sha256": loaded.sha256, "uri": loaded.uri}
+                "sha256": loaded.sha256, "files_sha256": file_sha256(dest / FILES_MANIFEST), "uri": loaded.uri}
     (dest / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return dest
 
@@ -98,34 +100,19 @@ def find_model_folder(root) -> Path:
     return found[0]
 
 
-def _load_estimator(folder: Path):
-    import yaml
-
-    flavor = (yaml.safe_load((folder / "MLmodel").read_text()).get("flavors") or {}).get("sklearn") or {}
-    path = folder / flavor.get("pickled_model", "")
-    fmt = flavor.get("serialization_format", "skops")
-    if fmt == "skops":
-        import skops.io
-
-        return skops.io.load(path, trusted=flavor.get("skops_trusted_types") or [])
-    raise RegistryError(
-        f"model file {str(path)!r} is serialized as {fmt!r}; churnkit serves only skops files (safe to load): "
-        "log the model with churnkit.log_candidate"
-    )
-
-
 def load_model_folder(folder, uri: str | None = None, environ=None) -> LoadedModel:
     """Load an MLflow sklearn model folder without MLflow (skops), verified against its manifest."""
     from churnkit.data import Schema
 
     folder = find_model_folder(folder)
+    verify_files(folder, read_manifest(folder).get("files_sha256"), MANIFEST)  # before any file is read
     meta = read_metadata(folder)
     if "churnkit_schema" not in meta:
         raise RegistryError(f"model folder {str(folder)!r} carries no churnkit schema in its MLmodel; train it with 01-train")
     uri = uri or str(folder)
     sha = verify_folder(folder, uri, environ)  # before deserializing anything
     loaded = LoadedModel(
-        pipeline=_load_estimator(folder), schema=Schema.from_dict(meta["churnkit_schema"]),
+        pipeline=load_estimator(folder), schema=Schema.from_dict(meta["churnkit_schema"]),
         threshold=float(meta.get("churnkit_threshold", 0.5)), name=str(meta.get("churnkit_name", "churn")),
         version="local", sha256=sha, uri=uri, path=folder,
     )
