@@ -38,6 +38,8 @@ test-setup: venv $(AZML_DIR)/.complete
 	@ln -sfn "$(AZML_DIR)" .venv-azml
 	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
 	  { (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "chromium could not be installed; the browser test will skip with this reason"; }
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	  { (apt-get update -qq && apt-get install -y -qq postgresql >/dev/null) || echo "postgresql could not be installed; the PostgreSQL-backed registry tests will skip with this reason"; }
 
 # The monthly story on synthetic data, in a fresh runs/demo-<UTC time>/ each time: month 1 deploys v1
 # locally (router on DEMO_PORT), month 2's challenger is promoted under replayed traffic, a month with

@@ -28,7 +28,7 @@ from churnkit.config import EXPERIMENT_NAME, TAG, Config, load_config, scoped_en
 from churnkit.evaluate import GateResult
 from churnkit.exceptions import RunNotFoundError, TrackingServerError
 
-#: MLflow's own HTTP client settings (read from the environment at each request) that the kit sets for a
+#: MLflow's own client settings (read from the environment at each request) that the kit sets for a
 #: tracking server when the environment does not: 2 retries 1 s and 2 s apart, 20 s per request at most,
 #: instead of MLflow's 7 retries with backoff up to minutes and 120 s per request.
 HTTP_SETTINGS = {
@@ -36,6 +36,8 @@ HTTP_SETTINGS = {
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+    # MLflow prints "View run ... at: <server URL>" on stdout when a run ends; `--json` keeps stdout to its object
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
 }
 INIT_LOCK = ".mlflow-init.lock"
 

@@ -32,7 +32,11 @@ def free_port() -> int:
 
 
 class MlflowServer:
-    """``mlflow server`` on 127.0.0.1 with the given backend store; ``stop()`` kills it, ``start()`` again."""
+    """``mlflow server`` on 127.0.0.1 with the given backend store; ``stop()`` kills it, ``start()`` again.
+
+    One worker: uvicorn's multi-worker supervisor restarts workers that miss its 5 s health check, which a
+    loaded CI machine does.
+    """
 
     def __init__(self, backend_uri: str, artifacts: Path, log_path: Path, port: int | None = None):
         self.backend_uri = backend_uri
@@ -48,7 +52,7 @@ class MlflowServer:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
         self.proc = subprocess.Popen(
             [MLFLOW, "server", "--backend-store-uri", self.backend_uri, "--artifacts-destination",
-             str(self.artifacts), "--host", "127.0.0.1", "--port", str(self.port), "--workers", "2"],
+             str(self.artifacts), "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         log.close()
         deadline = time.monotonic() + timeout
