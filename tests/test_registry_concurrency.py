@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from serve_support import CHURNKIT, REPO, clean_env
 
 PYTHON = str(Path(sys.executable))
@@ -101,10 +102,12 @@ def test_racing_first_registrations_on_the_embedded_store(tmp_path):
     _race(str(tmp_path / "runs"), clean_env(), tmp_path)
 
 
+@pytest.mark.probe
 def test_racing_first_registrations_on_a_postgresql_server(postgres_mlflow, tmp_path):
     _race(str(tmp_path / "runs"), clean_env(MLFLOW_TRACKING_URI=postgres_mlflow.url), tmp_path)
 
 
+@pytest.mark.probe
 def test_concurrent_pipeline_on_one_model_is_refused_naming_the_holder(tmp_path):
     """Pipeline A holds the model's lock; B on the same model is refused at once with A's pid and command."""
     from conftest import free_port

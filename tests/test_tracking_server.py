@@ -47,6 +47,7 @@ def test_dead_server_fails_in_one_line_and_leaves_no_empty_run_folder(tmp_path):
     assert not runs.exists() or not [p for p in runs.iterdir() if p.is_dir()]
 
 
+@pytest.mark.probe
 def test_server_stopped_mid_pipeline_then_runs_reconciled(tmp_path):
     base = tmp_path
     server = MlflowServer(f"sqlite:///{base / 'server.db'}", base / "artifacts", base / "server.log").start()
