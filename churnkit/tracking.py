@@ -190,9 +190,17 @@ def server_down(config: Config) -> bool:
 # Runs whose process is gone
 # --------------------------------------------------------------------------------------------------
 
+def _pid_namespace() -> str:
+    """This process's PID namespace (containers on one host name share pid numbers, not processes)."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
 def owner_tags() -> dict[str, str]:
-    """Tags naming the process that runs (and must close) an MLflow run: host and pid."""
-    return {TAG + "host": socket.gethostname(), TAG + "pid": str(os.getpid())}
+    """Tags naming the process that runs (and must close) an MLflow run: host, pid and its PID namespace."""
+    return {TAG + "host": socket.gethostname(), TAG + "pid": str(os.getpid()), TAG + "pid_namespace": _pid_namespace()}
 
 
 def _alive(pid: int) -> bool:
@@ -208,7 +216,8 @@ def _alive(pid: int) -> bool:
 def reconcile_runs(config: Config, exp_id: str | None = None) -> list[str]:
     """Mark FAILED the runs left RUNNING by a process of this host that no longer exists; returns their ids.
 
-    Runs of other hosts (their pid means nothing here) and interactive JupyterLab runs (no pid) are left alone.
+    Runs of other hosts or PID namespaces (their pid means nothing here) and interactive JupyterLab runs (no
+    pid) are left alone.
     """
     from mlflow import MlflowClient
 
@@ -221,8 +230,11 @@ def reconcile_runs(config: Config, exp_id: str | None = None) -> list[str]:
     except Exception:  # reconciling is housekeeping: never the reason a command fails
         return []
     done = []
+    namespace = _pid_namespace()
     for run in runs:
         pid = run.data.tags.get(TAG + "pid", "")
+        if run.data.tags.get(TAG + "pid_namespace", "") != namespace:  # another container: its pids are not ours
+            continue
         if not pid.isdigit() or _alive(int(pid)):
             continue
         with contextlib.suppress(Exception):
