@@ -217,7 +217,10 @@ def run_notebook(
         try:
             found = _finish(client, run_id, output, status, seconds, error, redactions)
         except Exception as exc:  # the server went away during the run: one line, the partial record named
-            raise as_tracking_error(exc, config, f"; the output notebook is {output}") from None
+            failure = as_tracking_error(exc, config, f"; the output notebook is {output}")
+            if isinstance(interrupt, RunTerminated) and isinstance(failure, TrackingServerError):
+                failure.exit_code = 128 + interrupt.signum  # still what a shell reports for the signal
+            raise failure from None
     if isinstance(interrupt, KeyboardInterrupt):
         raise interrupt
     if error is not None:

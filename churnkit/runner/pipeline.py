@@ -86,6 +86,7 @@ def _run_locked(parameters, per_step, config: Config, progress, echo, steps) -> 
         raise as_tracking_error(exc, config) from None
     results: list[RunResult] = []
     status = "FAILED"
+    inflight: BaseException | None = None
     with sigterm_raises():  # SIGTERM between two steps also ends the parent run KILLED
         try:
             for step in steps:
@@ -105,6 +106,7 @@ def _run_locked(parameters, per_step, config: Config, progress, echo, steps) -> 
                 results.append(res)
             status = "FINISHED"
         except BaseException as exc:
+            inflight = exc
             if isinstance(exc, (KeyboardInterrupt, RunTerminated)) or getattr(exc, "ename", "") in KILLED_BY:
                 status = "KILLED"
             raise
@@ -119,6 +121,8 @@ def _run_locked(parameters, per_step, config: Config, progress, echo, steps) -> 
                     error = as_tracking_error(exc, config)
                     if error is exc:
                         raise
+                    if isinstance(inflight, RunTerminated):
+                        error.exit_code = 128 + inflight.signum
                     raise error from None
     return PipelineResult(folder.name, folder, results, parent.info.run_id)
 
