@@ -68,6 +68,17 @@ FILES_MANIFEST = "churnkit-files.json"
 UNLISTED = frozenset({FILES_MANIFEST, "churnkit-model.json", "registered_model_meta"})
 #: The only types beyond skops' defaults a churnkit model may ask skops to trust when it is loaded.
 TRUSTED_TYPES = ("numpy.dtype", "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor")
+#: Whoever runs the server (never the model folder) may trust more types, comma-separated: estimator
+#: classes of their own, importable where the model loads.
+TRUSTED_TYPES_ENV = "CHURNKIT_TRUSTED_TYPES"
+
+
+def trusted_types(environ=None) -> set[str]:
+    """The kit's trusted types plus those the operator names in ``CHURNKIT_TRUSTED_TYPES``."""
+    import os
+
+    env = os.environ if environ is None else environ
+    return set(TRUSTED_TYPES) | {t.strip() for t in env.get(TRUSTED_TYPES_ENV, "").split(",") if t.strip()}
 
 
 def _folder_files(folder: Path) -> dict[str, Path]:
@@ -150,10 +161,11 @@ def load_estimator(model_dir: str | Path):
         raise IntegrityError(f"model file {name!r} in {str(folder)!r} is serialized as {fmt!r}; churnkit loads only "
                              "skops files (no code runs when they load): log the model with churnkit.log_candidate")
     trusted = [str(t) for t in flavor.get("skops_trusted_types") or []]
-    untrusted = sorted(set(trusted) - set(TRUSTED_TYPES))
+    untrusted = sorted(set(trusted) - trusted_types())
     if untrusted:
         raise IntegrityError(f"model folder {str(folder)!r} asks skops to trust {untrusted!r}, beyond the kit's "
-                             f"{list(TRUSTED_TYPES)!r}; register a model logged by churnkit.log_candidate")
+                             f"{list(TRUSTED_TYPES)!r}; register a model logged by churnkit.log_candidate, or name "
+                             f"your own estimator classes in {TRUSTED_TYPES_ENV} where the model is served")
     path = folder / name
     if path.parent.resolve() != folder.resolve():
         raise IntegrityError(f"model file {name!r} is outside its folder {str(folder)!r}; register the model again")
