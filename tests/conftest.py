@@ -55,6 +55,8 @@ def postgres_mlflow(tmp_path_factory):
         server = MlflowServer(pg.create_database("mlflow"), base / "artifacts", base / "server.log").start()
         yield server
     finally:
-        if server is not None:
-            server.stop()
-        pg.stop()
+        try:
+            if server is not None:
+                server.stop()
+        finally:
+            pg.stop()
