@@ -1,4 +1,9 @@
-"""A model folder on disk: its metadata, the file that gets deserialized, and its sha256.
+"""A model folder on disk: its metadata, the file that gets deserialized, its sha256 and file manifest.
+
+Every file of a model folder is listed with its sha256 in ``churnkit-files.json`` (written when the
+candidate is logged; the manifest's own sha256 is recorded on the run and the registered version).
+:func:`verify_files` checks the folder against it before anything in it is read, ``MLmodel`` included,
+and :func:`load_estimator` deserializes only skops files with the kit's trusted types.
 
 MLflow-free on purpose: the serving container and the Azure ML ``score.py`` read model folders
 through this module without the MLflow client.
@@ -6,6 +11,8 @@ through this module without the MLflow client.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,3 +56,123 @@ def model_file(model_dir: str | Path) -> Path:
 def artifact_sha256(model_dir: str | Path) -> str:
     """sha256 of the serialized model file (the bytes that get deserialized)."""
     return file_sha256(model_file(model_dir))
+
+
+# --------------------------------------------------------------------------------------------------
+# The file manifest: every file of the folder, hashed, checked before anything in it is read
+# --------------------------------------------------------------------------------------------------
+
+FILES_MANIFEST = "churnkit-files.json"
+#: The compiled scorer an export adds (plain arrays loaded with allow_pickle=False; its sha256 is in the
+#: export manifest and checked before it is read).
+SCORER_FILE = "churnkit-scorer.npz"
+#: Files a model folder may hold outside the manifest: the manifest itself, the export manifest
+#: (``churnkit.serve.loading.MANIFEST``, written next to a copied folder) with its compiled scorer, and
+#: the file MLflow's client writes into every folder it downloads (model name and version; never read).
+UNLISTED = frozenset({FILES_MANIFEST, "churnkit-model.json", SCORER_FILE, "registered_model_meta"})
+#: The only types beyond skops' defaults a churnkit model may ask skops to trust when it is loaded.
+TRUSTED_TYPES = ("numpy.dtype", "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor")
+#: Whoever runs the server (never the model folder) may trust more types, comma-separated: estimator
+#: classes of their own, importable where the model loads.
+TRUSTED_TYPES_ENV = "CHURNKIT_TRUSTED_TYPES"
+
+
+def trusted_types(environ=None) -> set[str]:
+    """The kit's trusted types plus those the operator names in ``CHURNKIT_TRUSTED_TYPES``."""
+    import os
+
+    env = os.environ if environ is None else environ
+    return set(TRUSTED_TYPES) | {t.strip() for t in env.get(TRUSTED_TYPES_ENV, "").split(",") if t.strip()}
+
+
+def _folder_files(folder: Path) -> dict[str, Path]:
+    """Every entry below ``folder`` by its POSIX path relative to it; a symlink is refused, not followed."""
+    out = {}
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder).as_posix()
+        if path.is_symlink():
+            raise IntegrityError(f"model folder {str(folder)!r} holds a symbolic link {rel!r}; a model folder holds "
+                                 "plain files only: remove it or register the model again")
+        if path.is_file():
+            out[rel] = path
+    return out
+
+
+def write_files_manifest(model_dir: str | Path) -> str:
+    """Write ``churnkit-files.json`` (the sha256 of every file of the folder) and return its own sha256."""
+    folder = Path(model_dir)
+    files = {rel: file_sha256(p) for rel, p in _folder_files(folder).items() if rel not in UNLISTED}
+    data = json.dumps({"format": 1, "files": files}, indent=1, sort_keys=True).encode()
+    (folder / FILES_MANIFEST).write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def verify_files(model_dir: str | Path, expected: str | None, source: str) -> str:
+    """Check every file of the folder against its manifest, and the manifest against ``expected``.
+
+    Runs before any file of the folder (``MLmodel`` included) is read. Returns the manifest's sha256.
+
+    Raises
+    ------
+    IntegrityError
+        No manifest; the manifest differs from ``expected`` (recorded by ``source``); a listed file is
+        missing or changed; a file is not listed (planted).
+    """
+    folder = Path(model_dir)
+    path = folder / FILES_MANIFEST
+    if not path.is_file() or path.is_symlink():
+        raise IntegrityError(f"model folder {str(folder)!r} has no {FILES_MANIFEST} (the sha256 of each of its files); "
+                             "it was not logged by churnkit.log_candidate: train and register it again with "
+                             "01-train and 02-evaluate")
+    data = path.read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    if expected and sha != expected:
+        raise IntegrityError(f"model folder {str(folder)!r}: {FILES_MANIFEST} sha256 {sha[:16]}... does not match "
+                             f"{expected[:16]}... recorded by {source}; the folder was changed after registration: "
+                             "restore it or register the model again")
+    try:
+        listed = json.loads(data)["files"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise IntegrityError(f"{str(path)!r} is not a churnkit file manifest ({exc}); register the model again") from exc
+    present = {rel: p for rel, p in _folder_files(folder).items() if rel not in UNLISTED}
+    extra = sorted(set(present) - set(listed))
+    missing = sorted(set(listed) - set(present))
+    changed = sorted(rel for rel in set(listed) & set(present) if file_sha256(present[rel]) != listed[rel])
+    problems = ([f"{rel!r} is not in the manifest (added after registration)" for rel in extra]
+                + [f"{rel!r} is missing" for rel in missing]
+                + [f"{rel!r} was changed (sha256 differs)" for rel in changed])
+    if problems:
+        raise IntegrityError(f"model folder {str(folder)!r} does not match its {FILES_MANIFEST}: " + "; ".join(problems)
+                             + "; restore the folder from the registry or register the model again")
+    return sha
+
+
+def load_estimator(model_dir: str | Path):
+    """Deserialize the folder's sklearn model with skops and the kit's trusted types, nothing else.
+
+    Call it after :func:`verify_files`. Unlike ``mlflow.sklearn.load_model`` it never puts a folder
+    on ``sys.path`` (MLflow's ``code:`` directory) and refuses every format but skops.
+    """
+    folder = Path(model_dir)
+    flavor = (read_mlmodel(folder).get("flavors") or {}).get("sklearn") or {}
+    if flavor.get("code"):
+        raise IntegrityError(f"model folder {str(folder)!r} declares a code directory {flavor['code']!r} in its MLmodel; "
+                             "churnkit never loads code shipped with a model: register a model logged by "
+                             "churnkit.log_candidate")
+    fmt = flavor.get("serialization_format", "skops")
+    name = str(flavor.get("pickled_model") or "")
+    if fmt != "skops" or not name.endswith(".skops"):
+        raise IntegrityError(f"model file {name!r} in {str(folder)!r} is serialized as {fmt!r}; churnkit loads only "
+                             "skops files (no code runs when they load): log the model with churnkit.log_candidate")
+    trusted = [str(t) for t in flavor.get("skops_trusted_types") or []]
+    untrusted = sorted(set(trusted) - trusted_types())
+    if untrusted:
+        raise IntegrityError(f"model folder {str(folder)!r} asks skops to trust {untrusted!r}, beyond the kit's "
+                             f"{list(TRUSTED_TYPES)!r}; register a model logged by churnkit.log_candidate, or name "
+                             f"your own estimator classes in {TRUSTED_TYPES_ENV} where the model is served")
+    path = folder / name
+    if path.parent.resolve() != folder.resolve():
+        raise IntegrityError(f"model file {name!r} is outside its folder {str(folder)!r}; register the model again")
+    import skops.io
+
+    return skops.io.load(path, trusted=trusted)

@@ -52,6 +52,14 @@ class _Group(click.Group):
         except RunTerminated as exc:  # SIGTERM outside a notebook (a rollout, between pipeline steps)
             click.echo(f"error: RunTerminated: the command {exc} and was stopped", err=True)
             ctx.exit(128 + exc.signum)  # what a shell reports for a process ended by the signal
+        except Exception as exc:  # MLflow's client errors when a tracking server stops answering: one line
+            from churnkit.tracking import server_error
+
+            error = server_error(exc)
+            if error is None:
+                raise
+            click.echo(f"error: {type(error).__name__}: {error}", err=True)
+            ctx.exit(error.exit_code)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -87,12 +95,14 @@ def run(notebook, pairs, runs_dir, cell_timeout, rerun_id):
 @click.option("-p", "--parameter", "pairs", nargs=2, multiple=True, metavar="NAME VALUE", help=PARAM_HELP)
 @click.option("--runs-dir", type=click.Path(file_okay=False), help="Audit trail folder (default runs/ or CHURNKIT_RUNS_DIR).")
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome as one JSON object.")
-def pipeline(pairs, runs_dir, as_json):
+@click.option("--wait", type=click.FloatRange(min=0), default=0.0, show_default=True, metavar="SECONDS",
+              help="Queue this long behind another pipeline on the same model (default: refuse at once, naming it).")
+def pipeline(pairs, runs_dir, as_json, wait):
     """The monthly job: train → evaluate (gate, register) → deploy → rollout, in one run folder."""
     from churnkit.runner import pipeline_summary, run_pipeline
 
     echo = (lambda msg: click.echo(msg, err=True)) if as_json else click.echo
-    result = run_pipeline(_params(pairs), config=_config(runs_dir), echo=echo)
+    result = run_pipeline(_params(pairs), config=_config(runs_dir), echo=echo, wait=wait)
     summary = pipeline_summary(result)
     if as_json:
         emit_json(summary)

@@ -70,6 +70,14 @@ class NotebookExecutionError(ChurnkitError):
         self.run_id = run_id
 
 
+class TrackingServerError(ConfigError):
+    """The MLflow tracking server (``MLFLOW_TRACKING_URI``) did not answer within the kit's retry budget."""
+
+    def __init__(self, message: str, *, uri: str = ""):
+        super().__init__(message)
+        self.uri = uri
+
+
 class RunNotFoundError(ChurnkitError):
     """A run id (``churnkit run --rerun``) is not in the tracking store, or is not a notebook run."""
 
@@ -136,6 +144,15 @@ class RolloutLockedError(RolloutError):
     def __init__(self, message: str, *, pid: int | None = None, path: str | None = None):
         super().__init__(message)
         self.pid = pid
+        self.path = path
+
+
+class PipelineLockedError(ChurnkitError):
+    """Another pipeline on the same model holds the lock; ``holder`` has its pid, host, since and command."""
+
+    def __init__(self, message: str, *, holder: dict | None = None, path: str | None = None):
+        super().__init__(message)
+        self.holder = dict(holder or {})
         self.path = path
 
 

@@ -27,7 +27,16 @@ from churnkit.config import (
     load_config,
 )
 from churnkit.clock import iso_seconds
-from churnkit.artifact import LoadedModel, artifact_sha256, read_metadata
+from churnkit.artifact import (
+    FILES_MANIFEST,
+    TRUSTED_TYPES,
+    LoadedModel,
+    artifact_sha256,
+    load_estimator,
+    read_metadata,
+    verify_files,
+    write_files_manifest,
+)
 from churnkit.data import Dataset, Schema
 from churnkit.evaluate import GateResult
 from churnkit.exceptions import IntegrityError, RegistryError
@@ -77,10 +86,16 @@ def log_candidate(pipeline, dataset: Dataset, split, *, model: str, seed: int,
         metadata={"churnkit_schema": dataset.schema.to_dict(), "churnkit_model_kind": model},
         input_example=None,
         # Types our own pipelines contain; artifacts are sha256-checked against the registry before loading.
-        skops_trusted_types=skops_trusted_types or ["numpy.dtype",
-                                                    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"],
+        skops_trusted_types=skops_trusted_types or list(TRUSTED_TYPES),
     )
-    mlflow.set_tag(TAG + "model_uri", info.model_uri)
+    # The manifest of every file of the logged folder; its sha256 goes on the run, then on the version.
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(mlflow.artifacts.download_artifacts(info.model_uri, dst_path=tmp))
+        files_sha = write_files_manifest(local)
+        from mlflow import MlflowClient
+
+        MlflowClient().log_model_artifact(info.model_id, str(local / FILES_MANIFEST))
+    mlflow.set_tags({TAG + "model_uri": info.model_uri, TAG + "files_sha256": files_sha})
     return run.info.run_id
 
 
@@ -94,6 +109,7 @@ class Candidate:
     y_holdout: pd.Series
     artifact_sha256: str
     tags: dict
+    files_sha256: str = ""
 
 
 def latest_candidate_run(config: Config | None = None) -> str:
@@ -128,13 +144,12 @@ def load_candidate(train_run_id: str = "", config: Config | None = None) -> Cand
     if not model_uri:
         raise RegistryError(f"run {run_id!r} logged no candidate model; pass the run id of a 01-train run")
     local = Path(mlflow.artifacts.download_artifacts(model_uri))
+    files_sha = verify_files(local, run.data.tags.get(TAG + "files_sha256"), f"training run {run_id}")
     sha = artifact_sha256(local)
-    import mlflow.sklearn
-
-    pipeline = mlflow.sklearn.load_model(str(local))
+    pipeline = load_estimator(local)
     schema = Schema.from_dict(read_metadata(local)["churnkit_schema"])
     holdout, y = read_holdout(run_id)
-    return Candidate(run_id, model_uri, pipeline, schema, holdout, y, sha, dict(run.data.tags))
+    return Candidate(run_id, model_uri, pipeline, schema, holdout, y, sha, dict(run.data.tags), files_sha)
 
 
 def read_holdout(run_id: str) -> tuple[pd.DataFrame, pd.Series]:
@@ -193,8 +208,12 @@ def register_candidate(
     ``tags`` are added to the version's own (an imported model's source file, scanner verdict, ...).
 
     The first version becomes ``champion``; later ones become ``challenger`` until a rollout promotes
-    them. On any failure after the version was created, the version (and a model created for it) is
-    deleted so the registry is left as it was.
+    them. On any failure after the version was created, the version (and a model this call created, if
+    no other process registered a version of it meanwhile) is deleted so the registry is left as it was.
+
+    Safe under concurrent registration (two pipelines, two machines on one server): creating the
+    model tolerates "already exists", and when several versions race to be the first, the lowest
+    number becomes ``champion`` and the others ``challenger``.
     """
     if not verdict.passed:
         return None
@@ -202,12 +221,8 @@ def register_candidate(
     config = config or load_config()
     c = client(config)
     t0 = time.perf_counter()
-    existed = True
-    try:
-        c.get_registered_model(model_name)
-    except Exception:
-        existed = False
     champion = get_champion(model_name, config)
+    before = _highest_version(c, model_name)
     tags = {
         TAG + "data_sha256": candidate.tags.get(TAG + "data_sha256", ""),
         TAG + "rows": candidate.tags.get(TAG + "rows", ""),
@@ -215,6 +230,7 @@ def register_candidate(
         TAG + "git_dirty": candidate.tags.get(TAG + "git_dirty", ""),
         TAG + "sklearn_version": package_versions()["scikit-learn"],
         TAG + "artifact_sha256": candidate.artifact_sha256,
+        TAG + "files_sha256": candidate.files_sha256,
         TAG + "threshold": repr(float(threshold)),
         TAG + "train_run_id": candidate.run_id,
         TAG + "train_notebook": candidate.tags.get(TAG + "output_notebook", ""),
@@ -224,25 +240,69 @@ def register_candidate(
     for k, v in (metrics or {}).items():
         tags[TAG + "holdout_" + k] = repr(float(v))
     tags.update(extra_tags)
-    mv = None
+    mv, created = None, False
     try:
-        if not existed:
-            c.create_registered_model(model_name, description="Customer churn probability (churnkit).")
-        mv = c.create_model_version(model_name, source=candidate.model_uri, run_id=candidate.run_id, tags=tags,
-                                    model_id=candidate.model_uri.removeprefix("models:/"))
+        created = _ensure_registered_model(c, model_name)
+        mv = _create_version(c, model_name, candidate, tags)
         _wait_ready(c, model_name, mv.version)
-        alias = ALIAS_CHALLENGER if champion is not None else ALIAS_CHAMPION
+        alias = _first_role(c, model_name, str(mv.version), before, config) if champion is None else ALIAS_CHALLENGER
         c.set_registered_model_alias(model_name, alias, mv.version)
+        if alias == ALIAS_CHAMPION:  # another first version may have taken the alias meanwhile: one champion
+            now = get_champion(model_name, config)
+            if now is not None and str(now.version) != str(mv.version):
+                alias = ALIAS_CHALLENGER
+                c.set_registered_model_alias(model_name, alias, mv.version)
         record_history(model_name, mv.version, f"registered as {alias}: {verdict.summary()}", config)
     except Exception as exc:
-        if mv is not None:
-            _undo(c, model_name, mv.version, existed)
-        elif not existed:
-            _undo(c, model_name, None, existed)
+        _undo(c, model_name, mv.version if mv is not None else None, created)
         raise RegistryError(f"registering {candidate.model_uri!r} as {model_name!r} failed and was undone: {exc}") from exc
     if mlflow_module().active_run():
         mlflow_module().log_metric("registration_seconds", time.perf_counter() - t0)
     return str(mv.version)
+
+
+def _highest_version(c, name: str) -> int:
+    try:
+        return max((int(v.version) for v in c.search_model_versions(f"name = '{name}'")), default=0)
+    except Exception:
+        return 0
+
+
+def _ensure_registered_model(c, name: str) -> bool:
+    """Create the registered model unless it exists; True only when this call created it."""
+    try:
+        c.get_registered_model(name)
+        return False
+    except Exception:
+        pass
+    try:
+        c.create_registered_model(name, description="Customer churn probability (churnkit).")
+        return True
+    except Exception:  # another process created it between the two calls ("already exists")
+        c.get_registered_model(name)  # raises if it really is not there
+        return False
+
+
+def _create_version(c, name: str, candidate: Candidate, tags: dict, attempts: int = 5):
+    """Create the model version; retried when a concurrent registration took the same number."""
+    for attempt in range(attempts):
+        try:
+            return c.create_model_version(name, source=candidate.model_uri, run_id=candidate.run_id, tags=tags,
+                                          model_id=candidate.model_uri.removeprefix("models:/"))
+        except Exception:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def _first_role(c, name: str, version: str, before: int, config) -> str:
+    """With no champion yet: the lowest version registered since ``before`` (this one or a racing one) leads."""
+    if get_champion(name, config) is not None:
+        return ALIAS_CHALLENGER
+    racing = [int(v.version) for v in c.search_model_versions(f"name = '{name}'")
+              if int(v.version) > before and v.status == "READY"]
+    return ALIAS_CHAMPION if min(racing, default=int(version)) >= int(version) else ALIAS_CHALLENGER
 
 
 def _wait_ready(c, name: str, version: str, timeout: float = 30.0) -> None:
@@ -256,11 +316,13 @@ def _wait_ready(c, name: str, version: str, timeout: float = 30.0) -> None:
         time.sleep(0.1)
 
 
-def _undo(c, name: str, version: str | None, existed: bool) -> None:
+def _undo(c, name: str, version: str | None, created: bool) -> None:
+    """Delete what this registration created: its version, and the model only if it created it and no
+    other version of it exists (another process may have registered one meanwhile)."""
     try:
         if version is not None:
             c.delete_model_version(name, version)
-        if not existed:
+        if created and not c.search_model_versions(f"name = '{name}'"):
             c.delete_registered_model(name)
     except Exception:
         pass
@@ -271,6 +333,24 @@ def set_alias(alias: str, version: str, model_name: str = DEFAULT_MODEL_NAME, re
     client(config).set_registered_model_alias(model_name, alias, str(version))
     if reason:
         record_history(model_name, version, f"alias {alias}: {reason}", config)
+
+
+def expect_alias(alias: str, version: str, model_name: str = DEFAULT_MODEL_NAME, config: Config | None = None) -> None:
+    """Raise unless ``alias`` points at ``version`` ("" checks nothing): a pipeline acts on its own version only.
+
+    Raises
+    ------
+    RegistryError
+        The alias moved to another version (another pipeline registered one) or does not exist.
+    """
+    if not str(version):
+        return
+    held = get_alias_version(alias, model_name, config)
+    if held is None or str(held.version) != str(version):
+        now = f"v{held.version}" if held is not None else "no version"
+        raise RegistryError(f"model {model_name!r} alias {alias!r} points at {now}, not at v{version} that this run "
+                            f"was given; another registration moved it: run the pipeline again, or roll out "
+                            f"{alias!r} explicitly with `churnkit rollout`")
 
 
 def delete_alias(alias: str, model_name: str = DEFAULT_MODEL_NAME, config: Config | None = None) -> None:
@@ -408,6 +488,9 @@ def resolve_model(uri: str, config: Config | None = None) -> tuple[Path, dict]:
 def load_model(uri: str, config: Config | None = None, *, verify: bool = True) -> LoadedModel:
     """Load a model for scoring, refusing it when its sha256 differs from the registered one."""
     local, tags = resolve_model(uri, config)
+    if verify:  # every file against the manifest recorded at registration, before anything is read
+        where = f"registered version {tags['__name__']} v{tags['__version__']}" if "__version__" in tags else "none"
+        verify_files(local, tags.get(TAG + "files_sha256"), where)
     sha = artifact_sha256(local)
     expected = tags.get(TAG + "artifact_sha256")
     if verify and expected and expected != sha:
@@ -415,9 +498,7 @@ def load_model(uri: str, config: Config | None = None, *, verify: bool = True) -
             f"model {uri!r}: artifact sha256 {sha[:16]}... does not match {expected[:16]}... recorded at "
             "registration; the file was changed after registration: re-register the model or restore the artifact"
         )
-    import mlflow.sklearn
-
-    pipeline = mlflow.sklearn.load_model(str(local))
+    pipeline = load_estimator(local)
     meta = read_metadata(local)
     if "churnkit_schema" not in meta:
         raise RegistryError(f"model {uri!r} carries no churnkit schema in its MLmodel metadata; train it with 01-train")

@@ -3,6 +3,16 @@
 With :mod:`churnkit.registry` (model versions and aliases), the only modules that touch MLflow. Every
 function takes the configuration explicitly; without one, settings are read from the environment at
 that call (:func:`churnkit.config.load_config`), never from whatever this process used last.
+
+- An embedded store is created under a file lock (``runs/.mlflow-init.lock``): two pipelines starting
+  on a fresh runs folder do not race through MLflow's database migrations.
+- A team server gets bounded HTTP retries (:data:`HTTP_SETTINGS`, unless already set in the
+  environment): a server that stops answering fails a command within about a minute with one
+  :class:`~churnkit.exceptions.TrackingServerError` line naming it, not after MLflow's default minutes.
+- Runs record the host and pid of the process that runs them; a run left RUNNING by a process that
+  is gone (killed, or its server went away) is marked FAILED by the next command on that store and host.
+- The ``sagemaker_mlflow`` plugin's request-header provider (meant for ``arn:`` tracking URIs) is
+  dropped for every other store: it logs a warning on each request otherwise.
 """
 
 from __future__ import annotations
@@ -12,11 +22,25 @@ import json
 import logging
 import os
 import platform
+import socket
 import subprocess
 
 from churnkit.config import EXPERIMENT_NAME, TAG, Config, load_config, scoped_environ
 from churnkit.evaluate import GateResult
-from churnkit.exceptions import RunNotFoundError
+from churnkit.exceptions import RunNotFoundError, TrackingServerError
+
+#: MLflow's own client settings (read from the environment at each request) that the kit sets for a
+#: tracking server when the environment does not: 2 retries 1 s and 2 s apart, 20 s per request at most,
+#: instead of MLflow's 7 retries with backoff up to minutes and 120 s per request.
+HTTP_SETTINGS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+    # MLflow prints "View run ... at: <server URL>" on stdout when a run ends; `--json` keeps stdout to its object
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+}
+INIT_LOCK = ".mlflow-init.lock"
 
 
 def mlflow_module():
@@ -41,12 +65,59 @@ def _point_mlflow(uri: str) -> None:
         mlflow.set_registry_uri(uri)
 
 
+def configure_http(config: Config) -> None:
+    """MLflow client settings for a tracking server: bounded retries (:data:`HTTP_SETTINGS`), no plugin noise.
+
+    MLflow reads its HTTP settings from the environment at every request (``mlflow.environment_variables``),
+    so they are set in this process's environment, only where the user has not set them; notebook
+    kernels started by the runner inherit them. This is the one place the kit writes the environment.
+    """
+    if config.embedded:
+        return
+    for key, value in HTTP_SETTINGS.items():
+        os.environ.setdefault(key, value)
+    import logging
+
+    # urllib3 warns on every retry; the retries are the kit's budget and a final failure is reported once
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
+    if not config.tracking_uri.startswith("arn:"):
+        from mlflow.tracking.request_header.registry import _request_header_provider_registry as providers
+
+        # MLflow keeps providers in a plain list; the plugin's provider raises on a non-ARN URI and MLflow
+        # logs "Encountered unexpected error during resolving request headers: list index out of range".
+        providers._registry = [p for p in providers._registry if not type(p).__module__.startswith("sagemaker_mlflow")]
+
+
+@contextlib.contextmanager
+def _init_lock(config: Config):
+    """An exclusive lock on ``runs/.mlflow-init.lock`` while an embedded store is created or migrated."""
+    if not config.embedded:
+        yield
+        return
+    import fcntl
+
+    config.runs_dir.mkdir(parents=True, exist_ok=True)
+    with open(config.runs_dir / INIT_LOCK, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def setup_tracking(config: Config | None = None) -> str:
     """Point MLflow at ``config``'s store and make sure the ``churnkit`` experiment exists.
 
-    Returns the experiment id. Idempotent and cheap after the first call per store.
+    Returns the experiment id. Idempotent and cheap after the first call per store. The first call of
+    a process also reconciles runs that processes now gone left RUNNING (:func:`reconcile_runs`).
+
+    Raises
+    ------
+    TrackingServerError
+        The tracking server does not answer (one line naming it).
     """
     config = config or load_config()
+    configure_http(config)
     _point_mlflow(config.tracking_uri)
     cached = _experiment_ids.get(config.tracking_uri)
     if cached is not None:
@@ -55,16 +126,22 @@ def setup_tracking(config: Config | None = None) -> str:
     if config.embedded:
         config.runs_dir.mkdir(parents=True, exist_ok=True)
     quiet_store_setup()
-    exp = mlflow.get_experiment_by_name(EXPERIMENT_NAME)
-    if exp is None:
-        try:
-            exp_id = mlflow.create_experiment(EXPERIMENT_NAME, artifact_location=config.artifact_location)
-        except Exception:  # another process created it meanwhile
-            exp_id = mlflow.get_experiment_by_name(EXPERIMENT_NAME).experiment_id
-    else:
-        exp_id = exp.experiment_id
-    mlflow.set_experiment(experiment_id=exp_id)
+    try:
+        with _init_lock(config):  # the first process creates the database; the others wait, then find it
+            exp = mlflow.get_experiment_by_name(EXPERIMENT_NAME)
+            if exp is None:
+                try:
+                    exp_id = mlflow.create_experiment(EXPERIMENT_NAME, artifact_location=config.artifact_location)
+                except Exception:  # another process (on a team server) created it meanwhile
+                    exp_id = mlflow.get_experiment_by_name(EXPERIMENT_NAME).experiment_id
+            else:
+                exp_id = exp.experiment_id
+        mlflow.set_experiment(experiment_id=exp_id)
+    except Exception as exc:
+        raise (server_error(exc, config) or exc) from None
     _experiment_ids[config.tracking_uri] = exp_id
+    if not config.output_notebook:  # a notebook kernel belongs to a live runner: nothing to reconcile
+        reconcile_runs(config, exp_id)
     return exp_id
 
 
@@ -72,6 +149,111 @@ def quiet_store_setup() -> None:
     """MLflow's INFO lines about creating and migrating its database tables: set-up detail, not news."""
     for name in ("mlflow.store.db.utils", "alembic.runtime.migration"):
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+# --------------------------------------------------------------------------------------------------
+# A tracking server that stops answering
+# --------------------------------------------------------------------------------------------------
+
+_down: set[str] = set()  # tracking URIs that failed to answer in this process
+
+
+def _unreachable(exc: BaseException) -> bool:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        name = type(exc).__name__
+        text = str(exc)
+        if name in ("ConnectionError", "ConnectTimeout", "ReadTimeout", "Timeout", "MaxRetryError",
+                    "NewConnectionError", "ConnectionRefusedError", "RemoteDisconnected", "ProtocolError"):
+            return True
+        if "Max retries exceeded" in text or ("API request to" in text and "failed" in text):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def server_error(exc: BaseException, config: Config | None = None) -> TrackingServerError | None:
+    """A one-line :class:`TrackingServerError` when ``exc`` means the tracking server did not answer, else None."""
+    if isinstance(exc, TrackingServerError):
+        return exc
+    if not _unreachable(exc):
+        return None
+    config = config or load_config()
+    if config.embedded:
+        return None
+    _down.add(config.tracking_uri)
+    retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "?")
+    timeout = os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT", "?")
+    return TrackingServerError(
+        f"the MLflow tracking server {config.tracking_uri!r} did not answer ({retries} retries, {timeout} s per "
+        "request); start it or fix MLFLOW_TRACKING_URI, then run the command again (runs it left RUNNING are "
+        "marked FAILED by the next command)", uri=config.tracking_uri)
+
+
+def server_down(config: Config) -> bool:
+    """True once a request to ``config``'s tracking server failed in this process (clean-up skips MLflow)."""
+    return config.tracking_uri in _down
+
+
+# --------------------------------------------------------------------------------------------------
+# Runs whose process is gone
+# --------------------------------------------------------------------------------------------------
+
+def _pid_namespace() -> str:
+    """This process's PID namespace (containers on one host name share pid numbers, not processes)."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
+def owner_tags() -> dict[str, str]:
+    """Tags naming the process that runs (and must close) an MLflow run: host, pid and its PID namespace."""
+    return {TAG + "host": socket.gethostname(), TAG + "pid": str(os.getpid()), TAG + "pid_namespace": _pid_namespace()}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reconcile_runs(config: Config, exp_id: str | None = None) -> list[str]:
+    """Mark FAILED the runs left RUNNING by a process of this host that no longer exists; returns their ids.
+
+    Runs of other hosts or PID namespaces (their pid means nothing here) and interactive JupyterLab runs (no
+    pid) are left alone.
+    """
+    from mlflow import MlflowClient
+
+    host = socket.gethostname()
+    c = MlflowClient(tracking_uri=config.tracking_uri, registry_uri=config.tracking_uri)
+    try:
+        runs = c.search_runs([exp_id or _experiment_ids[config.tracking_uri]],
+                             filter_string=f"attributes.status = 'RUNNING' and tags.`{TAG}host` = '{host}'",
+                             max_results=200)
+    except Exception:  # reconciling is housekeeping: never the reason a command fails
+        return []
+    done = []
+    namespace = _pid_namespace()
+    for run in runs:
+        pid = run.data.tags.get(TAG + "pid", "")
+        if run.data.tags.get(TAG + "pid_namespace", "") != namespace:  # another container: its pids are not ours
+            continue
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        with contextlib.suppress(Exception):
+            c.set_tag(run.info.run_id, TAG + "status", "FAILED")
+            c.set_tag(run.info.run_id, TAG + "error", f"the process that ran it (pid {pid} on {host}) ended without "
+                      "closing the run (killed, or the tracking server stopped answering); marked FAILED later")
+            c.set_terminated(run.info.run_id, "FAILED")
+            done.append(run.info.run_id)
+    return done
 
 
 def client(config: Config | None = None):
@@ -157,6 +339,7 @@ def log_evaluation(evaluation, verdict: GateResult, figure=None) -> None:
 def has_store(config: Config) -> bool:
     """False for an embedded store not created yet: reading the runs must not create one."""
     return not config.embedded or (config.runs_dir / "mlflow.db").exists()
+
 
 
 def iter_runs(config: Config | None = None, page: int = 1000):

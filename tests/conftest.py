@@ -35,3 +35,28 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def postgres_mlflow(tmp_path_factory):
+    """A real ``mlflow server`` backed by a throwaway PostgreSQL cluster, for the whole session.
+
+    Skips with the reason only where PostgreSQL is not installed.
+    """
+    from tracking_support import MlflowServer, Postgres
+
+    try:
+        pg = Postgres().start()
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    base = tmp_path_factory.mktemp("pg-mlflow")
+    server = None
+    try:
+        server = MlflowServer(pg.create_database("mlflow"), base / "artifacts", base / "server.log").start()
+        yield server
+    finally:
+        try:
+            if server is not None:
+                server.stop()
+        finally:
+            pg.stop()

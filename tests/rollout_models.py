@@ -2,16 +2,18 @@
 
 :class:`Misbehaving` wraps a fitted classifier inside the usual two-step pipeline and sleeps, raises
 for a share of calls (the server answers 500), or shifts its churn probabilities. The pipeline is
-stored with cloudpickle *by value*, so a ``churnkit serve`` process loads it without this module on
-its path; its classifier has no compiled scoring path, so the server scores it with sklearn.
+stored with skops like any churnkit model; :data:`SERVE_ENV` lets a ``churnkit serve`` process import
+this module and trust its class (the operator's ``CHURNKIT_TRUSTED_TYPES``); its classifier has no
+compiled scoring path, so the server scores it with sklearn.
 """
 
 from __future__ import annotations
 
+import os
 import random
-import sys
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -57,17 +59,23 @@ def misbehaving(pipeline: Pipeline, **how) -> Pipeline:
     return Pipeline([(prep_name, prep), (clf_name, Misbehaving(clf, **how))])
 
 
+MISBEHAVING = f"{__name__}.Misbehaving"
+#: Environment for the processes that load these models: this module importable, its class trusted.
+SERVE_ENV = {"CHURNKIT_TRUSTED_TYPES": MISBEHAVING,
+             "PYTHONPATH": os.pathsep.join(p for p in (str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")) if p)}
+
+
 @contextmanager
-def cloudpickled():
-    """Make ``registry.log_candidate`` store models with cloudpickle, this module by value."""
-    import cloudpickle
+def trusting_misbehaving():
+    """Make ``registry.log_candidate`` record :class:`Misbehaving` among the model's skops trusted types."""
     import mlflow.sklearn
 
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    from churnkit.artifact import TRUSTED_TYPES
+
     original = mlflow.sklearn.log_model
 
     def log_model(*args, **kwargs):
-        kwargs.update(serialization_format="cloudpickle", skops_trusted_types=None)
+        kwargs.update(skops_trusted_types=[*TRUSTED_TYPES, MISBEHAVING])
         return original(*args, **kwargs)
 
     mlflow.sklearn.log_model = log_model
@@ -75,4 +83,3 @@ def cloudpickled():
         yield
     finally:
         mlflow.sklearn.log_model = original
-        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])

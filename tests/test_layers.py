@@ -54,7 +54,7 @@ def test_importing_the_package_face_loads_nothing_until_a_name_is_used():
 
 @pytest.mark.parametrize("package, names", [
     ("churnkit", ["ChurnkitError", "Dataset", "Schema", "__version__", "build_monitor_report", "cloud_latency",
-                  "cloud_latency_summary", "describe_dataset", "describe_schema_diff", "evaluate_holdout", "gate",
+                  "cloud_latency_summary", "describe_dataset", "describe_schema_diff", "evaluate_holdout", "expect_alias", "gate",
                   "get_target", "import_model", "load_candidate", "load_champion", "load_model",
                   "load_monitor_inputs", "load_monitored_model", "load_table", "log_candidate", "log_deployment",
                   "log_evaluation", "log_monitor_report", "measure_latency", "model_uri_for", "open_target",

@@ -51,8 +51,12 @@ def open_target(name: str, endpoint: str = "churn", port: int = 8000, config=Non
 
 
 def model_uri_for(model_name: str = "churn", model_alias: str = "auto", target: DeployTarget | None = None,
-                  config=None) -> str:
-    """The registry URI to deploy: ``models:/<name>@<alias>``.
+                  config=None, version: str = "") -> str:
+    """The registry URI to deploy: ``models:/<name>@<alias>``, or ``models:/<name>/<version>`` by number.
+
+    With ``version`` (a pipeline deploys the version it registered, never what an alias points at by
+    then), the URI names that version, or the champion's number when the version is a challenger and
+    the endpoint serves nothing yet.
 
     ``model_alias="auto"`` means the ``challenger`` when one exists, else the ``champion``; when
     ``target`` is given and its endpoint serves nothing yet, the champion goes first (a challenger
@@ -68,6 +72,16 @@ def model_uri_for(model_name: str = "churn", model_alias: str = "auto", target: 
     from churnkit.exceptions import ChurnkitError
 
     current = registry.aliases(model_name, config)
+    if str(version):
+        registry.find_version(f"models:/{model_name}/{version}", config)  # raises when it is not registered
+        if current.get(ALIAS_CHAMPION) not in (None, str(version)) and target is not None:
+            try:
+                serving = target.describe().exists
+            except ChurnkitError:  # no credentials (a plan): deploy the version asked for
+                serving = True
+            if not serving:
+                return f"models:/{model_name}/{current[ALIAS_CHAMPION]}"
+        return f"models:/{model_name}/{version}"
     alias = model_alias
     if model_alias == "auto":
         alias = ALIAS_CHALLENGER if ALIAS_CHALLENGER in current else ALIAS_CHAMPION

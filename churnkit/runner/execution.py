@@ -14,6 +14,7 @@ and :func:`rerun_notebook` executes a past run again with the same parameters.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -28,7 +29,7 @@ from typing import Any
 from churnkit import tracking
 from churnkit.clock import file_stamp
 from churnkit.config import TAG, Config, load_config, scoped_environ
-from churnkit.exceptions import NotebookExecutionError, RunNotFoundError
+from churnkit.exceptions import NotebookExecutionError, RunNotFoundError, TrackingServerError
 from churnkit.runner import secrets
 from churnkit.runner.guard import mark_interrupted, redacted_writes
 from churnkit.runner.params import Parameter, check_parameters, find_notebook, notebook_parameters
@@ -55,6 +56,20 @@ def new_run_folder(config: Config) -> Path:
     folder = config.runs_dir / f"{stamp}-{uuid.uuid4().hex[:6]}"
     folder.mkdir(parents=True, exist_ok=False)
     return folder
+
+
+def remove_if_empty(folder: Path) -> None:
+    """Remove a run folder nothing was written to (a run that failed before its first notebook)."""
+    with contextlib.suppress(OSError):
+        folder.rmdir()  # only an empty folder: a partial notebook is a record and stays
+
+
+def as_tracking_error(exc: BaseException, config: Config, note: str = "") -> BaseException:
+    """``exc``, or a one-line TrackingServerError when it means the tracking server stopped answering."""
+    err = tracking.server_error(exc, config) if isinstance(exc, Exception) else None
+    if err is None:
+        return exc
+    return TrackingServerError(f"{err}{note}", uri=err.uri) if note else err
 
 
 def failed_cell(output_path: str | os.PathLike) -> tuple[int | None, str | None, str | None]:
@@ -120,10 +135,11 @@ def run_notebook(
     path = find_notebook(notebook)
     declared = notebook_parameters(path)
     params = check_parameters(dict(parameters or {}), declared, path.stem)
+    client = tracking.client(config)  # the store first: a store that fails leaves no empty run folder
+    own_folder = folder is None
     folder = folder or new_run_folder(config)
     pipeline_id = pipeline_id or folder.name
     output = folder / path.name
-    client = tracking.client(config)
     run_tags = {
         "mlflow.runName": path.stem,
         TAG + "notebook": path.stem,
@@ -131,6 +147,7 @@ def run_notebook(
         TAG + "output_notebook": str(output),
         TAG + "parameters": json.dumps(params),
         **reproducibility_tags(path, declared, params),
+        **tracking.owner_tags(),
         **(tags or {}),
     }
     if cell_timeout:
@@ -138,10 +155,15 @@ def run_notebook(
     if parent_run_id:
         run_tags["mlflow.parentRunId"] = parent_run_id
     with sigterm_raises():
-        run = client.create_run(tracking.setup_tracking(config), tags=run_tags)
-        run_id = run.info.run_id
-        for k, v in params.items():
-            client.log_param(run_id, k, json.dumps(v) if not isinstance(v, str) else v)
+        try:
+            run = client.create_run(tracking.setup_tracking(config), tags=run_tags)
+            run_id = run.info.run_id
+            for k, v in params.items():
+                client.log_param(run_id, k, json.dumps(v) if not isinstance(v, str) else v)
+        except BaseException as exc:
+            if own_folder:
+                remove_if_empty(folder)
+            raise as_tracking_error(exc, config) from None
         env = {
             "MLFLOW_RUN_ID": run_id,
             "MLFLOW_TRACKING_URI": config.tracking_uri,
@@ -193,12 +215,21 @@ def run_notebook(
                 if isinstance(exc, RunTerminated):
                     error.exit_code = 128 + exc.signum  # what a shell reports for a process ended by the signal
         seconds = time.perf_counter() - started
-        found = _finish(client, run_id, output, status, seconds, error, redactions)
+        try:
+            found = _finish(client, run_id, output, status, seconds, error, redactions)
+        except Exception as exc:  # the server went away during the run: one line, the partial record named
+            failure = as_tracking_error(exc, config, f"; the output notebook is {output}")
+            if isinstance(interrupt, RunTerminated) and isinstance(failure, TrackingServerError):
+                failure.exit_code = 128 + interrupt.signum  # still what a shell reports for the signal
+            raise failure from None
     if isinstance(interrupt, KeyboardInterrupt):
         raise interrupt
     if error is not None:
         raise error
-    final = client.get_run(run_id)
+    try:
+        final = client.get_run(run_id)
+    except Exception as exc:
+        raise as_tracking_error(exc, config) from None
     return RunResult(path.stem, output, run_id, status, params, seconds, dict(final.data.tags),
                      dict(final.data.metrics), found)
 

@@ -1,7 +1,9 @@
 """The monthly job: train, evaluate (gate, register), deploy and roll out, in one run folder.
 
 Each step is a notebook run (:func:`churnkit.runner.execution.run_notebook`) nested under one parent
-MLflow run; a step runs only when the one before left it something to do.
+MLflow run; a step runs only when the one before left it something to do. 03-deploy and 04-rollout get
+the version 02-evaluate registered by number (``model_version``), and pipelines on one model in one runs
+folder run one at a time (:mod:`churnkit.runner.lock`).
 """
 
 from __future__ import annotations
@@ -12,9 +14,17 @@ from pathlib import Path
 from typing import Any
 
 from churnkit import tracking
-from churnkit.config import TAG, Config, load_config
+from churnkit.config import DEFAULT_MODEL_NAME, TAG, Config, load_config
 from churnkit.exceptions import ParameterError
-from churnkit.runner.execution import KILLED_BY, RunResult, new_run_folder, run_notebook
+from churnkit.runner.execution import (
+    KILLED_BY,
+    RunResult,
+    as_tracking_error,
+    new_run_folder,
+    remove_if_empty,
+    run_notebook,
+)
+from churnkit.runner.lock import pipeline_lock
 from churnkit.runner.params import split_parameters
 from churnkit.signals import RunTerminated, sigterm_raises
 
@@ -39,25 +49,44 @@ def run_pipeline(
     progress: bool | None = None,
     echo=print,
     steps: tuple[str, ...] = PIPELINE_STEPS,
+    wait: float = 0.0,
 ) -> PipelineResult:
     """The monthly job in one run folder and parent MLflow run: train, evaluate (gate, register), then
     deploy when a version was registered and roll out when it is a challenger and a champion serves.
 
     ``steps`` limits the job to a prefix of :data:`PIPELINE_STEPS` (e.g. train and evaluate only).
+    ``wait`` is how long to queue behind another pipeline on the same model before giving up.
+
+    Raises
+    ------
+    PipelineLockedError
+        Another pipeline on the same model (same runs folder) is running; the message names it.
     """
 
     if tuple(steps) != PIPELINE_STEPS[:len(steps)] or not steps:
         raise ParameterError(f"pipeline steps {tuple(steps)!r} are not a prefix of {PIPELINE_STEPS!r}", name="steps")
     config = config or load_config()
     per_step = split_parameters(dict(parameters or {}), tuple(steps))
-    folder = new_run_folder(config)
-    exp_id = tracking.setup_tracking(config)
+    model_name = str(next((p["model_name"] for p in per_step.values() if "model_name" in p), DEFAULT_MODEL_NAME))
+    with pipeline_lock(config, model_name, wait=wait, echo=echo):
+        return _run_locked(parameters, per_step, config, progress, echo, steps)
+
+
+def _run_locked(parameters, per_step, config: Config, progress, echo, steps) -> PipelineResult:
+    exp_id = tracking.setup_tracking(config)  # the store first: a store that fails leaves no empty run folder
     client = tracking.client(config)
-    parent = client.create_run(exp_id, tags={"mlflow.runName": "pipeline", TAG + "pipeline_id": folder.name,
-                                             TAG + "notebook": "pipeline",
-                                             TAG + "parameters": json.dumps(parameters or {})})
+    folder = new_run_folder(config)
+    try:
+        parent = client.create_run(exp_id, tags={"mlflow.runName": "pipeline", TAG + "pipeline_id": folder.name,
+                                                 TAG + "notebook": "pipeline",
+                                                 TAG + "parameters": json.dumps(parameters or {}),
+                                                 **tracking.owner_tags()})
+    except BaseException as exc:
+        remove_if_empty(folder)
+        raise as_tracking_error(exc, config) from None
     results: list[RunResult] = []
     status = "FAILED"
+    inflight: BaseException | None = None
     with sigterm_raises():  # SIGTERM between two steps also ends the parent run KILLED
         try:
             for step in steps:
@@ -68,6 +97,8 @@ def run_pipeline(
                 params = dict(per_step[step])
                 if step == "02-evaluate" and results:
                     params["train_run_id"] = results[0].run_id
+                if step in ("03-deploy", "04-rollout"):  # the version this pipeline registered, by number
+                    params["model_version"] = _registered_version(results)
                 echo(f"▶ {step} → {folder / (step + '.ipynb')}")
                 res = run_notebook(step, params, config=config, folder=folder, parent_run_id=parent.info.run_id,
                                    pipeline_id=folder.name, progress=progress)
@@ -75,13 +106,30 @@ def run_pipeline(
                 results.append(res)
             status = "FINISHED"
         except BaseException as exc:
+            inflight = exc
             if isinstance(exc, (KeyboardInterrupt, RunTerminated)) or getattr(exc, "ename", "") in KILLED_BY:
                 status = "KILLED"
             raise
         finally:
-            client.set_tag(parent.info.run_id, TAG + "status", status)
-            client.set_terminated(parent.info.run_id, status)
+            if not results:
+                remove_if_empty(folder)
+            if not tracking.server_down(config):  # a dead server: the next command reconciles the run
+                try:
+                    client.set_tag(parent.info.run_id, TAG + "status", status)
+                    client.set_terminated(parent.info.run_id, status)
+                except Exception as exc:
+                    error = as_tracking_error(exc, config)
+                    if error is exc:
+                        raise
+                    if isinstance(inflight, RunTerminated):
+                        error.exit_code = 128 + inflight.signum
+                    raise error from None
     return PipelineResult(folder.name, folder, results, parent.info.run_id)
+
+
+def _registered_version(results: list[RunResult]) -> str:
+    ev = next((r for r in results if r.notebook == "02-evaluate"), None)
+    return ev.tags.get(TAG + "registered_version", "") if ev else ""
 
 
 def _skip_reason(step: str, results: list[RunResult]) -> str:

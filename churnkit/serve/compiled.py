@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from churnkit.artifact import SCORER_FILE
 from churnkit.exceptions import IntegrityError
 
-SCORER_FILE = "churnkit-scorer.npz"
 
 
 def _prep_arrays(prep) -> dict:

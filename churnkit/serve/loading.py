@@ -5,7 +5,8 @@ a cloud storage URI (``gs://``, ``s3://``, Azure Blob; Vertex passes one in ``AI
 downloaded first by :mod:`churnkit.serve.storage` (the storage SDKs, no MLflow). A model folder copied out of the registry carries ``churnkit-model.json`` (name,
 version, threshold, sha256; written by :func:`export_model`) so a container knows what it serves and
 refuses a changed artifact. :func:`load_model_folder` does the same without MLflow, for the Azure ML
-``score.py`` environment.
+``score.py`` environment. Every file of a folder is checked against its ``churnkit-files.json`` before
+anything in it is read, and only skops files load (:mod:`churnkit.artifact`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import shutil
 from pathlib import Path
 
 from churnkit.exceptions import IntegrityError, RegistryError
-from churnkit.artifact import LoadedModel, artifact_sha256, read_metadata
+from churnkit.artifact import FILES_MANIFEST, LoadedModel, artifact_sha256, load_estimator, read_metadata, verify_files
+from churnkit.data import file_sha256
 from churnkit.serve.storage import SCHEMES as REMOTE_SCHEMES, download
 
 MANIFEST = "churnkit-model.json"
@@ -37,7 +39,7 @@ def export_model(loaded: LoadedModel, dest) -> Path:
     dest = Path(dest)
     shutil.copytree(loaded.path, dest, dirs_exist_ok=True)
     manifest = {"name": loaded.name, "version": str(loaded.version), "threshold": loaded.threshold,
-                "sha256": loaded.sha256, "uri": loaded.uri}
+                "sha256": loaded.sha256, "files_sha256": file_sha256(dest / FILES_MANIFEST), "uri": loaded.uri}
     from churnkit.serve.compiled import write_compiled
 
     scorer = write_compiled(loaded, dest)  # sklearn-checked numpy arrays: a server starts without sklearn
@@ -103,31 +105,16 @@ def find_model_folder(root) -> Path:
     return found[0]
 
 
-def _load_estimator(folder: Path):
-    import yaml
-
-    flavor = (yaml.safe_load((folder / "MLmodel").read_text()).get("flavors") or {}).get("sklearn") or {}
-    path = folder / flavor.get("pickled_model", "")
-    fmt = flavor.get("serialization_format", "skops")
-    if fmt == "skops":
-        import skops.io
-
-        return skops.io.load(path, trusted=flavor.get("skops_trusted_types") or [])
-    raise RegistryError(
-        f"model file {str(path)!r} is serialized as {fmt!r}; churnkit serves only skops files (safe to load): "
-        "log the model with churnkit.log_candidate"
-    )
-
-
 def load_model_folder(folder, uri: str | None = None, environ=None, *, compiled: bool = False) -> LoadedModel:
-    """Load an MLflow sklearn model folder without MLflow (skops), verified against its manifest.
+    """Load an MLflow sklearn model folder without MLflow (skops), verified against its manifests.
 
-    ``compiled=True`` loads the compiled scorer the manifest records instead of the pipeline (no
-    sklearn; ``pipeline`` is None) when the folder has one.
+    ``compiled=True`` loads the compiled scorer the export manifest records instead of the pipeline
+    (no sklearn; ``pipeline`` is None) when the folder has one.
     """
     from churnkit.data import Schema
 
     folder = find_model_folder(folder)
+    verify_files(folder, read_manifest(folder).get("files_sha256"), MANIFEST)  # before any file is read
     meta = read_metadata(folder)
     if "churnkit_schema" not in meta:
         raise RegistryError(f"model folder {str(folder)!r} carries no churnkit schema in its MLmodel; train it with 01-train")
@@ -140,7 +127,7 @@ def load_model_folder(folder, uri: str | None = None, environ=None, *, compiled:
 
         model = read_compiled(folder, stored)
     loaded = LoadedModel(
-        pipeline=None if model is not None else _load_estimator(folder), compiled=model,
+        pipeline=None if model is not None else load_estimator(folder), compiled=model,
         schema=Schema.from_dict(meta["churnkit_schema"]),
         threshold=float(meta.get("churnkit_threshold", 0.5)), name=str(meta.get("churnkit_name", "churn")),
         version="local", sha256=sha, uri=uri, path=folder,
