@@ -40,6 +40,8 @@ class StepRecord:
     started: str = ""
     reason: str = ""
     checks: list[dict] = field(default_factory=list)
+    #: where each variant's numbers come from (``Window.source``): ``{"challenger": ..., "champion": ...}``
+    sources: dict = field(default_factory=dict)
 
     @classmethod
     def from_windows(cls, weight: int, champion: Window, challenger: Window, verdict: Verdict, *, ok: bool,
@@ -51,6 +53,7 @@ class StepRecord:
             ok=bool(ok), champion_requests=champion.requests, champion_errors=champion.failures,
             champion_p99_ms=_num(champion.p99_ms, 3), seconds=round(float(seconds), 3), started=started,
             reason=verdict.reason, checks=[c.to_dict() for c in verdict.checks],
+            sources={"challenger": challenger.source, "champion": champion.source},
         )
 
     def to_dict(self) -> dict:

@@ -226,24 +226,18 @@ def test_guardrails_update_endpoint_exact_parameters(aws):
                 "BlueGreenUpdatePolicy": {
                     "TrafficRoutingConfiguration": {"Type": "CANARY", "WaitIntervalInSeconds": 300,
                                                     "CanarySize": {"Type": "CAPACITY_PERCENT", "Value": 10}},
-                    "MaximumExecutionTimeoutInSeconds": 3600},
+                    "MaximumExecutionTimeoutInSeconds": 900},  # the wait (300 s) + 600 s
                 "AutoRollbackConfiguration": {"Alarms": [{"AlarmName": "churn-v1-model-latency-p99"},
-                                                         {"AlarmName": "churn-v1-invocation-5xx"},
-                                                         {"AlarmName": "churn-prediction-drift"}]}}})
+                                                         {"AlarmName": "churn-v1-invocation-5xx"}]}}})
         _describe_responses(stub, "churn-new", model2, "2", status="Updating")
         state = t.deploy_guarded("models:/churn@challenger", strategy="canary", step=10, bake_seconds=300, p99_ms=250)
         stub.assert_no_pending_responses()
     assert state.variants["v1"].model_version == "2"
     alarms = {a["AlarmName"]: a for a in t.client("cloudwatch").describe_alarms()["MetricAlarms"]}
-    assert set(alarms) == {"churn-v1-model-latency-p99", "churn-v1-invocation-5xx", "churn-prediction-drift"}
+    assert set(alarms) == {"churn-v1-model-latency-p99", "churn-v1-invocation-5xx"}
     latency = alarms["churn-v1-model-latency-p99"]
     assert (latency["MetricName"], latency["ExtendedStatistic"], latency["Threshold"]) == ("ModelLatency", "p99", 250000.0)
     assert alarms["churn-v1-invocation-5xx"]["MetricName"] == "Invocation5XXErrors"
-    assert (alarms["churn-prediction-drift"]["Namespace"], alarms["churn-prediction-drift"]["MetricName"]) == \
-        ("churnkit", "PredictionDriftPSI")
-    t.publish_prediction_drift(0.31)
-    (metric,) = t.client("cloudwatch").list_metrics(Namespace="churnkit")["Metrics"]
-    assert metric["MetricName"] == "PredictionDriftPSI"
 
 
 def test_guardrails_linear_plan_and_refusals(aws):
@@ -254,10 +248,12 @@ def test_guardrails_linear_plan_and_refusals(aws):
     live = EndpointState("sagemaker", "churn", {"v1": VariantState("v1", "1", 100, "InService")},
                          details={"production_variants": [{"VariantName": "v1", "ModelName": "m1",
                                                            "InitialInstanceCount": 1, "InstanceType": "ml.m5.large"}]})
-    reqs = t.plan("guarded", model_uri="models:/churn/2", strategy="linear", step=25, bake_seconds=60, live=live)
+    reqs = t.plan("guarded", model_uri="models:/churn/2", strategy="linear", step=25, bake_seconds=1200, live=live)
     update = reqs[-1]["request"]
-    assert update["DeploymentConfig"]["BlueGreenUpdatePolicy"]["TrafficRoutingConfiguration"] == {
-        "Type": "LINEAR", "WaitIntervalInSeconds": 60, "LinearStepSize": {"Type": "CAPACITY_PERCENT", "Value": 25}}
+    policy = update["DeploymentConfig"]["BlueGreenUpdatePolicy"]
+    assert policy["TrafficRoutingConfiguration"] == {
+        "Type": "LINEAR", "WaitIntervalInSeconds": 1200, "LinearStepSize": {"Type": "CAPACITY_PERCENT", "Value": 25}}
+    assert policy["MaximumExecutionTimeoutInSeconds"] == 4 * 1200 + 600  # more than the four waits, not 3600
     with pytest.raises(DeployTargetError, match="'blue_green' is not 'canary' or 'linear'"):
         t.plan("guarded", model_uri="models:/churn/2", strategy="blue_green", live=live)
     two = EndpointState("sagemaker", "churn", {"v1": live.variants["v1"], "v2": VariantState("v2", "2", 0, "InService")})
@@ -311,3 +307,30 @@ def test_refused_credentials_and_other_errors_are_churnkit_errors(store):
             t.describe()
         with pytest.raises(DeployTargetError, match="DescribeEndpoint on endpoint 'churn' failed.*Rate exceeded"):
             t.describe()
+
+
+@pytest.mark.parametrize("kw, limit", [
+    (dict(strategy="canary", step=60), "CanarySize: 60 is outside 1-50% of the fleet"),
+    (dict(strategy="linear", step=5), "LinearStepSize: 5 is outside 10-50% of the fleet"),
+    (dict(strategy="linear", step=55), "LinearStepSize: 55 is outside 10-50%"),
+    (dict(bake_seconds=3601), "WaitIntervalInSeconds: 3601 is outside 0-3600 s"),
+    (dict(timeout_seconds=599), "MaximumExecutionTimeoutInSeconds: 599 must be from 600 to 28800"),
+    (dict(timeout_seconds=28801), "MaximumExecutionTimeoutInSeconds: 28801 must be from 600 to 28800"),
+    (dict(strategy="linear", step=10, bake_seconds=3000, timeout_seconds=28800),
+     r"longer than the 10 wait\(s\) of 3000 s \(30000 s in all\)"),
+    (dict(strategy="canary", step=10, bake_seconds=900, timeout_seconds=900), r"longer than the 1 wait\(s\) of 900 s"),
+])
+def test_guardrail_limits_are_checked_before_any_request(aws, kw, limit):
+    from churnkit.deploy.base import EndpointState, VariantState
+    from churnkit.exceptions import DeployTargetError
+
+    t = target(aws)
+    writes = record_writes(t)
+    live = EndpointState("sagemaker", "churn", {"v1": VariantState("v1", "1", 100, "InService")},
+                         details={"production_variants": [{"VariantName": "v1", "ModelName": "m1",
+                                                           "InitialInstanceCount": 1, "InstanceType": "ml.m5.large"}]})
+    with pytest.raises(DeployTargetError, match=limit):
+        t.plan("guarded", model_uri="models:/churn/2", live=live, **kw)
+    with pytest.raises(DeployTargetError, match=limit):
+        t.deploy_guarded("models:/churn/2", **kw)
+    assert writes == []  # nothing was sent
