@@ -121,10 +121,15 @@ class CloudMonitoringTelemetry:
 
     # ---- reads ---------------------------------------------------------------------------------------
     def _list(self, req: dict):
+        from datetime import timedelta
+
         from google.api_core import exceptions as gexc
 
+        call = dict(req, interval={k: datetime.fromisoformat(v) for k, v in req["interval"].items()},
+                    aggregation=dict(req["aggregation"], alignment_period=timedelta(
+                        seconds=float(req["aggregation"]["alignment_period"].rstrip("s")))))
         try:
-            return list(self.client.list_time_series(request=req))
+            return list(self.client.list_time_series(request=call))
         except gexc.PermissionDenied as exc:
             raise access_denied("Google Cloud", f"Cloud Monitoring metrics of endpoint {self.target.endpoint!r}",
                                 PERMISSIONS["metrics"], TERRAFORM_OUTPUT, exc) from exc

@@ -334,3 +334,76 @@ def test_guardrail_limits_are_checked_before_any_request(aws, kw, limit):
     with pytest.raises(DeployTargetError, match=limit):
         t.deploy_guarded("models:/churn/2", **kw)
     assert writes == []  # nothing was sent
+
+
+# ---- telemetry: CloudWatch AWS/SageMaker + Data Capture ------------------------------------------------
+FIXTURES = __import__("pathlib").Path(__file__).resolve().parents[1] / "fixtures"
+
+
+def test_telemetry_reads_cloudwatch_per_variant_and_scores_from_data_capture(aws):
+    """CloudWatch points under the real namespace and dimensions; capture records as SageMaker writes them
+    (tests/fixtures/sagemaker-data-capture.jsonl, https://docs.aws.amazon.com/sagemaker/latest/dg/
+    model-monitor-data-capture-endpoint.html) under <destination>/<endpoint>/<variant>/yyyy/mm/dd/hh/."""
+    from datetime import datetime, timezone
+
+    from cloud_rollout_support import moto_percentiles
+
+    moto_percentiles()
+    t = target(aws)
+    base = (int(time_now()) // 60 - 10) * 60  # a complete, ingested ten-minute-old window
+    dims = lambda v: [{"Name": "EndpointName", "Value": "churn"}, {"Name": "VariantName", "Value": v}]  # noqa: E731
+    cw = t.client("cloudwatch")
+    for minute, (n, e5, e4, lat_us) in enumerate([(120, 2, 1, [20_000.0] * 50 + [90_000.0]), (80, 0, 0, [15_000.0] * 20)]):
+        stamp = datetime.fromtimestamp(base + 60 * minute + 5, tz=timezone.utc)
+        cw.put_metric_data(Namespace="AWS/SageMaker", MetricData=[
+            {"MetricName": "Invocations", "Dimensions": dims("v2"), "Timestamp": stamp, "Value": n},
+            {"MetricName": "Invocation5XXErrors", "Dimensions": dims("v2"), "Timestamp": stamp, "Value": e5},
+            {"MetricName": "Invocation4XXErrors", "Dimensions": dims("v2"), "Timestamp": stamp, "Value": e4},
+            {"MetricName": "ModelLatency", "Dimensions": dims("v2"), "Timestamp": stamp, "Values": lat_us},
+            {"MetricName": "Invocations", "Dimensions": dims("v1"), "Timestamp": stamp, "Value": 1000}])
+    lines = []
+    for i, line in enumerate((FIXTURES / "sagemaker-data-capture.jsonl").read_text().splitlines()):
+        rec = json.loads(line)
+        rec["eventMetadata"]["inferenceTime"] = datetime.fromtimestamp(base + 20 + 30 * i, tz=timezone.utc).strftime(
+            "%Y-%m-%dT%H:%M:%SZ")
+        lines.append(json.dumps(rec))
+    hour = datetime.fromtimestamp(base, tz=timezone.utc)
+    key = f"churnkit/capture/churn/churn/v2/{hour:%Y/%m/%d/%H}/{hour:%M-%S}-000-6a7e2bd5-5dcb-4b55-bc87-a9b3bc5ed2dd.jsonl"
+    t.client("s3").put_object(Bucket=ENV["CHURNKIT_AWS_BUCKET"], Key=key, Body="\n".join(lines).encode())
+
+    windows = t.telemetry(["v1", "v2"], base, base + 120)
+    v2 = windows["v2"]
+    assert (v2.requests, v2.errors, v2.client_errors) == (200, 2, 1)
+    assert max(v2.latencies_ms) == pytest.approx(90.0, rel=0.05)  # the worst minute's p99, in ms
+    assert sorted(v2.scores) == [0.0625, 0.25, 0.8125]  # BASE64 and JSON encodings decoded
+    assert "CloudWatch AWS/SageMaker EndpointName=churn VariantName=v2" in v2.source and "Data Capture s3://" in v2.source
+    assert windows["v1"].requests == 2000 and windows["v1"].scores == ()
+    inputs = t.captured_inputs(["v2"], base)
+    assert list(inputs["tenure"]) == [3, 48, 12] and "monthly_charges" in inputs
+    # the window still open, or closed but not ingested, shows no traffic (never "healthy")
+    assert t.telemetry(["v2"], time_now() - 30)["v2"].requests == 0
+    queries = t.telemetry_queries(["v2"], base, base + 120)
+    stat = {q["MetricStat"]["Metric"]["MetricName"]: q["MetricStat"]["Stat"] for q in queries[0]["request"]["MetricDataQueries"]}
+    assert stat == {"Invocations": "Sum", "Invocation5XXErrors": "Sum", "Invocation4XXErrors": "Sum", "ModelLatency": "p99"}
+    assert queries[1]["request"]["Prefix"].startswith("churnkit/capture/churn/churn/v2/")
+    limits = t.limits()
+    assert t.telemetry_resolution() == 180.0 and limits.max_variants == 10
+
+
+def test_denied_cloudwatch_names_the_permission_and_the_terraform_output(aws):
+    from botocore.stub import Stubber
+
+    from churnkit.exceptions import TelemetryAccessError
+
+    t = target(aws)
+    with Stubber(t.client("cloudwatch")) as stub:
+        stub.add_client_error("get_metric_data", "AccessDenied", "User: arn:aws:sts::123456789012:assumed-role/x is "
+                              "not authorized to perform: cloudwatch:GetMetricData", http_status_code=403)
+        with pytest.raises(TelemetryAccessError, match=r"cloudwatch:GetMetricData.*'deployer_role_arn'.*No traffic was moved"):
+            t.telemetry(["v1"], time_now() - 3600, time_now() - 600)
+
+
+def time_now() -> float:
+    import time
+
+    return time.time()

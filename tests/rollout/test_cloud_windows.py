@@ -1,0 +1,100 @@
+"""What the controller does with telemetry that comes in periods and arrives late (as every cloud's does):
+it refuses a bake shorter than the target can resolve, judges a step only on a window that is complete,
+never counts "no data yet" as healthy, and rolls back when telemetry stops arriving. The target is the
+in-memory FakeTarget of test_controller.py with a declared metric period and ingestion delay; its
+telemetry drops what has not been "ingested" yet."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from churnkit import registry
+from churnkit import rollout as ro
+from churnkit.deploy.cloud_telemetry import complete_periods
+from churnkit.deploy.telemetry import TargetLimits, Window
+from churnkit.exceptions import ParameterError
+from rollout.test_controller import FakeTarget, store  # noqa: F401, F811 - the fixture
+
+
+class LateTarget(FakeTarget):
+    """FakeTarget whose telemetry has a metric period and an ingestion delay; ``silent_after`` stops it."""
+
+    name = "late"
+
+    def __init__(self, *a, period=0.5, delay=1.0, **kw):
+        super().__init__(*a, **kw)
+        self.period, self.delay = period, delay
+        self.asked: list[tuple[float, float | None, float]] = []  # (since, until, asked at)
+        self.silent_after: float | None = None
+
+    def limits(self):
+        return TargetLimits(telemetry_period_s=self.period, telemetry_delay_s=self.delay)
+
+    def telemetry(self, variants, since, until=None):
+        now = time.time()
+        self.asked.append((since, until, now))
+        if self.silent_after is not None and now > self.silent_after:
+            return {}
+        start, end = complete_periods(since, until, self.period, self.delay)
+        if end <= start:
+            return {}  # no complete, ingested period yet
+        full = super().telemetry(variants, start)
+        share = (end - start) / max(now - start, 1e-9)  # only what had arrived by ``end``
+        return {n: Window(int(w.requests * share), int(w.errors * share), 0,
+                          w.latencies_ms[: int(len(w.latencies_ms) * share)], w.scores[: int(len(w.scores) * share)],
+                          "late metrics") for n, w in full.items()}
+
+
+def test_a_bake_shorter_than_the_telemetry_resolution_is_refused_before_anything_moves(store):  # noqa: F811
+    config, _ = store
+    target = LateTarget(config=config, period=60, delay=120)
+    target.deploy("models:/churn@champion")
+    before = list(target.calls)
+    with pytest.raises(ParameterError, match=r"interval 30 s is shorter than the late telemetry can judge: at least "
+                                             r"180 s \(metric period 60 s \+ ingestion delay 120 s\); pass --interval 180"):
+        ro.rollout(target, config=config, interval=30, echo=lambda m: None)
+    assert target.calls == before  # no deploy, no traffic
+    assert registry.aliases() == {"champion": "1", "challenger": "2"}
+    with pytest.raises(ParameterError, match="at least 180 s"):
+        ro.plan_rollout(target, config=config, interval=179)
+
+
+def test_a_step_is_judged_only_on_a_complete_window(store):  # noqa: F811
+    config, _ = store
+    target = LateTarget(config=config, period=0.5, delay=1.0)
+    target.deploy("models:/churn@champion")
+    rec = ro.rollout(target, config=config, steps=[50, 100], interval=1.0, min_requests=30, echo=lambda m: None)
+    assert rec.decision == "promoted", rec.summary()
+    starts = [t for t, w in target.history if w.get("v2") in (50, 100)]
+    for step, started in zip(rec.steps, starts):
+        # the window judged spans the whole interval and ended an ingestion delay before it was read
+        judged = [(s, u, at) for s, u, at in target.asked if s >= started - 1e-6 and u is not None and u - s >= 1.0]
+        assert judged, target.asked
+        since, until, at = judged[0]
+        assert at - until >= target.delay - 0.05
+        assert step.seconds >= 1.0 and step.sources["challenger"] == "late metrics"
+    # while a window was incomplete it was never judged: before interval + delay no verdict exists
+    assert all(s.requests >= 30 for s in rec.steps)
+
+
+def test_no_data_is_not_enough_traffic_and_stopped_telemetry_rolls_back_with_that_reason(store):  # noqa: F811
+    config, _ = store
+    target = LateTarget(config=config, period=0.5, delay=1.0)
+    target.deploy("models:/churn@champion")
+    target.silent_after = time.time() + 0.5  # telemetry stops arriving after the probe
+    rec = ro.rollout(target, config=config, steps=[50, 100], interval=1.0, max_bake=2.5, min_requests=30,
+                     echo=lambda m: None)
+    assert rec.decision == "rolled_back"
+    assert "no telemetry arrived for v2" in rec.reason and "never judged healthy" in rec.reason, rec.reason
+    assert not rec.steps[0].ok
+    assert target.describe().weights == {"v1": 100}
+
+
+def test_complete_periods_cover_only_whole_ingested_periods():
+    now = time.time()
+    start, end = complete_periods(now - 300.5, None, 60, 120)
+    assert start % 60 == 0 and end % 60 == 0 and start >= now - 300.5 and end <= now - 120
+    s2, e2 = complete_periods(now - 10, now, 60, 120)  # nothing complete and ingested yet
+    assert e2 <= s2
