@@ -41,6 +41,7 @@ _EXPORTS = {
     "register_candidate": "churnkit.registry",
     "start_run": "churnkit.tracking",
     "plot_rollout": "churnkit.rollout",
+    "plan_rollout": "churnkit.rollout",
     "rollout_history": "churnkit.rollout",
     "run_rollout": ("churnkit.rollout", "rollout"),
 }
@@ -68,6 +69,7 @@ __all__ = [
     "measure_latency",
     "model_uri_for",
     "open_target",
+    "plan_rollout",
     "plan_table",
     "plot_evaluation",
     "plot_rollout",

@@ -20,7 +20,7 @@ here differ from the real ones only in where traffic is set (the router of real 
 from __future__ import annotations
 
 import json
-import math
+import os
 import shutil
 import socket
 import subprocess
@@ -60,6 +60,44 @@ def iso(ts: float, ms: bool = False) -> str:
 def deployed_model_id(variant: str) -> str:
     """Vertex's numeric deployed-model id of ``variant`` in the simulation (stable)."""
     return str(700000 + int("".join(c for c in variant if c.isdigit()) or 0))
+
+
+# ---- the world: a registry of challengers and an endpoint of real serve processes ----------------------
+def build_world(root: Path, cases: tuple = ("errors", "slow", "shifted"), good: tuple = ("sagemaker", "azureml", "vertex")):
+    """A runs folder under ``root`` whose registry holds the champion (v1, deployed on a local endpoint of
+    real serve processes with data capture) and challengers: misbehaving ones (``cases``) and a retrained
+    good one per name in ``good``. Returns ``(config, inner LocalTarget, {case: version}, holdout rows)``;
+    the caller stops the target. Needs MLFLOW_* unset and CHURNKIT_RUNS_DIR pointing at ``root/runs``."""
+    import mlflow
+
+    from churnkit import registry
+    from churnkit.config import load_config
+    from churnkit.data import load_table
+    from churnkit.deploy.local import LocalTarget
+    from churnkit.evaluate import gate
+    from churnkit.model import split_holdout, train_model
+    from rollout_models import cloudpickled, misbehaving
+
+    config = load_config(Path(root) / "runs")
+    registry.setup_tracking(config)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)  # mlflow exports it; the config must stay "embedded"
+    dataset = load_table("", rows=1500, seed=0)
+    split = split_holdout(dataset, seed=0)
+    champion = train_model(split, dataset.schema, seed=0)
+
+    def register(pipeline) -> str:
+        with cloudpickled(), mlflow.start_run():
+            run_id = registry.log_candidate(pipeline, dataset, split, model="logreg", seed=0)
+        return registry.register_candidate(registry.load_candidate(run_id), gate(0.99, None, 0.5, -1.0), threshold=0.5)
+
+    how = {"errors": dict(error_share=0.3), "slow": dict(delay=0.05), "shifted": dict(shift=0.3)}
+    versions = {"champion": register(champion)}
+    versions.update({case: register(misbehaving(champion, **how[case])) for case in cases})
+    for i, name in enumerate(good, start=1):
+        versions[f"good-{name}"] = register(train_model(split_holdout(dataset, seed=i), dataset.schema, seed=i))
+    inner = LocalTarget("churn", port=free_port(), config=config, capture=True)
+    inner.deploy("models:/churn@champion")
+    return config, inner, versions, split.X_holdout
 
 
 # ---- emulators ---------------------------------------------------------------------------------------
@@ -549,32 +587,41 @@ class Publisher:
         since, now = self._since, float(raw["now"])
         self._since = now
         windows = raw.get("variants", {})
-        rows = self._capture_rows(list(windows) + list(self._marks))
+        rows = self._capture_rows(list(windows) + [p.name for p in (self.target.inner.state_dir / "capture").glob("*")])
         if self.paused.is_set():
             return
         mid = (since + now) / 2
         for variant, w in windows.items():
             self.metrics(variant, mid, w)
-        for variant, frame in rows.items():
-            if len(frame):
-                self.capture(variant, frame)
+        for variant, records in rows.items():
+            if records:
+                self.capture(variant, records)
         self.published += 1
 
-    def _capture_rows(self, variants):
-        from churnkit.serve.capture import read_capture
-
-        out = {}
+    def _capture_rows(self, variants) -> dict[str, list[tuple]]:
+        """New capture lines of each variant's serve process since the last tick (files read from where the
+        last tick stopped): ``{variant: [(time, input row, score, model version)]}``."""
+        out: dict[str, list[tuple]] = {}
         for variant in set(variants):
             folder = self.target.inner.state_dir / "capture" / variant
             if not folder.is_dir():
                 continue
-            frame = read_capture(folder)
-            mark = self._marks.get(variant, self._since - 5)
-            t = frame["time"].map(lambda x: x.timestamp())
-            new = frame[t > mark]
-            if len(new):
-                self._marks[variant] = float(t.max())
-            out[variant] = new
+            rows = out.setdefault(variant, [])
+            for path in sorted(folder.glob("capture-*.jsonl")):
+                offset = self._marks.get(str(path), 0)
+                with path.open("rb") as fh:
+                    fh.seek(offset)
+                    data = fh.read()
+                end = data.rfind(b"\n") + 1  # complete lines only
+                self._marks[str(path)] = offset + end
+                for line in data[:end].splitlines():
+                    try:
+                        rec = json.loads(line)
+                    except ValueError:
+                        continue
+                    t = datetime.fromisoformat(rec["time"]).timestamp()
+                    rows += [(t, inp, float(p), str(rec.get("model_version")))
+                             for inp, p in zip(rec.get("inputs", []), rec.get("predictions", []))]
         return out
 
     # ---- per cloud -------------------------------------------------------------------------------
@@ -617,16 +664,7 @@ class Publisher:
                             "deployed_model_id": dm, "latency_type": "model", "time": ts, "value": float(_p99(latencies))})
             self.points.add(pts)
 
-    def capture(self, variant: str, frame) -> None:
-        from churnkit.serve.capture import SCORE_COLUMN
-
-        inputs = frame.drop(columns=[c for c in ("churn_probability", "model_version", "time") if c in frame])
-        records = []
-        for (_, row), (_, inp) in zip(frame.iterrows(), inputs.iterrows()):
-            t = row["time"].timestamp()
-            p = float(row[SCORE_COLUMN])
-            records.append((t, {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in inp.items()}, p,
-                            str(row["model_version"])))
+    def capture(self, variant: str, records: list[tuple]) -> None:
         first = datetime.fromtimestamp(records[0][0], tz=timezone.utc)
         if self.cloud == "sagemaker":
             # https://docs.aws.amazon.com/sagemaker/latest/dg/model-monitor-data-capture-endpoint.html (View Captured Data)

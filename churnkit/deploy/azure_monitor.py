@@ -115,7 +115,8 @@ class AzureMonitorTelemetry:
     def queries(self, variants: list[str], since: float, until: float | None = None) -> list[dict]:
         from churnkit.deploy.base import request
 
-        start, end = complete_periods(since, until if until is not None else since + self.period, self.period)
+        start, end = complete_periods(since, until if until is not None else since + self.period, self.period,
+                                      planned=True)
         reqs = [request("azure-monitor", "MetricsQueryClient.query_resource",
                         json.loads(json.dumps(q, default=str))) for q in self.metric_requests(start, end)]
         for variant in variants:

@@ -109,7 +109,8 @@ class CloudMonitoringTelemetry:
     def queries(self, variants: list[str], since: float, until: float | None = None) -> list[dict]:
         from churnkit.deploy.base import request
 
-        start, end = complete_periods(since, until if until is not None else since + self.period, self.period)
+        start, end = complete_periods(since, until if until is not None else since + self.period, self.period,
+                                      planned=True)
         try:
             endpoint_id = self.ids(variants)[0]
         except Exception:  # no credentials: name the endpoint

@@ -20,10 +20,15 @@ from churnkit.deploy.telemetry import Window
 from churnkit.exceptions import TelemetryAccessError
 
 
-def complete_periods(since: float, until: float | None, period: float, delay: float = 0.0) -> tuple[float, float]:
+def complete_periods(since: float, until: float | None, period: float, delay: float = 0.0, *,
+                     planned: bool = False) -> tuple[float, float]:
     """``(start, end)`` unix seconds of the whole metric periods inside ``[since, until]`` whose data has
-    arrived (``until`` None = now minus the ingestion ``delay``). ``end <= start`` means none yet."""
-    last = time.time() - delay if until is None else min(float(until), time.time() - delay)
+    arrived (``until`` None = now minus the ingestion ``delay``). ``end <= start`` means none yet.
+    ``planned``: a future window (a plan), not capped at what has arrived."""
+    if planned:
+        last = float(until)
+    else:
+        last = time.time() - delay if until is None else min(float(until), time.time() - delay)
     start = math.ceil(round(since / period, 6)) * period
     end = math.floor(round(last / period, 6)) * period
     return start, max(end, start)

@@ -79,7 +79,8 @@ class CloudWatchTelemetry:
         """Every request :meth:`windows` sends for this window (for ``rollout --plan``)."""
         from churnkit.deploy.base import request
 
-        start, end = complete_periods(since, until if until is not None else since + self.period, self.period)
+        start, end = complete_periods(since, until if until is not None else since + self.period, self.period,
+                                      planned=True)
         reqs = [request("cloudwatch", "GetMetricData", json.loads(json.dumps(self.metric_queries(variants, start, end),
                                                                              default=str)))]
         for variant in variants:

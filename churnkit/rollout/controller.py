@@ -332,7 +332,7 @@ def check_bake(target: DeployTarget, interval: float) -> None:
         raise ParameterError(
             f"interval {interval:g} s is shorter than the {target.name} telemetry can judge: at least {minimum:g} s "
             f"(metric period {limits.telemetry_period_s:g} s + ingestion delay {limits.telemetry_delay_s:g} s); pass "
-            f"--interval {minimum:g} or more", name="interval")
+            f"interval={minimum:g} (--interval {minimum:g}) or more", name="interval")
 
 
 def _target_and_config(deploy_target, endpoint: str, config: Config | None):
@@ -504,22 +504,33 @@ def plan_rollout(deploy_target="local", *, endpoint: str = "churn", model_name: 
     check_bake(target, interval)
     champion = registry.get_champion(model_name, config)
     challenger = registry.get_alias_version(ALIAS_CHALLENGER, model_name, config)
-    if champion is None or challenger is None:
-        raise RolloutError(f"model {model_name!r} needs a champion and a challenger to plan a rollout "
-                           f"(aliases: {registry.aliases(model_name, config)!r}); run churnkit pipeline first")
+    limits = target.limits()
+    head = {"target": target.name, "endpoint": target.endpoint, "interval": interval,
+            "min_bake_s": target.telemetry_resolution(), "telemetry_period_s": limits.telemetry_period_s,
+            "telemetry_delay_s": limits.telemetry_delay_s}
+    if challenger is None or (champion is not None and str(challenger.version) == str(champion.version)):
+        return head | {"champion": str(champion.version) if champion else None, "challenger": None,
+                       "note": "nothing to roll out: no challenger", "deploy": [], "steps": []}
+    if champion is None:
+        raise RolloutError(f"model {model_name!r} has a challenger (v{challenger.version}) but no champion; "
+                           "deploy and alias a champion first: churnkit pipeline, then churnkit deploy")
     cv, nv = variant_name(champion.version), variant_name(challenger.version)
-    deploy = target.plan("deploy", model_uri=f"models:/{model_name}/{challenger.version}", variant=nv, weight=0) \
-        if nv not in target.plan_live.variants else []
-    base = target.plan_live
+    base = target._live_for_plan()
+    basis = target.plan_basis
+    if cv not in base.variants:  # unreadable, or the champion is not deployed yet: plan as if it served 100 %
+        basis += f"; planned as if champion v{champion.version} served 100% as {cv}"
+        base = EndpointState(target.name, target.endpoint, {cv: VariantState(cv, str(champion.version), 100, "planned")},
+                             details={"production_variants": [{"VariantName": cv, "ModelName": f"<model of {cv}>",
+                                                               "InitialInstanceCount": 1, "InstanceType": "<as deployed>"}],
+                                      "deployed_model_ids": {cv: f"<deployed model id of {cv}>"},
+                                      "resource_name": f"<endpoint {target.endpoint!r}>", "deployments": {}})
+    deploy = [] if nv in base.variants else target.plan(
+        "deploy", model_uri=f"models:/{model_name}/{challenger.version}", variant=nv, weight=0, live=base)
     live = EndpointState(base.target, base.endpoint, dict(base.variants), [], base.url,
                          json.loads(json.dumps(base.details, default=str)))
-    live.variants.setdefault(cv, VariantState(cv, str(champion.version), 100, "planned"))
     live.variants.setdefault(nv, VariantState(nv, str(challenger.version), 0, "planned"))
-    ids = live.details.setdefault("deployed_model_ids", {})  # Vertex keys traffic by deployed-model id
-    for name in (cv, nv):
-        ids.setdefault(name, f"<deployed model id of {name}>")
-    limits, start = target.limits(), time.time()
-    out_steps, t = [], start
+    live.details.setdefault("deployed_model_ids", {}).setdefault(nv, f"<deployed model id of {nv}>")
+    out_steps, t = [], time.time()
     for w in plan_w:
         weights = {cv: 100 - w, nv: w}
         out_steps.append({
@@ -528,9 +539,7 @@ def plan_rollout(deploy_target="local", *, endpoint: str = "churn", model_name: 
             "judged_after_s": round(interval + limits.telemetry_delay_s, 3),
             "max_bake_s": round(float(interval) * 10, 3)})
         t += interval + limits.telemetry_delay_s
-    return {"target": target.name, "endpoint": target.endpoint, "champion": str(champion.version),
-            "challenger": str(challenger.version), "interval": interval, "min_bake_s": target.telemetry_resolution(),
-            "telemetry_period_s": limits.telemetry_period_s, "telemetry_delay_s": limits.telemetry_delay_s,
-            "live_state": target.plan_basis, "deploy": deploy, "steps": out_steps,
-            "on_breach": target.plan("set_traffic", weights={cv: 100}, live=live),
-            "on_promotion": target.plan("set_traffic", weights={nv: 100}, live=live)}
+    return head | {"champion": str(champion.version), "challenger": str(challenger.version),
+                   "live_state": basis, "deploy": deploy, "steps": out_steps,
+                   "on_breach": target.plan("set_traffic", weights={cv: 100}, live=live),
+                   "on_promotion": target.plan("set_traffic", weights={nv: 100}, live=live)}

@@ -110,7 +110,7 @@ def test_killed_controller_is_finished_consistently_by_the_rerun(sim, cloud):
             if state.get("phase") == "baking" and target.describe().weights.get(f"v{challenger}") == 10:
                 break
             time.sleep(0.2)
-        assert proc.poll() is None, (proc.returncode, proc.stdout.read())
+        assert proc.poll() is None, (proc.returncode, proc.stdout.read(), registry.aliases(), ro.read_state(state_file))
         time.sleep(1.0)  # mid-bake
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)

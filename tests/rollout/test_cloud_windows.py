@@ -53,7 +53,7 @@ def test_a_bake_shorter_than_the_telemetry_resolution_is_refused_before_anything
     target.deploy("models:/churn@champion")
     before = list(target.calls)
     with pytest.raises(ParameterError, match=r"interval 30 s is shorter than the late telemetry can judge: at least "
-                                             r"180 s \(metric period 60 s \+ ingestion delay 120 s\); pass --interval 180"):
+                                             r"180 s \(metric period 60 s \+ ingestion delay 120 s\); pass interval=180 \(--interval 180\)"):
         ro.rollout(target, config=config, interval=30, echo=lambda m: None)
     assert target.calls == before  # no deploy, no traffic
     assert registry.aliases() == {"champion": "1", "challenger": "2"}
@@ -65,16 +65,16 @@ def test_a_step_is_judged_only_on_a_complete_window(store):  # noqa: F811
     config, _ = store
     target = LateTarget(config=config, period=0.5, delay=1.0)
     target.deploy("models:/churn@champion")
-    rec = ro.rollout(target, config=config, steps=[50, 100], interval=1.0, min_requests=30, echo=lambda m: None)
+    rec = ro.rollout(target, config=config, steps=[50, 100], interval=1.5, min_requests=30, echo=lambda m: None)
     assert rec.decision == "promoted", rec.summary()
     starts = [t for t, w in target.history if w.get("v2") in (50, 100)]
     for step, started in zip(rec.steps, starts):
         # the window judged spans the whole interval and ended an ingestion delay before it was read
-        judged = [(s, u, at) for s, u, at in target.asked if s >= started - 1e-6 and u is not None and u - s >= 1.0]
+        judged = [(s, u, at) for s, u, at in target.asked if s >= started - 1e-6 and u is not None and u - s >= 1.5]
         assert judged, target.asked
         since, until, at = judged[0]
         assert at - until >= target.delay - 0.05
-        assert step.seconds >= 1.0 and step.sources["challenger"] == "late metrics"
+        assert step.seconds >= 1.5 and step.sources["challenger"] == "late metrics"
     # while a window was incomplete it was never judged: before interval + delay no verdict exists
     assert all(s.requests >= 30 for s in rec.steps)
 
@@ -84,7 +84,7 @@ def test_no_data_is_not_enough_traffic_and_stopped_telemetry_rolls_back_with_tha
     target = LateTarget(config=config, period=0.5, delay=1.0)
     target.deploy("models:/churn@champion")
     target.silent_after = time.time() + 0.5  # telemetry stops arriving after the probe
-    rec = ro.rollout(target, config=config, steps=[50, 100], interval=1.0, max_bake=2.5, min_requests=30,
+    rec = ro.rollout(target, config=config, steps=[50, 100], interval=1.5, max_bake=3.0, min_requests=30,
                      echo=lambda m: None)
     assert rec.decision == "rolled_back"
     assert "no telemetry arrived for v2" in rec.reason and "never judged healthy" in rec.reason, rec.reason
