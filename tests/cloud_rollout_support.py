@@ -449,7 +449,8 @@ def _delegate(cls):
 
     for fn in (describe, deploy, set_traffic, remove, stop):
         setattr(cls, fn.__name__, fn)
-    cls._details = lambda self, state: state
+    if "_details" not in cls.__dict__:
+        cls._details = lambda self, state: state
     return cls
 
 

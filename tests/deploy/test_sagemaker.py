@@ -353,7 +353,7 @@ def test_telemetry_reads_cloudwatch_per_variant_and_scores_from_data_capture(aws
     base = (int(time_now()) // 60 - 10) * 60  # a complete, ingested ten-minute-old window
     dims = lambda v: [{"Name": "EndpointName", "Value": "churn"}, {"Name": "VariantName", "Value": v}]  # noqa: E731
     cw = t.client("cloudwatch")
-    for minute, (n, e5, e4, lat_us) in enumerate([(120, 2, 1, [20_000.0] * 50 + [90_000.0]), (80, 0, 0, [15_000.0] * 20)]):
+    for minute, (n, e5, e4, lat_us) in enumerate([(120, 2, 1, [20_000.0] * 95 + [90_000.0] * 5), (80, 0, 0, [15_000.0] * 20)]):
         stamp = datetime.fromtimestamp(base + 60 * minute + 5, tz=timezone.utc)
         cw.put_metric_data(Namespace="AWS/SageMaker", MetricData=[
             {"MetricName": "Invocations", "Dimensions": dims("v2"), "Timestamp": stamp, "Value": n},

@@ -98,3 +98,41 @@ def test_complete_periods_cover_only_whole_ingested_periods():
     assert start % 60 == 0 and end % 60 == 0 and start >= now - 300.5 and end <= now - 120
     s2, e2 = complete_periods(now - 10, now, 60, 120)  # nothing complete and ingested yet
     assert e2 <= s2
+
+
+def test_rollout_plan_lists_traffic_and_telemetry_per_step_without_credentials(store, monkeypatch):  # noqa: F811
+    import json
+
+    from click.testing import CliRunner
+
+    from churnkit.cli import main
+
+    config, _ = store
+    for k, v in {"AWS_REGION": "eu-west-1", "CHURNKIT_AWS_ROLE_ARN": "arn:aws:iam::123456789012:role/churnkit",
+                 "CHURNKIT_AWS_BUCKET": "acme-churn", "CHURNKIT_AWS_IMAGE_URI": "img:1",
+                 "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent", "AWS_CONFIG_FILE": "/nonexistent",
+                 "AWS_EC2_METADATA_DISABLED": "true"}.items():
+        monkeypatch.setenv(k, v)
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(k, raising=False)
+    runner = CliRunner()
+    res = runner.invoke(main, ["rollout", "--target", "sagemaker", "--steps", "10,100", "--interval", "300", "--plan",
+                               "--runs-dir", str(config.runs_dir)])
+    assert res.exit_code == 0, res.output
+    plan = json.loads(res.stdout)  # one JSON object, nothing else
+    assert (plan["champion"], plan["challenger"], plan["min_bake_s"]) == ("1", "2", 180.0)
+    assert "Unable to locate credentials" in plan["live_state"] and "as if champion v1 served 100%" in plan["live_state"]
+    assert [r["operation"] for r in plan["deploy"]] == ["PutObject", "CreateModel", "CreateEndpointConfig", "UpdateEndpoint"]
+    assert [s["weight"] for s in plan["steps"]] == [10, 100]
+    first = plan["steps"][0]
+    assert first["traffic"][0]["request"]["DesiredWeightsAndCapacities"] == [
+        {"VariantName": "v1", "DesiredWeight": 90.0}, {"VariantName": "v2", "DesiredWeight": 10.0}]
+    metrics = first["telemetry"][0]["request"]
+    assert first["telemetry"][0]["operation"] == "GetMetricData" and metrics["StartTime"] < metrics["EndTime"]
+    assert {(q["Label"], q["MetricStat"]["Stat"]) for q in metrics["MetricDataQueries"]} >= {("v2|ModelLatency", "p99"),
+                                                                                             ("v2|Invocations", "Sum")}
+    assert first["judged_after_s"] == 420.0
+    assert plan["on_breach"][0]["request"]["DesiredWeightsAndCapacities"][0] == {"VariantName": "v1", "DesiredWeight": 100.0}
+    short = runner.invoke(main, ["rollout", "--target", "sagemaker", "--interval", "30", "--plan",
+                                 "--runs-dir", str(config.runs_dir)])
+    assert short.exit_code != 0 and "at least 180 s" in short.output
