@@ -131,9 +131,12 @@ def test_good_challenger_is_promoted_from_the_clouds_telemetry(sim, cloud):
     config, target, publisher, spec, versions = sim
     old, new = _champion(), versions[f"good-{cloud}"]
     _challenger(new)
-    rec = ro.rollout(target, config=config, echo=_quiet, **FAST)
+    # at 100 % one serve process takes all the client traffic and is compared with the champion's window at
+    # 50 %: on a loaded two-core test machine that alone can double p99, so the ratio limit is 3 here (the
+    # slow challenger's is five times and more)
+    rec = ro.rollout(target, config=config, echo=_quiet, **(FAST | dict(steps=[50, 100], max_p99_ratio=3.0)))
     assert rec.decision == "promoted", rec.summary()
-    assert [s.weight for s in rec.steps] == [25, 100]
+    assert [s.weight for s in rec.steps] == [50, 100]
     assert all(s.ok and s.requests >= FAST["min_requests"] and s.errors == 0 for s in rec.steps), rec.summary()
     assert rec.steps[0].prediction_psi is not None and rec.steps[0].prediction_psi < 0.2
     assert target.describe().weights == {f"v{new}": 100}
