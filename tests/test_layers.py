@@ -68,7 +68,7 @@ def test_importing_the_package_face_loads_nothing_until_a_name_is_used():
                         "write_report"]),
     ("churnkit.rollout", ["CANARY_STEPS", "DECISIONS", "LINEAR_STEPS", "MIN_PSI_SCORES", "STRATEGIES", "Check",
                           "RolloutLock", "RolloutRecord", "StepRecord", "Thresholds", "Verdict", "check_bake", "check_error_rate",
-                          "check_input_drift", "check_live", "check_p99", "check_prediction_psi", "early_breach",
+                          "check_input_drift", "check_limits", "check_live", "check_p99", "check_prediction_psi", "early_breach",
                           "enough_traffic", "judge_step", "log_record", "pid_alive", "plan_rollout", "plan_steps", "plot_rollout", "psi",
                           "read_state", "record_outcome", "rollback", "rollout", "rollout_dir", "rollout_history",
                           "should_roll_back", "state_path", "write_state"]),

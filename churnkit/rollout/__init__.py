@@ -27,7 +27,7 @@ from churnkit.rollout.checks import (
     psi,
     should_roll_back,
 )
-from churnkit.rollout.controller import check_bake, plan_rollout, rollback, rollout
+from churnkit.rollout.controller import check_bake, check_limits, plan_rollout, rollback, rollout
 from churnkit.rollout.record import RolloutRecord, StepRecord, log_record, plot_rollout, record_outcome, rollout_history
 from churnkit.rollout.store import RolloutLock, pid_alive, read_state, rollout_dir, state_path, write_state
 
@@ -46,6 +46,7 @@ __all__ = [
     "check_bake",
     "check_error_rate",
     "check_input_drift",
+    "check_limits",
     "check_live",
     "check_p99",
     "check_prediction_psi",

@@ -335,6 +335,27 @@ def check_bake(target: DeployTarget, interval: float) -> None:
             f"interval={minimum:g} (--interval {minimum:g}) or more", name="interval")
 
 
+def check_limits(target: DeployTarget, live, challenger_variant: str, steps: Sequence[int]) -> None:
+    """Refuse a rollout the platform cannot carry out, before any request: one variant more than the
+    endpoint may hold, or a step finer than the platform's smallest traffic change.
+
+    Raises
+    ------
+    RolloutError
+        Naming the limit, the value and the fix.
+    """
+    limits = target.limits()
+    if challenger_variant not in live.variants and len(live.variants) >= limits.max_variants:
+        raise RolloutError(
+            f"{target.name} endpoint {target.endpoint!r} already has {len(live.variants)} variants "
+            f"({sorted(live.variants)!r}), its limit of {limits.max_variants}; remove one (churnkit endpoint remove) "
+            f"before rolling out {challenger_variant}")
+    odd = [w for w in steps if w % limits.min_weight_step]
+    if odd:
+        raise RolloutError(f"steps {odd!r} are not multiples of {limits.min_weight_step}%, the smallest traffic change "
+                           f"{target.name} applies; pick steps that are")
+
+
 def _target_and_config(deploy_target, endpoint: str, config: Config | None):
     if isinstance(deploy_target, str):
         from churnkit.deploy import get_target
@@ -436,6 +457,7 @@ def rollout(
                 f"champion v{champion.version} of {model_name!r} is not deployed on {target.name} endpoint "
                 f"{target.endpoint!r} (live variants: {sorted(live.variants)!r}); deploy it first: churnkit deploy "
                 f"--target {target.name} --model models:/{model_name}@{ALIAS_CHAMPION}")
+        check_limits(target, live, variant_name(challenger.version), plan_w)
         stray = {n: w for n, w in live.weights.items() if w > 0 and n != cv}
         if stray:
             target.set_traffic({cv: 100})

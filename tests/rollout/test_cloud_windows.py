@@ -136,3 +136,23 @@ def test_rollout_plan_lists_traffic_and_telemetry_per_step_without_credentials(s
     short = runner.invoke(main, ["rollout", "--target", "sagemaker", "--interval", "30", "--plan",
                                  "--runs-dir", str(config.runs_dir)])
     assert short.exit_code != 0 and "at least 180 s" in short.output
+
+
+def test_platform_limits_are_checked_before_any_request(store):  # noqa: F811
+    from churnkit.exceptions import RolloutError
+
+    config, _ = store
+
+    class Full(LateTarget):
+        def limits(self):
+            return TargetLimits(max_variants=1, min_weight_step=5, telemetry_period_s=0.1, telemetry_delay_s=0.1)
+
+    target = Full(config=config)
+    target.deploy("models:/churn@champion")
+    before = list(target.calls)
+    with pytest.raises(RolloutError, match=r"already has 1 variants \(\['v1'\]\), its limit of 1; remove one"):
+        ro.rollout(target, config=config, interval=1.0, echo=lambda m: None)
+    target.limits = lambda: TargetLimits(max_variants=10, min_weight_step=5)
+    with pytest.raises(RolloutError, match=r"steps \[12\] are not multiples of 5%"):
+        ro.rollout(target, config=config, steps=[12, 100], interval=1.0, echo=lambda m: None)
+    assert target.calls == before  # nothing deployed, no traffic moved
