@@ -110,13 +110,8 @@ class AzureMLTarget(CloudTarget):
         """The ``MLClient`` of the workspace (built on first use)."""
         if self._client is None:
             ml, _ = _ml()
-            credential = self._credential
-            if credential is None:
-                from azure.identity import DefaultAzureCredential
-
-                credential = DefaultAzureCredential()
             s = self.settings
-            self._client = ml.MLClient(credential, s["subscription_id"], s["resource_group"], s["workspace"],
+            self._client = ml.MLClient(self.credential, s["subscription_id"], s["resource_group"], s["workspace"],
                                        **self._client_kwargs)
         return self._client
 
