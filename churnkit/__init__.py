@@ -50,6 +50,7 @@ _EXPORTS = {
     "register_candidate": "churnkit.registry",
     "start_run": "churnkit.session",
     "plot_rollout": "churnkit.rollout",
+    "plan_rollout": "churnkit.rollout",
     "rollout_history": "churnkit.rollout",
     "run_rollout": ("churnkit.rollout", "rollout"),
 }
@@ -82,6 +83,7 @@ __all__ = [
     "measure_latency",
     "model_uri_for",
     "open_target",
+    "plan_rollout",
     "plan_table",
     "plot_cloud_latency",
     "plot_evaluation",

@@ -306,11 +306,20 @@ def _emit_record(record, as_json: bool) -> None:
 @click.option("--max-input-drift", type=click.FloatRange(0, 1), default=None, metavar="SHARE",
               help="Also judge input drift: the share of input columns that may drift from the challenger's holdout.")
 @click.option("--resume", is_flag=True, help="After a stopped controller: continue its step instead of rolling back.")
+@click.option("--plan", "plan_only", is_flag=True,
+              help="Print every traffic request and telemetry query per step as JSON; send nothing.")
 def rollout(deploy_target, endpoint, model_name, strategy, steps, interval, max_error_rate, max_p99_ratio,
             max_prediction_psi, failure_threshold, min_requests, replay_rate, max_input_drift, resume, runs_dir,
-            as_json):
+            as_json, plan_only):
     """Shift traffic from champion to challenger step by step; promote it, or roll back on a breach."""
     from churnkit.rollout import rollout as run_rollout
+
+    if plan_only:
+        from churnkit.rollout import plan_rollout
+
+        emit_json(plan_rollout(deploy_target, endpoint=endpoint, model_name=model_name, strategy=strategy, steps=steps,
+                               interval=interval, config=_config(runs_dir)))
+        return
 
     record = run_rollout(deploy_target, endpoint=endpoint, model_name=model_name, strategy=strategy, steps=steps,
                          interval=interval, max_error_rate=max_error_rate, max_p99_ratio=max_p99_ratio,

@@ -156,6 +156,11 @@ class PipelineLockedError(ChurnkitError):
         self.path = path
 
 
+class TelemetryAccessError(RolloutError):
+    """A cloud refused to let the controller read its telemetry; the message names the permission and the
+    Terraform output (identity) that grants it. Raised before any traffic moves."""
+
+
 class MonitorError(ChurnkitError):
     """Reference and current data cannot be compared."""
 

@@ -98,9 +98,10 @@ def test_aws_has_guardrails_alarms_and_a_least_privilege_role():
     routing = policy["traffic_routing_configuration"][0]
     assert routing["type"] == "CANARY" and routing["canary_size"][0]["type"] == "CAPACITY_PERCENT"
     alarms = endpoint["deployment_config"][0]["auto_rollback_configuration"][0]["alarms"]
-    assert len(alarms) == 3
+    assert len(alarms) == 2
     metrics = {res[k]["metric_name"] for k in res if k.startswith("aws_cloudwatch_metric_alarm.")}
-    assert metrics == {"ModelLatency", "Invocation5XXErrors", "PredictionDriftPSI"}
+    # no prediction-drift alarm: blue and green fleets share one variant name, so their scores cannot be told apart
+    assert metrics == {"ModelLatency", "Invocation5XXErrors"}
     capture = res["aws_sagemaker_endpoint_configuration.churn"]["data_capture_config"][0]
     assert capture["enable_capture"] is True
     # the alarm names match the ones the sagemaker target creates and rolls back on

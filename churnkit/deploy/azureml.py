@@ -113,13 +113,8 @@ class AzureMLTarget(CloudTarget):
         """The ``MLClient`` of the workspace (built on first use)."""
         if self._client is None:
             ml, _ = _ml()
-            credential = self._credential
-            if credential is None:
-                from azure.identity import DefaultAzureCredential
-
-                credential = DefaultAzureCredential()
             s = self.settings
-            self._client = ml.MLClient(credential, s["subscription_id"], s["resource_group"], s["workspace"],
+            self._client = ml.MLClient(self.credential, s["subscription_id"], s["resource_group"], s["workspace"],
                                        **self._client_kwargs)
         return self._client
 
@@ -162,6 +157,7 @@ class AzureMLTarget(CloudTarget):
                                    "CHURNKIT_MODEL_SHA256": release.sha256, "AIP_HTTP_PORT": str(PORT)},
             tags={TAG + "variant": release.variant, TAG + "model_version": release.version},
             app_insights_enabled=True,
+            data_collector=self._payload_logging(),
         )
 
     def _endpoint_entity(self, traffic: dict[str, int] | None = None, mirror: dict[str, int] | None = None, live=None):
@@ -331,6 +327,55 @@ class AzureMLTarget(CloudTarget):
         if state.details.get("mirror_traffic") != expected:
             state.drift.append(f"mirror traffic is {state.details.get('mirror_traffic')!r} but {expected!r} was asked for")
         return state
+
+    # ---- telemetry: what the rollout controller reads ----------------------------------------------
+    #: Azure Monitor grain and ingestion delay of online-endpoint metrics (seconds)
+    METRIC_PERIOD = 60.0
+    METRIC_DELAY = 180.0
+
+    @staticmethod
+    def _payload_logging():
+        """Azure ML payload logging (``request`` and ``response`` collections) for every deployment: the
+        served payloads the rollout reads scores and inputs from."""
+        _, e = _ml()
+        return e.DataCollector(collections={c: e.DeploymentCollection(enabled="true") for c in ("request", "response")},
+                               sampling_rate=1.0)
+
+    @property
+    def credential(self):
+        """The credential every client of this target uses (``DefaultAzureCredential`` unless given)."""
+        if self._credential is None:
+            from azure.identity import DefaultAzureCredential
+
+            self._credential = DefaultAzureCredential()
+        return self._credential
+
+    @property
+    def telemetry_reader(self):
+        """The Azure Monitor + payload-logging reader (:class:`~churnkit.deploy.azure_monitor.AzureMonitorTelemetry`)."""
+        from churnkit.deploy.azure_monitor import AzureMonitorTelemetry
+
+        if getattr(self, "_telemetry", None) is None:
+            self._telemetry = AzureMonitorTelemetry(self, self.METRIC_PERIOD, self.METRIC_DELAY)
+        return self._telemetry
+
+    def telemetry(self, variants: list[str], since: float, until: float | None = None):
+        """Per-variant windows from Azure Monitor (split by deployment) and payload logging (complete
+        minutes only; a minute not yet ingested shows no traffic)."""
+        return self.telemetry_reader.windows(variants, since, until)
+
+    def captured_inputs(self, variants: list[str], since: float):
+        return self.telemetry_reader.inputs(variants, since)
+
+    def telemetry_queries(self, variants: list[str], since: float, until: float | None = None) -> list[dict]:
+        return self.telemetry_reader.queries(variants, since, until)
+
+    def limits(self):
+        from churnkit.deploy.telemetry import TargetLimits
+
+        return TargetLimits(max_variants=20, min_weight_step=1, telemetry_period_s=self.METRIC_PERIOD,
+                            telemetry_delay_s=self.METRIC_DELAY,
+                            notes={"mirror_traffic_max": 50, "source": "Azure Monitor + payload logging"})
 
     def stop(self) -> EndpointState:
         """Delete the endpoint with its deployments (idempotent; models and environments stay)."""

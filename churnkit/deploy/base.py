@@ -385,6 +385,11 @@ class DeployTarget(ABC):
         (unix seconds; ``until`` None = now), each window naming the source of its numbers. A variant
         with no data yet is absent or has 0 requests: the caller counts that as too little traffic."""
 
+    def telemetry_queries(self, variants: list[str], since: float, until: float | None = None) -> list[dict]:
+        """The reads :meth:`telemetry` sends for this window, as planned requests (``churnkit rollout --plan``)."""
+        return [request(self.name, "telemetry", {"endpoint": self.endpoint, "variants": list(variants),
+                                                 "since": since, "until": until})]
+
     def telemetry_resolution(self) -> float:
         """The shortest bake (seconds) this target's telemetry can judge: metric period plus ingestion delay."""
         return self.limits().min_bake_s

@@ -6,7 +6,7 @@ Traffic moves with ``UpdateEndpointWeightsAndCapacities``; adding or removing a 
 endpoint config and calls ``UpdateEndpoint`` keeping autoscaled instance counts
 (``RetainAllVariantProperties``). The guardrails mode hands the shift to SageMaker itself: a
 blue/green ``UpdateEndpoint`` with canary or linear traffic routing and automatic rollback on the
-CloudWatch alarms this module creates (p99 model latency, 5xx errors, the kit's prediction drift).
+CloudWatch alarms this module creates (p99 model latency, 5xx errors).
 
 Only boto3 clients are used (the sagemaker SDK's resource classes need a live account). Settings
 come from the environment: ``CHURNKIT_AWS_ROLE_ARN``, ``CHURNKIT_AWS_BUCKET``,
@@ -34,8 +34,6 @@ ENV = {
     "image_uri": "CHURNKIT_AWS_IMAGE_URI",
     "region": "AWS_REGION|AWS_DEFAULT_REGION",
 }
-DRIFT_NAMESPACE = "churnkit"
-DRIFT_METRIC = "PredictionDriftPSI"
 CREDENTIALS_HINT = (
     "churnkit reads AWS credentials through boto3's default chain (AWS_PROFILE, AWS_ACCESS_KEY_ID/"
     "AWS_SECRET_ACCESS_KEY, SSO, instance role) and its settings from CHURNKIT_AWS_ROLE_ARN, "
@@ -310,10 +308,46 @@ class SageMakerTarget(CloudTarget):
                     raise
         return self.describe()
 
+    # ---- telemetry: what the rollout controller reads ----------------------------------------------
+    #: CloudWatch period and ingestion delay of SageMaker's endpoint metrics (seconds)
+    METRIC_PERIOD = 60.0
+    METRIC_DELAY = 120.0
+
+    @property
+    def telemetry_reader(self):
+        """The CloudWatch + Data Capture reader of this endpoint (:class:`~churnkit.deploy.cloudwatch.CloudWatchTelemetry`)."""
+        from churnkit.deploy.cloudwatch import CloudWatchTelemetry
+
+        if getattr(self, "_telemetry", None) is None:
+            self._telemetry = CloudWatchTelemetry(self, self.METRIC_PERIOD, self.METRIC_DELAY)
+        return self._telemetry
+
+    def telemetry(self, variants: list[str], since: float, until: float | None = None):
+        """Per-variant windows from CloudWatch ``AWS/SageMaker`` and the endpoint's Data Capture (complete
+        metric periods only; a period still open or not yet ingested shows no traffic)."""
+        return self.telemetry_reader.windows(variants, since, until)
+
+    def captured_inputs(self, variants: list[str], since: float):
+        return self.telemetry_reader.inputs(variants, since) if self.capture_percent > 0 else None
+
+    def telemetry_queries(self, variants: list[str], since: float, until: float | None = None) -> list[dict]:
+        return self.telemetry_reader.queries(variants, since, until)
+
+    def limits(self):
+        from churnkit.deploy.telemetry import TargetLimits
+
+        return TargetLimits(max_variants=10, min_weight_step=1, telemetry_period_s=self.METRIC_PERIOD,
+                            telemetry_delay_s=self.METRIC_DELAY,
+                            notes={"guardrails": dict(GUARDRAIL_LIMITS), "source": "CloudWatch AWS/SageMaker + Data Capture"})
+
     # ---- guardrails ---------------------------------------------------------------------------------
-    def alarm_requests(self, variant: str, *, p99_ms: float = 500.0, max_5xx: int = 1, max_psi: float = 0.2,
-                       period: int = 60) -> list[dict]:
-        """``PutMetricAlarm`` requests for p99 ModelLatency, Invocation5XXErrors and the kit's PSI metric."""
+    def alarm_requests(self, variant: str, *, p99_ms: float = 500.0, max_5xx: int = 1, period: int = 60) -> list[dict]:
+        """``PutMetricAlarm`` requests for p99 ModelLatency and Invocation5XXErrors.
+
+        SageMaker's blue/green fleets share one variant name, so their Data Capture cannot be told apart
+        and no prediction-drift metric can be computed while a guarded update runs: prediction drift is
+        judged by ``churnkit rollout`` (separate variants), not by the guardrails.
+        """
         dims = [{"Name": "EndpointName", "Value": self.endpoint}, {"Name": "VariantName", "Value": variant}]
         common = {"Period": period, "TreatMissingData": "notBreaching", "ActionsEnabled": False}
         return [
@@ -329,26 +363,18 @@ class SageMakerTarget(CloudTarget):
                 "EvaluationPeriods": 1, "Threshold": float(max_5xx),
                 "ComparisonOperator": "GreaterThanOrEqualToThreshold",
                 "AlarmDescription": f"churnkit: {max_5xx} or more 5xx responses in {period} s", **common}),
-            request("cloudwatch", "PutMetricAlarm", {
-                "AlarmName": f"{self.endpoint}-prediction-drift", "Namespace": DRIFT_NAMESPACE,
-                "MetricName": DRIFT_METRIC, "Dimensions": dims[:1], "Statistic": "Maximum",
-                "EvaluationPeriods": 1, "Threshold": float(max_psi), "ComparisonOperator": "GreaterThanThreshold",
-                "AlarmDescription": f"churnkit: prediction PSI above {max_psi}", **common}),
         ]
 
     def plan_guarded(self, model_uri: str, *, strategy: str = "canary", step: int = 10, bake_seconds: int = 600,
-                     timeout_seconds: int = 3600, live: EndpointState | None = None, **alarms) -> list[dict]:
+                     timeout_seconds: int | None = None, live: EndpointState | None = None, **alarms) -> list[dict]:
         """The requests of a guarded (blue/green) update; see ``deploy_guarded``."""
         return self._guarded(model_uri, strategy, step, bake_seconds, timeout_seconds, live, alarms)[1]
 
-    def _guarded(self, model_uri: str, strategy: str, step: int, bake_seconds: int, timeout_seconds: int,
+    def _guarded(self, model_uri: str, strategy: str, step: int, bake_seconds: int, timeout_seconds: int | None,
                  live: EndpointState | None, alarms: dict) -> tuple[Release, list[dict]]:
         from churnkit.deploy.base import resolve_release
 
-        if strategy not in ("canary", "linear"):
-            raise DeployTargetError(f"guardrails strategy {strategy!r} is not 'canary' or 'linear'")
-        if not 1 <= int(step) <= 99:
-            raise DeployTargetError(f"guardrails step {step!r} is not a percentage from 1 to 99")
+        timeout_seconds = check_guardrails(strategy, step, bake_seconds, timeout_seconds)
         live = live if live is not None else self.describe()
         if len(live.variants) != 1:
             raise DeployTargetError(
@@ -378,7 +404,7 @@ class SageMakerTarget(CloudTarget):
         ]
 
     def deploy_guarded(self, model_uri: str, *, strategy: str = "canary", step: int = 10, bake_seconds: int = 600,
-                       timeout_seconds: int = 3600, wait: bool = False, **alarms) -> EndpointState:
+                       timeout_seconds: int | None = None, wait: bool = False, **alarms) -> EndpointState:
         """Replace the endpoint's model with SageMaker's own canary/linear shift and alarm rollback.
 
         Parameters
@@ -388,8 +414,13 @@ class SageMakerTarget(CloudTarget):
         wait : bool
             Wait until the update finished (or rolled back) before reading the live state; otherwise the
             state shows the update in progress.
+        timeout_seconds : int, optional
+            ``MaximumExecutionTimeoutInSeconds``; default: the sum of the waits plus 600 s (at least 600,
+            at most 28800).
         **alarms
-            ``p99_ms``, ``max_5xx``, ``max_psi``, ``period`` for the CloudWatch alarms.
+            ``p99_ms``, ``max_5xx``, ``period`` for the CloudWatch alarms.
+
+        Limits are checked before any request (:func:`check_guardrails`).
         """
         from churnkit.deploy.base import record_deploy
 
@@ -412,12 +443,6 @@ class SageMakerTarget(CloudTarget):
             return self.plan_guarded(**kw)
         return super().plan(action, **kw)
 
-    def publish_prediction_drift(self, psi: float) -> None:
-        """Publish the prediction PSI the drift alarm watches (the rollout and monitor call this)."""
-        self._call("cloudwatch", "PutMetricData", {"Namespace": DRIFT_NAMESPACE, "MetricData": [{
-            "MetricName": DRIFT_METRIC, "Dimensions": [{"Name": "EndpointName", "Value": self.endpoint}],
-            "Value": float(psi), "Unit": "None"}]})
-
     def invoke(self, instances: list[dict], variant: str | None = None) -> dict:
         """Score ``instances`` through the endpoint (``TargetVariant`` when ``variant`` is given)."""
         params = {"EndpointName": self.endpoint, "ContentType": "application/json", "Accept": "application/json",
@@ -426,6 +451,44 @@ class SageMakerTarget(CloudTarget):
             params["TargetVariant"] = variant
         resp = self._call("sagemaker-runtime", "InvokeEndpoint", params)
         return {"variant": resp.get("InvokedProductionVariant", ""), "body": json.loads(resp["Body"].read())}
+
+
+#: SageMaker's blue/green limits (https://docs.aws.amazon.com/sagemaker/latest/APIReference/API_TrafficRoutingConfig.html,
+#: API_BlueGreenUpdatePolicy.html): canary ≤ 50 % of the fleet, linear steps 10-50 %, waits 0-3600 s,
+#: the whole update 600-28800 s and longer than the sum of its waits.
+GUARDRAIL_LIMITS = {"CanarySize": (1, 50), "LinearStepSize": (10, 50), "WaitIntervalInSeconds": (0, 3600),
+                    "MaximumExecutionTimeoutInSeconds": (600, 28800)}
+
+
+def check_guardrails(strategy: str, step, bake_seconds, timeout_seconds=None) -> int:
+    """Validate a guarded update against SageMaker's limits; returns the execution timeout to send.
+
+    Raises
+    ------
+    DeployTargetError
+        Naming the limit, the value and the accepted range.
+    """
+    if strategy not in ("canary", "linear"):
+        raise DeployTargetError(f"guardrails strategy {strategy!r} is not 'canary' or 'linear'")
+    size_name = "CanarySize" if strategy == "canary" else "LinearStepSize"
+    for name, value in ((size_name, step), ("WaitIntervalInSeconds", bake_seconds)):
+        low, high = GUARDRAIL_LIMITS[name]
+        if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value or not low <= value <= high:
+            unit = "% of the fleet" if name.endswith("Size") else " s"
+            raise DeployTargetError(f"SageMaker guardrails limit {name}: {value!r} is outside {low}-{high}{unit}; "
+                                    f"pass a value from {low} to {high}")
+    waits = 1 if strategy == "canary" else -(-100 // int(step))  # a wait after every linear step
+    total = waits * int(bake_seconds)
+    low, high = GUARDRAIL_LIMITS["MaximumExecutionTimeoutInSeconds"]
+    if timeout_seconds is None:
+        timeout_seconds = min(max(low, total + 600), high)
+    if isinstance(timeout_seconds, bool) or not isinstance(timeout_seconds, int | float) or \
+            not low <= timeout_seconds <= high or timeout_seconds <= total:
+        raise DeployTargetError(
+            f"SageMaker guardrails limit MaximumExecutionTimeoutInSeconds: {timeout_seconds!r} must be from {low} to "
+            f"{high} s and longer than the {waits} wait(s) of {int(bake_seconds)} s ({total} s in all); "
+            f"shorten the bake (WaitIntervalInSeconds) or use fewer, larger steps")
+    return int(timeout_seconds)
 
 
 def model_archive(release: Release, config=None) -> bytes:

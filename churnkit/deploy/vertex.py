@@ -310,6 +310,37 @@ class VertexTarget(CloudTarget):
         self._call("undeploy model", endpoint.undeploy, before.details["deployed_model_ids"][variant],
                    traffic_split=self._split(asked, before))
 
+    # ---- telemetry: what the rollout controller reads ----------------------------------------------
+    #: Cloud Monitoring sampling period and visibility delay of Vertex prediction metrics (seconds)
+    METRIC_PERIOD = 60.0
+    METRIC_DELAY = 180.0
+
+    @property
+    def telemetry_reader(self):
+        """The Cloud Monitoring + capture reader (:class:`~churnkit.deploy.cloud_monitoring.CloudMonitoringTelemetry`)."""
+        from churnkit.deploy.cloud_monitoring import CloudMonitoringTelemetry
+
+        if getattr(self, "_telemetry", None) is None:
+            self._telemetry = CloudMonitoringTelemetry(self, self.METRIC_PERIOD, self.METRIC_DELAY)
+        return self._telemetry
+
+    def telemetry(self, variants: list[str], since: float, until: float | None = None):
+        """Per-variant windows from Cloud Monitoring (by deployed model) and the capture files in Cloud
+        Storage (complete periods only; a period not yet visible shows no traffic)."""
+        return self.telemetry_reader.windows(variants, since, until)
+
+    def captured_inputs(self, variants: list[str], since: float):
+        return self.telemetry_reader.inputs(variants, since)
+
+    def telemetry_queries(self, variants: list[str], since: float, until: float | None = None) -> list[dict]:
+        return self.telemetry_reader.queries(variants, since, until)
+
+    def limits(self):
+        from churnkit.deploy.telemetry import TargetLimits
+
+        return TargetLimits(max_variants=10, min_weight_step=1, telemetry_period_s=self.METRIC_PERIOD,
+                            telemetry_delay_s=self.METRIC_DELAY, notes={"source": "Cloud Monitoring + capture in GCS"})
+
     def stop(self) -> EndpointState:
         """Undeploy every deployed model and delete the endpoint (idempotent; models stay registered)."""
         endpoint = self._endpoint()

@@ -27,7 +27,7 @@ from churnkit.rollout.checks import (
     psi,
     should_roll_back,
 )
-from churnkit.rollout.controller import rollback, rollout
+from churnkit.rollout.controller import check_bake, check_limits, plan_rollout, rollback, rollout
 from churnkit.rollout.record import RolloutRecord, StepRecord, log_record, plot_rollout, record_outcome, rollout_history
 from churnkit.rollout.store import RolloutLock, pid_alive, read_state, rollout_dir, state_path, write_state
 
@@ -43,8 +43,10 @@ __all__ = [
     "StepRecord",
     "Thresholds",
     "Verdict",
+    "check_bake",
     "check_error_rate",
     "check_input_drift",
+    "check_limits",
     "check_live",
     "check_p99",
     "check_prediction_psi",
@@ -53,6 +55,7 @@ __all__ = [
     "judge_step",
     "log_record",
     "pid_alive",
+    "plan_rollout",
     "plan_steps",
     "plot_rollout",
     "psi",

@@ -23,6 +23,7 @@ the threshold is recorded with ``ok: false`` and the rollout goes on.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -89,6 +90,7 @@ class _Controller:
         self.replayer = None
         self._last_champion_window: Window | None = None
         self._reference = None
+        self.delay = float(target.limits().telemetry_delay_s)
 
     # ---- state -----------------------------------------------------------------------------------
     def save(self, **changes) -> None:
@@ -101,8 +103,9 @@ class _Controller:
     # ---- the rollout -----------------------------------------------------------------------------
     def run(self, plan: _Plan, record: RolloutRecord, start_step: int = 0) -> RolloutRecord:
         self.plan, self.record = plan, record
-        # a target that cannot report on the serving variant refuses here, before anything changes
-        self.target.telemetry([plan.champion_variant], time.time())
+        # a target that cannot report on the serving variant (no permission, no /metrics) refuses here,
+        # before anything changes: the probe reads a past window, so a cloud really sends its queries
+        self.target.telemetry([plan.champion_variant], time.time() - 2 * max(self.interval, 1.0) - self.delay)
         try:
             if start_step == 0 and not self._deploy_challenger():
                 return self.record
@@ -164,10 +167,10 @@ class _Controller:
 
     def _baseline(self) -> Window:
         """The champion's traffic over the last interval: the comparison for a step where it gets 0 %."""
-        return self._windows(time.time() - self.interval).get(self.plan.champion_variant, Window())
+        return self._windows(time.time() - self.interval - self.delay).get(self.plan.champion_variant, Window())
 
-    def _windows(self, since: float) -> dict[str, Window]:
-        return self.target.telemetry([self.plan.champion_variant, self.plan.challenger_variant], since)
+    def _windows(self, since: float, until: float | None = None) -> dict[str, Window]:
+        return self.target.telemetry([self.plan.champion_variant, self.plan.challenger_variant], since, until)
 
     def _bake(self, i: int, baseline: Window) -> tuple[Verdict, StepRecord]:
         plan = self.plan
@@ -185,8 +188,10 @@ class _Controller:
             return v, StepRecord.from_windows(w, Window(), Window(), v, ok=False, seconds=0.0, started=started_iso)
         while True:
             time.sleep(self.poll)
-            elapsed = time.time() - since
-            windows = self._windows(since)
+            # the window judged ends where the telemetry is complete: now minus the ingestion delay
+            # (0 for the local router); a step is judged once that window spans the whole interval
+            elapsed = time.time() - since - self.delay
+            windows = self._windows(since, since + elapsed if self.delay else None)
             ch = windows.get(plan.challenger_variant, Window())
             cp = windows.get(plan.champion_variant, Window()) if w < 100 else baseline
             status = self._status()
@@ -199,8 +204,12 @@ class _Controller:
                 if not verdict.enough and elapsed < self.max_bake:
                     continue
                 if not verdict.enough:
-                    verdict = replace(verdict, note=f"{verdict.note} after {elapsed:.0f} s (the bake's cap); lower "
-                                      "min_requests or send more traffic (replay_rate)")
+                    silent = [f"{n} ({win.source or self.target.name + ' telemetry'})"
+                              for n, win in ((plan.challenger_variant, ch), (plan.champion_variant, cp)) if not win.requests]
+                    stopped = (f"; no telemetry arrived for {', '.join(silent)}: a step without data is never judged "
+                               "healthy") if silent else ""
+                    verdict = replace(verdict, note=f"{verdict.note} after {elapsed:.0f} s (the bake's cap){stopped}; "
+                                      "lower min_requests or send more traffic (replay_rate)")
             if verdict is not None:
                 if w < 100:
                     self._last_champion_window = cp
@@ -309,6 +318,44 @@ class _Controller:
                                "--resume to continue where it stopped)", keep_alias=True)
 
 
+def check_bake(target: DeployTarget, interval: float) -> None:
+    """Refuse a bake shorter than what the target's telemetry can judge (metric period + ingestion delay).
+
+    Raises
+    ------
+    ParameterError
+        Naming the interval, the minimum and where it comes from.
+    """
+    limits = target.limits()
+    minimum = target.telemetry_resolution()
+    if interval < minimum:
+        raise ParameterError(
+            f"interval {interval:g} s is shorter than the {target.name} telemetry can judge: at least {minimum:g} s "
+            f"(metric period {limits.telemetry_period_s:g} s + ingestion delay {limits.telemetry_delay_s:g} s); pass "
+            f"interval={minimum:g} (--interval {minimum:g}) or more", name="interval")
+
+
+def check_limits(target: DeployTarget, live, challenger_variant: str, steps: Sequence[int]) -> None:
+    """Refuse a rollout the platform cannot carry out, before any request: one variant more than the
+    endpoint may hold, or a step finer than the platform's smallest traffic change.
+
+    Raises
+    ------
+    RolloutError
+        Naming the limit, the value and the fix.
+    """
+    limits = target.limits()
+    if challenger_variant not in live.variants and len(live.variants) >= limits.max_variants:
+        raise RolloutError(
+            f"{target.name} endpoint {target.endpoint!r} already has {len(live.variants)} variants "
+            f"({sorted(live.variants)!r}), its limit of {limits.max_variants}; remove one (churnkit endpoint remove) "
+            f"before rolling out {challenger_variant}")
+    odd = [w for w in steps if w % limits.min_weight_step]
+    if odd:
+        raise RolloutError(f"steps {odd!r} are not multiples of {limits.min_weight_step}%, the smallest traffic change "
+                           f"{target.name} applies; pick steps that are")
+
+
 def _target_and_config(deploy_target, endpoint: str, config: Config | None):
     if isinstance(deploy_target, str):
         from churnkit.deploy import get_target
@@ -383,6 +430,7 @@ def rollout(
         if not ok:
             raise ParameterError(f"{name} must be a {low} number, got {value!r}", name=name)
     target, config = _target_and_config(deploy_target, endpoint, config)
+    check_bake(target, interval)
     poll = min(1.0, max(0.2, interval / 4))
     ctl = _Controller(target, config, model_name=model_name, thresholds=th, interval=float(interval),
                       max_bake=float(max_bake or 10 * interval), poll=poll, replay_rate=float(replay_rate), echo=echo)
@@ -409,6 +457,7 @@ def rollout(
                 f"champion v{champion.version} of {model_name!r} is not deployed on {target.name} endpoint "
                 f"{target.endpoint!r} (live variants: {sorted(live.variants)!r}); deploy it first: churnkit deploy "
                 f"--target {target.name} --model models:/{model_name}@{ALIAS_CHAMPION}")
+        check_limits(target, live, variant_name(challenger.version), plan_w)
         stray = {n: w for n, w in live.weights.items() if w > 0 and n != cv}
         if stray:
             target.set_traffic({cv: 100})
@@ -454,3 +503,65 @@ def rollback(deploy_target="local", *, endpoint: str = "churn", model_name: str 
         ctl.record = RolloutRecord("rolled_back", reason, str(prev.version), old)
         echo(f"rolling back {model_name} on {target.name} endpoint {target.endpoint!r}: {reason}")
         return ctl.undo()
+
+
+def plan_rollout(deploy_target="local", *, endpoint: str = "churn", model_name: str = DEFAULT_MODEL_NAME,
+                 strategy: str = "canary", steps: Sequence[int] | str = (), interval: float = 30.0,
+                 config: Config | None = None) -> dict:
+    """Every request a rollout would send, step by step, without sending any: the challenger's deploy,
+    then per step the traffic request, the telemetry queries that judge it and when, and the requests
+    of a rollback and of the promotion. Live state is read where credentials allow (as ``deploy --plan``).
+
+    Raises
+    ------
+    ParameterError
+        A bake shorter than the telemetry can judge, or bad steps.
+    RolloutError
+        No champion or no challenger to plan for.
+    """
+    from churnkit.deploy.base import EndpointState, VariantState
+
+    plan_w = plan_steps(strategy, steps)
+    target, config = _target_and_config(deploy_target, endpoint, config)
+    check_bake(target, interval)
+    champion = registry.get_champion(model_name, config)
+    challenger = registry.get_alias_version(ALIAS_CHALLENGER, model_name, config)
+    limits = target.limits()
+    head = {"target": target.name, "endpoint": target.endpoint, "interval": interval,
+            "min_bake_s": target.telemetry_resolution(), "telemetry_period_s": limits.telemetry_period_s,
+            "telemetry_delay_s": limits.telemetry_delay_s}
+    if challenger is None or (champion is not None and str(challenger.version) == str(champion.version)):
+        return head | {"champion": str(champion.version) if champion else None, "challenger": None,
+                       "note": "nothing to roll out: no challenger", "deploy": [], "steps": []}
+    if champion is None:
+        raise RolloutError(f"model {model_name!r} has a challenger (v{challenger.version}) but no champion; "
+                           "deploy and alias a champion first: churnkit pipeline, then churnkit deploy")
+    cv, nv = variant_name(champion.version), variant_name(challenger.version)
+    base = target._live_for_plan()
+    basis = target.plan_basis
+    if cv not in base.variants:  # unreadable, or the champion is not deployed yet: plan as if it served 100 %
+        basis += f"; planned as if champion v{champion.version} served 100% as {cv}"
+        base = EndpointState(target.name, target.endpoint, {cv: VariantState(cv, str(champion.version), 100, "planned")},
+                             details={"production_variants": [{"VariantName": cv, "ModelName": f"<model of {cv}>",
+                                                               "InitialInstanceCount": 1, "InstanceType": "<as deployed>"}],
+                                      "deployed_model_ids": {cv: f"<deployed model id of {cv}>"},
+                                      "resource_name": f"<endpoint {target.endpoint!r}>", "deployments": {}})
+    deploy = [] if nv in base.variants else target.plan(
+        "deploy", model_uri=f"models:/{model_name}/{challenger.version}", variant=nv, weight=0, live=base)
+    live = EndpointState(base.target, base.endpoint, dict(base.variants), [], base.url,
+                         json.loads(json.dumps(base.details, default=str)))
+    live.variants.setdefault(nv, VariantState(nv, str(challenger.version), 0, "planned"))
+    live.details.setdefault("deployed_model_ids", {}).setdefault(nv, f"<deployed model id of {nv}>")
+    out_steps, t = [], time.time()
+    for w in plan_w:
+        weights = {cv: 100 - w, nv: w}
+        out_steps.append({
+            "weight": w, "traffic": target.plan("set_traffic", weights=weights, live=live),
+            "telemetry": target.telemetry_queries([cv, nv], t, t + interval),
+            "judged_after_s": round(interval + limits.telemetry_delay_s, 3),
+            "max_bake_s": round(float(interval) * 10, 3)})
+        t += interval + limits.telemetry_delay_s
+    return head | {"champion": str(champion.version), "challenger": str(challenger.version),
+                   "live_state": basis, "deploy": deploy, "steps": out_steps,
+                   "on_breach": target.plan("set_traffic", weights={cv: 100}, live=live),
+                   "on_promotion": target.plan("set_traffic", weights={nv: 100}, live=live)}

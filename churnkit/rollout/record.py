@@ -43,6 +43,8 @@ class StepRecord:
     timeouts: int = 0
     client_errors: int = 0
     champion_client_errors: int = 0
+    #: where each variant's numbers come from (``Window.source``): ``{"challenger": ..., "champion": ...}``
+    sources: dict = field(default_factory=dict)
 
     @classmethod
     def from_windows(cls, weight: int, champion: Window, challenger: Window, verdict: Verdict, *, ok: bool,
@@ -55,6 +57,7 @@ class StepRecord:
             champion_p99_ms=_num(champion.p99_ms, 3), seconds=round(float(seconds), 3), started=started,
             reason=verdict.reason, checks=[c.to_dict() for c in verdict.checks], timeouts=challenger.timeouts,
             client_errors=challenger.client_errors, champion_client_errors=champion.client_errors,
+            sources={"challenger": challenger.source, "champion": champion.source},
         )
 
     def to_dict(self) -> dict:

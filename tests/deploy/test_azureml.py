@@ -273,3 +273,64 @@ def test_missing_sdk_and_settings(store, monkeypatch):
     monkeypatch.setitem(sys.modules, "azure.ai.ml", None)
     with pytest.raises(MissingExtraError, match=r"pip install -e '\.\[azure\]'"):
         get_target("azureml", config=store, credential=FakeCredential(), workspace="w").client
+
+
+# ---- telemetry: Azure Monitor by deployment + payload logging --------------------------------------------
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+
+
+def _monitor(store, answer):
+    from azure.monitor.query import MetricsQueryClient
+
+    from churnkit.deploy.azure_monitor import AzureMonitorTelemetry
+    from cloud_rollout_support import azure_transport
+
+    t = make(store, _transport_class()())
+    transport = azure_transport(answer)
+    t._telemetry = AzureMonitorTelemetry(t, metrics_client=MetricsQueryClient(FakeCredential(), transport=transport))
+    return t, transport
+
+
+def test_telemetry_reads_azure_monitor_split_by_deployment(store):
+    """The recorded Metrics - List body (tests/fixtures/azure-monitor-metrics.json, doc URL inside)."""
+    from datetime import datetime
+
+    fixture = json.loads((FIXTURES / "azure-monitor-metrics.json").read_text())["response"]
+
+    def answer(path, query):
+        body = dict(fixture, value=[m for m in fixture["value"] if m["name"]["value"] == query["metricnames"]])
+        return 200, body
+
+    t, transport = _monitor(store, answer)
+    t._telemetry.records = lambda *a: []  # payload logs in Blob: covered by the end-to-end rollouts (Azurite)
+    since = datetime.fromisoformat("2026-01-05T10:00:00+00:00").timestamp()
+    windows = t.telemetry(["v1", "v2"], since, since + 180)
+    v2 = windows["v2"]
+    assert (v2.requests, v2.errors, v2.client_errors) == (118 + 121 + 117 + 2 + 1 + 4, 3, 4)
+    assert v2.latencies_ms == (41.5, 45.25, 39.0) and v2.p99_ms == pytest.approx(45.2, abs=0.1)
+    assert windows["v1"].requests == 480 and windows["v1"].latencies_ms == ()
+    assert "Azure Monitor RequestsPerMinute/RequestLatency_P99 deployment=v2-churn" in v2.source
+    counts, latency = transport.requests
+    assert counts["metricnames"] == "RequestsPerMinute" and counts["aggregation"].lower() == "total"
+    assert counts["$filter"] == "deployment eq '*' and statusCodeClass eq '*'" and counts["interval"] == "PT1M"
+    assert latency["metricnames"] == "RequestLatency_P99" and latency["$filter"] == "deployment eq '*'"
+    assert counts["timespan"].startswith("2026-01-05T10:00:00") and "2026-01-05T10:03:00" in counts["timespan"]
+    assert t.telemetry_resolution() == 240.0  # one-minute grain + three minutes of ingestion
+
+
+def test_denied_azure_monitor_names_the_role_and_the_terraform_output(store):
+    from churnkit.exceptions import TelemetryAccessError
+    from cloud_rollout_support import AZURE_DENIED
+
+    t, _ = _monitor(store, lambda path, query: AZURE_DENIED)
+    with pytest.raises(TelemetryAccessError, match=r"Microsoft.Insights/metrics/read \(the Monitoring Reader role\).*"
+                                                   r"'deployer_principal_id'.*No traffic was moved"):
+        t.telemetry(["v1"], time.time() - 3600, time.time() - 600)
+
+
+def test_deployments_log_request_and_response_payloads(store):
+    t = make(store, _transport_class()())
+    (dep,) = [r["request"] for r in t.plan("deploy", model_uri="models:/churn@champion")
+              if r["operation"] == "online_deployments.begin_create_or_update"]
+    collector = dep["data_collector"]
+    assert {k: v["enabled"] for k, v in collector["collections"].items()} == {"request": "true", "response": "true"}

@@ -226,24 +226,18 @@ def test_guardrails_update_endpoint_exact_parameters(aws):
                 "BlueGreenUpdatePolicy": {
                     "TrafficRoutingConfiguration": {"Type": "CANARY", "WaitIntervalInSeconds": 300,
                                                     "CanarySize": {"Type": "CAPACITY_PERCENT", "Value": 10}},
-                    "MaximumExecutionTimeoutInSeconds": 3600},
+                    "MaximumExecutionTimeoutInSeconds": 900},  # the wait (300 s) + 600 s
                 "AutoRollbackConfiguration": {"Alarms": [{"AlarmName": "churn-v1-model-latency-p99"},
-                                                         {"AlarmName": "churn-v1-invocation-5xx"},
-                                                         {"AlarmName": "churn-prediction-drift"}]}}})
+                                                         {"AlarmName": "churn-v1-invocation-5xx"}]}}})
         _describe_responses(stub, "churn-new", model2, "2", status="Updating")
         state = t.deploy_guarded("models:/churn@challenger", strategy="canary", step=10, bake_seconds=300, p99_ms=250)
         stub.assert_no_pending_responses()
     assert state.variants["v1"].model_version == "2"
     alarms = {a["AlarmName"]: a for a in t.client("cloudwatch").describe_alarms()["MetricAlarms"]}
-    assert set(alarms) == {"churn-v1-model-latency-p99", "churn-v1-invocation-5xx", "churn-prediction-drift"}
+    assert set(alarms) == {"churn-v1-model-latency-p99", "churn-v1-invocation-5xx"}
     latency = alarms["churn-v1-model-latency-p99"]
     assert (latency["MetricName"], latency["ExtendedStatistic"], latency["Threshold"]) == ("ModelLatency", "p99", 250000.0)
     assert alarms["churn-v1-invocation-5xx"]["MetricName"] == "Invocation5XXErrors"
-    assert (alarms["churn-prediction-drift"]["Namespace"], alarms["churn-prediction-drift"]["MetricName"]) == \
-        ("churnkit", "PredictionDriftPSI")
-    t.publish_prediction_drift(0.31)
-    (metric,) = t.client("cloudwatch").list_metrics(Namespace="churnkit")["Metrics"]
-    assert metric["MetricName"] == "PredictionDriftPSI"
 
 
 def test_guardrails_linear_plan_and_refusals(aws):
@@ -254,10 +248,12 @@ def test_guardrails_linear_plan_and_refusals(aws):
     live = EndpointState("sagemaker", "churn", {"v1": VariantState("v1", "1", 100, "InService")},
                          details={"production_variants": [{"VariantName": "v1", "ModelName": "m1",
                                                            "InitialInstanceCount": 1, "InstanceType": "ml.m5.large"}]})
-    reqs = t.plan("guarded", model_uri="models:/churn/2", strategy="linear", step=25, bake_seconds=60, live=live)
+    reqs = t.plan("guarded", model_uri="models:/churn/2", strategy="linear", step=25, bake_seconds=1200, live=live)
     update = reqs[-1]["request"]
-    assert update["DeploymentConfig"]["BlueGreenUpdatePolicy"]["TrafficRoutingConfiguration"] == {
-        "Type": "LINEAR", "WaitIntervalInSeconds": 60, "LinearStepSize": {"Type": "CAPACITY_PERCENT", "Value": 25}}
+    policy = update["DeploymentConfig"]["BlueGreenUpdatePolicy"]
+    assert policy["TrafficRoutingConfiguration"] == {
+        "Type": "LINEAR", "WaitIntervalInSeconds": 1200, "LinearStepSize": {"Type": "CAPACITY_PERCENT", "Value": 25}}
+    assert policy["MaximumExecutionTimeoutInSeconds"] == 4 * 1200 + 600  # more than the four waits, not 3600
     with pytest.raises(DeployTargetError, match="'blue_green' is not 'canary' or 'linear'"):
         t.plan("guarded", model_uri="models:/churn/2", strategy="blue_green", live=live)
     two = EndpointState("sagemaker", "churn", {"v1": live.variants["v1"], "v2": VariantState("v2", "2", 0, "InService")})
@@ -311,3 +307,103 @@ def test_refused_credentials_and_other_errors_are_churnkit_errors(store):
             t.describe()
         with pytest.raises(DeployTargetError, match="DescribeEndpoint on endpoint 'churn' failed.*Rate exceeded"):
             t.describe()
+
+
+@pytest.mark.parametrize("kw, limit", [
+    (dict(strategy="canary", step=60), "CanarySize: 60 is outside 1-50% of the fleet"),
+    (dict(strategy="linear", step=5), "LinearStepSize: 5 is outside 10-50% of the fleet"),
+    (dict(strategy="linear", step=55), "LinearStepSize: 55 is outside 10-50%"),
+    (dict(bake_seconds=3601), "WaitIntervalInSeconds: 3601 is outside 0-3600 s"),
+    (dict(timeout_seconds=599), "MaximumExecutionTimeoutInSeconds: 599 must be from 600 to 28800"),
+    (dict(timeout_seconds=28801), "MaximumExecutionTimeoutInSeconds: 28801 must be from 600 to 28800"),
+    (dict(strategy="linear", step=10, bake_seconds=3000, timeout_seconds=28800),
+     r"longer than the 10 wait\(s\) of 3000 s \(30000 s in all\)"),
+    (dict(strategy="canary", step=10, bake_seconds=900, timeout_seconds=900), r"longer than the 1 wait\(s\) of 900 s"),
+])
+def test_guardrail_limits_are_checked_before_any_request(aws, kw, limit):
+    from churnkit.deploy.base import EndpointState, VariantState
+    from churnkit.exceptions import DeployTargetError
+
+    t = target(aws)
+    writes = record_writes(t)
+    live = EndpointState("sagemaker", "churn", {"v1": VariantState("v1", "1", 100, "InService")},
+                         details={"production_variants": [{"VariantName": "v1", "ModelName": "m1",
+                                                           "InitialInstanceCount": 1, "InstanceType": "ml.m5.large"}]})
+    with pytest.raises(DeployTargetError, match=limit):
+        t.plan("guarded", model_uri="models:/churn/2", live=live, **kw)
+    with pytest.raises(DeployTargetError, match=limit):
+        t.deploy_guarded("models:/churn/2", **kw)
+    assert writes == []  # nothing was sent
+
+
+# ---- telemetry: CloudWatch AWS/SageMaker + Data Capture ------------------------------------------------
+FIXTURES = __import__("pathlib").Path(__file__).resolve().parents[1] / "fixtures"
+
+
+def test_telemetry_reads_cloudwatch_per_variant_and_scores_from_data_capture(aws):
+    """CloudWatch points under the real namespace and dimensions; capture records as SageMaker writes them
+    (tests/fixtures/sagemaker-data-capture.jsonl, https://docs.aws.amazon.com/sagemaker/latest/dg/
+    model-monitor-data-capture-endpoint.html) under <destination>/<endpoint>/<variant>/yyyy/mm/dd/hh/."""
+    from datetime import datetime, timezone
+
+    from cloud_rollout_support import moto_percentiles
+
+    moto_percentiles()
+    t = target(aws)
+    base = (int(time_now()) // 60 - 10) * 60  # a complete, ingested ten-minute-old window
+    dims = lambda v: [{"Name": "EndpointName", "Value": "churn"}, {"Name": "VariantName", "Value": v}]  # noqa: E731
+    cw = t.client("cloudwatch")
+    for minute, (n, e5, e4, lat_us) in enumerate([(120, 2, 1, [20_000.0] * 95 + [90_000.0] * 5), (80, 0, 0, [15_000.0] * 20)]):
+        stamp = datetime.fromtimestamp(base + 60 * minute + 5, tz=timezone.utc)
+        cw.put_metric_data(Namespace="AWS/SageMaker", MetricData=[
+            {"MetricName": "Invocations", "Dimensions": dims("v2"), "Timestamp": stamp, "Value": n},
+            {"MetricName": "Invocation5XXErrors", "Dimensions": dims("v2"), "Timestamp": stamp, "Value": e5},
+            {"MetricName": "Invocation4XXErrors", "Dimensions": dims("v2"), "Timestamp": stamp, "Value": e4},
+            {"MetricName": "ModelLatency", "Dimensions": dims("v2"), "Timestamp": stamp, "Values": lat_us},
+            {"MetricName": "Invocations", "Dimensions": dims("v1"), "Timestamp": stamp, "Value": 1000}])
+    lines = []
+    for i, line in enumerate((FIXTURES / "sagemaker-data-capture.jsonl").read_text().splitlines()):
+        rec = json.loads(line)
+        rec["eventMetadata"]["inferenceTime"] = datetime.fromtimestamp(base + 20 + 30 * i, tz=timezone.utc).strftime(
+            "%Y-%m-%dT%H:%M:%SZ")
+        lines.append(json.dumps(rec))
+    hour = datetime.fromtimestamp(base, tz=timezone.utc)
+    key = f"churnkit/capture/churn/churn/v2/{hour:%Y/%m/%d/%H}/{hour:%M-%S}-000-6a7e2bd5-5dcb-4b55-bc87-a9b3bc5ed2dd.jsonl"
+    t.client("s3").put_object(Bucket=ENV["CHURNKIT_AWS_BUCKET"], Key=key, Body="\n".join(lines).encode())
+
+    windows = t.telemetry(["v1", "v2"], base, base + 120)
+    v2 = windows["v2"]
+    assert (v2.requests, v2.errors, v2.client_errors) == (200, 2, 1)
+    assert max(v2.latencies_ms) == pytest.approx(90.0, rel=0.05)  # the worst minute's p99, in ms
+    assert sorted(v2.scores) == [0.0625, 0.25, 0.8125]  # BASE64 and JSON encodings decoded
+    assert "CloudWatch AWS/SageMaker EndpointName=churn VariantName=v2" in v2.source and "Data Capture s3://" in v2.source
+    assert windows["v1"].requests == 2000 and windows["v1"].scores == ()
+    inputs = t.captured_inputs(["v2"], base)
+    assert list(inputs["tenure"]) == [3, 48, 12] and "monthly_charges" in inputs
+    # the window still open, or closed but not ingested, shows no traffic (never "healthy")
+    assert t.telemetry(["v2"], time_now() - 30)["v2"].requests == 0
+    queries = t.telemetry_queries(["v2"], base, base + 120)
+    stat = {q["MetricStat"]["Metric"]["MetricName"]: q["MetricStat"]["Stat"] for q in queries[0]["request"]["MetricDataQueries"]}
+    assert stat == {"Invocations": "Sum", "Invocation5XXErrors": "Sum", "Invocation4XXErrors": "Sum", "ModelLatency": "p99"}
+    assert queries[1]["request"]["Prefix"].startswith("churnkit/capture/churn/churn/v2/")
+    limits = t.limits()
+    assert t.telemetry_resolution() == 180.0 and limits.max_variants == 10
+
+
+def test_denied_cloudwatch_names_the_permission_and_the_terraform_output(aws):
+    from botocore.stub import Stubber
+
+    from churnkit.exceptions import TelemetryAccessError
+
+    t = target(aws)
+    with Stubber(t.client("cloudwatch")) as stub:
+        stub.add_client_error("get_metric_data", "AccessDenied", "User: arn:aws:sts::123456789012:assumed-role/x is "
+                              "not authorized to perform: cloudwatch:GetMetricData", http_status_code=403)
+        with pytest.raises(TelemetryAccessError, match=r"cloudwatch:GetMetricData.*'deployer_role_arn'.*No traffic was moved"):
+            t.telemetry(["v1"], time_now() - 3600, time_now() - 600)
+
+
+def time_now() -> float:
+    import time
+
+    return time.time()

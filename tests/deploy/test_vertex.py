@@ -264,3 +264,73 @@ def test_missing_sdk(vertex, monkeypatch):
     monkeypatch.setitem(sys.modules, "google.cloud.aiplatform", None)
     with pytest.raises(MissingExtraError, match=r"pip install -e '\.\[gcp\]'"):
         make(vertex[0]).describe()
+
+
+# ---- telemetry: Cloud Monitoring by deployed model ----------------------------------------------------
+def _monitoring(t, answer):
+    from churnkit.deploy.cloud_monitoring import CloudMonitoringTelemetry
+    from cloud_rollout_support import MonitoringServer, monitoring_client
+
+    server = MonitoringServer(answer)
+    t._telemetry = CloudMonitoringTelemetry(t, client=monitoring_client(server.url), bucket=object())
+    return server
+
+
+def test_telemetry_reads_cloud_monitoring_by_deployed_model(vertex):
+    """google-cloud-monitoring's gRPC client against a server on 127.0.0.1 answering the recorded
+    ListTimeSeriesResponse bodies (tests/fixtures/cloud-monitoring-timeseries.json, doc URL inside)."""
+    import json
+    from datetime import datetime
+    from pathlib import Path
+
+    config, fake = vertex
+    t = make(config)
+    t.deploy("models:/churn@champion")
+    t.deploy("models:/churn@challenger", weight=0)
+    live = t.describe()
+    v2_id = live.details["deployed_model_ids"]["v2"]
+    fixture = json.loads((Path(__file__).resolve().parents[1] / "fixtures" / "cloud-monitoring-timeseries.json")
+                         .read_text().replace('"7002"', json.dumps(v2_id)))
+
+    def answer(query):
+        key = "prediction_latencies" if "prediction_latencies" in query["filter"] else "response_count"
+        return 200, fixture[key]
+
+    server = _monitoring(t, answer)
+    t._telemetry.records = lambda variant, start, end: []  # capture files: covered by the end-to-end rollouts
+    try:
+        since = datetime.fromisoformat("2026-01-05T10:01:00+00:00").timestamp()
+        windows = t.telemetry(["v1", "v2"], since, since + 120)
+    finally:
+        server.stop()
+    v2 = windows["v2"]
+    assert (v2.requests, v2.errors, v2.client_errors) == (95 + 103 + 7 + 3, 7, 3)
+    assert sorted(v2.latencies_ms) == [38.5, 52.0] and windows["v1"].requests == 0
+    assert f"deployed_model_id={v2_id}" in v2.source
+    counts, latency = server.requests
+    endpoint_id = live.details["resource_name"].rsplit("/", 1)[-1]
+    assert counts["filter"] == ('metric.type="aiplatform.googleapis.com/prediction/online/response_count" AND '
+                                'resource.type="aiplatform.googleapis.com/Endpoint" AND '
+                                f'resource.labels.endpoint_id="{endpoint_id}"')
+    assert counts["aggregation.perSeriesAligner"] == "ALIGN_SUM" and counts["aggregation.alignmentPeriod"] == "60s"
+    assert latency["aggregation.perSeriesAligner"] == "ALIGN_PERCENTILE_99"
+    assert 'metric.labels.latency_type="model"' in latency["filter"]
+    assert counts["interval.startTime"].startswith("2026-01-05T10:01:00")
+
+
+def test_denied_cloud_monitoring_names_the_role_and_the_terraform_output(vertex):
+    import time
+
+    from churnkit.exceptions import TelemetryAccessError
+    from cloud_rollout_support import GCP_DENIED
+
+    config, fake = vertex
+    t = make(config)
+    t.deploy("models:/churn@champion")
+    server = _monitoring(t, lambda query: GCP_DENIED)
+    try:
+        with pytest.raises(TelemetryAccessError, match=r"monitoring.timeSeries.list \(roles/monitoring.viewer\).*"
+                                                       r"'deployer_service_account'.*No traffic was moved"):
+            t.telemetry(["v1"], time.time() - 3600, time.time() - 600)
+    finally:
+        server.stop()

@@ -36,7 +36,6 @@ locals {
   alarms = {
     latency = "${var.endpoint_name}-${var.variant_name}-model-latency-p99"
     errors  = "${var.endpoint_name}-${var.variant_name}-invocation-5xx"
-    drift   = "${var.endpoint_name}-prediction-drift"
   }
 }
 
@@ -221,22 +220,6 @@ resource "aws_cloudwatch_metric_alarm" "invocation_5xx" {
   tags                = local.tags
 }
 
-resource "aws_cloudwatch_metric_alarm" "prediction_drift" {
-  alarm_name          = local.alarms.drift
-  alarm_description   = "churnkit: prediction PSI above ${var.max_prediction_psi}"
-  namespace           = "churnkit"
-  metric_name         = "PredictionDriftPSI"
-  statistic           = "Maximum"
-  period              = 60
-  evaluation_periods  = 1
-  threshold           = var.max_prediction_psi
-  comparison_operator = "GreaterThanThreshold"
-  treat_missing_data  = "notBreaching"
-  actions_enabled     = false
-  dimensions          = { EndpointName = var.endpoint_name }
-  tags                = local.tags
-}
-
 # ---- optional: the endpoint itself, with blue/green guardrails -------------------------------------
 resource "aws_sagemaker_model" "churn" {
   count              = var.create_endpoint ? 1 : 0
@@ -321,10 +304,6 @@ resource "aws_sagemaker_endpoint" "churn" {
 
       alarms {
         alarm_name = aws_cloudwatch_metric_alarm.invocation_5xx.alarm_name
-      }
-
-      alarms {
-        alarm_name = aws_cloudwatch_metric_alarm.prediction_drift.alarm_name
       }
     }
   }

@@ -110,12 +110,6 @@ variable "max_5xx" {
   default     = 1
 }
 
-variable "max_prediction_psi" {
-  description = "Alarm: the kit's PredictionDriftPSI metric above this value."
-  type        = number
-  default     = 0.2
-}
-
 variable "tags" {
   description = "Extra tags on every resource."
   type        = map(string)

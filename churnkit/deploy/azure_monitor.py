@@ -1,0 +1,231 @@
+"""Azure ML telemetry: Azure Monitor metrics of the online endpoint split by deployment, and the served
+payloads from Azure ML's data collector (payload logging) in the workspace blob store.
+
+Requests by status code class come from ``RequestsPerMinute`` (Total per minute, dimensions
+``deployment`` and ``statusCodeClass``), latency from ``RequestLatency_P99`` (milliseconds, dimension
+``deployment``), both on the endpoint resource through azure-monitor-query's ``MetricsQueryClient``
+(https://learn.microsoft.com/azure/azure-monitor/reference/supported-metrics/microsoft-machinelearningservices-workspaces-onlineendpoints-metrics).
+Served scores and inputs come from payload logging: with the ``request`` and ``response``
+collections on, Azure ML writes every payload as a JSON line to
+``modelDataCollector/<endpoint>/<deployment>/<request|response>/yyyy/MM/dd/HH/*.jsonl`` in the
+workspace's ``workspaceblobstore``, request and response sharing a ``correlationid``
+(https://learn.microsoft.com/azure/machine-learning/how-to-collect-production-data). The platform
+collects them, so the serving container needs no storage credentials.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import datetime, timedelta, timezone
+
+from churnkit.deploy.cloud_telemetry import Points, access_denied, complete_periods, instances_from_body, \
+    scores_from_body
+from churnkit.deploy.telemetry import Window
+from churnkit.exceptions import MissingExtraError
+
+NAMESPACE = "Microsoft.MachineLearningServices/workspaces/onlineEndpoints"
+REQUESTS_METRIC = "RequestsPerMinute"
+LATENCY_METRIC = "RequestLatency_P99"
+COLLECTIONS = ("request", "response")
+PERMISSIONS = {"metrics": "Microsoft.Insights/metrics/read (the Monitoring Reader role) on the endpoint",
+               "capture": "Storage Blob Data Reader on the workspace storage account"}
+TERRAFORM_OUTPUT = "deployer_principal_id"
+
+
+def _utc(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, tz=timezone.utc)
+
+
+def _metrics_client(credential, **kwargs):
+    try:
+        from azure.monitor.query import MetricsQueryClient
+    except ImportError as exc:
+        raise MissingExtraError("azure", "azure-monitor-query") from exc
+    return MetricsQueryClient(credential, **kwargs)
+
+
+class AzureMonitorTelemetry:
+    """Per-deployment windows of an Azure ML online endpoint (see the module doc).
+
+    Parameters
+    ----------
+    target : AzureMLTarget
+        Gives the endpoint, the deployment names, the credential and the workspace.
+    period, delay : float
+        Metric granularity and ingestion delay in seconds.
+    metrics_client : MetricsQueryClient, optional
+        Default: built from the target's credential (tests pass one with a replaced transport).
+    capture_container : azure.storage.blob.ContainerClient, optional
+        Default: the workspace's ``workspaceblobstore`` container.
+    """
+
+    def __init__(self, target, period: float = 60.0, delay: float = 180.0, metrics_client=None, capture_container=None):
+        self.target, self.period, self.delay = target, float(period), float(delay)
+        self._metrics, self._container = metrics_client, capture_container
+        self._parsed: dict[tuple[str, str], list[dict]] = {}
+
+    @property
+    def resource_uri(self) -> str:
+        s = self.target.settings
+        return (f"/subscriptions/{s['subscription_id']}/resourceGroups/{s['resource_group']}/providers/"
+                f"Microsoft.MachineLearningServices/workspaces/{s['workspace']}/onlineEndpoints/{self.target.endpoint}")
+
+    def deployment(self, variant: str) -> str:
+        from churnkit.deploy.azureml import deployment_name
+
+        return deployment_name(variant, self.target.endpoint)
+
+    @property
+    def metrics(self):
+        if self._metrics is None:
+            self._metrics = _metrics_client(self.target.credential)
+        return self._metrics
+
+    @property
+    def container(self):
+        """The blob container payload logging writes to (the workspace's default blob datastore)."""
+        if self._container is None:
+            from azure.storage.blob import ContainerClient
+
+            store = self.target._send("get datastore", self.target.client.datastores.get, "workspaceblobstore")
+            url = f"https://{store.account_name}.blob.{store.endpoint}/{store.container_name}"
+            self._container = ContainerClient.from_container_url(url, credential=self.target.credential)
+        return self._container
+
+    # ---- queries -------------------------------------------------------------------------------------
+    def metric_requests(self, start: float, end: float) -> list[dict]:
+        """The two metric queries (``query_resource`` keyword arguments) for ``[start, end]``."""
+        common = {"resource_uri": self.resource_uri, "timespan": (_utc(start), _utc(end)),
+                  "granularity": timedelta(seconds=self.period), "metric_namespace": NAMESPACE, "max_results": 100}
+        return [common | {"metric_names": [REQUESTS_METRIC], "aggregations": ["Total"],
+                          "filter": "deployment eq '*' and statusCodeClass eq '*'"},
+                common | {"metric_names": [LATENCY_METRIC], "aggregations": ["Average"], "filter": "deployment eq '*'"}]
+
+    def prefix(self, variant: str, collection: str) -> str:
+        return f"modelDataCollector/{self.target.endpoint}/{self.deployment(variant)}/{collection}/"
+
+    def _hours(self, start: float, end: float) -> list[str]:
+        out, t = [], _utc(start).replace(minute=0, second=0, microsecond=0)
+        while t <= _utc(end):
+            out.append(t.strftime("%Y/%m/%d/%H/"))
+            t += timedelta(hours=1)
+        return out
+
+    def queries(self, variants: list[str], since: float, until: float | None = None) -> list[dict]:
+        from churnkit.deploy.base import request
+
+        start, end = complete_periods(since, until if until is not None else since + self.period, self.period,
+                                      planned=True)
+        reqs = [request("azure-monitor", "MetricsQueryClient.query_resource",
+                        json.loads(json.dumps(q, default=str))) for q in self.metric_requests(start, end)]
+        for variant in variants:
+            for hour in self._hours(start, end):
+                reqs.append(request("azure-storage-blob", "ContainerClient.list_blobs",
+                                    {"name_starts_with": self.prefix(variant, "response") + hour}))
+        return reqs
+
+    # ---- reads ---------------------------------------------------------------------------------------
+    def _query(self, q: dict):
+        from azure.core.exceptions import HttpResponseError
+
+        q = dict(q)
+        try:
+            return self.metrics.query_resource(q.pop("resource_uri"), q.pop("metric_names"), **q)
+        except HttpResponseError as exc:
+            if exc.status_code == 403 or "Authorization" in str(exc.error.code if exc.error else ""):
+                raise access_denied("Azure", f"Azure Monitor metrics of endpoint {self.target.endpoint!r}",
+                                    PERMISSIONS["metrics"], TERRAFORM_OUTPUT, exc) from exc
+            raise
+
+    def points(self, variants: list[str], start: float, end: float) -> dict[str, Points]:
+        out = {v: Points() for v in variants}
+        if end <= start:
+            return out
+        by_deployment = {self.deployment(v): v for v in variants}
+        for q in self.metric_requests(start, end):
+            for metric in self._query(q).metrics:
+                for series in metric.timeseries:
+                    dims = {k.lower(): v for k, v in (series.metadata_values or {}).items()}
+                    variant = by_deployment.get(dims.get("deployment", ""))
+                    if variant is None:
+                        continue
+                    for point in series.data:
+                        if metric.name == LATENCY_METRIC and point.average is not None:
+                            out[variant].latency_p99_ms.append(float(point.average))
+                        elif metric.name == REQUESTS_METRIC and point.total is not None:
+                            cls = dims.get("statuscodeclass", "")
+                            out[variant].requests += point.total
+                            if cls.startswith("5"):
+                                out[variant].errors += point.total
+                            elif cls.startswith("4"):
+                                out[variant].client_errors += point.total
+        return out
+
+    def records(self, variant: str, collection: str, start: float, end: float) -> list[dict]:
+        """Payload-logging records of ``variant`` in ``collection`` whose time lies in ``[start, end)``."""
+        from azure.core.exceptions import HttpResponseError
+
+        found = []
+        for hour in self._hours(start, end):
+            try:
+                blobs = list(self.container.list_blobs(name_starts_with=self.prefix(variant, collection) + hour))
+            except HttpResponseError as exc:
+                if exc.status_code == 403:
+                    raise access_denied("Azure", "the payload logs in the workspace blob store", PERMISSIONS["capture"],
+                                        TERRAFORM_OUTPUT, exc) from exc
+                raise
+            for blob in blobs:
+                key = (blob.name, str(blob.etag))
+                if key not in self._parsed:
+                    text = self.container.download_blob(blob.name).readall().decode("utf-8", "replace")
+                    recs = []
+                    for line in text.splitlines():
+                        try:
+                            recs.append(json.loads(line))
+                        except ValueError:
+                            continue
+                    self._parsed[key] = recs
+                found += self._parsed[key]
+        lo, hi = _utc(start), _utc(end)
+        return [r for r in found if lo <= _time(r) < hi]
+
+    def windows(self, variants: list[str], since: float, until: float | None = None) -> dict[str, Window]:
+        start, end = complete_periods(since, until, self.period, self.delay)
+        points = self.points(variants, start, end)
+        out = {}
+        for variant in variants:
+            scores: list[float] = []
+            if end > start:
+                for rec in self.records(variant, "response", start, end):
+                    scores += scores_from_body(_payload(rec))
+            source = (f"Azure Monitor {REQUESTS_METRIC}/{LATENCY_METRIC} deployment={self.deployment(variant)} of "
+                      f"{self.target.endpoint} ({int(self.period)} s grain {_utc(start):%H:%M:%S}-{_utc(end):%H:%M:%S} "
+                      f"UTC); scores from payload logging {self.prefix(variant, 'response')}")
+            out[variant] = points[variant].window(tuple(scores), source)
+        return out
+
+    def inputs(self, variants: list[str], since: float):
+        import time
+
+        import pandas as pd
+
+        rows = []
+        for variant in variants:
+            for rec in self.records(variant, "request", since, time.time() + 1):
+                rows += instances_from_body(_payload(rec))
+        return pd.DataFrame(rows) if rows else None
+
+
+def _payload(rec: dict):
+    """A payload-logging record's body: ``data`` (JSON) or ``data_base64``."""
+    if "data_base64" in rec:
+        return base64.b64decode(rec["data_base64"]).decode("utf-8", "replace")
+    return rec.get("data")
+
+
+def _time(rec: dict) -> datetime:
+    try:
+        return datetime.fromisoformat(str(rec.get("time", "")))
+    except ValueError:
+        return datetime.min.replace(tzinfo=timezone.utc)

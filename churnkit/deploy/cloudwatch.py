@@ -1,0 +1,191 @@
+"""SageMaker telemetry: CloudWatch ``AWS/SageMaker`` metrics per production variant and the endpoint's
+native Data Capture in S3.
+
+Requests, 4xx and 5xx come from ``Invocations``, ``Invocation4XXErrors`` and ``Invocation5XXErrors``
+(Sum per period); latency from ``ModelLatency`` (p99 per period through GetMetricData's extended
+statistics, microseconds); all by ``EndpointName`` + ``VariantName``. Served churn scores and the
+inputs come from the Data Capture files SageMaker writes under
+``<DestinationS3Uri>/<endpoint>/<variant>/yyyy/mm/dd/hh/*.jsonl``, one record per request with
+``captureData.endpointInput`` / ``endpointOutput`` (encoding ``JSON``, ``CSV`` or ``BASE64``) and
+``eventMetadata.inferenceTime``
+(https://docs.aws.amazon.com/sagemaker/latest/dg/model-monitor-data-capture-endpoint.html).
+Only boto3 clients are used, through the target's ``_call`` (so errors are the kit's).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+
+from churnkit.deploy.cloud_telemetry import Points, access_denied, complete_periods, decode, instances_from_body, \
+    scores_from_body
+from churnkit.deploy.telemetry import Window
+
+NAMESPACE = "AWS/SageMaker"
+#: metric name -> (statistic, Points field)
+METRICS = {"Invocations": ("Sum", "requests"), "Invocation5XXErrors": ("Sum", "errors"),
+           "Invocation4XXErrors": ("Sum", "client_errors"), "ModelLatency": ("p99", "latency_p99_ms")}
+PERMISSIONS = {"metrics": "cloudwatch:GetMetricData", "capture": "s3:ListBucket and s3:GetObject on the capture prefix"}
+TERRAFORM_OUTPUT = "deployer_role_arn"
+
+
+def _utc(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, tz=timezone.utc)
+
+
+class CloudWatchTelemetry:
+    """Per-variant windows of a SageMaker endpoint (see the module doc).
+
+    Parameters
+    ----------
+    target : SageMakerTarget
+        Gives the endpoint, the clients and the capture destination.
+    period, delay : float
+        Metric period and ingestion delay in seconds (SageMaker publishes every 60 s; the tests compress
+        both to about a second with high-resolution points).
+    """
+
+    def __init__(self, target, period: float = 60.0, delay: float = 120.0):
+        self.target, self.period, self.delay = target, float(period), float(delay)
+        self._parsed: dict[str, list[dict]] = {}
+
+    # ---- queries -------------------------------------------------------------------------------------
+    def metric_queries(self, variants: list[str], start: float, end: float) -> dict:
+        """The GetMetricData request for ``variants`` over ``[start, end]``."""
+        queries = []
+        for i, variant in enumerate(variants):
+            dims = [{"Name": "EndpointName", "Value": self.target.endpoint}, {"Name": "VariantName", "Value": variant}]
+            for j, (metric, (stat, _)) in enumerate(METRICS.items()):
+                queries.append({"Id": f"m{i}_{j}", "Label": f"{variant}|{metric}", "ReturnData": True, "MetricStat": {
+                    "Metric": {"Namespace": NAMESPACE, "MetricName": metric, "Dimensions": dims},
+                    "Period": int(self.period), "Stat": stat}})
+        return {"MetricDataQueries": queries, "StartTime": _utc(start), "EndTime": _utc(end),
+                "ScanBy": "TimestampAscending"}
+
+    def capture_prefix(self, variant: str) -> tuple[str, str]:
+        """``(bucket, key prefix)`` of ``variant``'s Data Capture files."""
+        dest = self.target._capture()["DestinationS3Uri"].removeprefix("s3://")
+        bucket, _, prefix = dest.partition("/")
+        return bucket, f"{prefix.rstrip('/')}/{self.target.endpoint}/{variant}/"
+
+    def _hours(self, start: float, end: float) -> list[str]:
+        out, t = [], _utc(start).replace(minute=0, second=0, microsecond=0)
+        while t <= _utc(end):
+            out.append(t.strftime("%Y/%m/%d/%H/"))
+            t += timedelta(hours=1)
+        return out
+
+    def queries(self, variants: list[str], since: float, until: float | None = None) -> list[dict]:
+        """Every request :meth:`windows` sends for this window (for ``rollout --plan``)."""
+        from churnkit.deploy.base import request
+
+        start, end = complete_periods(since, until if until is not None else since + self.period, self.period,
+                                      planned=True)
+        reqs = [request("cloudwatch", "GetMetricData", json.loads(json.dumps(self.metric_queries(variants, start, end),
+                                                                             default=str)))]
+        for variant in variants:
+            bucket, prefix = self.capture_prefix(variant)
+            reqs += [request("s3", "ListObjectsV2", {"Bucket": bucket, "Prefix": prefix + hour})
+                     for hour in self._hours(start, end)]
+        return reqs
+
+    # ---- reads ---------------------------------------------------------------------------------------
+    def points(self, variants: list[str], start: float, end: float) -> dict[str, Points]:
+        out = {v: Points() for v in variants}
+        if end <= start:
+            return out
+        params, token = self.metric_queries(variants, start, end), None
+        while True:
+            page = self._get(params | ({"NextToken": token} if token else {}))
+            for res in page.get("MetricDataResults", []):
+                variant, metric = res["Label"].split("|", 1)
+                values = [float(v) for v in res.get("Values", []) if v is not None]
+                field = METRICS[metric][1]
+                if field == "latency_p99_ms":
+                    out[variant].latency_p99_ms += [v / 1000.0 for v in values]  # microseconds
+                else:
+                    setattr(out[variant], field, getattr(out[variant], field) + sum(values))
+            token = page.get("NextToken")
+            if not token:
+                return out
+
+    def _get(self, params: dict) -> dict:
+        try:
+            return self.target._call("cloudwatch", "GetMetricData", params)
+        except Exception as exc:
+            if "AccessDenied" in f"{exc} {exc.__cause__}":
+                raise access_denied("AWS", f"CloudWatch metrics of endpoint {self.target.endpoint!r}",
+                                    PERMISSIONS["metrics"], TERRAFORM_OUTPUT, exc) from exc
+            raise
+
+    def records(self, variant: str, start: float, end: float) -> list[dict]:
+        """Data Capture records of ``variant`` whose inference time lies in ``[start, end)``."""
+        bucket, prefix = self.capture_prefix(variant)
+        found = []
+        for hour in self._hours(start, end):
+            token = None
+            while True:
+                params = {"Bucket": bucket, "Prefix": prefix + hour} | ({"ContinuationToken": token} if token else {})
+                try:
+                    page = self.target._call("s3", "ListObjectsV2", params)
+                except Exception as exc:
+                    if "AccessDenied" in f"{exc} {exc.__cause__}":
+                        raise access_denied("AWS", f"the Data Capture files under s3://{bucket}/{prefix}",
+                                            PERMISSIONS["capture"], TERRAFORM_OUTPUT, exc) from exc
+                    raise
+                for obj in page.get("Contents", []):
+                    found += self._read(bucket, obj["Key"], obj.get("ETag", ""))
+                token = page.get("NextContinuationToken")
+                if not token:
+                    break
+        lo, hi = _utc(start), _utc(end)
+        return [r for r in found if lo <= _inference_time(r) < hi]
+
+    def _read(self, bucket: str, key: str, etag: str) -> list[dict]:
+        if (key, etag) not in self._parsed:
+            body = self.target._call("s3", "GetObject", {"Bucket": bucket, "Key": key})["Body"].read()
+            recs = []
+            for line in body.decode("utf-8", "replace").splitlines():
+                try:
+                    recs.append(json.loads(line))
+                except ValueError:
+                    continue  # a partly written line
+            self._parsed[(key, etag)] = recs
+        return self._parsed[(key, etag)]
+
+    def windows(self, variants: list[str], since: float, until: float | None = None) -> dict[str, Window]:
+        start, end = complete_periods(since, until, self.period, self.delay)
+        points = self.points(variants, start, end)
+        out = {}
+        for variant in variants:
+            scores: list[float] = []
+            if end > start:
+                for rec in self.records(variant, start, end):
+                    output = rec.get("captureData", {}).get("endpointOutput", {})
+                    scores += scores_from_body(decode(output.get("data", ""), output.get("encoding", "")))
+            source = (f"CloudWatch {NAMESPACE} EndpointName={self.target.endpoint} VariantName={variant} "
+                      f"({int(self.period)} s periods {_utc(start):%H:%M:%S}-{_utc(end):%H:%M:%S} UTC); scores from "
+                      f"Data Capture s3://{'/'.join(self.capture_prefix(variant))}")
+            out[variant] = points[variant].window(tuple(scores), source)
+        return out
+
+    def inputs(self, variants: list[str], since: float):
+        """The captured input rows of ``variants`` since ``since`` (None when nothing was captured)."""
+        import time
+
+        import pandas as pd
+
+        rows = []
+        for variant in variants:
+            for rec in self.records(variant, since, time.time() + 1):
+                inp = rec.get("captureData", {}).get("endpointInput", {})
+                rows += instances_from_body(decode(inp.get("data", ""), inp.get("encoding", "")))
+        return pd.DataFrame(rows) if rows else None
+
+
+def _inference_time(rec: dict) -> datetime:
+    text = rec.get("eventMetadata", {}).get("inferenceTime", "")
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return datetime.min.replace(tzinfo=timezone.utc)
