@@ -188,7 +188,8 @@ def import_(model_file, sample_path, label_column, model_name, threshold, auc_th
               help="Larger request bodies get 413.")
 @click.option("--max-rows", type=click.IntRange(min=1), default=10_000, show_default=True,
               help="Requests with more rows get 413.")
-@click.option("--capture-dir", type=click.Path(file_okay=False), help="Write every scored request there (JSON Lines).")
+@click.option("--capture-dir", help="Write every scored request there (JSON Lines): a folder, or gs://BUCKET/PREFIX/ "
+              "or s3://BUCKET/PREFIX/ (each closed file copied there). Default CHURNKIT_CAPTURE_URI.")
 @click.option("--capture-max-bytes", type=click.IntRange(min=1), default=16 * 1024 * 1024, show_default=True,
               help="Rotate capture files at this size.")
 @click.option("--header-timeout", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
@@ -211,7 +212,7 @@ def serve(model_uri, host, port, max_body_bytes, max_rows, capture_dir, capture_
     env = environment_settings(os.environ)
     n_workers = resolve_workers(workers, default="1" if model_uri else "auto")
     loaded = load_serving_model(model_uri or env["model"], _config(runs_dir), compiled=True)
-    app = create_app(loaded, max_body_bytes=max_body_bytes, max_rows=max_rows, capture_dir=capture_dir,
+    app = create_app(loaded, max_body_bytes=max_body_bytes, max_rows=max_rows, capture_dir=capture_dir or env["capture"],
                      capture_max_bytes=capture_max_bytes, vertex_health_route=env["vertex_health_route"],
                      vertex_predict_route=env["vertex_predict_route"], body_timeout=body_timeout)
     run_server(app, host=host or env["host"], port=env["port"] if port is None else port, header_timeout=header_timeout,

@@ -181,7 +181,9 @@ class VertexTarget(CloudTarget):
                     "ports": [{"container_port": PORT}],
                     "env": [{"name": k, "value": v} for k, v in (
                         ("CHURNKIT_MODEL_NAME", release.model_name), ("CHURNKIT_MODEL_VERSION", release.version),
-                        ("CHURNKIT_MODEL_SHA256", release.sha256))],
+                        ("CHURNKIT_MODEL_SHA256", release.sha256),
+                        # served scores where the rollout controller reads them (CloudMonitoringTelemetry)
+                        ("CHURNKIT_CAPTURE_URI", f"gs://{s['bucket']}/churnkit/capture/{self.endpoint}/{release.variant}/"))],
                 },
                 "labels": self._labels(release),
             },

@@ -231,7 +231,12 @@ def create_app(
     if capture_dir:
         from churnkit.serve.capture import DEFAULT_MAX_BYTES, CaptureWriter
 
-        capture = CaptureWriter(capture_dir, capture_max_bytes or DEFAULT_MAX_BYTES)
+        remote = str(capture_dir) if str(capture_dir).startswith(("gs://", "s3://")) else None
+        if remote:  # written locally, each closed file copied to the bucket
+            import tempfile
+
+            capture_dir = tempfile.mkdtemp(prefix="churnkit-capture-")
+        capture = CaptureWriter(capture_dir, capture_max_bytes or DEFAULT_MAX_BYTES, remote=remote)
         capture.start()
     svc = Service(loaded, scorer, max_body_bytes, capture, body_timeout)
 
@@ -293,6 +298,7 @@ def create_app(
 def environment_settings(environ) -> dict:
     """Container defaults from the environment: model URI, host, port and Vertex routes.
 
+    Capture: ``CHURNKIT_CAPTURE_URI`` (a folder, ``gs://`` or ``s3://``; the Vertex target sets it).
     Model: ``CHURNKIT_MODEL_URI``, else ``AIP_STORAGE_URI`` (Vertex), else ``AZUREML_MODEL_DIR``
     (Azure ML custom container), else ``/opt/ml/model`` (SageMaker). Port: ``AIP_HTTP_PORT``, else 8080. Host: ``CHURNKIT_HOST`` (the image sets
     0.0.0.0), else 127.0.0.1.
@@ -309,6 +315,7 @@ def environment_settings(environ) -> dict:
         "port": port,
         "vertex_health_route": environ.get("AIP_HEALTH_ROUTE") or None,
         "vertex_predict_route": environ.get("AIP_PREDICT_ROUTE") or None,
+        "capture": environ.get("CHURNKIT_CAPTURE_URI") or None,
     }
 
 

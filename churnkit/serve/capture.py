@@ -13,6 +13,7 @@ import json
 import logging
 import queue
 import threading
+import time
 from pathlib import Path
 
 from churnkit.clock import file_stamp
@@ -41,12 +42,22 @@ class CaptureWriter:
         A file that reaches this size is closed and a new one started.
     flush_seconds : float
         Longest time a record stays in memory before it is flushed to the file.
+    remote : str, optional
+        ``gs://BUCKET/PREFIX/`` or ``s3://BUCKET/PREFIX/``: every closed file is copied there (a container
+        on Vertex AI writes its capture where the rollout controller reads it). Files are then also closed
+        every ``rotate_seconds``, so a step's scores arrive within that time.
     """
 
-    def __init__(self, directory, max_bytes: int = DEFAULT_MAX_BYTES, flush_seconds: float = 1.0):
+    def __init__(self, directory, max_bytes: int = DEFAULT_MAX_BYTES, flush_seconds: float = 1.0, *,
+                 remote: str | None = None, rotate_seconds: float = 60.0):
         self.directory = Path(directory)
         self.max_bytes = int(max_bytes)
         self.flush_seconds = float(flush_seconds)
+        self.remote = remote.rstrip("/") + "/" if remote else None
+        self.rotate_seconds = float(rotate_seconds)
+        self._opened = 0.0
+        self.uploaded = 0
+        self.upload_failures = 0
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._file = None
@@ -81,13 +92,35 @@ class CaptureWriter:
             except FileExistsError:
                 continue
             self._size = 0
+            self._opened = time.monotonic()
             return
+
+    def _close_file(self) -> None:
+        """Close the current file and, with a remote destination, copy it there."""
+        if self._file is None:
+            return
+        self._file.close()
+        path, self._file = Path(self._file.name), None
+        if self.remote is None:
+            return
+        from churnkit.serve.storage import upload_file
+
+        try:
+            upload_file(path, self.remote + path.name)
+            self.uploaded += 1
+        except Exception:
+            self.upload_failures += 1
+            log.exception("data capture file %s could not be copied to %s (%d failed so far)", path.name, self.remote,
+                          self.upload_failures)
+
+    def _due(self) -> bool:
+        return self.remote is not None and self._file is not None and \
+            time.monotonic() - self._opened >= self.rotate_seconds
 
     def _append(self, record: dict) -> None:
         line = dumps(record) + b"\n"
-        if self._file is None or self._size >= self.max_bytes:
-            if self._file is not None:
-                self._file.close()
+        if self._file is None or self._size >= self.max_bytes or self._due():
+            self._close_file()
             self._open()
         self._file.write(line)
         self._size += len(line)
@@ -96,11 +129,15 @@ class CaptureWriter:
     def _run(self) -> None:
         dirty = False
         while True:
+            wait = self.flush_seconds if dirty else (self.rotate_seconds if self._file is not None and self.remote else None)
             try:
-                item = self._queue.get(timeout=self.flush_seconds if dirty else None)
+                item = self._queue.get(timeout=wait)
             except queue.Empty:
-                self._file.flush()
-                dirty = False
+                if dirty:
+                    self._file.flush()
+                    dirty = False
+                if self._due():  # a quiet server still hands over what it captured
+                    self._close_file()
                 continue
             if item is _STOP:
                 break
@@ -110,9 +147,7 @@ class CaptureWriter:
             except Exception:
                 self.dropped += 1
                 log.exception("data capture could not write a record (%d dropped so far)", self.dropped)
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        self._close_file()
 
 
 def capture_files(path) -> list[Path]:

@@ -131,6 +131,24 @@ def _unpack_archive(dest: Path) -> None:
         files[0].unlink()
 
 
+def upload_file(path, uri: str) -> None:
+    """Copy one local file to ``uri`` (``gs://BUCKET/NAME`` or ``s3://BUCKET/KEY``): the capture files a
+    container writes, kept where the rollout controller reads them.
+
+    Raises RegistryError for another scheme or when the SDK for it is missing.
+    """
+    parts = urlsplit(uri)
+    key = parts.path.lstrip("/")
+    if parts.scheme == "gs":
+        storage = _require("google.cloud.storage", uri)
+        storage.Client().bucket(parts.netloc).blob(key).upload_from_filename(str(path))
+    elif parts.scheme == "s3":
+        boto3 = _require("boto3", uri)
+        boto3.client("s3").upload_file(str(path), parts.netloc, key)
+    else:
+        raise RegistryError(f"capture destination {uri!r}: only gs:// and s3:// are written; use a folder or one of those")
+
+
 def download(uri: str, dest) -> Path:
     """Copy the model folder (or archive) at ``uri`` into ``dest``; returns ``dest``.
 

@@ -187,6 +187,11 @@ def test_upload_deploy_split_undeploy_stop(vertex):
     assert spec["image_uri"] == ENV["CHURNKIT_GCP_IMAGE_URI"]
     assert (spec["predict_route"], spec["health_route"], spec["ports"]) == ("/predict", "/ping", [{"container_port": 8080}])
     assert {"name": "CHURNKIT_MODEL_VERSION", "value": "1"} in spec["env"]
+    # the container copies its capture where the rollout's Cloud Monitoring reader looks for served scores
+    from churnkit.deploy.cloud_monitoring import CloudMonitoringTelemetry
+
+    assert {"name": "CHURNKIT_CAPTURE_URI", "value": "gs://churn-proj-churnkit/"
+            + CloudMonitoringTelemetry(t).prefix("v1")} in spec["env"]
     assert upload["model"]["artifact_uri"].startswith("gs://churn-proj-churnkit/churnkit/models/churn-v1-")
     staged = {u.removeprefix(upload["model"]["artifact_uri"] + "/") for u in FakeStorage.uploads}
     assert {"MLmodel", "churnkit-model.json"} <= staged
