@@ -147,11 +147,24 @@ def verify_files(model_dir: str | Path, expected: str | None, source: str) -> st
     return sha
 
 
-def load_estimator(model_dir: str | Path):
+def load_estimator(model_dir: str | Path, also_trusted: tuple[str, ...] = ()):
     """Deserialize the folder's sklearn model with skops and the kit's trusted types, nothing else.
 
     Call it after :func:`verify_files`. Unlike ``mlflow.sklearn.load_model`` it never puts a folder
-    on ``sys.path`` (MLflow's ``code:`` directory) and refuses every format but skops.
+    on ``sys.path`` (MLflow's ``code:`` directory) and refuses every format but skops (:func:`check_flavor`).
+    ``also_trusted``: types the caller itself vouches for (``churnkit import --trust``), never the folder.
+    """
+    path, trusted = check_flavor(model_dir, also_trusted)
+    import skops.io
+
+    return skops.io.load(path, trusted=trusted)
+
+
+def check_flavor(model_dir: str | Path, also_trusted: tuple[str, ...] = ()) -> tuple[Path, list[str]]:
+    """The skops file and trusted types of the folder's sklearn flavor, after refusing a ``code:`` directory,
+    any format but skops, and trusted types beyond the kit's (and the operator's, and ``also_trusted``).
+
+    Runs before a server scores with a folder in any way, the compiled scorer included.
     """
     folder = Path(model_dir)
     flavor = (read_mlmodel(folder).get("flavors") or {}).get("sklearn") or {}
@@ -165,7 +178,7 @@ def load_estimator(model_dir: str | Path):
         raise IntegrityError(f"model file {name!r} in {str(folder)!r} is serialized as {fmt!r}; churnkit loads only "
                              "skops files (no code runs when they load): log the model with churnkit.log_candidate")
     trusted = [str(t) for t in flavor.get("skops_trusted_types") or []]
-    untrusted = sorted(set(trusted) - trusted_types())
+    untrusted = sorted(set(trusted) - trusted_types() - set(also_trusted))
     if untrusted:
         raise IntegrityError(f"model folder {str(folder)!r} asks skops to trust {untrusted!r}, beyond the kit's "
                              f"{list(TRUSTED_TYPES)!r}; register a model logged by churnkit.log_candidate, or name "
@@ -173,6 +186,4 @@ def load_estimator(model_dir: str | Path):
     path = folder / name
     if path.parent.resolve() != folder.resolve():
         raise IntegrityError(f"model file {name!r} is outside its folder {str(folder)!r}; register the model again")
-    import skops.io
-
-    return skops.io.load(path, trusted=trusted)
+    return path, trusted

@@ -539,7 +539,7 @@ def import_model(
         else:
             mlflow.set_tags({TAG + "gate_passed": "true", TAG + "gate_summary": verdict.summary(),
                              TAG + "gate": json.dumps(verdict.to_dict())})
-        candidate = registry.load_candidate(run_id, config)
+        candidate = registry.load_candidate(run_id, config, also_trusted=tuple(trusted_types) if trust else ())
         reloaded = score_sample(candidate.pipeline, sample.X)
         if not np.allclose(reloaded, original, rtol=0, atol=TOLERANCE):
             raise ModelImportError(

@@ -131,8 +131,12 @@ def latest_candidate_run(config: Config | None = None) -> str:
     raise RegistryError("no training run with a logged candidate found; run 01-train first or pass train_run_id")
 
 
-def load_candidate(train_run_id: str = "", config: Config | None = None) -> Candidate:
-    """Load a candidate logged by 01-train (the newest when ``train_run_id`` is empty)."""
+def load_candidate(train_run_id: str = "", config: Config | None = None, *,
+                   also_trusted: tuple[str, ...] = ()) -> Candidate:
+    """Load a candidate logged by 01-train (the newest when ``train_run_id`` is empty).
+
+    ``also_trusted``: skops types the caller vouches for (an import with ``--trust``; see :func:`load_estimator`).
+    """
     mlflow = mlflow_module()
     c = client(config)
     run_id = train_run_id or latest_candidate_run(config)
@@ -146,7 +150,7 @@ def load_candidate(train_run_id: str = "", config: Config | None = None) -> Cand
     local = Path(mlflow.artifacts.download_artifacts(model_uri))
     files_sha = verify_files(local, run.data.tags.get(TAG + "files_sha256"), f"training run {run_id}")
     sha = artifact_sha256(local)
-    pipeline = load_estimator(local)
+    pipeline = load_estimator(local, tuple(also_trusted))
     schema = Schema.from_dict(read_metadata(local)["churnkit_schema"])
     holdout, y = read_holdout(run_id)
     return Candidate(run_id, model_uri, pipeline, schema, holdout, y, sha, dict(run.data.tags), files_sha)

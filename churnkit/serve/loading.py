@@ -17,7 +17,15 @@ import shutil
 from pathlib import Path
 
 from churnkit.exceptions import IntegrityError, RegistryError
-from churnkit.artifact import FILES_MANIFEST, LoadedModel, artifact_sha256, load_estimator, read_metadata, verify_files
+from churnkit.artifact import (
+    FILES_MANIFEST,
+    LoadedModel,
+    artifact_sha256,
+    check_flavor,
+    load_estimator,
+    read_metadata,
+    verify_files,
+)
 from churnkit.data import file_sha256
 from churnkit.serve.storage import SCHEMES as REMOTE_SCHEMES, download
 
@@ -120,6 +128,7 @@ def load_model_folder(folder, uri: str | None = None, environ=None, *, compiled:
         raise RegistryError(f"model folder {str(folder)!r} carries no churnkit schema in its MLmodel; train it with 01-train")
     uri = uri or str(folder)
     sha = verify_folder(folder, uri, environ)  # before deserializing anything
+    check_flavor(folder)  # no code directory, skops only, known trusted types: whichever way it is scored
     stored = read_manifest(folder).get("scorer") if compiled else None
     model = None
     if stored:

@@ -16,6 +16,10 @@ def cloud_world(tmp_path_factory):
         mp.delenv(var, raising=False)
     root = tmp_path_factory.mktemp("cloud-rollouts")
     mp.setenv("CHURNKIT_RUNS_DIR", str(root / "runs"))
+    from rollout_models import SERVE_ENV
+
+    for var, value in SERVE_ENV.items():  # the serve processes import and trust the misbehaving class
+        mp.setenv(var, value)
     emulators = Emulators(root / "emulators")
     inner = None
     try:

@@ -17,9 +17,10 @@ import pytest
 import yaml
 from serve_support import CHURNKIT, REPO, Server, clean_env
 
+from churnkit.artifact import FILES_MANIFEST, UNLISTED
 from churnkit.data import file_sha256
 
-FILES_MANIFEST = "churnkit-files.json"
+
 
 
 class _Payload:
@@ -108,7 +109,7 @@ def _plant_cloudpickle(folder: Path, marker: Path) -> None:
 def _rewrite_manifests(folder: Path) -> None:
     """What someone with write access to an exported folder can do: make both manifests match again."""
     files = {p.relative_to(folder).as_posix(): file_sha256(p) for p in sorted(folder.rglob("*"))
-             if p.is_file() and p.name not in (FILES_MANIFEST, "churnkit-model.json", "registered_model_meta")}
+             if p.is_file() and p.name not in UNLISTED}
     (folder / FILES_MANIFEST).write_text(json.dumps({"format": 1, "files": files}))
     export = json.loads((folder / "churnkit-model.json").read_text())
     export["files_sha256"] = file_sha256(folder / FILES_MANIFEST)
