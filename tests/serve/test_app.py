@@ -369,7 +369,8 @@ def test_environment_defaults_chain():
     from churnkit.serve.app import environment_settings
 
     assert environment_settings({}) == {"model": "/opt/ml/model", "host": "127.0.0.1", "port": 8080,
-                                        "vertex_health_route": None, "vertex_predict_route": None}
+                                        "vertex_health_route": None, "vertex_predict_route": None, "capture": None}
+    assert environment_settings({"CHURNKIT_CAPTURE_URI": "gs://b/cap/"})["capture"] == "gs://b/cap/"
     env = {"AZUREML_MODEL_DIR": "/az", "AIP_STORAGE_URI": "gs://b/m", "AIP_HTTP_PORT": "7080"}
     assert environment_settings(env)["model"] == "gs://b/m" and environment_settings(env)["port"] == 7080
     assert environment_settings({"AZUREML_MODEL_DIR": "/az"})["model"] == "/az"
