@@ -64,7 +64,7 @@ def test_refused_candidate_leaves_registry_exactly_as_it_was(runs_config):
 def test_refused_first_candidate_creates_nothing(runs_config):
     version, _ = _register(_candidate(runs_config), auc_threshold=0.999)
     assert version is None
-    assert registry.client().search_registered_models() == []
+    assert registry.client(runs_config).search_registered_models() == []
 
 
 def test_failure_half_way_is_undone(runs_config, monkeypatch):
@@ -78,7 +78,7 @@ def test_failure_half_way_is_undone(runs_config, monkeypatch):
     with pytest.raises(RegistryError, match="was undone"):
         _register(cand)
     monkeypatch.undo()
-    assert registry.client().search_registered_models() == []
+    assert registry.client(runs_config).search_registered_models() == []  # undo() restored the environment too
 
 
 def test_tampered_artifact_is_refused(runs_config):
