@@ -72,9 +72,8 @@ class AzureMonitorTelemetry:
                 f"Microsoft.MachineLearningServices/workspaces/{s['workspace']}/onlineEndpoints/{self.target.endpoint}")
 
     def deployment(self, variant: str) -> str:
-        from churnkit.deploy.azureml import deployment_name
-
-        return deployment_name(variant, self.target.endpoint)
+        """The Azure deployment serving ``variant`` (the target names its deployments)."""
+        return self.target.deployment_of(variant)
 
     @property
     def metrics(self):

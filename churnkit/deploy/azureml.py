@@ -182,6 +182,10 @@ class AzureMLTarget(CloudTarget):
                 return None
             raise
 
+    def deployment_of(self, variant: str) -> str:
+        """The Azure ML deployment that serves ``variant`` on this endpoint."""
+        return deployment_name(variant, self.endpoint)
+
     def describe(self) -> EndpointState:
         ep = self._get_endpoint()
         if ep is None:
