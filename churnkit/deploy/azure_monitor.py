@@ -20,7 +20,7 @@ import json
 from datetime import datetime, timedelta, timezone
 
 from churnkit.deploy.cloud_telemetry import Points, access_denied, complete_periods, instances_from_body, \
-    scores_from_body
+    json_lines, scores_from_body
 from churnkit.deploy.telemetry import Window
 from churnkit.exceptions import MissingExtraError
 
@@ -177,14 +177,7 @@ class AzureMonitorTelemetry:
             for blob in blobs:
                 key = (blob.name, str(blob.etag))
                 if key not in self._parsed:
-                    text = self.container.download_blob(blob.name).readall().decode("utf-8", "replace")
-                    recs = []
-                    for line in text.splitlines():
-                        try:
-                            recs.append(json.loads(line))
-                        except ValueError:
-                            continue
-                    self._parsed[key] = recs
+                    self._parsed[key] = json_lines(self.container.download_blob(blob.name).readall())
                 found += self._parsed[key]
         lo, hi = _utc(start), _utc(end)
         return [r for r in found if lo <= _time(r) < hi]

@@ -15,10 +15,9 @@ other target reads.
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timezone
 
-from churnkit.deploy.cloud_telemetry import Points, access_denied, complete_periods
+from churnkit.deploy.cloud_telemetry import Points, access_denied, complete_periods, json_lines
 from churnkit.deploy.telemetry import Window
 from churnkit.exceptions import MissingExtraError
 
@@ -171,13 +170,7 @@ class CloudMonitoringTelemetry:
         for blob in blobs:
             key = (blob.name, str(blob.generation))
             if key not in self._parsed:
-                recs = []
-                for line in blob.download_as_bytes().decode("utf-8", "replace").splitlines():
-                    try:
-                        recs.append(json.loads(line))
-                    except ValueError:
-                        continue
-                self._parsed[key] = recs
+                self._parsed[key] = json_lines(blob.download_as_bytes())
             found += self._parsed[key]
         lo, hi = _utc(start), _utc(end)
         return [r for r in found if lo <= _time(r) < hi]
@@ -191,8 +184,7 @@ class CloudMonitoringTelemetry:
             if end > start:
                 for rec in self.records(variant, start, end):
                     scores += [float(p) for p in rec.get("predictions", []) if isinstance(p, (int, float))]
-            ids = {v: i for v, i in self._ids.items()}
-            source = (f"Cloud Monitoring prediction/online/* deployed_model_id={ids.get(variant, '?')} "
+            source = (f"Cloud Monitoring prediction/online/* deployed_model_id={self._ids.get(variant, '?')} "
                       f"({int(self.period)} s periods {_utc(start):%H:%M:%S}-{_utc(end):%H:%M:%S} UTC); scores from "
                       f"capture gs://{self.target.settings['bucket']}/{self.prefix(variant)}")
             out[variant] = points[variant].window(tuple(scores), source)

@@ -51,6 +51,18 @@ class Points:
                       client_errors=round(self.client_errors))
 
 
+def json_lines(data: bytes | str) -> list[dict]:
+    """The records of a JSON Lines capture file; a line that is not JSON (a file cut mid-write) is skipped."""
+    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+    out = []
+    for line in text.splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
+
+
 def scores_from_body(body) -> list[float]:
     """The churn probabilities in a prediction response body (the kit's ``{"predictions": [...]}``, the
     Vertex list alone, or a bare list of numbers); anything else gives none."""

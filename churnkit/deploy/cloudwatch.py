@@ -18,7 +18,7 @@ import json
 from datetime import datetime, timedelta, timezone
 
 from churnkit.deploy.cloud_telemetry import Points, access_denied, complete_periods, decode, instances_from_body, \
-    scores_from_body
+    json_lines, scores_from_body
 from churnkit.deploy.telemetry import Window
 
 NAMESPACE = "AWS/SageMaker"
@@ -144,13 +144,7 @@ class CloudWatchTelemetry:
     def _read(self, bucket: str, key: str, etag: str) -> list[dict]:
         if (key, etag) not in self._parsed:
             body = self.target._call("s3", "GetObject", {"Bucket": bucket, "Key": key})["Body"].read()
-            recs = []
-            for line in body.decode("utf-8", "replace").splitlines():
-                try:
-                    recs.append(json.loads(line))
-                except ValueError:
-                    continue  # a partly written line
-            self._parsed[(key, etag)] = recs
+            self._parsed[(key, etag)] = json_lines(body)
         return self._parsed[(key, etag)]
 
     def windows(self, variants: list[str], since: float, until: float | None = None) -> dict[str, Window]:

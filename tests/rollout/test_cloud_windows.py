@@ -156,3 +156,11 @@ def test_platform_limits_are_checked_before_any_request(store):  # noqa: F811
     with pytest.raises(RolloutError, match=r"steps \[12\] are not multiples of 5%"):
         ro.rollout(target, config=config, steps=[12, 100], interval=1.0, echo=lambda m: None)
     assert target.calls == before  # nothing deployed, no traffic moved
+
+
+def test_capture_lines_cut_mid_write_are_skipped_not_fatal():
+    from churnkit.deploy.cloud_telemetry import json_lines
+
+    data = b'{"predictions": [0.2]}\n{"predictions": [0.7]}\n{"predicti'  # the writer was stopped mid-line
+    assert json_lines(data) == [{"predictions": [0.2]}, {"predictions": [0.7]}]
+    assert json_lines("") == []
