@@ -68,16 +68,13 @@ def from_bytes(data: bytes):
     prep = _prep_from(a)
     engine = str(a["engine"])
     if engine == "numpy-logreg":
-        model = object.__new__(_Linear)
-        model.prep, model.w_num, model.intercept = prep, a["w_num"], float(a["intercept"])
-        model.w_cat = np.split(a["w_cat"], np.cumsum(a["w_cat_sizes"])[:-1]) if len(a["w_cat_sizes"]) else []
-        return model
-    model = object.__new__(_Trees)
-    model.prep, model.clf, model.baseline = prep, None, float(a["baseline"])
-    model.feat, model.thr = a["feat"].astype(np.intp), a["thr"]
-    model.child, model.value, model.roots = a["child"].astype(np.intp), a["value"], a["roots"].astype(np.intp)
-    model.active = a["active"].tolist()
-    return model
+        w_cat = np.split(a["w_cat"], np.cumsum(a["w_cat_sizes"])[:-1]) if len(a["w_cat_sizes"]) else []
+        return _Linear(prep, a["w_num"], w_cat, float(a["intercept"]))
+    if engine == "numpy-trees":
+        return _Trees(prep, None, a["feat"], a["thr"], a["child"], a["value"], a["roots"], a["active"].tolist(),
+                      float(a["baseline"]))
+    raise IntegrityError(f"compiled scorer engine {engine!r} is not one this version of churnkit reads; export the "
+                         "model again with this version")
 
 
 def write_compiled(loaded, folder) -> dict | None:

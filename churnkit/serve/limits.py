@@ -47,7 +47,8 @@ async def read_body(receive, limit: int, timeout: float = DEFAULT_BODY_TIMEOUT) 
         try:
             if left <= 0:
                 raise TimeoutError
-            message = await asyncio.wait_for(receive(), left)
+            async with asyncio.timeout(left):  # no task per message, unlike wait_for
+                message = await receive()
         except TimeoutError:
             raise body_too_slow(size, timeout) from None
         if message["type"] == "http.disconnect":

@@ -31,18 +31,71 @@ def _holdout_with_gaps(st):
 
 
 @pytest.mark.parametrize("kind", ["logreg", "hgb"])
-def test_compiled_path_equals_sklearn_on_every_holdout_row(st, kind):
+def test_compiled_path_equals_sklearn_on_every_holdout_row(st, kind, monkeypatch):
     pipeline = st.pipelines[kind]
     s = Scorer(pipeline, st.schema)
     assert s.engine == {"logreg": "numpy-logreg", "hgb": "numpy-trees"}[kind], s.fallback_reason
     frame = _holdout_with_gaps(st)
     assert frame.isna().any().all()  # every column has gaps somewhere
     want = pipeline.predict_proba(frame)[:, 1]
-    whole = s.predict_frame(frame)  # one batch: HGB takes sklearn's tree predictor on our features
-    np.testing.assert_allclose(whole, want, rtol=0, atol=1e-6)
+    whole = s.predict_frame(frame)  # one batch
+    np.testing.assert_allclose(whole, want, rtol=0, atol=1e-9)
     small = np.concatenate([s.predict_frame(frame.iloc[i:i + 50]) for i in range(0, len(frame), 50)])
-    assert 50 < scorer.TREE_WALK_MAX_ROWS  # small batches take the numpy tree walk
-    np.testing.assert_allclose(small, want, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(small, want, rtol=0, atol=1e-9)
+    monkeypatch.setattr(scorer, "BITS_CHUNK", 128)  # the tree bitvectors score a batch in several chunks
+    np.testing.assert_allclose(s.predict_frame(frame), want, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("kind", ["logreg", "hgb"])
+def test_one_row_requests_equal_sklearn_with_gaps_and_unseen_categories(st, kind):
+    """One row takes its own path (plain Python for the linear model, leaf bitvectors for the trees)."""
+    pipeline = st.pipelines[kind]
+    s = Scorer(pipeline, st.schema)
+    frame = _holdout_with_gaps(st).iloc[::7]
+    want = pipeline.predict_proba(frame)[:, 1]
+    got = np.array([s.predict_frame(frame.iloc[[i]])[0] for i in range(len(frame))])
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-9)
+
+
+def _trees_pipeline(st, **params):
+    from sklearn.base import clone
+
+    p = clone(st.pipelines["hgb"]).set_params(**{f"clf__{k}": v for k, v in params.items()})
+    X = st.holdout
+    return p.fit(X, (np.arange(len(X)) * 7919 % 13 < 5).astype(int))  # a noisy label: deep, wide trees
+
+
+@pytest.mark.parametrize("leaves, width", [(31, 32), (60, 64), (100, None)])
+def test_tree_leaf_bitvectors_by_tree_width(st, leaves, width):
+    """Up to 32 leaves: 32-bit lanes; up to 64: 64-bit; wider trees are walked level by level."""
+    pipeline = _trees_pipeline(st, max_leaf_nodes=leaves, max_iter=15, min_samples_leaf=2, early_stopping=False)
+    s = Scorer(pipeline, st.schema)
+    assert s.engine == "numpy-trees", s.fallback_reason
+    bits = s.model.bits
+    assert (bits.table.dtype.itemsize * 8 if bits is not None else None) == width
+    frame = _holdout_with_gaps(st)
+    want = pipeline.predict_proba(frame)[:, 1]
+    one = np.array([s.predict_frame(frame.iloc[[i]])[0] for i in range(0, len(frame), 11)])
+    np.testing.assert_allclose(one, want[::11], rtol=0, atol=1e-9)
+    small = np.concatenate([s.predict_frame(frame.iloc[i:i + 40]) for i in range(0, len(frame), 40)])
+    np.testing.assert_allclose(small, want, rtol=0, atol=1e-9)
+
+
+def test_trees_without_any_split_score_their_baseline(st):
+    """A boosting model whose trees never split (one leaf each) still scores through the bitvectors."""
+    pipeline = _trees_pipeline(st, max_iter=3, min_samples_leaf=len(st.holdout), early_stopping=False)
+    s = Scorer(pipeline, st.schema)
+    assert s.engine == "numpy-trees" and s.model.bits is not None
+    frame = st.holdout.head(5)
+    want = pipeline.predict_proba(frame)[:, 1]
+    np.testing.assert_allclose(s.predict_frame(frame.iloc[[0]]), want[:1], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(s.predict_frame(frame), want, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("z", [-800.0, -30.0, 0.0, 30.0, 800.0])
+def test_one_row_sigmoid_has_no_overflow(z):
+    want = 1.0 / (1.0 + np.exp(-np.float64(z))) if abs(z) < 700 else float(z > 0)
+    assert scorer._sigmoid(z) == pytest.approx(want, abs=1e-15)
 
 
 def test_unsupported_pipeline_falls_back_to_sklearn(st):
