@@ -2,13 +2,17 @@
 
 - cold start: seconds from process start to the first 200 on /ping, for the exported logreg and HGB
   model folders, against a bare uvicorn/Starlette app answering a constant body;
-- one row per request over one keep-alive connection: throughput and p99 against the bare app
-  returning a constant body of the same size (ratios);
-- `--workers 2` against `--workers 1` under 8 concurrent clients (throughput ratio);
+- one row per request over one keep-alive connection: throughput, p99 and the server's CPU time per
+  request against the bare app returning a constant body of the same size. The three servers run at
+  once and are measured in interleaved rounds, so a shared machine's drift hits them alike; the ratio
+  printed is the median of the rounds' ratios (and the range). With `wrk` installed (Debian: `apt
+  install wrk`) the same is measured with wrk's single connection, a client that costs far less CPU;
+- `--workers 2` against `--workers 1` under 8 concurrent connections (throughput ratio), with wrk when
+  installed (one client thread), else 8 Python client processes, which take most of a core themselves;
 - the ramp's sizing of one local instance (`churnkit loadtest --ramp`).
 Nothing is asserted; ratios are printed. The default run takes about two minutes.
 
-    .venv/bin/python bench/capacity.py [--requests 3000] [--repeat 3]
+    .venv/bin/python bench/capacity.py [--rounds 10] [--round-requests 400] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -19,14 +23,16 @@ import json
 import multiprocessing
 import os
 import platform
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from serve import BIN, free_port, hammer, start, stop, wait_ready  # noqa: E402
+from serve import BIN, free_port, start, stop, wait_ready  # noqa: E402
 
 BARE_APP = '''
 import os
@@ -110,11 +116,88 @@ def concurrent(port: int, body: bytes, clients: int, seconds: float) -> float:
         return sum(pool.map(_client, [(port, body, seconds)] * clients)) / seconds
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and its children (the workers), from /proc."""
+    pids = [pid]
+    try:
+        pids += [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        pass
+    total = 0
+    for p in pids:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def interleaved(servers: dict, body: bytes, rounds: int, per_round: int, warmup: int = 300) -> dict:
+    """One keep-alive connection per server; ``rounds`` rounds of ``per_round`` requests to each in turn.
+
+    ``servers`` maps a name to (port, pid); the first is the reference. Per server: req/s over all its
+    requests, p50/p99 (ms), the median and range of the per-round throughput ratios to the reference,
+    and server CPU microseconds per request.
+    """
+    headers = {"Content-Type": "application/json"}
+    conns = {name: http.client.HTTPConnection("127.0.0.1", port) for name, (port, _) in servers.items()}
+
+    def one(conn) -> float:
+        t0 = time.perf_counter()
+        conn.request("POST", "/invocations", body, headers)
+        resp = conn.getresponse()
+        data = resp.read()
+        if resp.status != 200:
+            raise SystemExit(f"answered {resp.status}: {data[:300]!r}")
+        return time.perf_counter() - t0
+
+    for conn in conns.values():
+        for _ in range(warmup):
+            one(conn)
+    lat = {name: [] for name in servers}
+    ratios = {name: [] for name in servers}
+    cpu0 = {name: cpu_seconds(pid) for name, (_, pid) in servers.items()}
+    ref = next(iter(servers))
+    for _ in range(rounds):
+        took = {}
+        for name, conn in conns.items():
+            sample = [one(conn) for _ in range(per_round)]
+            lat[name] += sample
+            took[name] = sum(sample)
+        for name in servers:
+            ratios[name].append(took[ref] / took[name])
+    out = {}
+    for name, (_, pid) in servers.items():
+        ls = sorted(lat[name])
+        out[name] = {"rps": len(ls) / sum(ls), "p50_ms": ls[len(ls) // 2] * 1e3, "p99_ms": ls[int(len(ls) * 0.99)] * 1e3,
+                     "ratio": statistics.median(ratios[name]), "low": min(ratios[name]), "high": max(ratios[name]),
+                     "cpu_us": (cpu_seconds(pid) - cpu0[name]) / len(ls) * 1e6}
+        conns[name].close()
+    return out
+
+
+def wrk(url: str, body: bytes, connections: int, seconds: float, tmp: Path) -> float | None:
+    """Requests/s that ``wrk -t1 -c<connections>`` reached on POST ``url``; None without wrk."""
+    exe = shutil.which("wrk")
+    if exe is None:
+        return None
+    script = tmp / "post.lua"
+    script.write_text(f'wrk.method = "POST"\nwrk.body = {json.dumps(body.decode())}\n'
+                      'wrk.headers["Content-Type"] = "application/json"\n')
+    cmd = [exe, "-t1", f"-c{connections}", f"-d{seconds:g}s", "-s", str(script), url]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60).stdout
+    if "Non-2xx" in out:
+        raise SystemExit(f"wrk saw errors:\n{out}")
+    return float(out.split("Requests/sec:")[1].split()[0])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--requests", type=int, default=3000, help="single-row requests per server (keep-alive)")
+    ap.add_argument("--rounds", type=int, default=10, help="interleaved rounds of the one-row comparison")
+    ap.add_argument("--round-requests", type=int, default=400, help="single-row requests per server per round")
     ap.add_argument("--repeat", type=int, default=3, help="cold starts per server (median printed)")
-    ap.add_argument("--seconds", type=float, default=8.0, help="duration of the 8-client run per worker count")
+    ap.add_argument("--seconds", type=float, default=8.0, help="duration of each wrk / 8-client run")
     args = ap.parse_args()
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     load = os.getloadavg()
@@ -166,38 +249,59 @@ def main() -> None:
         print(f"  ratio churnkit/bare: logreg {starts['churnkit serve logreg'] / bare:.1f}x, "
               f"hgb {starts['churnkit serve hgb'] / bare:.1f}x")
 
-        print(f"\none row per request, one keep-alive connection ({args.requests} requests, {len(answer)}-byte answers):")
-        results = {}
-        for name, cmd in (("bare uvicorn/Starlette", bare_cmd), ("churnkit serve logreg", lambda p: churnkit_cmd("logreg", p)),
-                          ("churnkit serve hgb", lambda p: churnkit_cmd("hgb", p))):
-            port = free_port()
-            proc = start(cmd(port), tmp / "hot.log", env)
-            try:
-                wait_ready(proc, port, tmp / "hot.log")
-                results[name] = hammer(port, body, args.requests, warmup=300)
-            finally:
+        servers = {"bare uvicorn/Starlette": bare_cmd, "churnkit serve logreg": lambda p: churnkit_cmd("logreg", p),
+                   "churnkit serve hgb": lambda p: churnkit_cmd("hgb", p)}
+        procs, ports = {}, {}
+        try:
+            for name, cmd in servers.items():
+                ports[name] = free_port()
+                procs[name] = start(cmd(ports[name]), tmp / f"hot-{len(procs)}.log", env)
+            for k, name in enumerate(servers):
+                wait_ready(procs[name], ports[name], tmp / f"hot-{k}.log")
+            print(f"\none row per request, one keep-alive connection each, {args.rounds} interleaved rounds of "
+                  f"{args.round_requests} requests ({len(answer)}-byte answers):")
+            results = interleaved({n: (ports[n], procs[n].pid) for n in servers}, body, args.rounds, args.round_requests)
+            b = results["bare uvicorn/Starlette"]
+            for name, r in results.items():
+                print(f"  {name:<24} {r['rps']:6.0f} req/s   p50 {r['p50_ms']:6.3f} ms   p99 {r['p99_ms']:6.3f} ms   "
+                      f"server CPU {r['cpu_us']:4.0f} us/request")
+            for kind in ("logreg", "hgb"):
+                r = results[f"churnkit serve {kind}"]
+                print(f"  {kind}: throughput {r['ratio']:.2f}x the bare app (median of rounds; range {r['low']:.2f}-"
+                      f"{r['high']:.2f}), p99 {r['p99_ms'] / b['p99_ms']:.2f}x")
+            by_wrk = {n: wrk(f"http://127.0.0.1:{ports[n]}/invocations", body, 1, args.seconds / 2, tmp) for n in servers}
+            if by_wrk["bare uvicorn/Starlette"] is None:
+                print("  (wrk is not installed: the single-connection run with a native client is skipped)")
+            else:
+                bare_rps = by_wrk["bare uvicorn/Starlette"]
+                print(f"  wrk, one connection, {args.seconds / 2:g} s each: " + ", ".join(
+                    f"{n.split()[-1]} {v:.0f} req/s" for n, v in by_wrk.items()) + " -> " + ", ".join(
+                    f"{k} {by_wrk[f'churnkit serve {k}'] / bare_rps:.2f}x" for k in ("logreg", "hgb")))
+        finally:
+            for proc in procs.values():
                 stop(proc)
-            r = results[name]
-            print(f"  {name:<24} {r['rps']:8.0f} req/s   p50 {r['p50_ms']:6.3f} ms   p99 {r['p99_ms']:6.3f} ms")
-        b = results["bare uvicorn/Starlette"]
-        for kind in ("logreg", "hgb"):
-            r = results[f"churnkit serve {kind}"]
-            print(f"  {kind}: throughput {r['rps'] / b['rps']:.2f}x the bare app, p99 {r['p99_ms'] / b['p99_ms']:.2f}x")
 
-        print(f"\n8 concurrent clients for {args.seconds:g} s each, logreg:")
-        by_workers = {}
-        for workers in (1, 2):
-            port = free_port()
-            proc = start(churnkit_cmd("logreg", port, workers), tmp / f"w{workers}.log", env)
-            try:
-                wait_ready(proc, port, tmp / f"w{workers}.log")
-                concurrent(port, body, 8, 1.0)  # warm-up
-                by_workers[workers] = concurrent(port, body, 8, args.seconds)
-            finally:
-                stop(proc)
-            print(f"  --workers {workers}: {by_workers[workers]:8.0f} req/s")
-        print(f"  ratio --workers 2 / --workers 1: {by_workers[2] / by_workers[1]:.2f}x "
-              f"(the 8 client processes share the same {os.cpu_count()} cores)")
+        tool = "wrk -t1 -c8" if shutil.which("wrk") else "8 Python client processes"
+        print(f"\n8 concurrent connections for {args.seconds:g} s each ({tool}; the load generator shares the same "
+              f"{os.cpu_count()} cores):")
+        for kind in ("logreg", "hgb"):
+            by_workers = {}
+            for workers in (1, 2):
+                port = free_port()
+                proc = start(churnkit_cmd(kind, port, workers), tmp / f"w{workers}.log", env)
+                try:
+                    wait_ready(proc, port, tmp / f"w{workers}.log")
+                    url = f"http://127.0.0.1:{port}/invocations"
+                    if shutil.which("wrk"):
+                        wrk(url, body, 8, 1.0, tmp)  # warm-up
+                        by_workers[workers] = wrk(url, body, 8, args.seconds, tmp)
+                    else:
+                        concurrent(port, body, 8, 1.0)
+                        by_workers[workers] = concurrent(port, body, 8, args.seconds)
+                finally:
+                    stop(proc)
+            print(f"  {kind}: --workers 1 {by_workers[1]:7.0f} req/s, --workers 2 {by_workers[2]:7.0f} req/s -> "
+                  f"{by_workers[2] / by_workers[1]:.2f}x")
 
         print("\nsizing one local instance (churnkit loadtest --ramp, p99 objective 50 ms, 3 s steps):")
         port = free_port()
