@@ -290,8 +290,9 @@ def _emit_record(record, as_json: bool) -> None:
 @click.option("--strategy", type=click.Choice(["canary", "linear"]), default="canary", show_default=True,
               help="canary: 10 → 100; linear: 25, 50, 75, 100 (unless --steps).")
 @click.option("--steps", default="", metavar="10,50,100", help="Explicit challenger weights, ending with 100.")
-@click.option("--interval", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
-              help="Seconds each step bakes before it is judged.")
+@click.option("--interval", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Seconds each step bakes before it is judged [default: 30, or the target's telemetry minimum "
+                   "when longer: 180 on sagemaker, 240 on azureml and vertex].")
 @click.option("--max-error-rate", type=click.FloatRange(0, 1), default=0.01, show_default=True,
               help="Challenger's share of 5xx/timeouts/connection errors allowed (and above the champion's).")
 @click.option("--max-p99-ratio", type=click.FloatRange(min=0), default=1.5, show_default=True,

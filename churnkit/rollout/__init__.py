@@ -27,13 +27,22 @@ from churnkit.rollout.checks import (
     psi,
     should_roll_back,
 )
-from churnkit.rollout.controller import check_bake, check_limits, plan_rollout, rollback, rollout
+from churnkit.rollout.controller import (
+    DEFAULT_INTERVAL,
+    bake_interval,
+    check_bake,
+    check_limits,
+    plan_rollout,
+    rollback,
+    rollout,
+)
 from churnkit.rollout.record import RolloutRecord, StepRecord, log_record, plot_rollout, record_outcome, rollout_history
 from churnkit.rollout.store import RolloutLock, pid_alive, read_state, rollout_dir, state_path, write_state
 
 __all__ = [
     "CANARY_STEPS",
     "DECISIONS",
+    "DEFAULT_INTERVAL",
     "LINEAR_STEPS",
     "MIN_PSI_SCORES",
     "STRATEGIES",
@@ -43,6 +52,7 @@ __all__ = [
     "StepRecord",
     "Thresholds",
     "Verdict",
+    "bake_interval",
     "check_bake",
     "check_error_rate",
     "check_input_drift",

@@ -318,6 +318,15 @@ class _Controller:
                                "--resume to continue where it stopped)", keep_alias=True)
 
 
+#: Seconds a step bakes when no interval is given (raised to the target's telemetry minimum where longer).
+DEFAULT_INTERVAL = 30.0
+
+
+def bake_interval(target: DeployTarget, interval: float | None) -> float:
+    """``interval``, or by default 30 s or the target's telemetry minimum (metric period + delay) if longer."""
+    return max(DEFAULT_INTERVAL, target.telemetry_resolution()) if interval is None else interval
+
+
 def check_bake(target: DeployTarget, interval: float) -> None:
     """Refuse a bake shorter than what the target's telemetry can judge (metric period + ingestion delay).
 
@@ -372,7 +381,7 @@ def rollout(
     model_name: str = DEFAULT_MODEL_NAME,
     strategy: str = "canary",
     steps: Sequence[int] | str = (),
-    interval: float = 30.0,
+    interval: float | None = None,
     max_error_rate: float = 0.01,
     max_p99_ratio: float = 1.5,
     max_prediction_psi: float = 0.2,
@@ -388,8 +397,9 @@ def rollout(
 ) -> RolloutRecord:
     """Roll the ``challenger`` out over the ``champion`` on ``deploy_target`` step by step; promote or roll back.
 
-    Each step sets the weights, bakes ``interval`` seconds (extended up to ``max_bake``, default 10 ×
-    interval, until both variants saw ``min_requests`` requests) and judges the challenger against the
+    Each step sets the weights, bakes ``interval`` seconds (default: 30, or the target's telemetry minimum
+    when that is longer: 180 s on SageMaker, 240 s on Azure ML and Vertex; extended up to ``max_bake``,
+    default 10 × interval, until both variants saw ``min_requests`` requests) and judges the challenger against the
     champion on that window (:func:`judge_step`). Errors or a dead challenger end a bake early. On a
     breach traffic returns to 100 % champion at once, the challenger alias is removed, the version is
     tagged with the reason and its variant removed; after the last step the challenger becomes
@@ -424,12 +434,13 @@ def rollout(
                     max_input_drift=max_input_drift)
     for name, value, low in (("interval", interval, "positive"), ("max_bake", max_bake, "positive"),
                              ("replay_rate", replay_rate, "non-negative")):
-        if value is None and name == "max_bake":
+        if value is None and name in ("interval", "max_bake"):
             continue
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (value > 0 if low == "positive" else value >= 0)
         if not ok:
             raise ParameterError(f"{name} must be a {low} number, got {value!r}", name=name)
     target, config = _target_and_config(deploy_target, endpoint, config)
+    interval = bake_interval(target, interval)
     check_bake(target, interval)
     poll = min(1.0, max(0.2, interval / 4))
     ctl = _Controller(target, config, model_name=model_name, thresholds=th, interval=float(interval),
@@ -506,7 +517,7 @@ def rollback(deploy_target="local", *, endpoint: str = "churn", model_name: str 
 
 
 def plan_rollout(deploy_target="local", *, endpoint: str = "churn", model_name: str = DEFAULT_MODEL_NAME,
-                 strategy: str = "canary", steps: Sequence[int] | str = (), interval: float = 30.0,
+                 strategy: str = "canary", steps: Sequence[int] | str = (), interval: float | None = None,
                  config: Config | None = None) -> dict:
     """Every request a rollout would send, step by step, without sending any: the challenger's deploy,
     then per step the traffic request, the telemetry queries that judge it and when, and the requests
@@ -523,6 +534,7 @@ def plan_rollout(deploy_target="local", *, endpoint: str = "churn", model_name: 
 
     plan_w = plan_steps(strategy, steps)
     target, config = _target_and_config(deploy_target, endpoint, config)
+    interval = bake_interval(target, interval)
     check_bake(target, interval)
     champion = registry.get_champion(model_name, config)
     challenger = registry.get_alias_version(ALIAS_CHALLENGER, model_name, config)

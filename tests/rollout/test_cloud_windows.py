@@ -59,6 +59,8 @@ def test_a_bake_shorter_than_the_telemetry_resolution_is_refused_before_anything
     assert registry.aliases() == {"champion": "1", "challenger": "2"}
     with pytest.raises(ParameterError, match="at least 180 s"):
         ro.plan_rollout(target, config=config, interval=179)
+    assert ro.plan_rollout(target, config=config)["interval"] == 180.0  # the default rises to the minimum
+    assert ro.bake_interval(LateTarget(config=config, period=1, delay=2), None) == 30.0  # never below 30 s
 
 
 def test_a_step_is_judged_only_on_a_complete_window(store):  # noqa: F811
@@ -136,6 +138,10 @@ def test_rollout_plan_lists_traffic_and_telemetry_per_step_without_credentials(s
     short = runner.invoke(main, ["rollout", "--target", "sagemaker", "--interval", "30", "--plan",
                                  "--runs-dir", str(config.runs_dir)])
     assert short.exit_code != 0 and "at least 180 s" in short.output
+    default = runner.invoke(main, ["rollout", "--target", "sagemaker", "--steps", "10,100", "--plan",
+                                   "--runs-dir", str(config.runs_dir)])  # no --interval: the target's minimum
+    assert default.exit_code == 0, default.output
+    assert json.loads(default.stdout)["interval"] == 180.0
 
 
 def test_platform_limits_are_checked_before_any_request(store):  # noqa: F811
