@@ -370,7 +370,8 @@ class LocalTarget(DeployTarget):
         """Per-variant requests, errors, timeouts, latencies and scores since ``since`` (the router's ring
         buffer, which sees every request as the client does: timeouts and connection failures included)."""
         self._revive()  # a router that died mid-rollout comes back on the endpoint's port
-        raw = self._admin("GET", f"stats?since={float(since)!r}", timeout=10.0) or {}
+        query = f"stats?since={float(since)!r}" + ("" if until is None else f"&until={float(until)!r}")
+        raw = self._admin("GET", query, timeout=10.0) or {}
         source = f"local router ring buffer ({self.url})"
         return {name: Window.from_dict(w, source) for name, w in (raw.get("variants") or {}).items()
                 if name in variants}

@@ -26,8 +26,8 @@ PUT /-/weights                   ``{"weights": {variant: int}}``; waits until va
                                  went to 0 finished their in-flight requests (drain)
 PUT /-/variants/{name}           ``{"url", "model_version", "weight"}``: add or replace a variant
 DELETE /-/variants/{name}        stop routing to it, wait for its in-flight requests, then drop it
-GET /-/stats?since=<unix ts>     ``{"now", "variants": {v: {"requests", "errors", "timeouts",
-                                 "latencies_ms", "scores"}}}`` from the ring buffer
+GET /-/stats?since=<ts>[&until=<ts>]  ``{"now", "variants": {v: {"requests", "errors", "timeouts",
+                                 "latencies_ms", "scores"}}}`` from the ring buffer (unix seconds)
 ===============================  ==================================================================
 
 ``GET /ping`` and ``/health`` are the router's own (200 while some variant takes traffic),
@@ -105,15 +105,15 @@ class Records:
         while self.items and self.items[0][0] < now - self.window:
             self.items.popleft()
 
-    def stats(self, since: float) -> dict:
-        """Aggregate records at or after ``since`` per variant (the ``/-/stats`` body).
+    def stats(self, since: float, until: float | None = None) -> dict:
+        """Aggregate records from ``since`` up to ``until`` (None: now) per variant (the ``/-/stats`` body).
 
         ``errors`` are 5xx and connection failures, ``timeouts`` tries that timed out, ``client_errors``
         4xx answers; latencies and scores come from the successful answers only.
         """
         out: dict[str, dict] = {}
         for t, variant, outcome, latency, scores in list(self.items):
-            if t < since:
+            if t < since or (until is not None and t > until):
                 continue
             v = out.setdefault(variant, {"requests": 0, "errors": 0, "timeouts": 0, "client_errors": 0,
                                          "latencies_ms": [], "scores": []})
@@ -446,11 +446,14 @@ def create_app(router: Router, token: str | None = None, admin_port: int | None 
         return JSONResponse(await router.delete_variant(request.path_params["name"]))
 
     async def get_stats(request: Request):
-        try:
-            since = float(request.query_params.get("since", "0"))
-        except ValueError:
-            return error(f"since {request.query_params.get('since')!r} is not a unix time stamp (float)")
-        return JSONResponse(router.records.stats(since))
+        bounds = {}
+        for name, default in (("since", "0"), ("until", None)):
+            text = request.query_params.get(name, default)
+            try:
+                bounds[name] = None if text is None else float(text)
+            except ValueError:
+                return error(f"{name} {text!r} is not a unix time stamp (float)")
+        return JSONResponse(router.records.stats(bounds["since"], bounds["until"]))
 
     async def ping(request: Request):
         ok = any(v.weight > 0 and v.healthy is not False for v in router.variants.values())

@@ -141,6 +141,7 @@ def test_weights_shift_under_load_without_failed_requests(local, rows):
         assert state.weights == {"v1": 0, "v2": 100} and state.drift == []
         phase_c = load.wait_for(40, t4)
         window = local.telemetry(["v1", "v2"], t2)
+        bounded = local.telemetry(["v1", "v2"], t2, t3)  # the 50/50 phase alone
     failed = [r for r in load.results if r[1] != 200]
     assert failed == [] and len(load.results) >= 230
     assert share(load.between(t0, t1), "v1") == 1.0 and len(phase_a) >= 40
@@ -151,6 +152,8 @@ def test_weights_shift_under_load_without_failed_requests(local, rows):
     assert set(v) == {"v1", "v2"}
     assert v["v1"].requests > 40 and v["v2"].requests > 40 and v["v1"].errors == v["v2"].errors == 0
     assert len(v["v2"].latencies_ms) == v["v2"].requests and len(v["v2"].scores) == v["v2"].requests
+    assert bounded["v2"].requests <= v["v2"].requests - 40  # phase c's requests are after ``until``
+    assert bounded["v1"].requests + bounded["v2"].requests >= 150
 
     capture = list((local.state_dir / "capture" / "v2").glob("capture-*.jsonl"))
     assert capture and json.loads(capture[0].read_text().splitlines()[0])["model_version"] == "2"
@@ -417,5 +420,7 @@ def test_records_stats_and_scores():
     assert rec.stats(0)["variants"]["v3"] == {"requests": 1, "errors": 0, "timeouts": 0, "client_errors": 1,
                                               "latencies_ms": [], "scores": []}
     assert rec.stats(time.time() + 1)["variants"] == {}
+    assert rec.stats(0, until=time.time() - 60)["variants"] == {}  # everything was recorded after ``until``
+    assert rec.stats(0, until=time.time() + 1)["variants"]["v1"]["requests"] == 2
     assert _scores(b'{"predictions": [{"churn_probability": 0.3, "churn": false}]}') == (0.3,)
     assert _scores(b'[{"churn_probability": 0.7}]') == (0.7,) and _scores(b"not json") == ()
