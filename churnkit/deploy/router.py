@@ -1,7 +1,8 @@
 """The local endpoint's router: one port in front of a ``churnkit serve`` process per variant.
 
 Run as its own process: ``python -m churnkit.deploy.router --state DIR [--port P]`` (the port defaults
-to the endpoint's port in ``DIR/state.json``, so a supervisor can restart it with the same command). It
+to the endpoint's port in ``DIR/state.json``, so a supervisor can restart it with the same command; with
+no ``state.json``, a stopped endpoint, it exits 0 at once; SIGTERM ends it after a graceful shutdown). It
 forwards every predict route to a variant chosen by weight (httpx AsyncClient, one keep-alive pool per
 variant), retries a request that failed to connect, timed out or got a 5xx on another live variant (the
 failure is counted for the variant that failed; the client still gets an answer), and keeps a ring
@@ -597,6 +598,13 @@ def main(argv: list[str] | None = None) -> None:
                         help="Seconds a client has to send its request headers; slower connections are closed.")
     args = parser.parse_args(argv)
     state_dir = Path(args.state)
+    if not (state_dir / "state.json").exists():
+        # A stopped endpoint (``churnkit endpoint stop`` removes the state) stays down: exit 0, which a
+        # supervisor restarting on failure only (systemd ``Restart=on-failure``) leaves alone.
+        print(f"{state_dir / 'state.json'} does not exist: the endpoint is stopped or was never deployed, so there is "
+              "nothing to route; deploy it (churnkit deploy --target local) and start the router again",
+              file=sys.stderr, flush=True)
+        raise SystemExit(0)
     port = args.port if args.port is not None else _endpoint_port(state_dir)
     if port is None:
         parser.error(f"no --port given and {state_dir / 'state.json'} records no port for the endpoint")

@@ -292,7 +292,9 @@ def test_router_log_rotates_and_has_no_line_per_request(tmp_path):
                 c.get(url + "/metrics")
     finally:
         proc.terminate()
-        proc.wait(15)
+        code = proc.wait(15)
+    # ended by the SIGTERM after a graceful shutdown, not an error exit: systemd's Restart=on-failure leaves it down
+    assert code == -signal.SIGTERM
     logs = sorted(p.name for p in state.glob("router.log*"))
     assert logs == ["router.log", "router.log.1", "router.log.2", "router.log.3"], logs  # three backups kept
     assert all((state / name).stat().st_size <= 4000 for name in logs)
@@ -403,6 +405,14 @@ def test_dead_process_is_reported_then_stop_ends_everything_idempotently(local):
     assert local.stop().variants == {}
     assert not any(_alive(p) for p in pids)
     assert local.stop().variants == {} and local.describe().details["router"] == "stopped"
+    # a supervisor starting the router again after the stop: it exits 0 at once and says why
+    import subprocess
+    import sys
+
+    again = subprocess.run([sys.executable, "-m", "churnkit.deploy.router", "--state", str(local.state_dir)],
+                           capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0 and "the endpoint is stopped or was never deployed" in again.stderr
+    assert local.describe().details["router"] == "stopped"
 
 
 def test_records_stats_and_scores():
