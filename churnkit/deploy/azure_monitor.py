@@ -17,11 +17,20 @@ from __future__ import annotations
 
 import base64
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
-from churnkit.deploy.cloud_telemetry import Points, access_denied, complete_periods, instances_from_body, \
-    json_lines, scores_from_body
-from churnkit.deploy.telemetry import Window
+from churnkit.deploy.cloud_telemetry import (
+    CaptureTelemetry,
+    Points,
+    access_denied,
+    complete_periods,
+    instances_from_body,
+    json_lines,
+    parse_time,
+    scores_from_body,
+    utc,
+    within,
+)
 from churnkit.exceptions import MissingExtraError
 
 NAMESPACE = "Microsoft.MachineLearningServices/workspaces/onlineEndpoints"
@@ -33,10 +42,6 @@ PERMISSIONS = {"metrics": "Microsoft.Insights/metrics/read (the Monitoring Reade
 TERRAFORM_OUTPUT = "deployer_principal_id"
 
 
-def _utc(ts: float) -> datetime:
-    return datetime.fromtimestamp(ts, tz=timezone.utc)
-
-
 def _metrics_client(credential, **kwargs):
     try:
         from azure.monitor.query import MetricsQueryClient
@@ -45,7 +50,7 @@ def _metrics_client(credential, **kwargs):
     return MetricsQueryClient(credential, **kwargs)
 
 
-class AzureMonitorTelemetry:
+class AzureMonitorTelemetry(CaptureTelemetry):
     """Per-deployment windows of an Azure ML online endpoint (see the module doc).
 
     Parameters
@@ -95,7 +100,7 @@ class AzureMonitorTelemetry:
     # ---- queries -------------------------------------------------------------------------------------
     def metric_requests(self, start: float, end: float) -> list[dict]:
         """The two metric queries (``query_resource`` keyword arguments) for ``[start, end]``."""
-        common = {"resource_uri": self.resource_uri, "timespan": (_utc(start), _utc(end)),
+        common = {"resource_uri": self.resource_uri, "timespan": (utc(start), utc(end)),
                   "granularity": timedelta(seconds=self.period), "metric_namespace": NAMESPACE, "max_results": 100}
         return [common | {"metric_names": [REQUESTS_METRIC], "aggregations": ["Total"],
                           "filter": "deployment eq '*' and statusCodeClass eq '*'"},
@@ -105,8 +110,8 @@ class AzureMonitorTelemetry:
         return f"modelDataCollector/{self.target.endpoint}/{self.deployment(variant)}/{collection}/"
 
     def _hours(self, start: float, end: float) -> list[str]:
-        out, t = [], _utc(start).replace(minute=0, second=0, microsecond=0)
-        while t <= _utc(end):
+        out, t = [], utc(start).replace(minute=0, second=0, microsecond=0)
+        while t <= utc(end):
             out.append(t.strftime("%Y/%m/%d/%H/"))
             t += timedelta(hours=1)
         return out
@@ -179,34 +184,24 @@ class AzureMonitorTelemetry:
                 if key not in self._parsed:
                     self._parsed[key] = json_lines(self.container.download_blob(blob.name).readall())
                 found += self._parsed[key]
-        lo, hi = _utc(start), _utc(end)
-        return [r for r in found if lo <= _time(r) < hi]
+        return within(found, start, end, _time)
 
-    def windows(self, variants: list[str], since: float, until: float | None = None) -> dict[str, Window]:
-        start, end = complete_periods(since, until, self.period, self.delay)
-        points = self.points(variants, start, end)
-        out = {}
-        for variant in variants:
-            scores: list[float] = []
-            if end > start:
-                for rec in self.records(variant, "response", start, end):
-                    scores += scores_from_body(_payload(rec))
-            source = (f"Azure Monitor {REQUESTS_METRIC}/{LATENCY_METRIC} deployment={self.deployment(variant)} of "
-                      f"{self.target.endpoint} ({int(self.period)} s grain {_utc(start):%H:%M:%S}-{_utc(end):%H:%M:%S} "
-                      f"UTC); scores from payload logging {self.prefix(variant, 'response')}")
-            out[variant] = points[variant].window(tuple(scores), source)
-        return out
+    def output_records(self, variant: str, start: float, end: float) -> list[dict]:
+        return self.records(variant, "response", start, end)
 
-    def inputs(self, variants: list[str], since: float):
-        import time
+    def input_records(self, variant: str, start: float, end: float) -> list[dict]:
+        return self.records(variant, "request", start, end)
 
-        import pandas as pd
+    def scores_of(self, record: dict) -> list[float]:
+        return scores_from_body(_payload(record))
 
-        rows = []
-        for variant in variants:
-            for rec in self.records(variant, "request", since, time.time() + 1):
-                rows += instances_from_body(_payload(rec))
-        return pd.DataFrame(rows) if rows else None
+    def inputs_of(self, record: dict) -> list[dict]:
+        return instances_from_body(_payload(record))
+
+    def source(self, variant: str, start: float, end: float) -> str:
+        return (f"Azure Monitor {REQUESTS_METRIC}/{LATENCY_METRIC} deployment={self.deployment(variant)} of "
+                f"{self.target.endpoint} ({int(self.period)} s grain {utc(start):%H:%M:%S}-{utc(end):%H:%M:%S} "
+                f"UTC); scores from payload logging {self.prefix(variant, 'response')}")
 
 
 def _payload(rec: dict):
@@ -217,7 +212,4 @@ def _payload(rec: dict):
 
 
 def _time(rec: dict) -> datetime:
-    try:
-        return datetime.fromisoformat(str(rec.get("time", "")))
-    except ValueError:
-        return datetime.min.replace(tzinfo=timezone.utc)
+    return parse_time(rec.get("time"))

@@ -15,10 +15,18 @@ other target reads.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 
-from churnkit.deploy.cloud_telemetry import Points, access_denied, complete_periods, json_lines
-from churnkit.deploy.telemetry import Window
+from churnkit.deploy.cloud_telemetry import (
+    CaptureTelemetry,
+    Points,
+    access_denied,
+    complete_periods,
+    json_lines,
+    parse_time,
+    utc,
+    within,
+)
 from churnkit.exceptions import MissingExtraError
 
 RESPONSE_COUNT = "aiplatform.googleapis.com/prediction/online/response_count"
@@ -28,12 +36,8 @@ PERMISSIONS = {"metrics": "monitoring.timeSeries.list (roles/monitoring.viewer) 
 TERRAFORM_OUTPUT = "deployer_service_account"
 
 
-def _utc(ts: float) -> datetime:
-    return datetime.fromtimestamp(ts, tz=timezone.utc)
-
-
 def _rfc3339(ts: float) -> str:
-    return _utc(ts).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return utc(ts).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def metric_client(credentials=None, **kwargs):
@@ -44,7 +48,7 @@ def metric_client(credentials=None, **kwargs):
     return monitoring_v3.MetricServiceClient(credentials=credentials, **kwargs)
 
 
-class CloudMonitoringTelemetry:
+class CloudMonitoringTelemetry(CaptureTelemetry):
     """Per-deployed-model windows of a Vertex AI endpoint (see the module doc).
 
     Parameters
@@ -172,38 +176,24 @@ class CloudMonitoringTelemetry:
             if key not in self._parsed:
                 self._parsed[key] = json_lines(blob.download_as_bytes())
             found += self._parsed[key]
-        lo, hi = _utc(start), _utc(end)
-        return [r for r in found if lo <= _time(r) < hi]
+        return within(found, start, end, _time)
 
-    def windows(self, variants: list[str], since: float, until: float | None = None) -> dict[str, Window]:
-        start, end = complete_periods(since, until, self.period, self.delay)
-        points = self.points(variants, start, end)
-        out = {}
-        for variant in variants:
-            scores: list[float] = []
-            if end > start:
-                for rec in self.records(variant, start, end):
-                    scores += [float(p) for p in rec.get("predictions", []) if isinstance(p, (int, float))]
-            source = (f"Cloud Monitoring prediction/online/* deployed_model_id={self._ids.get(variant, '?')} "
-                      f"({int(self.period)} s periods {_utc(start):%H:%M:%S}-{_utc(end):%H:%M:%S} UTC); scores from "
-                      f"capture gs://{self.target.settings['bucket']}/{self.prefix(variant)}")
-            out[variant] = points[variant].window(tuple(scores), source)
-        return out
+    def output_records(self, variant: str, start: float, end: float) -> list[dict]:
+        return self.records(variant, start, end)
 
-    def inputs(self, variants: list[str], since: float):
-        import time
+    input_records = output_records
 
-        import pandas as pd
+    def scores_of(self, record: dict) -> list[float]:
+        return [float(p) for p in record.get("predictions", []) if isinstance(p, (int, float))]
 
-        rows = []
-        for variant in variants:
-            for rec in self.records(variant, since, time.time() + 1):
-                rows += [r for r in rec.get("inputs", []) if isinstance(r, dict)]
-        return pd.DataFrame(rows) if rows else None
+    def inputs_of(self, record: dict) -> list[dict]:
+        return [r for r in record.get("inputs", []) if isinstance(r, dict)]
+
+    def source(self, variant: str, start: float, end: float) -> str:
+        return (f"Cloud Monitoring prediction/online/* deployed_model_id={self._ids.get(variant, '?')} "
+                f"({int(self.period)} s periods {utc(start):%H:%M:%S}-{utc(end):%H:%M:%S} UTC); scores from "
+                f"capture gs://{self.target.settings['bucket']}/{self.prefix(variant)}")
 
 
 def _time(rec: dict) -> datetime:
-    try:
-        return datetime.fromisoformat(str(rec.get("time", "")))
-    except ValueError:
-        return datetime.min.replace(tzinfo=timezone.utc)
+    return parse_time(rec.get("time"))

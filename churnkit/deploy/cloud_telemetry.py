@@ -15,6 +15,7 @@ import json
 import math
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 from churnkit.deploy.telemetry import Window
 from churnkit.exceptions import TelemetryAccessError
@@ -49,6 +50,81 @@ class Points:
         return Window(requests=round(self.requests), errors=round(self.errors), timeouts=0,
                       latencies_ms=tuple(self.latency_p99_ms), scores=tuple(scores), source=source,
                       client_errors=round(self.client_errors))
+
+
+def utc(ts: float) -> datetime:
+    """A unix time stamp as an aware UTC datetime."""
+    return datetime.fromtimestamp(ts, tz=timezone.utc)
+
+
+def parse_time(text) -> datetime:
+    """An ISO 8601 time from a capture record; the earliest time when it is missing or unreadable (such a
+    record falls outside every window)."""
+    try:
+        return datetime.fromisoformat(str(text or ""))
+    except ValueError:
+        return datetime.min.replace(tzinfo=timezone.utc)
+
+
+def within(records: list[dict], start: float, end: float, time_of) -> list[dict]:
+    """The ``records`` whose ``time_of(record)`` lies in ``[start, end)`` (unix seconds)."""
+    lo, hi = utc(start), utc(end)
+    return [r for r in records if lo <= time_of(r) < hi]
+
+
+class CaptureTelemetry:
+    """A cloud's telemetry reader: request counts and latency from its metrics, scores and inputs from its
+    capture of requests and responses. Each cloud's reader gives the parts that differ:
+
+    * ``points(variants, start, end)``: ``{variant: Points}`` over whole metric periods;
+    * ``output_records`` / ``input_records(variant, start, end)``: capture records in the window;
+    * ``scores_of`` / ``inputs_of(record)``: the probabilities served / the input rows of one record;
+    * ``source(variant, start, end)``: where a window's numbers come from, for the decision record.
+    """
+
+    period: float
+    delay: float
+
+    def windows(self, variants: list[str], since: float, until: float | None = None) -> dict[str, Window]:
+        """``{variant: Window}`` over the complete, ingested metric periods inside ``[since, until]``."""
+        start, end = complete_periods(since, until, self.period, self.delay)
+        points = self.points(variants, start, end)
+        out = {}
+        for variant in variants:
+            scores: list[float] = []
+            if end > start:
+                for rec in self.output_records(variant, start, end):
+                    scores += self.scores_of(rec)
+            out[variant] = points[variant].window(tuple(scores), self.source(variant, start, end))
+        return out
+
+    def inputs(self, variants: list[str], since: float):
+        """The captured input rows of ``variants`` since ``since`` (a DataFrame; None when nothing was captured)."""
+        import pandas as pd
+
+        rows: list[dict] = []
+        for variant in variants:
+            for rec in self.input_records(variant, since, time.time() + 1):
+                rows += self.inputs_of(rec)
+        return pd.DataFrame(rows) if rows else None
+
+    def points(self, variants: list[str], start: float, end: float) -> dict[str, Points]:
+        raise NotImplementedError
+
+    def output_records(self, variant: str, start: float, end: float) -> list[dict]:
+        raise NotImplementedError
+
+    def input_records(self, variant: str, start: float, end: float) -> list[dict]:
+        raise NotImplementedError
+
+    def scores_of(self, record: dict) -> list[float]:
+        raise NotImplementedError
+
+    def inputs_of(self, record: dict) -> list[dict]:
+        raise NotImplementedError
+
+    def source(self, variant: str, start: float, end: float) -> str:
+        raise NotImplementedError
 
 
 def json_lines(data: bytes | str) -> list[dict]:

@@ -15,11 +15,21 @@ Only boto3 clients are used, through the target's ``_call`` (so errors are the k
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
-from churnkit.deploy.cloud_telemetry import Points, access_denied, complete_periods, decode, instances_from_body, \
-    json_lines, scores_from_body
-from churnkit.deploy.telemetry import Window
+from churnkit.deploy.cloud_telemetry import (
+    CaptureTelemetry,
+    Points,
+    access_denied,
+    complete_periods,
+    decode,
+    instances_from_body,
+    json_lines,
+    parse_time,
+    scores_from_body,
+    utc,
+    within,
+)
 
 NAMESPACE = "AWS/SageMaker"
 #: metric name -> (statistic, Points field)
@@ -29,11 +39,7 @@ PERMISSIONS = {"metrics": "cloudwatch:GetMetricData", "capture": "s3:ListBucket 
 TERRAFORM_OUTPUT = "deployer_role_arn"
 
 
-def _utc(ts: float) -> datetime:
-    return datetime.fromtimestamp(ts, tz=timezone.utc)
-
-
-class CloudWatchTelemetry:
+class CloudWatchTelemetry(CaptureTelemetry):
     """Per-variant windows of a SageMaker endpoint (see the module doc).
 
     Parameters
@@ -59,7 +65,7 @@ class CloudWatchTelemetry:
                 queries.append({"Id": f"m{i}_{j}", "Label": f"{variant}|{metric}", "ReturnData": True, "MetricStat": {
                     "Metric": {"Namespace": NAMESPACE, "MetricName": metric, "Dimensions": dims},
                     "Period": int(self.period), "Stat": stat}})
-        return {"MetricDataQueries": queries, "StartTime": _utc(start), "EndTime": _utc(end),
+        return {"MetricDataQueries": queries, "StartTime": utc(start), "EndTime": utc(end),
                 "ScanBy": "TimestampAscending"}
 
     def capture_prefix(self, variant: str) -> tuple[str, str]:
@@ -69,8 +75,8 @@ class CloudWatchTelemetry:
         return bucket, f"{prefix.rstrip('/')}/{self.target.endpoint}/{variant}/"
 
     def _hours(self, start: float, end: float) -> list[str]:
-        out, t = [], _utc(start).replace(minute=0, second=0, microsecond=0)
-        while t <= _utc(end):
+        out, t = [], utc(start).replace(minute=0, second=0, microsecond=0)
+        while t <= utc(end):
             out.append(t.strftime("%Y/%m/%d/%H/"))
             t += timedelta(hours=1)
         return out
@@ -138,8 +144,7 @@ class CloudWatchTelemetry:
                 token = page.get("NextContinuationToken")
                 if not token:
                     break
-        lo, hi = _utc(start), _utc(end)
-        return [r for r in found if lo <= _inference_time(r) < hi]
+        return within(found, start, end, _inference_time)
 
     def _read(self, bucket: str, key: str, etag: str) -> list[dict]:
         if (key, etag) not in self._parsed:
@@ -147,39 +152,24 @@ class CloudWatchTelemetry:
             self._parsed[(key, etag)] = json_lines(body)
         return self._parsed[(key, etag)]
 
-    def windows(self, variants: list[str], since: float, until: float | None = None) -> dict[str, Window]:
-        start, end = complete_periods(since, until, self.period, self.delay)
-        points = self.points(variants, start, end)
-        out = {}
-        for variant in variants:
-            scores: list[float] = []
-            if end > start:
-                for rec in self.records(variant, start, end):
-                    output = rec.get("captureData", {}).get("endpointOutput", {})
-                    scores += scores_from_body(decode(output.get("data", ""), output.get("encoding", "")))
-            source = (f"CloudWatch {NAMESPACE} EndpointName={self.target.endpoint} VariantName={variant} "
-                      f"({int(self.period)} s periods {_utc(start):%H:%M:%S}-{_utc(end):%H:%M:%S} UTC); scores from "
-                      f"Data Capture s3://{'/'.join(self.capture_prefix(variant))}")
-            out[variant] = points[variant].window(tuple(scores), source)
-        return out
+    def output_records(self, variant: str, start: float, end: float) -> list[dict]:
+        return self.records(variant, start, end)
 
-    def inputs(self, variants: list[str], since: float):
-        """The captured input rows of ``variants`` since ``since`` (None when nothing was captured)."""
-        import time
+    input_records = output_records
 
-        import pandas as pd
+    def scores_of(self, record: dict) -> list[float]:
+        output = record.get("captureData", {}).get("endpointOutput", {})
+        return scores_from_body(decode(output.get("data", ""), output.get("encoding", "")))
 
-        rows = []
-        for variant in variants:
-            for rec in self.records(variant, since, time.time() + 1):
-                inp = rec.get("captureData", {}).get("endpointInput", {})
-                rows += instances_from_body(decode(inp.get("data", ""), inp.get("encoding", "")))
-        return pd.DataFrame(rows) if rows else None
+    def inputs_of(self, record: dict) -> list[dict]:
+        inp = record.get("captureData", {}).get("endpointInput", {})
+        return instances_from_body(decode(inp.get("data", ""), inp.get("encoding", "")))
+
+    def source(self, variant: str, start: float, end: float) -> str:
+        return (f"CloudWatch {NAMESPACE} EndpointName={self.target.endpoint} VariantName={variant} "
+                f"({int(self.period)} s periods {utc(start):%H:%M:%S}-{utc(end):%H:%M:%S} UTC); scores from "
+                f"Data Capture s3://{'/'.join(self.capture_prefix(variant))}")
 
 
 def _inference_time(rec: dict) -> datetime:
-    text = rec.get("eventMetadata", {}).get("inferenceTime", "")
-    try:
-        return datetime.fromisoformat(text)
-    except ValueError:
-        return datetime.min.replace(tzinfo=timezone.utc)
+    return parse_time(rec.get("eventMetadata", {}).get("inferenceTime", ""))
