@@ -24,6 +24,7 @@ from churnkit.deploy.cloud_telemetry import (
     Points,
     access_denied,
     complete_periods,
+    hour_prefixes,
     instances_from_body,
     json_lines,
     parse_time,
@@ -109,13 +110,6 @@ class AzureMonitorTelemetry(CaptureTelemetry):
     def prefix(self, variant: str, collection: str) -> str:
         return f"modelDataCollector/{self.target.endpoint}/{self.deployment(variant)}/{collection}/"
 
-    def _hours(self, start: float, end: float) -> list[str]:
-        out, t = [], utc(start).replace(minute=0, second=0, microsecond=0)
-        while t <= utc(end):
-            out.append(t.strftime("%Y/%m/%d/%H/"))
-            t += timedelta(hours=1)
-        return out
-
     def queries(self, variants: list[str], since: float, until: float | None = None) -> list[dict]:
         from churnkit.deploy.base import request
 
@@ -124,7 +118,7 @@ class AzureMonitorTelemetry(CaptureTelemetry):
         reqs = [request("azure-monitor", "MetricsQueryClient.query_resource",
                         json.loads(json.dumps(q, default=str))) for q in self.metric_requests(start, end)]
         for variant in variants:
-            for hour in self._hours(start, end):
+            for hour in hour_prefixes(start, end):
                 reqs.append(request("azure-storage-blob", "ContainerClient.list_blobs",
                                     {"name_starts_with": self.prefix(variant, "response") + hour}))
         return reqs
@@ -171,7 +165,7 @@ class AzureMonitorTelemetry(CaptureTelemetry):
         from azure.core.exceptions import HttpResponseError
 
         found = []
-        for hour in self._hours(start, end):
+        for hour in hour_prefixes(start, end):
             try:
                 blobs = list(self.container.list_blobs(name_starts_with=self.prefix(variant, collection) + hour))
             except HttpResponseError as exc:

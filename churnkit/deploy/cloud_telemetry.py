@@ -15,7 +15,7 @@ import json
 import math
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from churnkit.deploy.telemetry import Window
 from churnkit.exceptions import TelemetryAccessError
@@ -64,6 +64,16 @@ def parse_time(text) -> datetime:
         return datetime.fromisoformat(str(text or ""))
     except ValueError:
         return datetime.min.replace(tzinfo=timezone.utc)
+
+
+def hour_prefixes(start: float, end: float) -> list[str]:
+    """``YYYY/MM/DD/HH/`` of every UTC hour from ``start`` to ``end``: how SageMaker Data Capture and Azure
+    ML payload logging name their folders."""
+    out, t = [], utc(start).replace(minute=0, second=0, microsecond=0)
+    while t <= utc(end):
+        out.append(t.strftime("%Y/%m/%d/%H/"))
+        t += timedelta(hours=1)
+    return out
 
 
 def within(records: list[dict], start: float, end: float, time_of) -> list[dict]:

@@ -15,7 +15,7 @@ Only boto3 clients are used, through the target's ``_call`` (so errors are the k
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from churnkit.deploy.cloud_telemetry import (
     CaptureTelemetry,
@@ -23,6 +23,7 @@ from churnkit.deploy.cloud_telemetry import (
     access_denied,
     complete_periods,
     decode,
+    hour_prefixes,
     instances_from_body,
     json_lines,
     parse_time,
@@ -74,13 +75,6 @@ class CloudWatchTelemetry(CaptureTelemetry):
         bucket, _, prefix = dest.partition("/")
         return bucket, f"{prefix.rstrip('/')}/{self.target.endpoint}/{variant}/"
 
-    def _hours(self, start: float, end: float) -> list[str]:
-        out, t = [], utc(start).replace(minute=0, second=0, microsecond=0)
-        while t <= utc(end):
-            out.append(t.strftime("%Y/%m/%d/%H/"))
-            t += timedelta(hours=1)
-        return out
-
     def queries(self, variants: list[str], since: float, until: float | None = None) -> list[dict]:
         """Every request :meth:`windows` sends for this window (for ``rollout --plan``)."""
         from churnkit.deploy.base import request
@@ -92,7 +86,7 @@ class CloudWatchTelemetry(CaptureTelemetry):
         for variant in variants:
             bucket, prefix = self.capture_prefix(variant)
             reqs += [request("s3", "ListObjectsV2", {"Bucket": bucket, "Prefix": prefix + hour})
-                     for hour in self._hours(start, end)]
+                     for hour in hour_prefixes(start, end)]
         return reqs
 
     # ---- reads ---------------------------------------------------------------------------------------
@@ -128,7 +122,7 @@ class CloudWatchTelemetry(CaptureTelemetry):
         """Data Capture records of ``variant`` whose inference time lies in ``[start, end)``."""
         bucket, prefix = self.capture_prefix(variant)
         found = []
-        for hour in self._hours(start, end):
+        for hour in hour_prefixes(start, end):
             token = None
             while True:
                 params = {"Bucket": bucket, "Prefix": prefix + hour} | ({"ContinuationToken": token} if token else {})
