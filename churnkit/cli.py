@@ -268,8 +268,9 @@ def _endpoint_options(fn):
     """--target, --endpoint, --model-name, --runs-dir and --json, shared by rollout and rollback."""
     for option in reversed([
         click.option("--target", "deploy_target", type=TARGET_CHOICE, required=True, help="Deploy target of the endpoint."),
-        click.option("--endpoint", default="churn", show_default=True, callback=_endpoint_name,
-                     help="Endpoint name on the target (lowercase letters, digits, '-')."),
+        click.option("--endpoint", default="churn", show_default=True, callback=_endpoint_name, envvar="CHURNKIT_ENDPOINT",
+                     help="Endpoint name on the target (lowercase letters, digits, '-'); or CHURNKIT_ENDPOINT, e.g. "
+                          "the Terraform output endpoint_name."),
         click.option("--model-name", default="churn", show_default=True, help="Registered model name."),
         click.option("--runs-dir", type=click.Path(file_okay=False), help="Audit trail folder (default runs/ or CHURNKIT_RUNS_DIR)."),
         click.option("--json", "as_json", is_flag=True, help="Print the decision record as one JSON object."),
@@ -360,8 +361,9 @@ def _target_options(fn):
     for option in reversed([
         click.option("--target", "deploy_target", required=True, callback=_target_name, metavar="NAME",
                      help="local, sagemaker, azureml or vertex."),
-        click.option("--endpoint", default="churn", show_default=True, callback=_endpoint_name,
-                     help="Endpoint name on the target (lowercase letters, digits, '-')."),
+        click.option("--endpoint", default="churn", show_default=True, callback=_endpoint_name, envvar="CHURNKIT_ENDPOINT",
+                     help="Endpoint name on the target (lowercase letters, digits, '-'); or CHURNKIT_ENDPOINT, e.g. "
+                          "the Terraform output endpoint_name."),
         click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True,
                      help="The local router's port (local target only)."),
         click.option("--runs-dir", type=click.Path(file_okay=False), help="Audit trail folder (default runs/ or CHURNKIT_RUNS_DIR)."),
@@ -598,7 +600,8 @@ def loadtest(url, rate, duration, ramp, p99_objective_ms, headroom, max_steps, b
 @click.option("--latency", is_flag=True, help="Latency diagnosis from a cloud endpoint's own metrics (with --target).")
 @click.option("--target", "latency_target", type=click.Choice(["sagemaker", "azureml", "vertex"]), default=None,
               help="--latency: the cloud of --endpoint.")
-@click.option("--endpoint", default="churn", show_default=True, help="--latency: the endpoint name.")
+@click.option("--endpoint", default="churn", show_default=True, envvar="CHURNKIT_ENDPOINT",
+              help="--latency: the endpoint name (or CHURNKIT_ENDPOINT).")
 @click.option("--since", default="1h", show_default=True, help="--latency: how far back to read (30m, 1h, 2d).")
 def monitor(reference, current, history, labels_path, label_column, id_column, id_columns, model_uri, metrics_url,
             probe_requests, drift_share, psi_warn, psi_act, max_auc_drop, small_sample, report_path, runs_dir, as_json,

@@ -90,7 +90,9 @@ def test_every_churnkit_call_is_a_real_command_with_valid_options(name):
         ctx = command.make_context(command.name, _resolve_choices(command, args))  # unknown options / bad values raise
         if command.name == "pipeline":
             names = {n for n, _ in ctx.params["pairs"]}
-            assert names == INPUTS, f"{name} passes {sorted(names)}"
+            assert names == INPUTS | {"endpoint"}, f"{name} passes {sorted(names)}"
+            # the endpoint's name from the settings (Terraform's churnkit_env), else the notebooks' default
+            assert dict(ctx.params["pairs"])["endpoint"] == "${CHURNKIT_ENDPOINT:-churn}"
             assert names <= declared, f"{name}: the pipeline's notebooks declare no {sorted(names - declared)}"
             assert ctx.params["runs_dir"] == "runs"
             values = [v for _, v in ctx.params["pairs"]]

@@ -371,6 +371,14 @@ def test_endpoint_names_are_checked_at_every_entry(name, runs_config):
     assert not runs_config.runs_dir.exists() or not any(runs_config.runs_dir.rglob("*.lock"))
     assert not (runs_config.runs_dir.parent / "escape").exists()
     assert get_target("local", endpoint="churn-eu-2", config=runs_config).endpoint == "churn-eu-2"
+    # CHURNKIT_ENDPOINT names the endpoint when --endpoint is not given (Terraform's churnkit_env sets it)
+    status = CliRunner().invoke(main, ["endpoint", "status", "--target", "local", "--json", "--runs-dir",
+                                       str(runs_config.runs_dir)], env={"CHURNKIT_ENDPOINT": "churn-x7k2"})
+    assert status.exit_code == 0 and json.loads(status.stdout)["endpoint"] == "churn-x7k2", status.output
+    if name:  # an empty variable counts as unset
+        bad = CliRunner().invoke(main, ["rollout", "--target", "local", "--runs-dir", str(runs_config.runs_dir)],
+                                 env={"CHURNKIT_ENDPOINT": name})
+        assert bad.exit_code == 2 and "is not valid" in bad.output
 
 
 def test_a_crashed_router_is_restarted_with_the_last_weights(local, rows):

@@ -31,7 +31,7 @@ output "alarm_names" {
 }
 
 output "endpoint_name" {
-  description = "churnkit deploy --endpoint."
+  description = "CHURNKIT_ENDPOINT (or --endpoint of churnkit deploy, rollout, rollback, endpoint and monitor --latency)."
   value       = var.endpoint_name
 }
 
@@ -62,5 +62,6 @@ output "churnkit_env" {
     CHURNKIT_AWS_BUCKET    = aws_s3_bucket.churnkit.id
     CHURNKIT_AWS_IMAGE_URI = local.image_uri
     AWS_REGION             = var.region
+    CHURNKIT_ENDPOINT      = var.endpoint_name
   } : "export ${k}=${v}"])
 }

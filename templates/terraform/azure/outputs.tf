@@ -26,7 +26,7 @@ output "acr_login_server" {
 }
 
 output "endpoint_name" {
-  description = "churnkit deploy --endpoint."
+  description = "CHURNKIT_ENDPOINT (or --endpoint of churnkit deploy, rollout, rollback, endpoint and monitor --latency)."
   value       = local.endpoint_name
 }
 
@@ -68,5 +68,6 @@ output "churnkit_env" {
     AZURE_RESOURCE_GROUP     = azurerm_resource_group.churnkit.name
     AZUREML_WORKSPACE        = azurerm_machine_learning_workspace.churnkit.name
     CHURNKIT_AZURE_IMAGE_URI = local.image_uri
+    CHURNKIT_ENDPOINT        = local.endpoint_name
   } : "export ${k}=${v}"])
 }

@@ -58,5 +58,6 @@ output "churnkit_env" {
     CHURNKIT_GCP_SERVICE_ACCOUNT = google_service_account.serve.email
     CHURNKIT_GCP_MIN_REPLICAS    = var.min_replicas
     CHURNKIT_GCP_MAX_REPLICAS    = var.max_replicas
+    CHURNKIT_ENDPOINT            = var.endpoint_name
   } : "export ${k}=${v}"])
 }

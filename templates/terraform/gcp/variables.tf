@@ -33,7 +33,7 @@ variable "force_destroy" {
 }
 
 variable "endpoint_name" {
-  description = "Display name of the Vertex AI endpoint (churnkit deploy --endpoint)."
+  description = "Display name of the Vertex AI endpoint (CHURNKIT_ENDPOINT in churnkit_env; churnkit deploy --endpoint)."
   type        = string
   default     = "churn"
 }
