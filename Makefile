@@ -71,7 +71,9 @@ LAB_PORT ?= 8888
 lab: venv
 	@runs="$${CHURNKIT_RUNS_DIR:-runs}"; case "$$runs" in /*) ;; *) runs="$(CURDIR)/$$runs";; esac; \
 	root=""; [ "$$(id -u)" = 0 ] && root="--allow-root"; \
-	env -u MPLBACKEND CHURNKIT_RUNS_DIR="$$runs" $(BIN)/jupyter lab --port=$(LAB_PORT) $$root notebooks/
+	sockets="$$($(BIN)/jupyter --runtime-dir)/lab-kernel-ipc"; mkdir -p "$$(dirname "$$sockets")"; \
+	env -u MPLBACKEND CHURNKIT_RUNS_DIR="$$runs" $(BIN)/jupyter lab --port=$(LAB_PORT) $$root \
+	  --KernelManager.transport=ipc --KernelManager.ip="$$sockets" notebooks/
 
 serve: venv
 	$(BIN)/churnkit serve --model models:/churn@champion --port 8080

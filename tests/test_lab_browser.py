@@ -54,6 +54,10 @@ def lab(tmp_path_factory):
            f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root / 'notebooks'}"]
     if os.getuid() == 0:  # as `make lab` does: Jupyter refuses root without it (containers, CI images)
         cmd.append("--allow-root")
+    # as `make lab` does: kernels on IPC sockets in the runtime folder, no TCP port and no TCP warning
+    runtime = subprocess.run([sys.executable, "-m", "jupyter", "--runtime-dir"], capture_output=True, text=True,
+                             check=True).stdout.strip()
+    cmd += ["--KernelManager.transport=ipc", f"--KernelManager.ip={runtime}/lab-kernel-ipc"]
     # No calls to the internet from the page: JupyterLab's news and update checks off.
     notification = root / "settings" / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
     notification.parent.mkdir(parents=True)
@@ -283,3 +287,7 @@ def test_run_all_edit_run_all_then_evaluate_in_jupyterlab(lab, browser):
     assert size[0] >= 600 and size[1] >= 400, size
     assert not _stderr(evaluate), _stderr(evaluate)
     assert not re.search(r"^\{'champion'", text, re.M), "no bare dict as a cell output"
+    # the kernels ran on IPC sockets, as `make lab` starts them: no TCP warning in the server's log
+    log = (lab["root"] / "jupyterlab.log").read_text()
+    assert "Kernel started" in log and "running over TCP" not in log, log[-3000:]
+

@@ -79,3 +79,10 @@ def test_every_test_folder_is_a_package():
     assert not (ROOT / "tests" / "__init__.py").exists()
     for folder in sorted(folders):
         assert (folder / "__init__.py").exists(), f"{folder.relative_to(ROOT)} lacks an __init__.py"
+
+
+def test_make_lab_starts_kernels_on_ipc_like_the_browser_test():
+    makefile = (ROOT / "Makefile").read_text()
+    lab = makefile[makefile.index("\nlab:"):makefile.index("\nserve:")]
+    assert "--KernelManager.transport=ipc" in lab and '--KernelManager.ip="$$sockets"' in lab
+    assert "jupyter --runtime-dir" in lab  # an absolute folder of the user's own, not the notebooks folder
