@@ -71,8 +71,11 @@ def from_bytes(data: bytes):
         w_cat = np.split(a["w_cat"], np.cumsum(a["w_cat_sizes"])[:-1]) if len(a["w_cat_sizes"]) else []
         return _Linear(prep, a["w_num"], w_cat, float(a["intercept"]))
     if engine == "numpy-trees":
-        return _Trees(prep, None, a["feat"], a["thr"], a["child"], a["value"], a["roots"], a["active"].tolist(),
-                      float(a["baseline"]))
+        try:
+            return _Trees(prep, None, a["feat"], a["thr"], a["child"], a["value"], a["roots"], a["active"].tolist(),
+                          float(a["baseline"]))
+        except ValueError as exc:
+            raise IntegrityError(f"compiled scorer trees are malformed ({exc}); export the model again") from None
     raise IntegrityError(f"compiled scorer engine {engine!r} is not one this version of churnkit reads; export the "
                          "model again with this version")
 

@@ -156,7 +156,43 @@ class _Trees:
         self.value = np.asarray(value, dtype=np.float64)
         self.roots = np.asarray(roots, dtype=np.intp)
         self.active = [int(a) for a in active]
+        self._check()
         self.bits = _LeafBits.build(self) if len(self.roots) else None
+
+    def _check(self) -> None:
+        """Raise ValueError unless the arrays are trees the walk and the bitvectors can score: indexes in
+        range, every node reached once from its root, leaves pointing to themselves, trees sorted deepest
+        first with ``active`` matching their depths (a file that is not loops or misroutes nothing)."""
+        n = len(self.feat)
+        if not (len(self.thr) == len(self.value) == n and len(self.child) == 2 * n):
+            raise ValueError(f"node arrays differ in length (feat {n}, thr {len(self.thr)}, value {len(self.value)}, "
+                             f"child {len(self.child)} = 2 per node)")
+        if n and (self.child.min() < 0 or self.child.max() >= n or self.roots.min() < 0 or self.roots.max() >= n):
+            raise ValueError(f"a child or root index lies outside the {n} nodes")
+        if n and (self.feat.min() < 0 or self.feat.max() >= self.prep.n_features):
+            raise ValueError(f"a split feature lies outside the {self.prep.n_features} compiled features")
+        if not np.all(np.isfinite(self.value)):
+            raise ValueError("a leaf value is not finite")
+        child, seen, depths = self.child.tolist(), bytearray(n), []
+        for root in self.roots.tolist():
+            stack, deepest = [(root, 0)], 0
+            while stack:
+                node, depth = stack.pop()
+                if seen[node]:
+                    raise ValueError(f"node {node} is reached twice: the arrays do not form trees")
+                seen[node] = 1
+                left, right = child[2 * node], child[2 * node + 1]
+                if left == node or right == node:
+                    if left != right:
+                        raise ValueError(f"node {node} points to itself on one side only")
+                    deepest = max(deepest, depth)
+                else:
+                    stack += [(left, depth + 1), (right, depth + 1)]
+            depths.append(deepest)
+        want = [sum(1 for d in depths if d > k) for k in range(max(depths, default=0))]
+        if depths != sorted(depths, reverse=True) or self.active != want:
+            raise ValueError(f"trees are not sorted deepest first, or active {self.active[:5]}... does not match "
+                             "their depths")
 
     @classmethod
     def from_predictors(cls, prep: _Prep, clf, predictors: list, baseline: float) -> _Trees:

@@ -51,3 +51,30 @@ def test_export_records_the_scorer_and_serving_loads_it_without_sklearn(tmp_path
     (folder / entry["file"]).write_bytes((folder / entry["file"]).read_bytes() + b"\0")
     with pytest.raises(IntegrityError, match="compiled scorer .* does not match"):
         load_model_folder(folder, compiled=True)
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (lambda a: a["child"].__setitem__(0, 10**6), "outside the"),  # a child beyond the nodes
+    (lambda a: a["child"].__setitem__(0, 0), "points to itself on one side only"),
+    (lambda a: a["child"].__setitem__(slice(2, 4), [0, 0]), "reached twice"),  # node 1 loops back to its root
+    (lambda a: a["value"].__setitem__(-1, np.nan), "not finite"),
+    (lambda a: a["active"].__setitem__(0, 0), "does not match"),
+])
+def test_malformed_trees_are_refused_at_load_not_looped_or_misrouted(damage, reason):
+    """A compiled file whose sha256 was recomputed after editing it (a manifest rewritten too) still fails
+    to load with a clear error; nothing hangs in a cycle or scores with a wrong tree."""
+    import io
+
+    from churnkit.serve.compiled import from_bytes, to_bytes
+    from churnkit.serve.scorer import Scorer
+
+    m = models()
+    data = to_bytes(Scorer(m.pipelines["hgb"], m.schema).model)
+    arrays = dict(np.load(io.BytesIO(data), allow_pickle=False))
+    arrays = {k: v.copy() for k, v in arrays.items()}
+    assert arrays["child"][0] == 1 and arrays["child"][1] != 1  # the first root splits: node 1 is its left child
+    damage(arrays)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    with pytest.raises(IntegrityError, match=f"compiled scorer trees are malformed .*{reason}"):
+        from_bytes(buf.getvalue())
