@@ -29,6 +29,8 @@ log = logging.getLogger("churnkit.serve")
 TREE_WALK_MAX_ROWS = 128
 #: Rows scored at once by the leaf bitvectors (bounds the temporary rows x inputs x trees array).
 BITS_CHUNK = 1024
+#: Memory the leaf bitvectors may take (a table row per split threshold per tree); larger models are walked.
+BITS_MAX_BYTES = 64 << 20
 
 
 # --------------------------------------------------------------------------------------------------
@@ -315,6 +317,13 @@ class _LeafBits:
         # 32-bit masks when every tree fits (HGB's default is 31 leaves): half the memory each row touches
         dtype = np.uint32 if widest <= 32 else np.uint64
         n_trees, ones = len(trees.roots), np.iinfo(dtype).max
+        prep = trees.prep
+        rows = 1 + sum(len({s[0] for s in splits[f]}) + 1 for f in splits if f < prep.n_num) + sum(prep.cat_sizes) \
+            + len(prep.cat_sizes)
+        if 2 * rows * n_trees * np.dtype(dtype).itemsize > BITS_MAX_BYTES:  # the table and its Python ints
+            log.info("%d trees x %d table rows exceed %d MiB of leaf bitvectors: the level walk scores them",
+                     n_trees, rows, BITS_MAX_BYTES >> 20)
+            return None
         blocks = {}  # feature -> (ascending thresholds, prefix-AND table)
         for f, items in splits.items():
             ts = sorted({s[0] for s in items})
@@ -323,7 +332,7 @@ class _LeafBits:
             for threshold, t, mask in items:
                 block[pos[threshold], t] &= dtype(mask)
             blocks[f] = (ts, np.bitwise_and.accumulate(block, axis=0))
-        prep, parts, rows = trees.prep, [np.full((1, n_trees), ones, dtype=dtype)], 1  # row 0: no split taken
+        parts, rows = [np.full((1, n_trees), ones, dtype=dtype)], 1  # row 0: no split taken
         numeric, categorical = [], []
         for j in range(prep.n_num):
             if j in blocks:

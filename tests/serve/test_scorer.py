@@ -81,6 +81,16 @@ def test_tree_leaf_bitvectors_by_tree_width(st, leaves, width):
     np.testing.assert_allclose(small, want, rtol=0, atol=1e-9)
 
 
+def test_models_too_large_for_bitvectors_are_walked(st, monkeypatch):
+    monkeypatch.setattr(scorer, "BITS_MAX_BYTES", 1024)
+    s = Scorer(st.pipelines["hgb"], st.schema)
+    assert s.engine == "numpy-trees" and s.model.bits is None
+    frame = _holdout_with_gaps(st).iloc[:60]
+    want = st.pipelines["hgb"].predict_proba(frame)[:, 1]
+    np.testing.assert_allclose(s.predict_frame(frame), want, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(s.predict_frame(frame.iloc[[3]]), want[3:4], rtol=0, atol=1e-9)
+
+
 def test_trees_without_any_split_score_their_baseline(st):
     """A boosting model whose trees never split (one leaf each) still scores through the bitvectors."""
     pipeline = _trees_pipeline(st, max_iter=3, min_samples_leaf=len(st.holdout), early_stopping=False)
