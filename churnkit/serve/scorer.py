@@ -277,8 +277,8 @@ class _LeafBits:
         self.lane_start = np.arange(table.shape[1]) * (width + 1)  # tree t's row in by_count_flat
 
     @staticmethod
-    def _splits(trees: _Trees) -> tuple[dict, list, list] | None:
-        """Per feature ``[(threshold, tree, mask)]``, plus each leaf's value and each tree's first leaf;
+    def _splits(trees: _Trees) -> tuple[dict, list, list, int] | None:
+        """Per feature ``[(threshold, tree, mask)]``, leaf values, each tree's first leaf, the widest tree;
         None when a tree has more than 64 leaves."""
         child, feat, thr, value = trees.child.tolist(), trees.feat.tolist(), trees.thr.tolist(), trees.value.tolist()
         leaf_value, leaf_base, splits, widest = [], [], {}, 1
