@@ -36,13 +36,13 @@ def in_process(rows: int, config) -> float:
         pipe = ck.train_model(split, ds.schema, "logreg", 0)
         run_id = ck.log_candidate(pipe, ds, split, model="logreg", seed=0)
     with mlflow.start_run():
-        cand = ck.load_candidate(run_id)
-        champ = ck.load_champion("churn")
+        cand = registry.load_candidate(run_id, config)
+        champ = ck.load_champion("churn", config)
         ev = ck.evaluate_holdout(cand.pipeline, cand.X_holdout, cand.y_holdout, champ.pipeline if champ else None)
         verdict = ck.gate(ev.challenger["roc_auc"], ev.champion_auc, 0.85, -1.0)
         fig = ck.plot_evaluation(ev.y_true, ev.proba, ev.threshold, ev.champion_proba)
         ck.log_evaluation(ev, verdict, fig)
-        ck.register_candidate(cand, verdict, metrics=ev.challenger, threshold=ev.threshold)
+        ck.register_candidate(cand, verdict, metrics=ev.challenger, threshold=ev.threshold, config=config)
     return time.perf_counter() - t0
 
 
@@ -71,11 +71,10 @@ def main() -> None:
             total_cells += cells
             per_notebook.append(step.seconds - cells)
             print(f"{step.notebook:<14}{step.seconds:>9.2f}{cells:>9.2f}{step.seconds - cells:>12.2f}")
-        reg = registry.client().get_run(result.step("02-evaluate").run_id).data.metrics.get("registration_seconds")
+        reg = registry.client(config).get_run(result.step("02-evaluate").run_id).data.metrics.get("registration_seconds")
         print(f"registration (create version, tags, alias): {reg:.3f} s" if reg else "registration: not measured")
 
         peer_cfg = load_config(Path(tmp) / "peer")
-        registry._configured.clear()
         peer = in_process(args.rows, peer_cfg)
         print(f"peer: same calls in-process without papermill: {peer:.2f} s")
         bookkeeping = wall - sum(s.seconds for s in result.steps)

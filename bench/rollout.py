@@ -66,6 +66,9 @@ def main() -> int:
         os.environ.pop(var, None)
     root = Path(tempfile.mkdtemp(prefix="churnkit-bench-rollout-"))
     os.environ["CHURNKIT_RUNS_DIR"] = str(root / "runs")
+    from rollout_models import SERVE_ENV
+
+    os.environ.update(SERVE_ENV)  # the serve processes import and trust the misbehaving class, as in the tests
     em = Emulators(root / "emulators")
     config, inner, versions, rows = build_world(root, cases=("errors",), good=())
     client = Replayer(inner.url, rows, 60.0, workers=4, batch_size=10, progress=False).start()

@@ -50,7 +50,7 @@ def train(model: str, rows: int, runs: Path):
     pipeline = train_model(split, ds.schema, model=model)
     with mlflow.start_run(run_name="bench-serve"):
         run_id = registry.log_candidate(pipeline, ds, split, model=model, seed=0)
-    folder = Path(mlflow.artifacts.download_artifacts(registry.load_candidate(run_id).model_uri))
+    folder = Path(mlflow.artifacts.download_artifacts(registry.load_candidate(run_id, config).model_uri))
     return folder, pipeline, ds.schema, synth_month(rows=2000, month=2, seed=1)
 
 

@@ -75,7 +75,7 @@ def build_world(root: Path, cases: tuple = ("errors", "slow", "shifted"), good: 
     from churnkit.deploy.local import LocalTarget
     from churnkit.evaluate import gate
     from churnkit.model import split_holdout, train_model
-    from rollout_models import misbehaving, trusting_misbehaving
+    from rollout_models import MISBEHAVING, misbehaving, trusting_misbehaving
 
     config = load_config(Path(root) / "runs")
     registry.setup_tracking(config)
@@ -87,7 +87,8 @@ def build_world(root: Path, cases: tuple = ("errors", "slow", "shifted"), good: 
     def register(pipeline) -> str:
         with trusting_misbehaving(), mlflow.start_run():
             run_id = registry.log_candidate(pipeline, dataset, split, model="logreg", seed=0)
-        return registry.register_candidate(registry.load_candidate(run_id), gate(0.99, None, 0.5, -1.0), threshold=0.5)
+        candidate = registry.load_candidate(run_id, config, also_trusted=(MISBEHAVING,))
+        return registry.register_candidate(candidate, gate(0.99, None, 0.5, -1.0), threshold=0.5, config=config)
 
     how = {"errors": dict(error_share=0.3), "slow": dict(delay=0.05), "shifted": dict(shift=0.3)}
     versions = {"champion": register(champion)}
