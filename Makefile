@@ -61,7 +61,7 @@ demo: venv
 	"$$ck" endpoint stop --target local --runs-dir "$$runs"
 
 test: test-setup
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15 tests
 
 # JupyterLab on notebooks/. MPLBACKEND (exported above for the headless targets) is removed so kernels
 # draw figures inline. The store and its artifacts stay in runs/ of the checkout whatever the kernel's

@@ -46,15 +46,18 @@ class CaptureWriter:
         ``gs://BUCKET/PREFIX/`` or ``s3://BUCKET/PREFIX/``: every closed file is copied there (a container
         on Vertex AI writes its capture where the rollout controller reads it). Files are then also closed
         every ``rotate_seconds``, so a step's scores arrive within that time.
+    upload_deadline : float
+        Seconds one copy may take, retries included; a file that could not be copied stays on local disk.
     """
 
     def __init__(self, directory, max_bytes: int = DEFAULT_MAX_BYTES, flush_seconds: float = 1.0, *,
-                 remote: str | None = None, rotate_seconds: float = 60.0):
+                 remote: str | None = None, rotate_seconds: float = 60.0, upload_deadline: float = 60.0):
         self.directory = Path(directory)
         self.max_bytes = int(max_bytes)
         self.flush_seconds = float(flush_seconds)
         self.remote = remote.rstrip("/") + "/" if remote else None
         self.rotate_seconds = float(rotate_seconds)
+        self.upload_deadline = float(upload_deadline)
         self._opened = 0.0
         self.uploaded = 0
         self.upload_failures = 0
@@ -106,7 +109,7 @@ class CaptureWriter:
         from churnkit.serve.storage import upload_file
 
         try:
-            upload_file(path, self.remote + path.name)
+            upload_file(path, self.remote + path.name, self.upload_deadline)
             self.uploaded += 1
         except Exception:
             self.upload_failures += 1

@@ -131,9 +131,10 @@ def _unpack_archive(dest: Path) -> None:
         files[0].unlink()
 
 
-def upload_file(path, uri: str) -> None:
+def upload_file(path, uri: str, deadline: float = 60.0) -> None:
     """Copy one local file to ``uri`` (``gs://BUCKET/NAME`` or ``s3://BUCKET/KEY``): the capture files a
-    container writes, kept where the rollout controller reads them.
+    container writes, kept where the rollout controller reads them. The SDK's retries stop after about
+    ``deadline`` seconds (its default would retry for minutes while a container shuts down).
 
     Raises RegistryError for another scheme or when the SDK for it is missing.
     """
@@ -141,10 +142,17 @@ def upload_file(path, uri: str) -> None:
     key = parts.path.lstrip("/")
     if parts.scheme == "gs":
         storage = _require("google.cloud.storage", uri)
-        storage.Client().bucket(parts.netloc).blob(key).upload_from_filename(str(path))
+        from google.cloud.storage.retry import DEFAULT_RETRY
+
+        storage.Client().bucket(parts.netloc).blob(key).upload_from_filename(
+            str(path), timeout=deadline, retry=DEFAULT_RETRY.with_timeout(deadline))
     elif parts.scheme == "s3":
         boto3 = _require("boto3", uri)
-        boto3.client("s3").upload_file(str(path), parts.netloc, key)
+        from botocore.config import Config as BotoConfig
+
+        config = BotoConfig(connect_timeout=min(deadline, 10.0), read_timeout=deadline,
+                            retries={"mode": "standard", "max_attempts": 3})
+        boto3.client("s3", config=config).upload_file(str(path), parts.netloc, key)
     else:
         raise RegistryError(f"capture destination {uri!r}: only gs:// and s3:// are written; use a folder or one of those")
 

@@ -68,11 +68,13 @@ def test_a_quiet_server_still_hands_over_what_it_captured(gcs, tmp_path, monkeyp
 
 def test_an_unreachable_bucket_is_counted_and_logged_not_raised(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:9")  # nothing listens there
-    writer = CaptureWriter(tmp_path / "cap", remote="gs://captures/down/", rotate_seconds=60)
+    writer = CaptureWriter(tmp_path / "cap", remote="gs://captures/down/", rotate_seconds=60, upload_deadline=3)
     writer.start()
     writer.write({"time": "2026-12-01T10:00:00.000Z", "request_id": "r1", "model_name": "churn",
                   "model_version": "1", "inputs": [{"tenure": 3}], "predictions": [0.25]})
+    t0 = time.monotonic()
     writer.close(timeout=120)
+    assert time.monotonic() - t0 < 30  # the SDK's retries end at the deadline, not after minutes
     assert writer.upload_failures == 1 and writer.uploaded == 0 and writer.written == 1
     assert "could not be copied to gs://captures/down/" in caplog.text
     assert len(list((tmp_path / "cap").glob("capture-*.jsonl"))) == 1  # kept on local disk
