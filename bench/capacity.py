@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from serve import BIN, free_port, start, stop, wait_ready  # noqa: E402
+from serve import BIN, free_port, start, stop, timed_post, wait_ready  # noqa: E402
 
 BARE_APP = '''
 import os
@@ -140,21 +140,10 @@ def interleaved(servers: dict, body: bytes, rounds: int, per_round: int, warmup:
     requests, p50/p99 (ms), the median and range of the per-round throughput ratios to the reference,
     and server CPU microseconds per request.
     """
-    headers = {"Content-Type": "application/json"}
     conns = {name: http.client.HTTPConnection("127.0.0.1", port) for name, (port, _) in servers.items()}
-
-    def one(conn) -> float:
-        t0 = time.perf_counter()
-        conn.request("POST", "/invocations", body, headers)
-        resp = conn.getresponse()
-        data = resp.read()
-        if resp.status != 200:
-            raise SystemExit(f"answered {resp.status}: {data[:300]!r}")
-        return time.perf_counter() - t0
-
     for conn in conns.values():
         for _ in range(warmup):
-            one(conn)
+            timed_post(conn, body)
     lat = {name: [] for name in servers}
     ratios = {name: [] for name in servers}
     cpu0 = {name: cpu_seconds(pid) for name, (_, pid) in servers.items()}
@@ -162,7 +151,7 @@ def interleaved(servers: dict, body: bytes, rounds: int, per_round: int, warmup:
     for _ in range(rounds):
         took = {}
         for name, conn in conns.items():
-            sample = [one(conn) for _ in range(per_round)]
+            sample = [timed_post(conn, body) for _ in range(per_round)]
             lat[name] += sample
             took[name] = sum(sample)
         for name in servers:
@@ -185,11 +174,11 @@ def wrk(url: str, body: bytes, connections: int, seconds: float, tmp: Path) -> f
     script = tmp / "post.lua"
     script.write_text(f'wrk.method = "POST"\nwrk.body = {json.dumps(body.decode())}\n'
                       'wrk.headers["Content-Type"] = "application/json"\n')
-    cmd = [exe, "-t1", f"-c{connections}", f"-d{seconds:g}s", "-s", str(script), url]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60).stdout
-    if "Non-2xx" in out:
-        raise SystemExit(f"wrk saw errors:\n{out}")
-    return float(out.split("Requests/sec:")[1].split()[0])
+    cmd = [exe, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "-s", str(script), url]  # whole seconds
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
+    if "Non-2xx" in run.stdout or "Requests/sec:" not in run.stdout:
+        raise SystemExit(f"wrk {' '.join(cmd[1:])} failed:\n{run.stdout}{run.stderr}")
+    return float(run.stdout.split("Requests/sec:")[1].split()[0])
 
 
 def main() -> None:
@@ -274,7 +263,7 @@ def main() -> None:
                 print("  (wrk is not installed: the single-connection run with a native client is skipped)")
             else:
                 bare_rps = by_wrk["bare uvicorn/Starlette"]
-                print(f"  wrk, one connection, {args.seconds / 2:g} s each: " + ", ".join(
+                print(f"  wrk, one connection, {max(1, round(args.seconds / 2))} s each: " + ", ".join(
                     f"{n.split()[-1]} {v:.0f} req/s" for n, v in by_wrk.items()) + " -> " + ", ".join(
                     f"{k} {by_wrk[f'churnkit serve {k}'] / bare_rps:.2f}x" for k in ("logreg", "hgb")))
         finally:

@@ -85,20 +85,25 @@ def stop(proc: subprocess.Popen) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
 
 
+def timed_post(conn: http.client.HTTPConnection, body: bytes) -> float:
+    """Seconds one POST /invocations of ``body`` took on ``conn`` (exits on anything but 200)."""
+    t0 = time.perf_counter()
+    conn.request("POST", "/invocations", body, {"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    data = resp.read()
+    if resp.status != 200:
+        raise SystemExit(f"port {conn.port} answered {resp.status}: {data[:300]!r}")
+    return time.perf_counter() - t0
+
+
 def hammer(port: int, body: bytes, n: int, warmup: int) -> dict:
     """n single-row requests over one keep-alive connection; latency per request, client side."""
     conn = http.client.HTTPConnection("127.0.0.1", port)
-    headers = {"Content-Type": "application/json"}
     lat = []
     for i in range(n + warmup):
-        t0 = time.perf_counter()
-        conn.request("POST", "/invocations", body, headers)
-        resp = conn.getresponse()
-        data = resp.read()
-        if resp.status != 200:
-            raise SystemExit(f"port {port} answered {resp.status}: {data[:300]!r}")
+        took = timed_post(conn, body)
         if i >= warmup:
-            lat.append(time.perf_counter() - t0)
+            lat.append(took)
     conn.close()
     lat.sort()
     return {"rps": len(lat) / sum(lat), "p50_ms": lat[len(lat) // 2] * 1e3, "p99_ms": lat[int(len(lat) * 0.99)] * 1e3,

@@ -16,6 +16,8 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
 def _bench(name: str):
+    """``bench/<name>.py`` as a module; its ``from serve import ...`` finds bench/serve.py, not tests/serve."""
+    saved = sys.modules.pop("serve", None)  # the tests' own serve package, when already imported
     sys.path.insert(0, str(BENCH))
     try:
         spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
@@ -24,6 +26,9 @@ def _bench(name: str):
         return module
     finally:
         sys.path.remove(str(BENCH))
+        sys.modules.pop("serve", None)
+        if saved is not None:
+            sys.modules["serve"] = saved
 
 
 @pytest.fixture

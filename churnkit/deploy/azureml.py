@@ -377,7 +377,7 @@ class AzureMLTarget(CloudTarget):
     def limits(self):
         from churnkit.deploy.telemetry import TargetLimits
 
-        return TargetLimits(max_variants=20, min_weight_step=1, telemetry_period_s=self.METRIC_PERIOD,
+        return TargetLimits(scores_delayed=True, max_variants=20, min_weight_step=1, telemetry_period_s=self.METRIC_PERIOD,
                             telemetry_delay_s=self.METRIC_DELAY,
                             notes={"mirror_traffic_max": 50, "source": "Azure Monitor + payload logging"})
 

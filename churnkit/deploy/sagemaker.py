@@ -336,7 +336,7 @@ class SageMakerTarget(CloudTarget):
     def limits(self):
         from churnkit.deploy.telemetry import TargetLimits
 
-        return TargetLimits(max_variants=10, min_weight_step=1, telemetry_period_s=self.METRIC_PERIOD,
+        return TargetLimits(scores_delayed=True, max_variants=10, min_weight_step=1, telemetry_period_s=self.METRIC_PERIOD,
                             telemetry_delay_s=self.METRIC_DELAY,
                             notes={"guardrails": dict(GUARDRAIL_LIMITS), "source": "CloudWatch AWS/SageMaker + Data Capture"})
 

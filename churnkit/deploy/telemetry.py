@@ -80,7 +80,9 @@ class TargetLimits:
 
     ``min_weight_step``: the smallest traffic share change the platform applies (percent);
     ``max_variants``: variants behind one endpoint; ``telemetry_period_s`` and ``telemetry_delay_s``:
-    the metric resolution and ingestion delay, whose sum is the shortest bake the telemetry can judge.
+    the metric resolution and ingestion delay, whose sum is the shortest bake the telemetry can judge;
+    ``scores_delayed``: the served scores come from a capture delivered apart from the request metrics,
+    so a window's scores can lag its request counts.
     """
 
     max_variants: int = 10
@@ -88,6 +90,7 @@ class TargetLimits:
     telemetry_period_s: float = 0.0
     telemetry_delay_s: float = 0.0
     notes: dict = field(default_factory=dict)
+    scores_delayed: bool = False
 
     @property
     def min_bake_s(self) -> float:

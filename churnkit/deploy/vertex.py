@@ -340,7 +340,7 @@ class VertexTarget(CloudTarget):
     def limits(self):
         from churnkit.deploy.telemetry import TargetLimits
 
-        return TargetLimits(max_variants=10, min_weight_step=1, telemetry_period_s=self.METRIC_PERIOD,
+        return TargetLimits(scores_delayed=True, max_variants=10, min_weight_step=1, telemetry_period_s=self.METRIC_PERIOD,
                             telemetry_delay_s=self.METRIC_DELAY, notes={"source": "Cloud Monitoring + capture in GCS"})
 
     def stop(self) -> EndpointState:

@@ -91,6 +91,7 @@ class _Controller:
         self._last_champion_window: Window | None = None
         self._reference = None
         self.delay = float(target.limits().telemetry_delay_s)
+        self.scores_delayed = bool(target.limits().scores_delayed)
 
     # ---- state -----------------------------------------------------------------------------------
     def save(self, **changes) -> None:
@@ -196,6 +197,8 @@ class _Controller:
             cp = windows.get(plan.champion_variant, Window()) if w < 100 else baseline
             status = self._status()
             verdict = early_breach(cp, ch, self.th, status)
+            if verdict is not None and self.scores_delayed and _short_of_scores(verdict):
+                verdict = None  # the capture may not have caught up with the request counts yet
             if verdict is not None and not should_roll_back(plan.failed_checks, verdict, self.th):
                 verdict = None  # tolerated: the step bakes to its end
             if verdict is None and elapsed >= self.interval:
@@ -203,6 +206,8 @@ class _Controller:
                 verdict = judge_step(cp, ch, self.th, status, [self._input_drift(since)] if judge_inputs else ())
                 if not verdict.enough and elapsed < self.max_bake:
                     continue
+                if self.scores_delayed and _short_of_scores(verdict) and elapsed < self.max_bake:
+                    continue  # wait for the capture (up to the bake's cap) before calling the answers unscored
                 if not verdict.enough:
                     silent = [f"{n} ({win.source or self.target.name + ' telemetry'})"
                               for n, win in ((plan.challenger_variant, ch), (plan.champion_variant, cp)) if not win.requests]
@@ -320,6 +325,14 @@ class _Controller:
 
 #: Seconds a step bakes when no interval is given (raised to the target's telemetry minimum where longer).
 DEFAULT_INTERVAL = 30.0
+
+
+def _short_of_scores(verdict) -> bool:
+    """True when every failed check is one that missing scores fail: the scored share, or a PSI that could
+    not be computed (a lagging capture looks like that until it arrives)."""
+    failed = verdict.failed
+    return bool(failed) and all(c.name == "scored_share" or (c.name == "prediction_psi" and c.value is None)
+                                for c in failed)
 
 
 def bake_interval(target: DeployTarget, interval: float | None) -> float:

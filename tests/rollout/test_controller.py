@@ -18,7 +18,7 @@ from churnkit import registry
 from churnkit import rollout as ro
 from churnkit.config import load_config
 from churnkit.deploy.base import CloudTarget, DeployTarget, EndpointState, VariantState
-from churnkit.deploy.telemetry import MetricsScraper, Window
+from churnkit.deploy.telemetry import MetricsScraper, TargetLimits, Window
 from churnkit.exceptions import RolloutError, RolloutLockedError
 from deploy_support import registry_store
 
@@ -94,7 +94,10 @@ class FakeTarget(DeployTarget):
                 b = self.behaviour.get(v.model_version, {})
                 errors = int(n * b.get("errors", 0.0))
                 lat = b.get("latency", 5.0) + rng.exponential(1.0, n - errors)
-                scores = np.clip(rng.beta(2, 5, (n - errors) * 5) + b.get("shift", 0.0), 0, 1)
+                # scores_lag: the capture holding the scores arrives that many seconds after the request counts
+                scored = n - errors if "scores_lag" not in b else \
+                    int(self.rate * max(0.0, min(hi, now - b["scores_lag"]) - lo) * w / 100 * (1 - b.get("errors", 0.0)))
+                scores = np.clip(rng.beta(2, 5, scored * b.get("scores_per_answer", 5)) + b.get("shift", 0.0), 0, 1)
                 acc = out.setdefault(name, {"requests": 0, "errors": 0, "timeouts": 0, "latencies_ms": [], "scores": []})
                 acc["requests"] += n
                 acc["errors"] += errors
@@ -210,6 +213,40 @@ def test_too_little_traffic_rolls_back_at_the_cap(store):
     target.rate = 20.0
     rec = run(target, config, min_requests=500, max_bake=0.8)
     assert rec.decision == "rolled_back" and "not enough traffic" in rec.reason and "cap" in rec.reason
+
+
+class CaptureTarget(FakeTarget):
+    """Scores from a capture delivered apart from the request counts, as on the clouds."""
+
+    def limits(self):
+        return TargetLimits(scores_delayed=True)
+
+
+def test_scores_lagging_the_request_counts_are_waited_for_on_a_capture_target(store):
+    config, make = store
+    lagging = {v: {"scores_lag": 0.6} for v in ("1", "2")}  # both variants' capture arrives 0.6 s late
+    target = CaptureTarget(config=config, behaviour=lagging)
+    target.deploy("models:/churn@champion")
+    rec = run(target, config, steps=[50, 100], max_bake=5.0)
+    assert rec.decision == "promoted", rec.summary()
+    assert all(s.seconds > 0.6 for s in rec.steps)  # judged once the scores had arrived, not at 0.3 s
+
+
+def test_missing_scores_are_a_verdict_at_once_where_they_come_with_the_requests(store):
+    config, make = store
+    target = make(**{v: {"scores_lag": 0.6} for v in ("1", "2")})  # FakeTarget: scores_delayed False
+    rec = run(target, config, steps=[50, 100], max_bake=5.0)
+    assert rec.decision == "rolled_back" and rec.steps[0].seconds < 0.6
+
+
+def test_answers_without_scores_roll_back_at_the_cap_on_a_capture_target(store):
+    config, _ = store
+    target = CaptureTarget(config=config, behaviour={"2": {"scores_per_answer": 0}})
+    target.deploy("models:/churn@champion")
+    rec = run(target, config, steps=[50, 100], max_bake=1.2)
+    assert rec.decision == "rolled_back" and rec.steps[0].seconds >= 1.2  # waited for a capture up to the cap
+    assert [c["name"] for c in rec.steps[0].checks if not c["ok"]] == ["scored_share", "prediction_psi"]
+    assert "0% of the champion's scores per answer" in rec.reason
 
 
 def test_nothing_to_roll_out_without_challenger(store):
