@@ -515,6 +515,9 @@ def import_model(
 
         fig = plot_evaluation(evaluation.y_true, evaluation.proba, threshold or evaluation.threshold,
                               evaluation.champion_proba)
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)  # still drawable (logged below, shown by a notebook); pyplot no longer keeps it per import
     if no_gate:
         why = "gate skipped on request (no_gate)" + ("" if sample.y is not None else ": the sample has no labels")
         verdict = GateResult(passed=True, reasons=[], challenger_auc=float("nan"), auc_threshold=float(auc_threshold),

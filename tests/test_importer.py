@@ -112,8 +112,12 @@ def cli(*args):
 
 
 def test_pipeline_is_registered_like_a_trained_version(f, store):
+    import matplotlib.pyplot as plt
+
+    open_before = plt.get_fignums()
     result = import_model(f["pipeline"], f["sample"], "churn", config=store)
     assert result.version == "1" and result.aliases == {"champion": "1"}
+    assert plt.get_fignums() == open_before and result.figure.axes  # drawn and returned, not kept by pyplot
     assert result.verdict.passed and result.evaluation.challenger["roc_auc"] > 0.85
     mv = registry.client().get_model_version("churn", "1")
     tags = mv.tags
