@@ -22,7 +22,7 @@ from typing import Any
 
 from churnkit.config import TAG
 from churnkit.deploy import autoscaling
-from churnkit.deploy.base import CloudTarget, EndpointState, Release, VariantState, export_release, request
+from churnkit.deploy.base import ManagedCloudTarget, EndpointState, Release, VariantState, export_release, request
 from churnkit.exceptions import CloudCredentialsError, DeployTargetError, MissingExtraError
 
 ENV = {
@@ -70,7 +70,7 @@ def dump(entity) -> dict:
     return json.loads(json.dumps(entity._to_dict(), default=str))
 
 
-class AzureMLTarget(CloudTarget):
+class AzureMLTarget(ManagedCloudTarget):
     """An Azure ML managed online endpoint whose deployments are model versions.
 
     Parameters
@@ -354,32 +354,16 @@ class AzureMLTarget(CloudTarget):
             self._credential = DefaultAzureCredential()
         return self._credential
 
-    @property
-    def telemetry_reader(self):
-        """The Azure Monitor + payload-logging reader (:class:`~churnkit.deploy.azure_monitor.AzureMonitorTelemetry`)."""
+    MAX_VARIANTS = 20
+
+    def limit_notes(self) -> dict:
+        return {"mirror_traffic_max": 50, "source": "Azure Monitor + payload logging"}
+
+    def make_reader(self):
+        """Azure Monitor split by deployment, and payload logging (:mod:`churnkit.deploy.azure_monitor`)."""
         from churnkit.deploy.azure_monitor import AzureMonitorTelemetry
 
-        if getattr(self, "_telemetry", None) is None:
-            self._telemetry = AzureMonitorTelemetry(self, self.METRIC_PERIOD, self.METRIC_DELAY)
-        return self._telemetry
-
-    def telemetry(self, variants: list[str], since: float, until: float | None = None):
-        """Per-variant windows from Azure Monitor (split by deployment) and payload logging (complete
-        minutes only; a minute not yet ingested shows no traffic)."""
-        return self.telemetry_reader.windows(variants, since, until)
-
-    def captured_inputs(self, variants: list[str], since: float):
-        return self.telemetry_reader.inputs(variants, since)
-
-    def telemetry_queries(self, variants: list[str], since: float, until: float | None = None) -> list[dict]:
-        return self.telemetry_reader.queries(variants, since, until)
-
-    def limits(self):
-        from churnkit.deploy.telemetry import TargetLimits
-
-        return TargetLimits(scores_delayed=True, max_variants=20, min_weight_step=1, telemetry_period_s=self.METRIC_PERIOD,
-                            telemetry_delay_s=self.METRIC_DELAY,
-                            notes={"mirror_traffic_max": 50, "source": "Azure Monitor + payload logging"})
+        return AzureMonitorTelemetry(self, self.METRIC_PERIOD, self.METRIC_DELAY)
 
     def stop(self) -> EndpointState:
         """Delete the endpoint with its deployments (idempotent; models and environments stay)."""

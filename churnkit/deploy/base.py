@@ -534,3 +534,48 @@ class CloudTarget(DeployTarget):
         """Every setting of ``ENV``; a missing one raises ConfigError naming its variable."""
         missing = {k: v for k, v in self.ENV.items() if k not in self._overrides}
         return {**env_settings(missing, self.name, self._environ), **self._overrides}
+
+
+class ManagedCloudTarget(CloudTarget):
+    """A managed endpoint (SageMaker, Azure ML, Vertex AI) whose telemetry comes from the cloud: request
+    counts and latency from its metrics service, scores and inputs from its data capture, read by one
+    :class:`~churnkit.deploy.cloud_telemetry.CaptureTelemetry` per target (:meth:`make_reader`).
+
+    Its limits say that metrics arrive ``METRIC_PERIOD`` + ``METRIC_DELAY`` seconds late and that the
+    scores come apart from the request counts (``scores_delayed``).
+    """
+
+    #: the metric period and ingestion delay of the cloud's endpoint metrics (seconds)
+    METRIC_PERIOD: ClassVar[float] = 60.0
+    METRIC_DELAY: ClassVar[float] = 120.0
+    MAX_VARIANTS: ClassVar[int] = 10
+
+    def limit_notes(self) -> dict:
+        """What :meth:`limits` adds about this cloud (its ``notes``)."""
+        return {}
+
+    def make_reader(self):
+        """A new telemetry reader of this endpoint."""
+        raise NotImplementedError
+
+    @property
+    def telemetry_reader(self):
+        """This endpoint's reader, made once (it keeps the capture files it parsed)."""
+        if getattr(self, "_telemetry", None) is None:
+            self._telemetry = self.make_reader()
+        return self._telemetry
+
+    def telemetry(self, variants: list[str], since: float, until: float | None = None) -> dict[str, Window]:
+        """Per-variant windows over the complete, ingested metric periods in ``[since, until]`` (a period still
+        open or not yet ingested shows no traffic), scores from the capture."""
+        return self.telemetry_reader.windows(variants, since, until)
+
+    def captured_inputs(self, variants: list[str], since: float):
+        return self.telemetry_reader.inputs(variants, since)
+
+    def telemetry_queries(self, variants: list[str], since: float, until: float | None = None) -> list[dict]:
+        return self.telemetry_reader.queries(variants, since, until)
+
+    def limits(self) -> TargetLimits:
+        return TargetLimits(max_variants=self.MAX_VARIANTS, min_weight_step=1, telemetry_period_s=self.METRIC_PERIOD,
+                            telemetry_delay_s=self.METRIC_DELAY, notes=self.limit_notes(), scores_delayed=True)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from churnkit.deploy import autoscaling
-from churnkit.deploy.base import CloudTarget, EndpointState, Release, VariantState, _share, export_release, request
+from churnkit.deploy.base import ManagedCloudTarget, EndpointState, Release, VariantState, _share, export_release, request
 from churnkit.exceptions import CloudCredentialsError, DeployTargetError, MissingExtraError
 
 ENV = {
@@ -63,7 +63,7 @@ def _boto3():
     return boto3
 
 
-class SageMakerTarget(CloudTarget):
+class SageMakerTarget(ManagedCloudTarget):
     """A SageMaker endpoint whose production variants are model versions.
 
     Parameters
@@ -313,32 +313,17 @@ class SageMakerTarget(CloudTarget):
     METRIC_PERIOD = 60.0
     METRIC_DELAY = 120.0
 
-    @property
-    def telemetry_reader(self):
-        """The CloudWatch + Data Capture reader of this endpoint (:class:`~churnkit.deploy.cloudwatch.CloudWatchTelemetry`)."""
+    def limit_notes(self) -> dict:
+        return {"guardrails": dict(GUARDRAIL_LIMITS), "source": "CloudWatch AWS/SageMaker + Data Capture"}
+
+    def make_reader(self):
+        """CloudWatch ``AWS/SageMaker`` and the endpoint's Data Capture (:mod:`churnkit.deploy.cloudwatch`)."""
         from churnkit.deploy.cloudwatch import CloudWatchTelemetry
 
-        if getattr(self, "_telemetry", None) is None:
-            self._telemetry = CloudWatchTelemetry(self, self.METRIC_PERIOD, self.METRIC_DELAY)
-        return self._telemetry
-
-    def telemetry(self, variants: list[str], since: float, until: float | None = None):
-        """Per-variant windows from CloudWatch ``AWS/SageMaker`` and the endpoint's Data Capture (complete
-        metric periods only; a period still open or not yet ingested shows no traffic)."""
-        return self.telemetry_reader.windows(variants, since, until)
+        return CloudWatchTelemetry(self, self.METRIC_PERIOD, self.METRIC_DELAY)
 
     def captured_inputs(self, variants: list[str], since: float):
-        return self.telemetry_reader.inputs(variants, since) if self.capture_percent > 0 else None
-
-    def telemetry_queries(self, variants: list[str], since: float, until: float | None = None) -> list[dict]:
-        return self.telemetry_reader.queries(variants, since, until)
-
-    def limits(self):
-        from churnkit.deploy.telemetry import TargetLimits
-
-        return TargetLimits(scores_delayed=True, max_variants=10, min_weight_step=1, telemetry_period_s=self.METRIC_PERIOD,
-                            telemetry_delay_s=self.METRIC_DELAY,
-                            notes={"guardrails": dict(GUARDRAIL_LIMITS), "source": "CloudWatch AWS/SageMaker + Data Capture"})
+        return super().captured_inputs(variants, since) if self.capture_percent > 0 else None
 
     # ---- guardrails ---------------------------------------------------------------------------------
     def alarm_requests(self, variant: str, *, p99_ms: float = 500.0, max_5xx: int = 1, period: int = 60) -> list[dict]:

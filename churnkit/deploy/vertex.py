@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 
 from churnkit.deploy import autoscaling
-from churnkit.deploy.base import CloudTarget, EndpointState, Release, VariantState, export_release, request
+from churnkit.deploy.base import ManagedCloudTarget, EndpointState, Release, VariantState, export_release, request
 from churnkit.exceptions import CloudCredentialsError, DeployTargetError, MissingExtraError
 
 ENV = {
@@ -50,7 +50,7 @@ def _label(value: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "-" for c in value.lower())[:63]
 
 
-class VertexTarget(CloudTarget):
+class VertexTarget(ManagedCloudTarget):
     """A Vertex AI endpoint whose deployed models are model versions (display name = variant).
 
     Parameters
@@ -317,31 +317,15 @@ class VertexTarget(CloudTarget):
     METRIC_PERIOD = 60.0
     METRIC_DELAY = 180.0
 
-    @property
-    def telemetry_reader(self):
-        """The Cloud Monitoring + capture reader (:class:`~churnkit.deploy.cloud_monitoring.CloudMonitoringTelemetry`)."""
+    def limit_notes(self) -> dict:
+        return {"source": "Cloud Monitoring + capture in GCS"}
+
+    def make_reader(self):
+        """Cloud Monitoring by deployed model, and the capture files in Cloud Storage
+        (:mod:`churnkit.deploy.cloud_monitoring`)."""
         from churnkit.deploy.cloud_monitoring import CloudMonitoringTelemetry
 
-        if getattr(self, "_telemetry", None) is None:
-            self._telemetry = CloudMonitoringTelemetry(self, self.METRIC_PERIOD, self.METRIC_DELAY)
-        return self._telemetry
-
-    def telemetry(self, variants: list[str], since: float, until: float | None = None):
-        """Per-variant windows from Cloud Monitoring (by deployed model) and the capture files in Cloud
-        Storage (complete periods only; a period not yet visible shows no traffic)."""
-        return self.telemetry_reader.windows(variants, since, until)
-
-    def captured_inputs(self, variants: list[str], since: float):
-        return self.telemetry_reader.inputs(variants, since)
-
-    def telemetry_queries(self, variants: list[str], since: float, until: float | None = None) -> list[dict]:
-        return self.telemetry_reader.queries(variants, since, until)
-
-    def limits(self):
-        from churnkit.deploy.telemetry import TargetLimits
-
-        return TargetLimits(scores_delayed=True, max_variants=10, min_weight_step=1, telemetry_period_s=self.METRIC_PERIOD,
-                            telemetry_delay_s=self.METRIC_DELAY, notes={"source": "Cloud Monitoring + capture in GCS"})
+        return CloudMonitoringTelemetry(self, self.METRIC_PERIOD, self.METRIC_DELAY)
 
     def stop(self) -> EndpointState:
         """Undeploy every deployed model and delete the endpoint (idempotent; models stay registered)."""
