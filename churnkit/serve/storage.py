@@ -133,8 +133,9 @@ def _unpack_archive(dest: Path) -> None:
 
 def upload_file(path, uri: str, deadline: float = 60.0) -> None:
     """Copy one local file to ``uri`` (``gs://BUCKET/NAME`` or ``s3://BUCKET/KEY``): the capture files a
-    container writes, kept where the rollout controller reads them. The SDK's retries stop after about
-    ``deadline`` seconds (its default would retry for minutes while a container shuts down).
+    container writes, kept where the rollout controller reads them. ``deadline`` bounds the SDK's retries
+    (its defaults retry for minutes while a container shuts down): on GCS the whole retry, on S3 each of
+    at most 3 attempts (connect and read timeouts).
 
     Raises RegistryError for another scheme or when the SDK for it is missing.
     """
