@@ -50,7 +50,7 @@ def model_file(model_dir: str | Path) -> Path:
     name = read_mlmodel(model_dir).get("flavors", {}).get("sklearn", {}).get("pickled_model")
     if not name:
         raise IntegrityError(f"{str(model_dir)!r} has no sklearn model file in its MLmodel; it is not a churnkit model")
-    return Path(model_dir) / name
+    return confined(model_dir, name, "its MLmodel")
 
 
 def artifact_sha256(model_dir: str | Path) -> str:
@@ -148,24 +148,31 @@ def verify_files(model_dir: str | Path, expected: str | None, source: str) -> st
 
 
 def load_estimator(model_dir: str | Path, also_trusted: tuple[str, ...] = ()):
-    """Deserialize the folder's sklearn model with skops and the kit's trusted types, nothing else.
+    """Deserialize the folder's sklearn model with skops, trusting exactly the allow-listed types.
 
     Call it after :func:`verify_files`. Unlike ``mlflow.sklearn.load_model`` it never puts a folder
     on ``sys.path`` (MLflow's ``code:`` directory) and refuses every format but skops (:func:`check_flavor`).
-    ``also_trusted``: types the caller itself vouches for (``churnkit import --trust``), never the folder.
+    Every type the file names passes :func:`churnkit.scan.resolve_global` (the exact list, the
+    operator's ``CHURNKIT_TRUSTED_TYPES`` and ``also_trusted``: types the caller itself vouches for,
+    ``churnkit import --trust-type``, never the folder).
     """
-    path, trusted = check_flavor(model_dir, also_trusted)
-    import skops.io
+    from churnkit.scan import load_skops, parse_types, scan_skops_bytes
 
-    return skops.io.load(path, trusted=trusted)
+    path, _ = check_flavor(model_dir, also_trusted)
+    extra = parse_types(sorted(trusted_types() | set(also_trusted)))
+    data = path.read_bytes()
+    return load_skops(data, scan_skops_bytes(data, str(path), extra), extra)
 
 
 def check_flavor(model_dir: str | Path, also_trusted: tuple[str, ...] = ()) -> tuple[Path, list[str]]:
     """The skops file and trusted types of the folder's sklearn flavor, after refusing a ``code:`` directory,
-    any format but skops, and trusted types beyond the kit's (and the operator's, and ``also_trusted``).
+    any format but skops, a model file outside the folder, and trusted types beyond the exact allow-list
+    (plus the operator's and ``also_trusted``).
 
     Runs before a server scores with a folder in any way, the compiled scorer included.
     """
+    from churnkit.scan import allowed, parse_types
+
     folder = Path(model_dir)
     flavor = (read_mlmodel(folder).get("flavors") or {}).get("sklearn") or {}
     if flavor.get("code"):
@@ -177,13 +184,34 @@ def check_flavor(model_dir: str | Path, also_trusted: tuple[str, ...] = ()) -> t
     if fmt != "skops" or not name.endswith(".skops"):
         raise IntegrityError(f"model file {name!r} in {str(folder)!r} is serialized as {fmt!r}; churnkit loads only "
                              "skops files (no code runs when they load): log the model with churnkit.log_candidate")
+    path = confined(folder, name, "its MLmodel")
     trusted = [str(t) for t in flavor.get("skops_trusted_types") or []]
-    untrusted = sorted(set(trusted) - trusted_types() - set(also_trusted))
+    extra = parse_types(sorted(trusted_types() | set(also_trusted)))
+    untrusted = sorted(t for t in trusted if not allowed(t, extra))
     if untrusted:
-        raise IntegrityError(f"model folder {str(folder)!r} asks skops to trust {untrusted!r}, beyond the kit's "
-                             f"{list(TRUSTED_TYPES)!r}; register a model logged by churnkit.log_candidate, or name "
-                             f"your own estimator classes in {TRUSTED_TYPES_ENV} where the model is served")
-    path = folder / name
-    if path.parent.resolve() != folder.resolve():
-        raise IntegrityError(f"model file {name!r} is outside its folder {str(folder)!r}; register the model again")
+        raise IntegrityError(f"model folder {str(folder)!r} asks skops to trust {untrusted!r}, which are not on "
+                             "churnkit's exact allow-list; register a model logged by churnkit.log_candidate, or, "
+                             f"if you vouch for these classes, name them in {TRUSTED_TYPES_ENV} where the model is "
+                             "served")
     return path, trusted
+
+
+def confined(folder: str | Path, name: str, where: str) -> Path:
+    """``folder / name``, refused unless it resolves inside ``folder`` (no ``..``, no absolute path, no link out).
+
+    Raises
+    ------
+    IntegrityError
+        Naming the path and the file that named it.
+    """
+    folder = Path(folder)
+    root = folder.resolve()
+    path = (folder / str(name))
+    try:
+        inside = path.resolve().relative_to(root)
+    except ValueError:
+        inside = None
+    if not str(name) or inside is None or str(inside) == ".":
+        raise IntegrityError(f"{where} in {str(folder)!r} names {str(name)!r}, a path outside the folder; a model "
+                             "folder's files must lie inside it: export or save the model again")
+    return path
