@@ -34,6 +34,8 @@ class LoadedModel:
     uri: str
     path: Path
     compiled: Any = None  # the numpy scorer stored at export (churnkit.serve.compiled); pipeline is then None
+    manifest_sha256: str = ""  # the serving manifest's digest recorded at registration ("" unknown)
+    pinned: bool = True  # False: a folder served without a pinned manifest digest (said at start and in /version)
 
 
 def read_mlmodel(model_dir: str | Path) -> dict:
@@ -96,6 +98,69 @@ def _folder_files(folder: Path) -> dict[str, Path]:
         if path.is_file():
             out[rel] = path
     return out
+
+
+#: The export manifest (churnkit.serve.loading.MANIFEST): everything serve reads from an exported folder.
+SERVING_MANIFEST = "churnkit-model.json"
+#: Tag holding the serving manifest's sha256, recorded at registration and pinned by the deploy targets.
+MANIFEST_TAG = "churnkit.manifest_sha256"
+#: Environment variable a container gets the pinned digest in.
+MANIFEST_ENV = "CHURNKIT_MANIFEST_SHA256"
+#: Files outside the serving manifest's file list: itself, its compiled scorer (its sha256 is a value of the
+#: manifest) and the name/version note MLflow's client writes into every download (never read).
+SERVING_UNLISTED = frozenset({SERVING_MANIFEST, SCORER_FILE, "registered_model_meta"})
+
+
+def serving_manifest(model_dir: str | Path, name: str, version: str, threshold: float,
+                     scorer: dict | None) -> bytes:
+    """The serving manifest of a model folder, canonical JSON: every file's sha256 plus every value serve reads.
+
+    The same folder and values give the same bytes, so the digest recorded at registration equals the
+    digest of the manifest an export writes.
+    """
+    folder = Path(model_dir)
+    files = {rel: file_sha256(p) for rel, p in _folder_files(folder).items() if rel not in SERVING_UNLISTED}
+    body = {"format": 2, "name": str(name), "version": str(version), "threshold": float(threshold),
+            "scorer": scorer, "files": files}
+    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+
+def verify_serving_manifest(model_dir: str | Path, pin: str | None) -> dict:
+    """Check an exported folder against its serving manifest and the manifest against ``pin``; return it.
+
+    Runs before anything else in the folder is read. Every file but :data:`SERVING_UNLISTED` must be
+    listed with its sha256 (an extra file, a missing one, a changed one are refused).
+
+    Raises
+    ------
+    IntegrityError
+        Naming the file or the digest that differs and the fix.
+    """
+    folder = Path(model_dir)
+    path = folder / SERVING_MANIFEST
+    if path.is_symlink() or not path.is_file():
+        raise IntegrityError(f"model folder {str(folder)!r} has no {SERVING_MANIFEST}; export it again with "
+                             "churnkit.serve.export_model (churnkit deploy does)")
+    data = path.read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    if pin and sha != pin:
+        raise IntegrityError(f"model folder {str(folder)!r}: {SERVING_MANIFEST} sha256 {sha[:16]}... does not match "
+                             f"the pinned {pin[:16]}... ({MANIFEST_ENV}, recorded at registration); the folder or "
+                             "its threshold, name, version or scorer was changed: export the version again")
+    try:
+        manifest = json.loads(data)
+        listed = dict(manifest["files"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise IntegrityError(f"{str(path)!r} is not a churnkit serving manifest ({exc}); export the model again") from exc
+    present = {rel: p for rel, p in _folder_files(folder).items() if rel not in SERVING_UNLISTED}
+    problems = ([f"{rel!r} is not in the manifest" for rel in sorted(set(present) - set(listed))]
+                + [f"{rel!r} is missing" for rel in sorted(set(listed) - set(present))]
+                + [f"{rel!r} was changed (sha256 differs)" for rel in sorted(set(listed) & set(present))
+                   if file_sha256(present[rel]) != listed[rel]])
+    if problems:
+        raise IntegrityError(f"model folder {str(folder)!r} does not match its {SERVING_MANIFEST}: "
+                             + "; ".join(problems) + "; export the version again")
+    return manifest
 
 
 def write_files_manifest(model_dir: str | Path) -> str:

@@ -146,7 +146,7 @@ def scan_model_file(model_path, trust_types=()) -> ScanVerdict:
 def _refuse(verdict: ScanVerdict) -> UnsafeModelError:
     first = verdict.refused[0]
     return UnsafeModelError(
-        f"model file {verdict.path!r} names {first!r}"
+        f"model file {verdict.path!r} imports {first!r}"
         + (f" and {len(verdict.refused) - 1} more ({', '.join(verdict.refused[1:6])})" if len(verdict.refused) > 1 else "")
         + ", not on churnkit's exact allow-list of classes (scikit-learn, NumPy, SciPy, pandas, joblib); nothing "
         f"was loaded. If you know the class, vouch for it: --trust-type {first} (trust_types=[...], recorded on the "
@@ -222,6 +222,10 @@ def load_foreign_model(model_path, trust: bool = False, columns: list[str] | str
 
     src = _source(model_path)
     extra = parse_types(trust_types)
+    if not trust:  # the report refuses what the gate would, before a child is started
+        verdict, _ = _scan_bytes(src.kind, src.raw, str(src.model_file), extra)
+        if not verdict.safe:
+            raise _refuse(verdict)
     frame = pickle.dumps(sample) if sample is not None else b""  # to the child: it trusts what this process sends
     header = {"kind": src.kind, "where": str(src.model_file), "path": str(src.path), "trust": bool(trust),
               "trust_types": sorted(f"{m}.{n}" for m, n in extra), "label_column": label_column,
@@ -718,6 +722,10 @@ def _import_tags(foreign: ForeignModel, sample: Sample, *, no_gate: bool, label_
         tags[TAG + "trust_types"] = json.dumps(foreign.trust_types)
     if foreign.isolation:
         tags[TAG + "isolation"] = foreign.isolation
+    from churnkit.artifact import TRUSTED_TYPES_ENV
+
+    if os.environ.get(TRUSTED_TYPES_ENV, "").strip():  # the operator's extra types were in force for this import
+        tags[TAG + "operator_trusted_types"] = os.environ[TRUSTED_TYPES_ENV].strip()[:4000]
     if no_gate:
         tags[TAG + "no_gate"] = "true"
     if foreign.version_warnings:

@@ -29,6 +29,7 @@ import importlib
 import io
 import json
 import math
+import os
 import pickletools
 import warnings
 import zipfile
@@ -42,6 +43,8 @@ KINDS = ("class", "constructor", "ufunc")
 #: Python 2 module names protocol-2 pickles use, imported under their Python 3 name.
 _PY2_MODULES = {"__builtin__": "builtins", "copy_reg": "copyreg"}
 MAX_DEPTH = 8  # nested object-array pickles
+#: The largest pickle a joblib file may decompress to.
+MAX_PICKLE_BYTES = int(os.environ.get("CHURNKIT_MAX_MODEL_BYTES", str(4 * 2**30)))
 #: A skops schema larger than this is refused before it is parsed.
 MAX_SKOPS_SCHEMA = 64 * 2**20
 VOUCH = ("if you know the class and where the file comes from, vouch for it: `churnkit import ... --trust-type {t}` "
@@ -152,6 +155,8 @@ def resolve_global(module: str, name: str, extra=frozenset()):
                                f"listed {want[0]}.{want[1]}; nothing from the file was run; regenerate the list with "
                                "tools/trusted_types.py if a library upgrade moved it", refused=[text])
     kind = want[2]
+    if pair not in ENTRIES and callable(obj) and not isinstance(obj, type(codecs)):
+        return obj  # vouched for by the caller by this exact name: a class or a function, never a module
     if (kind == "class" and not isinstance(obj, type)) or (kind == "ufunc" and not isinstance(obj, np.ufunc)) \
             or kind not in KINDS:
         raise UnsafeModelError(f"model file names {text!r}, a {type(obj).__name__}, where only a {kind} is allowed; "
@@ -434,10 +439,14 @@ def decompress_joblib(raw: bytes, where: str) -> tuple[bytes, str]:
 
     try:
         with _validate_fileobject_and_memmap(io.BytesIO(raw), where, None) as (fobj, _):
-            return fobj.read(), f"joblib ({kind})"
+            data = fobj.read(MAX_PICKLE_BYTES + 1)
     except Exception as exc:
         raise ModelFileError(f"{where}: a {kind}-compressed joblib file that cannot be decompressed ({exc}); "
                              "it is truncated or corrupted") from exc
+    if len(data) > MAX_PICKLE_BYTES:
+        raise ModelFileError(f"{where}: decompresses to more than {MAX_PICKLE_BYTES} bytes; refusing it (a "
+                             "decompression bomb, or a model too large: CHURNKIT_MAX_MODEL_BYTES raises the limit)")
+    return data, f"joblib ({kind})"
 
 
 def scan_pickle_bytes(data: bytes, where: str, fmt: str = "pickle", extra=frozenset()) -> ScanVerdict:
@@ -476,16 +485,22 @@ def skops_schema(data: bytes, where: str) -> dict:
 
 
 def skops_schema_types(node) -> tuple[set[tuple[str, str]], set[str]]:
-    """Every (``__module__``, ``__class__``) pair and every ``__loader__`` a skops schema names."""
+    """Every (``__module__``, ``__class__``) pair and every ``__loader__`` a skops schema names.
+
+    A loader is reported as ``loader`` or, for ``OperatorFuncNode``, ``loader:module.name`` (allowed
+    when that exact function is vouched for).
+    """
     pairs, loaders = set(), set()
     stack = [node]
     while stack:
         n = stack.pop()
         if isinstance(n, dict):
+            pair = (str(n.get("__module__")), str(n.get("__class__")))
             if "__module__" in n or "__class__" in n:
-                pairs.add((str(n.get("__module__")), str(n.get("__class__"))))
+                pairs.add(pair)
             if "__loader__" in n:
-                loaders.add(str(n["__loader__"]))
+                loader = str(n["__loader__"])
+                loaders.add(f"{loader}:{pair[0]}.{pair[1]}" if loader == "OperatorFuncNode" else loader)
             stack.extend(n.values())
         elif isinstance(n, list):
             stack.extend(n)
@@ -501,7 +516,8 @@ def scan_skops_bytes(data: bytes, where: str, extra=frozenset()) -> ScanVerdict:
     pairs, loaders = skops_schema_types(skops_schema(data, where))
     names = sorted(f"{m}.{n}" for m, n in pairs)
     refused = sorted({f"{m}.{n}" for m, n in pairs if not allowed_global(m, n, extra)}
-                     | {f"skops loader {ld}" for ld in loaders - set(SKOPS_LOADERS)})
+                     | {f"skops loader {ld}" for ld in loaders - set(SKOPS_LOADERS)
+                        if not (ld.startswith("OperatorFuncNode:") and allowed(ld.partition(":")[2], extra))})
     return ScanVerdict(path=where, format="skops", globals=names, refused=refused, dangerous=[],
                        scanner=f"skops {version('skops')} schema walk", pairs=sorted(pairs))
 
@@ -515,7 +531,7 @@ def load_skops(data: bytes, verdict: ScanVerdict, extra=frozenset()):
                                f"nothing was loaded; {VOUCH.format(t=verdict.refused[0])}", refused=verdict.refused)
     for module, name in verdict.pairs:
         obj = resolve_global(module, name, extra)
-        if not isinstance(obj, type) and not _is_ufunc(obj):
+        if not isinstance(obj, type) and not _is_ufunc(obj) and (module, name) not in extra:
             raise UnsafeModelError(f"{verdict.path}: names {module}.{name}, a function; a .skops file may name classes "
                                    "and NumPy ufuncs only", refused=[f"{module}.{name}"])
     return skops.io.loads(data, trusted=[f"{m}.{n}" for m, n in verdict.pairs])
