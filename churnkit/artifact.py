@@ -121,7 +121,7 @@ def serving_manifest(model_dir: str | Path, name: str, version: str, threshold: 
     folder = Path(model_dir)
     files = {rel: file_sha256(p) for rel, p in _folder_files(folder).items() if rel not in SERVING_UNLISTED}
     body = {"format": 2, "name": str(name), "version": str(version), "threshold": float(threshold),
-            "scorer": scorer, "files": files}
+            "scorer": scorer, "files": files, "sha256": file_sha256(model_file(folder))}
     return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
 

@@ -302,7 +302,6 @@ def convert_model(header: dict, body: bytes) -> tuple[dict, bytes]:
         proba = original.tolist()
     try:
         out = skops.io.dumps(pipeline)
-        types = skops.io.get_untrusted_types(data=out)
     except Exception as exc:
         raise ModelImportError(f"the model cannot be saved as skops ({type(exc).__name__}: {exc}); churnkit registers "
                                "models only in that format (loading it never runs code)") from exc
@@ -317,7 +316,7 @@ def convert_model(header: dict, body: bytes) -> tuple[dict, bytes]:
             "columns": cols, "wrapped": wrapped, "kind": type(pipeline.steps[-1][1]).__name__,
             "version_warnings": sorted(set(notes)),
             "source_sklearn_version": mismatches[0].original_sklearn_version if mismatches else "",
-            "skops_types": sorted(types), "proba": proba}
+            "skops_types": converted.globals, "proba": proba}
     return head, out
 
 

@@ -218,7 +218,6 @@ def test_dotted_names_are_judged_part_by_part(module, name, ok):
 
 def test_restricted_loader_refuses_what_the_scan_would(tmp_path):
     """The second line: joblib's unpickler resolves only allow-listed globals even if a file got past the scan."""
-    import io
 
     from churnkit.scan import ScanVerdict, restricted_unpickler
 

@@ -117,6 +117,8 @@ def _rewrite_manifests(folder: Path) -> None:
     export = json.loads((folder / SERVING_MANIFEST).read_text())
     export["files"] = {p.relative_to(folder).as_posix(): file_sha256(p) for p in sorted(folder.rglob("*"))
                        if p.is_file() and p.name not in SERVING_UNLISTED}
+    model_file = yaml.safe_load((folder / "MLmodel").read_text())["flavors"]["sklearn"]["pickled_model"]
+    export["sha256"] = file_sha256(folder / model_file)
     if export.get("scorer") and (folder / SCORER_FILE).exists():
         export["scorer"]["sha256"] = file_sha256(folder / SCORER_FILE)
     (folder / SERVING_MANIFEST).write_text(json.dumps(export, sort_keys=True, separators=(",", ":")))
