@@ -31,10 +31,18 @@ from pathlib import Path
 
 from churnkit.exceptions import DataError, LabelError, ModelFileError, ModelImportError, UnsafeModelError
 
-#: Limits of the child (environment variables override them for one import).
-CPU_SECONDS = int(os.environ.get("CHURNKIT_SANDBOX_CPU_SECONDS", "300"))
-MEMORY_BYTES = int(os.environ.get("CHURNKIT_SANDBOX_MEMORY_MB", "8192")) * 2**20
-WALL_SECONDS = float(os.environ.get("CHURNKIT_SANDBOX_SECONDS", "600"))
+#: Limits of the child: (environment variable read at each import, default).
+LIMITS = {"cpu": ("CHURNKIT_SANDBOX_CPU_SECONDS", 300), "memory_mb": ("CHURNKIT_SANDBOX_MEMORY_MB", 8192),
+          "seconds": ("CHURNKIT_SANDBOX_SECONDS", 600)}
+
+
+def _limit(name: str) -> float:
+    var, default = LIMITS[name]
+    raw = os.environ.get(var, "")
+    try:
+        return float(raw) if raw else float(default)
+    except ValueError:
+        raise ModelFileError(f"{var}={raw!r} is not a number; set a positive number or unset it") from None
 #: Functions the child may run, by name (``module:function``); nothing else is importable through it.
 ENTRIES = ("churnkit.importer:convert_model",)
 #: Audit events refused in the child once it starts reading untrusted bytes.
@@ -100,9 +108,9 @@ def run_isolated(entry: str, header: dict, body: bytes, *, timeout: float | None
     """
     if entry not in ENTRIES:
         raise ValueError(f"no isolated entry {entry!r}; available: {ENTRIES!r}")
-    timeout = WALL_SECONDS if timeout is None else timeout
-    cpu = cpu_seconds or CPU_SECONDS
-    memory = memory_bytes or MEMORY_BYTES
+    timeout = _limit("seconds") if timeout is None else timeout
+    cpu = int(cpu_seconds or _limit("cpu"))
+    memory = int(memory_bytes or _limit("memory_mb") * 2**20)
     prefix, network = _network_prefix()
     # the caller's own import path (its vouched classes live there); -I keeps the rest of its environment out
     paths = [str(Path(__file__).resolve().parents[1])] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]

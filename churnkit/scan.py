@@ -43,8 +43,8 @@ KINDS = ("class", "constructor", "ufunc")
 #: Python 2 module names protocol-2 pickles use, imported under their Python 3 name.
 _PY2_MODULES = {"__builtin__": "builtins", "copy_reg": "copyreg"}
 MAX_DEPTH = 8  # nested object-array pickles
-#: The largest pickle a joblib file may decompress to.
-MAX_PICKLE_BYTES = int(os.environ.get("CHURNKIT_MAX_MODEL_BYTES", str(4 * 2**30)))
+#: The largest pickle a joblib file may decompress to (``CHURNKIT_MAX_MODEL_BYTES`` overrides it).
+MAX_PICKLE_BYTES = 4 * 2**30
 #: A skops schema larger than this is refused before it is parsed.
 MAX_SKOPS_SCHEMA = 64 * 2**20
 VOUCH = ("if you know the class and where the file comes from, vouch for it: `churnkit import ... --trust-type {t}` "
@@ -199,7 +199,7 @@ def restricted_unpickler(data: bytes, verdict: ScanVerdict, extra=frozenset(), t
             raise UnsafeModelError(f"model file asks for persistent object {pid!r}; model files hold none",
                                    refused=["persistent_load"])
 
-    return Restricted("", io.BytesIO(data), None)
+    return Restricted("", io.BytesIO(data), True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -437,14 +437,15 @@ def decompress_joblib(raw: bytes, where: str) -> tuple[bytes, str]:
                              "that joblib and save it again with joblib.dump")
     from joblib.numpy_pickle import _validate_fileobject_and_memmap
 
+    limit = int(os.environ.get("CHURNKIT_MAX_MODEL_BYTES") or MAX_PICKLE_BYTES)
     try:
         with _validate_fileobject_and_memmap(io.BytesIO(raw), where, None) as (fobj, _):
-            data = fobj.read(MAX_PICKLE_BYTES + 1)
+            data = fobj.read(limit + 1)
     except Exception as exc:
         raise ModelFileError(f"{where}: a {kind}-compressed joblib file that cannot be decompressed ({exc}); "
                              "it is truncated or corrupted") from exc
-    if len(data) > MAX_PICKLE_BYTES:
-        raise ModelFileError(f"{where}: decompresses to more than {MAX_PICKLE_BYTES} bytes; refusing it (a "
+    if len(data) > limit:
+        raise ModelFileError(f"{where}: decompresses to more than {limit} bytes; refusing it (a "
                              "decompression bomb, or a model too large: CHURNKIT_MAX_MODEL_BYTES raises the limit)")
     return data, f"joblib ({kind})"
 

@@ -286,3 +286,15 @@ def test_benign_joblib_round_trip_through_the_child(f, tmp_path):  # noqa: F811
     X = read_sample(f["sample"], foreign.columns).X
     assert abs(foreign.pipeline.predict_proba(X)[:, 1] - model.predict_proba(X)[:, 1]).max() == 0
     assert io  # noqa: B018
+
+
+def test_decompression_bomb_is_refused_before_it_is_expanded(tmp_path, monkeypatch):
+    from churnkit.exceptions import ModelFileError
+    from churnkit.importer import load_foreign_model
+
+    path = tmp_path / "bomb.joblib"
+    joblib.dump(bytes(8 * 2**20), path, compress=("zlib", 9))  # 8 MB of zeros, a few KB on disk
+    assert path.stat().st_size < 64 * 2**10
+    monkeypatch.setenv("CHURNKIT_MAX_MODEL_BYTES", str(2**20))
+    with pytest.raises(ModelFileError, match="decompresses to more than 1048576 bytes"):
+        load_foreign_model(path)
