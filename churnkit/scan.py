@@ -177,7 +177,8 @@ def _picklescan_dangerous(found: set[tuple[str, str]]) -> tuple[list[str], str]:
 def restricted_unpickler(data: bytes, verdict: ScanVerdict, extra=frozenset(), trust: bool = False):
     """joblib's unpickler over ``data`` that resolves only through :func:`resolve_global`.
 
-    Object arrays (joblib reads them with a nested unpickler) go through the same ``find_class``.
+    Object arrays go through the same ``find_class``: joblib 1.6 reads them with a nested ``Unpickler``
+    whose ``find_class`` is the outer one's (``NumpyArrayWrapper.read_array`` in joblib/numpy_pickle.py).
     A global the static walk did not report is refused. ``trust`` (the whole file is trusted) lifts
     the allow-list but not the other checks.
     """
@@ -300,7 +301,8 @@ def _walk(fh, found: set, where: str, depth: int = 0) -> None:
                 break
             if name == "MARK":
                 marks.append(len(stack))
-            elif name == "POP":  # as CPython's load_pop: a mark on top of the stack is popped first
+            elif name == "POP":  # as CPython's load_pop (Modules/_pickle.c; Lib/pickle.py load_pop pops the
+                # mark when the stack above it is empty): a mark on top of the stack is popped first
                 if marks and marks[-1] == len(stack):
                     marks.pop()
                 else:
