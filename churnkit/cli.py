@@ -158,17 +158,21 @@ def synth(rows, month, seed, drift, out):
 @click.option("--allow-schema-change", is_flag=True,
               help="Let the model replace a champion with other input columns that cannot be compared with it.")
 @click.option("--no-gate", is_flag=True, help="Register without the gate (required for an unlabelled sample); recorded.")
-@click.option("--trust", is_flag=True, help="Load a file naming globals outside the allow-list (runs its code); recorded.")
+@click.option("--trust", is_flag=True, help="Trust the whole file: lift the allow-list (its code runs, still in the "
+              "isolated child); recorded.")
+@click.option("--trust-type", "trust_types", multiple=True, metavar="module.Class",
+              help="Vouch for one class outside the allow-list, by its exact module and name (repeatable); recorded.")
 @click.option("--columns", default="", metavar="a,b,c", help="Input columns in training order, for a model fitted on a matrix.")
 @click.option("--runs-dir", type=click.Path(file_okay=False), help="Audit trail folder (default runs/ or CHURNKIT_RUNS_DIR).")
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome as one JSON object.")
 def import_(model_file, sample_path, label_column, model_name, threshold, auc_threshold, min_improvement,
-            allow_schema_change, no_gate, trust, columns, runs_dir, as_json):
+            allow_schema_change, no_gate, trust, trust_types, columns, runs_dir, as_json):
     """Register an existing .joblib/.pkl/.skops model or MLflow model folder as a version of the model."""
     from churnkit.importer import import_model
 
     result = import_model(model_file, sample_path, label_column, model_name=model_name, threshold=threshold,
-                          no_gate=no_gate, trust=trust, columns=columns or None, auc_threshold=auc_threshold,
+                          no_gate=no_gate, trust=trust, trust_types=trust_types, columns=columns or None,
+                          auc_threshold=auc_threshold,
                           min_improvement=min_improvement, allow_schema_change=allow_schema_change,
                           config=_config(runs_dir))
     if as_json:
@@ -212,6 +216,9 @@ def serve(model_uri, host, port, max_body_bytes, max_rows, capture_dir, capture_
     env = environment_settings(os.environ)
     n_workers = resolve_workers(workers, default="1" if model_uri else "auto")
     loaded = load_serving_model(model_uri or env["model"], _config(runs_dir), compiled=True)
+    if not loaded.pinned:
+        click.echo(f"warning: serving {loaded.uri!r} unpinned: no CHURNKIT_MANIFEST_SHA256 names the digest recorded at "
+                   "registration, so a changed folder would not be noticed (/version shows \"pinned\": false)", err=True)
     app = create_app(loaded, max_body_bytes=max_body_bytes, max_rows=max_rows, capture_dir=capture_dir or env["capture"],
                      capture_max_bytes=capture_max_bytes, vertex_health_route=env["vertex_health_route"],
                      vertex_predict_route=env["vertex_predict_route"], body_timeout=body_timeout)

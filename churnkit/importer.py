@@ -4,12 +4,15 @@
 model folder (sklearn flavor) plus a sample table, and registers the model as a new version:
 
 1. :func:`scan_model_file` lists every global the file names, without loading it
-   (:mod:`churnkit.scan`); one outside the allow-list refuses the file unless ``trust``.
-2. :func:`load_foreign_model` loads it (joblib's unpickler, restricted to the same allow-list as a
-   second line), checks it is a fitted two-class classifier with ``predict_proba``, records
-   scikit-learn version mismatches, and finds its input columns (``feature_names_in_`` or
-   ``columns``). A bare estimator is wrapped in a Pipeline whose first step selects those columns,
-   so the served model takes the schema's named columns like a trained one.
+   (:mod:`churnkit.scan`, a report).
+2. :func:`load_foreign_model` hands the file's bytes to an isolated child process
+   (:mod:`churnkit.sandbox`: no network, throwaway home, no file writes, CPU/memory/time limits)
+   that unpickles it with joblib's unpickler gated by the exact allow-list
+   (:func:`churnkit.scan.resolve_global`), checks it is a fitted two-class classifier with
+   ``predict_proba``, finds its input columns (``feature_names_in_`` or ``columns``), wraps a bare
+   estimator in a Pipeline whose first step selects them, scores the sample, and answers with the
+   model as skops bytes plus JSON. This process loads only those skops bytes, trusting exactly the
+   allow-listed types, and checks they score the sample as the original did.
 3. The sample is read like training data (:mod:`churnkit.data`), checked against the columns, and
    scored; a labelled sample is evaluated and gated exactly as in ``02-evaluate``.
 4. What passes is logged through :func:`churnkit.registry.log_candidate` (re-saved as skops with its
@@ -21,7 +24,6 @@ Nothing touches the registry until every check passed.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import tempfile
@@ -45,12 +47,20 @@ from churnkit.evaluate import (
     gate,
     schema_diff,
 )
-from churnkit.exceptions import DataError, LabelError, ModelFileError, ModelImportError, UnsafeModelError
+from churnkit.exceptions import (
+    DataError,
+    IntegrityError,
+    LabelError,
+    ModelFileError,
+    ModelImportError,
+    UnsafeModelError,
+)
 from churnkit.scan import (
     ScanVerdict,
-    allowed,
-    allowed_global,
     decompress_joblib,
+    load_skops,
+    parse_types,
+    restricted_unpickler,
     scan_pickle_bytes,
     scan_skops_bytes,
 )
@@ -90,6 +100,8 @@ def _source(model_path) -> _Source:
 def _mlflow_folder(path: Path) -> _Source:
     import yaml
 
+    from churnkit.artifact import confined
+
     mlmodel = path / "MLmodel"
     if not mlmodel.exists():
         raise ModelFileError(f"folder {str(path)!r} has no MLmodel file; pass an MLflow model folder or a model file")
@@ -103,25 +115,32 @@ def _mlflow_folder(path: Path) -> _Source:
                              "imports scikit-learn models only")
     fmt = sk.get("serialization_format", "cloudpickle")
     name = sk.get("pickled_model")
-    if not name or not (path / name).is_file():
+    if sk.get("code"):
+        raise ModelFileError(f"MLflow model {str(path)!r} declares a code directory {sk['code']!r}; churnkit never "
+                             "loads code shipped with a model: save the model without code_paths")
+    try:
+        file = confined(path, str(name or ""), "its MLmodel")
+    except IntegrityError as exc:
+        raise ModelFileError(str(exc)) from None
+    if not name or not file.is_file():
         raise ModelFileError(f"MLflow model {str(path)!r} names model file {name!r}, which is not there")
     if fmt not in ("skops", "pickle", "cloudpickle"):
         raise ModelFileError(f"MLflow model {str(path)!r} is serialized as {fmt!r}; churnkit reads skops, pickle "
                              "and cloudpickle")
-    return _Source(path, path / name, "skops" if fmt == "skops" else "pickle", (path / name).read_bytes())
+    return _Source(path, file, "skops" if fmt == "skops" else "pickle", file.read_bytes())
 
 
-def _scan(src: _Source) -> tuple[ScanVerdict, bytes]:
-    where = str(src.model_file)
-    if src.kind == "skops":
-        return scan_skops_bytes(src.raw, where), src.raw
-    data, fmt = decompress_joblib(src.raw, where)
-    return scan_pickle_bytes(data, where, fmt), data
+def _scan_bytes(kind: str, raw: bytes, where: str, extra=frozenset()) -> tuple[ScanVerdict, bytes]:
+    if kind == "skops":
+        return scan_skops_bytes(raw, where, extra), raw
+    data, fmt = decompress_joblib(raw, where)
+    return scan_pickle_bytes(data, where, fmt, extra), data
 
 
-def scan_model_file(model_path) -> ScanVerdict:
+def scan_model_file(model_path, trust_types=()) -> ScanVerdict:
     """List the globals (pickles) or types (skops) a model file or MLflow folder would load, without loading it."""
-    return _scan(_source(model_path))[0]
+    src = _source(model_path)
+    return _scan_bytes(src.kind, src.raw, str(src.model_file), parse_types(trust_types))[0]
 
 
 def _refuse(verdict: ScanVerdict) -> UnsafeModelError:
@@ -129,35 +148,22 @@ def _refuse(verdict: ScanVerdict) -> UnsafeModelError:
     return UnsafeModelError(
         f"model file {verdict.path!r} imports {first!r}"
         + (f" and {len(verdict.refused) - 1} more ({', '.join(verdict.refused[1:6])})" if len(verdict.refused) > 1 else "")
-        + ", outside the allow-list (scikit-learn, NumPy, SciPy, pandas, XGBoost, LightGBM); nothing was loaded. "
-        "Loading it would run that code: re-save the model with only library objects, or pass --trust (trust=True) "
-        "if you know where the file comes from (recorded on the version)",
+        + ", not on churnkit's exact allow-list of classes (scikit-learn, NumPy, SciPy, pandas, joblib); nothing "
+        f"was loaded. If you know the class, vouch for it: --trust-type {first} (trust_types=[...], recorded on the "
+        "version); re-save the model with only library objects; or pass --trust (trust=True) if you trust the whole "
+        "file (recorded on the version)",
         refused=verdict.refused,
     )
 
 
-def _restricted_unpickler(trust: bool):
-    from joblib.numpy_pickle import NumpyUnpickler
+def _deserialize(kind: str, data: bytes, verdict: ScanVerdict, trust: bool, extra):
+    if kind == "skops":
+        if trust:  # the caller trusts the whole file: skops is told to trust what it names
+            import skops.io
 
-    class Restricted(NumpyUnpickler):
-        """joblib's unpickler that resolves only allow-listed globals (the scan's second line)."""
-
-        def find_class(self, module, name):
-            if not trust and not allowed_global(module, name):
-                raise UnsafeModelError(f"model file names {module}.{name}, outside the allow-list; nothing was run",
-                                       refused=[f"{module}.{name}"])
-            return super().find_class(module, name)
-
-    return Restricted
-
-
-def _deserialize(src: _Source, data: bytes, verdict: ScanVerdict, trust: bool):
-    if src.kind == "skops":
-        import skops.io
-
-        return skops.io.load(io.BytesIO(data), trusted=verdict.globals)
-    unpickler = _restricted_unpickler(trust)("", io.BytesIO(data), True)
-    return unpickler.load()
+            return skops.io.loads(data, trusted=verdict.globals)
+        return load_skops(data, verdict, extra)
+    return restricted_unpickler(data, verdict, extra, trust).load()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -166,9 +172,9 @@ def _deserialize(src: _Source, data: bytes, verdict: ScanVerdict, trust: bool):
 
 @dataclass
 class ForeignModel:
-    """A loaded foreign model, checked, with what serving needs to know about it."""
+    """A foreign model, converted in isolation and loaded back from skops, with what serving needs to know."""
 
-    estimator: Any  # the object as loaded
+    estimator: Any  # the model as converted (skops round trip of the original object)
     pipeline: Any  # what gets registered: the estimator, or it behind a column-selecting step
     columns: list[str]  # input columns in the model's order
     wrapped: bool
@@ -178,6 +184,10 @@ class ForeignModel:
     trusted: bool
     version_warnings: list[str] = field(default_factory=list)
     source_sklearn_version: str = ""
+    skops_types: list[str] = field(default_factory=list)  # the types the skops bytes name beyond skops's defaults
+    trust_types: list[str] = field(default_factory=list)  # classes the caller vouched for
+    proba: Any = None  # the original object's churn probabilities on the sample (None without one)
+    isolation: str = ""
 
     @property
     def kind(self) -> str:
@@ -187,45 +197,127 @@ class ForeignModel:
         return type(last).__name__
 
 
-def load_foreign_model(model_path, trust: bool = False, columns: list[str] | str | None = None) -> ForeignModel:
-    """Scan, load and check a model file; wrap a bare estimator so it takes named columns.
+def load_foreign_model(model_path, trust: bool = False, columns: list[str] | str | None = None, *,
+                       trust_types=(), sample: pd.DataFrame | None = None, label_column: str = "churn",
+                       no_gate: bool = False) -> ForeignModel:
+    """Scan, load and check a model file in an isolated child; load back its skops conversion here.
+
+    ``trust_types``: classes (``module.Class``) the caller vouches for beyond the exact allow-list.
+    ``trust``: the whole file is trusted (the allow-list is lifted; the isolation stays).
+    ``sample``: a table as read (:func:`churnkit.data.read_table`); the original object's
+    probabilities on it come back in ``proba``.
 
     Raises
     ------
     UnsafeModelError
         The file names a global outside the allow-list (and ``trust`` is False); nothing was loaded.
     ModelFileError
-        Missing, corrupted or truncated file; an unsupported format.
+        Missing, corrupted or truncated file; an unsupported format; a limit of the child hit.
     ModelImportError
         Not a fitted classifier with ``predict_proba`` for two classes; input columns unknown.
     """
+    import pickle
+
+    from churnkit.sandbox import run_isolated
+
     src = _source(model_path)
-    verdict, data = _scan(src)
-    if not verdict.safe and not trust:
-        raise _refuse(verdict)
+    extra = parse_types(trust_types)
+    if not trust:  # the report refuses what the gate would, before a child is started
+        verdict, _ = _scan_bytes(src.kind, src.raw, str(src.model_file), extra)
+        if not verdict.safe:
+            raise _refuse(verdict)
+    frame = pickle.dumps(sample) if sample is not None else b""  # to the child: it trusts what this process sends
+    header = {"kind": src.kind, "where": str(src.model_file), "path": str(src.path), "trust": bool(trust),
+              "trust_types": sorted(f"{m}.{n}" for m, n in extra), "label_column": label_column,
+              "no_gate": bool(no_gate), "columns": columns, "model_bytes": len(src.raw)}
+    head, data, isolation = run_isolated("churnkit.importer:convert_model", header, src.raw + frame)
+    verdict = ScanVerdict(**{k: v for k, v in head["verdict"].items()})
+    verdict.pairs = [tuple(p) for p in verdict.pairs]
+    load_extra = extra | (parse_types(head["skops_types"]) if trust else frozenset())
+    converted = scan_skops_bytes(data, f"{src.model_file} (converted)", load_extra)
+    try:
+        if trust:  # the caller trusts the whole file (recorded on the version)
+            import skops.io
+
+            pipeline = skops.io.loads(data, trusted=converted.globals)
+        else:
+            pipeline = load_skops(data, converted, load_extra)
+    except UnsafeModelError:
+        raise
+    except Exception as exc:
+        raise ModelImportError(f"the model converted to skops cannot be loaded back ({type(exc).__name__}: {exc}); "
+                               "it holds state skops does not keep; not registered") from exc
+    wrapped = bool(head["wrapped"])
+    return ForeignModel(
+        estimator=pipeline.steps[-1][1] if wrapped else pipeline, pipeline=pipeline, columns=list(head["columns"]),
+        wrapped=wrapped, source=str(src.path), sha256=file_sha256(src.model_file), scan=verdict,
+        trusted=bool(trust) and not verdict.safe, version_warnings=list(head["version_warnings"]),
+        source_sklearn_version=head["source_sklearn_version"], skops_types=list(head["skops_types"]),
+        trust_types=header["trust_types"], proba=None if head["proba"] is None else np.asarray(head["proba"], float),
+        isolation=isolation.describe(),
+    )
+
+
+def convert_model(header: dict, body: bytes) -> tuple[dict, bytes]:
+    """In the isolated child: scan, unpickle through the gate, check, wrap, score, convert to skops.
+
+    Returns the JSON header :func:`load_foreign_model` reads and the skops bytes.
+    """
+    import pickle
+
+    import skops.io
     from sklearn.exceptions import InconsistentVersionWarning
 
+    raw, rest = body[:header["model_bytes"]], body[header["model_bytes"]:]
+    where, trust = header["where"], bool(header["trust"])
+    extra = parse_types(header["trust_types"])
+    verdict, data = _scan_bytes(header["kind"], raw, where, extra)
+    if not verdict.safe and not trust:
+        raise _refuse(verdict)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", InconsistentVersionWarning)
         try:
-            estimator = _deserialize(src, data, verdict, trust)
+            estimator = _deserialize(header["kind"], data, verdict, trust, extra)
         except UnsafeModelError:
             raise
         except Exception as exc:
-            raise ModelFileError(f"model file {str(src.model_file)!r} could not be loaded ({type(exc).__name__}: {exc}); "
-                                 "it is corrupted or truncated, or needs a library that is not installed") from exc
+            raise ModelFileError(f"model file {where!r} could not be loaded ({type(exc).__name__}: {exc}); it is "
+                                 "corrupted or truncated, or needs a library that is not installed") from exc
     mismatches = [w.message for w in caught if isinstance(w.message, InconsistentVersionWarning)]
     notes = [f"{m.estimator_name} was saved with scikit-learn {m.original_sklearn_version} and is loaded with "
              f"{m.current_sklearn_version}" for m in mismatches]
-    _check_classifier(estimator, str(src.path))
-    cols = _input_columns(estimator, columns, str(src.path))
+    _check_classifier(estimator, header["path"])
+    cols = _input_columns(estimator, header["columns"], header["path"])
     pipeline, wrapped = _servable(estimator, cols)
-    return ForeignModel(
-        estimator=estimator, pipeline=pipeline, columns=cols, wrapped=wrapped, source=str(src.path),
-        sha256=file_sha256(src.model_file), scan=verdict, trusted=bool(trust) and not verdict.safe,
-        version_warnings=sorted(set(notes)),
-        source_sklearn_version=mismatches[0].original_sklearn_version if mismatches else "",
-    )
+    proba = None
+    if rest:
+        frame = pickle.loads(rest)  # noqa: S301 - written by the parent process, not by the model file
+        sample = sample_from_frame(frame, cols, header["label_column"], no_gate=header["no_gate"], sha256="",
+                                   source="sample")
+        proba = score_sample(pipeline, sample.X)
+        original = score_sample(estimator, sample.X[cols]) if wrapped else proba
+        if not np.allclose(proba, original, rtol=0, atol=TOLERANCE):
+            raise ModelImportError("the wrapped model's probabilities differ from the original's; report this with "
+                                   "the file")
+        proba = original.tolist()
+    try:
+        out = skops.io.dumps(pipeline)
+    except Exception as exc:
+        raise ModelImportError(f"the model cannot be saved as skops ({type(exc).__name__}: {exc}); churnkit registers "
+                               "models only in that format (loading it never runs code)") from exc
+    converted = scan_skops_bytes(out, "the converted model", extra)
+    if converted.refused and not trust:
+        raise UnsafeModelError(f"the model holds {converted.refused!r}, not on churnkit's exact allow-list; vouch "
+                               f"for a class with --trust-type {converted.refused[0]}, or pass --trust if you know "
+                               "where the file comes from (recorded on the version)", refused=converted.refused)
+    head = {"verdict": {"path": verdict.path, "format": verdict.format, "globals": verdict.globals,
+                        "refused": verdict.refused, "dangerous": verdict.dangerous, "scanner": verdict.scanner,
+                        "pairs": verdict.pairs},
+            "columns": cols, "wrapped": wrapped, "kind": type(pipeline.steps[-1][1]).__name__,
+            "version_warnings": sorted(set(notes)),
+            "source_sklearn_version": mismatches[0].original_sklearn_version if mismatches else "",
+            "skops_types": converted.globals, "proba": proba}
+    return head, out
 
 
 def _check_classifier(est, where: str) -> None:
@@ -301,7 +393,14 @@ class Sample:
 
 def read_sample(sample_path, columns: list[str], label_column: str = "churn", *, no_gate: bool = False) -> Sample:
     """The sample as typed model inputs (read like training data), its schema and labels (None if unlabelled)."""
-    frame = read_table(sample_path)
+    return sample_from_frame(read_table(sample_path), columns, label_column, no_gate=no_gate,
+                             sha256=file_sha256(sample_path), source=str(sample_path))
+
+
+def sample_from_frame(frame: pd.DataFrame, columns: list[str], label_column: str = "churn", *, no_gate: bool = False,
+                      sha256: str = "", source: str = "sample") -> Sample:
+    """:func:`read_sample` on a table already read."""
+    sample_path = source
     labelled = label_column in frame.columns
     if not labelled and not no_gate:
         near = [c for c in frame.columns if str(c).lower() == str(label_column).lower()]
@@ -323,7 +422,7 @@ def read_sample(sample_path, columns: list[str], label_column: str = "churn", *,
                     dropped=[c for c in frame.columns if c not in columns and c != label_column])
     X = prepare_features(frame, schema).reset_index(drop=True)
     y = map_label(frame[label_column], label_column).reset_index(drop=True) if labelled else None
-    return Sample(X, y, schema, file_sha256(sample_path), str(sample_path), frame.reset_index(drop=True))
+    return Sample(X, y, schema, sha256, source, frame.reset_index(drop=True))
 
 
 def score_sample(pipeline, X: pd.DataFrame) -> np.ndarray:
@@ -463,6 +562,7 @@ def import_model(
     no_gate: bool = False,
     trust: bool = False,
     columns: list[str] | str | None = None,
+    trust_types=(),
     auc_threshold: float = DEFAULT_AUC_THRESHOLD,
     min_improvement: float = DEFAULT_MIN_IMPROVEMENT,
     allow_schema_change: bool = False,
@@ -481,7 +581,9 @@ def import_model(
     no_gate : bool
         Register without evaluation (required for an unlabelled sample); recorded on the version.
     trust : bool
-        Load a file whose globals are outside the allow-list; recorded on the version.
+        Load a file whose globals are outside the allow-list (still in the isolated child); recorded on the version.
+    trust_types : list of "module.Class", optional
+        Classes the caller vouches for beyond the exact allow-list; recorded on the version.
     columns : list or "a,b,c", optional
         Input columns in training order, for an estimator fitted on a bare matrix.
     allow_schema_change : bool
@@ -495,13 +597,18 @@ def import_model(
     from churnkit import registry, tracking
 
     config = config or load_config()
-    foreign = load_foreign_model(model_path, trust=trust, columns=columns)
-    sample = read_sample(sample_path, foreign.columns, label_column, no_gate=no_gate)
+    table = read_table(sample_path)
+    foreign = load_foreign_model(model_path, trust=trust, columns=columns, trust_types=trust_types, sample=table,
+                                 label_column=label_column, no_gate=no_gate)
+    sample = sample_from_frame(table, foreign.columns, label_column, no_gate=no_gate,
+                               sha256=file_sha256(sample_path), source=str(sample_path))
+    original = foreign.proba
     proba = score_sample(foreign.pipeline, sample.X)
-    original = score_sample(foreign.estimator, sample.X[foreign.columns]) if foreign.wrapped else proba
     if not np.allclose(proba, original, rtol=0, atol=TOLERANCE):
-        raise ModelImportError("the wrapped model's probabilities differ from the original's; report this with the file")
-    trusted_types = _skops_types(foreign, trust)
+        raise ModelImportError(
+            f"the model converted to skops scores differently from the file (max difference "
+            f"{float(np.max(np.abs(proba - original))):.3g}); it holds state skops does not keep; not registered")
+    trusted_types = foreign.skops_types or ["numpy.dtype"]
     tracking.setup_tracking(config)
     champion = registry.load_champion(model_name, config)
     evaluation, verdict, fig = None, None, None
@@ -542,7 +649,7 @@ def import_model(
         else:
             mlflow.set_tags({TAG + "gate_passed": "true", TAG + "gate_summary": verdict.summary(),
                              TAG + "gate": json.dumps(verdict.to_dict())})
-        candidate = registry.load_candidate(run_id, config, also_trusted=tuple(trusted_types) if trust else ())
+        candidate = registry.load_candidate(run_id, config, also_trusted=_vouched(foreign, trust))
         reloaded = score_sample(candidate.pipeline, sample.X)
         if not np.allclose(reloaded, original, rtol=0, atol=TOLERANCE):
             raise ModelImportError(
@@ -590,20 +697,9 @@ class _Holdout:
     y_holdout: pd.Series
 
 
-def _skops_types(foreign: ForeignModel, trust: bool) -> list[str]:
-    """The types the re-saved skops file needs trusted; each inside the allow-list unless ``trust``."""
-    import skops.io
-
-    try:
-        types = skops.io.get_untrusted_types(data=skops.io.dumps(foreign.pipeline))
-    except Exception as exc:
-        raise ModelImportError(f"the model cannot be saved as skops ({type(exc).__name__}: {exc}); churnkit registers "
-                               "models only in that format (loading it never runs code)") from exc
-    outside = [t for t in types if not allowed(t)]
-    if outside and not trust:
-        raise UnsafeModelError(f"the model holds type(s) {outside!r} outside the allow-list; pass --trust if you "
-                               "know where the file comes from (recorded on the version)", refused=outside)
-    return sorted(types) or ["numpy.dtype"]
+def _vouched(foreign: ForeignModel, trust: bool) -> tuple[str, ...]:
+    """The types the registered skops file may name beyond the exact list: the caller's (all of them with ``trust``)."""
+    return tuple(sorted(set(foreign.trust_types) | (set(foreign.skops_types) if trust else set())))
 
 
 def _import_tags(foreign: ForeignModel, sample: Sample, *, no_gate: bool, label_column: str) -> dict[str, str]:
@@ -621,6 +717,14 @@ def _import_tags(foreign: ForeignModel, sample: Sample, *, no_gate: bool, label_
     }
     if foreign.trusted:
         tags[TAG + "trusted"] = "true"
+    if foreign.trust_types:
+        tags[TAG + "trust_types"] = json.dumps(foreign.trust_types)
+    if foreign.isolation:
+        tags[TAG + "isolation"] = foreign.isolation
+    from churnkit.artifact import TRUSTED_TYPES_ENV
+
+    if os.environ.get(TRUSTED_TYPES_ENV, "").strip():  # the operator's extra types were in force for this import
+        tags[TAG + "operator_trusted_types"] = os.environ[TRUSTED_TYPES_ENV].strip()[:4000]
     if no_gate:
         tags[TAG + "no_gate"] = "true"
     if foreign.version_warnings:

@@ -29,11 +29,13 @@ from churnkit.config import (
 from churnkit.clock import iso_seconds
 from churnkit.artifact import (
     FILES_MANIFEST,
+    MANIFEST_TAG,
     TRUSTED_TYPES,
     LoadedModel,
     artifact_sha256,
     load_estimator,
     read_metadata,
+    serving_manifest,
     verify_files,
     write_files_manifest,
 )
@@ -249,6 +251,9 @@ def register_candidate(
         created = _ensure_registered_model(c, model_name)
         mv = _create_version(c, model_name, candidate, tags)
         _wait_ready(c, model_name, mv.version)
+        c.set_model_version_tag(model_name, mv.version, MANIFEST_TAG,
+                                manifest_sha256(candidate.model_uri, candidate.pipeline, candidate.schema, model_name,
+                                                str(mv.version), threshold))
         alias = _first_role(c, model_name, str(mv.version), before, config) if champion is None else ALIAS_CHALLENGER
         c.set_registered_model_alias(model_name, alias, mv.version)
         if alias == ALIAS_CHAMPION:  # another first version may have taken the alias meanwhile: one champion
@@ -263,6 +268,36 @@ def register_candidate(
     if mlflow_module().active_run():
         mlflow_module().log_metric("registration_seconds", time.perf_counter() - t0)
     return str(mv.version)
+
+
+def manifest_sha256(model_uri: str, pipeline, schema: Schema, name: str, version: str, threshold: float) -> str:
+    """The digest of the serving manifest an export of this version writes (every file, threshold, name,
+    version, compiled scorer): recorded at registration as ``churnkit.manifest_sha256``, pinned by deploy targets.
+
+    Compute it last, once every file of the version's folder is written.
+    """
+    import hashlib
+
+    # the one import of the serving layer from here: the compiled scorer is part of what is sealed
+    from churnkit.serve.compiled import compile_entry
+
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(mlflow_module().artifacts.download_artifacts(model_uri, dst_path=tmp))
+        made = compile_entry(pipeline, schema, threshold)
+        data = serving_manifest(local, name, version, threshold, made[1] if made else None)
+    return hashlib.sha256(data).hexdigest()
+
+
+def seal_version(model_name: str, version: str, config: Config | None = None) -> str:
+    """Record (again) the serving-manifest digest of an existing version, e.g. one copied under another name.
+
+    The digest covers the version's name and number, so a copy needs its own; returns it.
+    """
+    loaded = load_model(f"models:/{model_name}/{version}", config)
+    mv = client(config).get_model_version(model_name, str(version))
+    digest = manifest_sha256(mv.source, loaded.pipeline, loaded.schema, model_name, str(version), loaded.threshold)
+    client(config).set_model_version_tag(model_name, str(version), MANIFEST_TAG, digest)
+    return digest
 
 
 def _highest_version(c, name: str) -> int:
@@ -515,6 +550,7 @@ def load_model(uri: str, config: Config | None = None, *, verify: bool = True) -
         sha256=sha,
         uri=uri,
         path=local,
+        manifest_sha256=tags.get(MANIFEST_TAG, ""),
     )
 
 

@@ -32,7 +32,7 @@ class Models:
 def clean_env(**extra) -> dict:
     env = {k: v for k, v in os.environ.items()
            if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "CHURNKIT_MODEL_URI", "AIP_STORAGE_URI", "AIP_HTTP_PORT",
-                        "AIP_HEALTH_ROUTE", "AIP_PREDICT_ROUTE", "AZUREML_MODEL_DIR", "CHURNKIT_MODEL_SHA256",
+                        "AIP_HEALTH_ROUTE", "AIP_PREDICT_ROUTE", "AZUREML_MODEL_DIR", "CHURNKIT_MODEL_SHA256", "CHURNKIT_MANIFEST_SHA256",
                         "CHURNKIT_HOST", "CHURNKIT_RUNS_DIR")}
     env.update({k: str(v) for k, v in extra.items()})
     return env

@@ -21,6 +21,11 @@ from churnkit.exceptions import LabelError, ModelImportError
 from churnkit.importer import import_model, read_sample, write_demo_model
 from serve_support import CHURNKIT, Server, clean_env, json_rows
 from test_scan import os_system_pickle, planted
+from model_trust_support import convert_in_process  # noqa: F401 - fixture
+
+# The conversion runs in this process: these tests are about registration, samples and gates. The
+# isolated child has its own tests (test_model_trust.py, test_benign_corpus.py).
+pytestmark = pytest.mark.usefixtures("convert_in_process")
 
 NUMERIC = ["tenure", "monthly_charges", "support_calls", "senior_citizen"]
 _FILES: dict = {}

@@ -21,6 +21,10 @@ from churnkit.exceptions import ModelFileError, UnsafeModelError
 from churnkit.importer import load_foreign_model, scan_model_file
 from churnkit.scan import allowed, allowed_global
 
+from model_trust_support import convert_in_process  # noqa: F401 - fixture
+
+pytestmark = pytest.mark.usefixtures("convert_in_process")  # the allow-list under test; the isolation: test_trust.py
+
 _FITTED: dict = {}
 
 
@@ -214,13 +218,13 @@ def test_dotted_names_are_judged_part_by_part(module, name, ok):
 
 def test_restricted_loader_refuses_what_the_scan_would(tmp_path):
     """The second line: joblib's unpickler resolves only allow-listed globals even if a file got past the scan."""
-    import io
 
-    from churnkit.importer import _restricted_unpickler
+    from churnkit.scan import ScanVerdict, restricted_unpickler
 
     data = os_system_pickle(tmp_path / "ran")
-    with pytest.raises(UnsafeModelError, match="os.system"):
-        _restricted_unpickler(False)("", io.BytesIO(data), True).load()
+    verdict = ScanVerdict("model", "pickle", pairs=[("posix", "system"), ("os", "system")])  # as if the scan passed
+    with pytest.raises(UnsafeModelError, match="system"):
+        restricted_unpickler(data, verdict).load()
     assert not (tmp_path / "ran").exists()
 
 

@@ -117,6 +117,7 @@ class Release:
     version: str
     variant: str
     sha256: str = ""
+    manifest_sha256: str = ""  # the serving manifest's digest recorded at registration (CHURNKIT_MANIFEST_SHA256)
 
 
 def variant_name(version: str | int) -> str:
@@ -143,7 +144,8 @@ def resolve_release(model_uri: str, variant: str | None = None, config: Config |
             )
         return Release(model_uri, DEFAULT_MODEL_NAME, "local", variant)
     sha = dict(mv.tags).get(TAG + "artifact_sha256", "")
-    return Release(model_uri, mv.name, str(mv.version), variant or variant_name(mv.version), sha)
+    return Release(model_uri, mv.name, str(mv.version), variant or variant_name(mv.version), sha,
+                   dict(mv.tags).get(TAG + "manifest_sha256", ""))
 
 
 def export_release(release: Release, dest: Path, config: Config | None = None) -> Path:

@@ -182,6 +182,7 @@ class VertexTarget(ManagedCloudTarget):
                     "env": [{"name": k, "value": v} for k, v in (
                         ("CHURNKIT_MODEL_NAME", release.model_name), ("CHURNKIT_MODEL_VERSION", release.version),
                         ("CHURNKIT_MODEL_SHA256", release.sha256),
+                        ("CHURNKIT_MANIFEST_SHA256", release.manifest_sha256),
                         # served scores where the rollout controller reads them (CloudMonitoringTelemetry)
                         ("CHURNKIT_CAPTURE_URI", f"gs://{s['bucket']}/churnkit/capture/{self.endpoint}/{release.variant}/"))],
                 },

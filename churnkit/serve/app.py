@@ -95,7 +95,8 @@ class Service:
     def describe(self) -> dict:
         m = self.loaded
         return {"name": m.name, "version": str(m.version), "sha256": m.sha256, "uri": m.uri, "threshold": m.threshold,
-                "churnkit": __version__, "engine": self.scorer.engine}
+                "churnkit": __version__, "engine": self.scorer.engine, "pinned": m.pinned,
+                "manifest_sha256": m.manifest_sha256}
 
 
 class _NotReady(Exception):

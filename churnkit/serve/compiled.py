@@ -55,8 +55,20 @@ def to_bytes(compiled) -> bytes:
                       active=np.asarray(compiled.active, dtype=np.int64), baseline=np.asarray(compiled.baseline))
     else:
         raise TypeError(f"engine {compiled.engine!r} cannot be stored")
+    return _npz(arrays)
+
+
+def _npz(arrays: dict) -> bytes:
+    """``np.savez`` bytes with fixed member times: the same model gives the same bytes (its sha256 is recorded
+    in the registry at registration, long before an export writes the file)."""
+    import zipfile
+
     buf = io.BytesIO()
-    np.savez(buf, **arrays)
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
+        for name, value in arrays.items():
+            member = io.BytesIO()
+            np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
+            z.writestr(zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)), member.getvalue())
     return buf.getvalue()
 
 
@@ -80,20 +92,29 @@ def from_bytes(data: bytes):
                          "model again with this version")
 
 
+def compile_entry(pipeline, schema, threshold: float) -> tuple[bytes, dict] | None:
+    """The compiled scorer's bytes and manifest entry, or None when the pipeline has no compiled path."""
+    from churnkit.serve.scorer import Scorer
+
+    scorer = Scorer(pipeline, schema, threshold)  # compiles and self-checks against sklearn
+    if scorer.model is scorer.sklearn:
+        return None
+    data = to_bytes(scorer.model)
+    return data, {"file": SCORER_FILE, "engine": scorer.engine, "sha256": hashlib.sha256(data).hexdigest(),
+                  "checked": "equal to sklearn predict_proba within 1e-9 on probe rows"}
+
+
 def write_compiled(loaded, folder) -> dict | None:
     """Compile ``loaded``'s pipeline, check it against sklearn, write it to ``folder``; the manifest entry.
 
     None when the pipeline has no compiled path (the server then scores with sklearn).
     """
-    from churnkit.serve.scorer import Scorer
-
-    scorer = Scorer(loaded.pipeline, loaded.schema, loaded.threshold)  # compiles and self-checks against sklearn
-    if scorer.model is scorer.sklearn:
+    made = compile_entry(loaded.pipeline, loaded.schema, loaded.threshold)
+    if made is None:
         return None
-    data = to_bytes(scorer.model)
+    data, entry = made
     (Path(folder) / SCORER_FILE).write_bytes(data)
-    return {"file": SCORER_FILE, "engine": scorer.engine, "sha256": hashlib.sha256(data).hexdigest(),
-            "checked": "equal to sklearn predict_proba within 1e-9 on probe rows"}
+    return entry
 
 
 def read_compiled(folder, entry: dict):

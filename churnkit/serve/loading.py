@@ -18,18 +18,20 @@ from pathlib import Path
 
 from churnkit.exceptions import IntegrityError, RegistryError
 from churnkit.artifact import (
-    FILES_MANIFEST,
+    MANIFEST_ENV,
+    SERVING_MANIFEST,
     LoadedModel,
+    serving_manifest,
+    verify_serving_manifest,
     artifact_sha256,
     check_flavor,
     load_estimator,
     read_metadata,
     verify_files,
 )
-from churnkit.data import file_sha256
 from churnkit.serve.storage import SCHEMES as REMOTE_SCHEMES, download
 
-MANIFEST = "churnkit-model.json"
+MANIFEST = SERVING_MANIFEST
 
 
 def read_manifest(folder) -> dict:
@@ -43,17 +45,31 @@ def read_manifest(folder) -> dict:
 
 
 def export_model(loaded: LoadedModel, dest) -> Path:
-    """Copy a loaded model's folder to ``dest`` with a manifest, ready to upload to a cloud endpoint."""
-    dest = Path(dest)
-    shutil.copytree(loaded.path, dest, dirs_exist_ok=True)
-    manifest = {"name": loaded.name, "version": str(loaded.version), "threshold": loaded.threshold,
-                "sha256": loaded.sha256, "files_sha256": file_sha256(dest / FILES_MANIFEST), "uri": loaded.uri}
+    """Copy a loaded model's folder to ``dest`` with its serving manifest, ready to upload to an endpoint.
+
+    The manifest lists every file's sha256 plus the threshold, name, version and the compiled
+    scorer's entry (:func:`churnkit.artifact.serving_manifest`); its digest equals the one recorded
+    at registration (``churnkit.manifest_sha256``), which the deploy targets pin on the container.
+
+    Raises
+    ------
+    IntegrityError
+        The export's digest differs from the one recorded at registration.
+    """
+    import hashlib
+
     from churnkit.serve.compiled import write_compiled
 
+    dest = Path(dest)
+    shutil.copytree(loaded.path, dest, dirs_exist_ok=True)
     scorer = write_compiled(loaded, dest)  # sklearn-checked numpy arrays: a server starts without sklearn
-    if scorer is not None:
-        manifest["scorer"] = scorer
-    (dest / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    data = serving_manifest(dest, loaded.name, str(loaded.version), loaded.threshold, scorer)
+    sha = hashlib.sha256(data).hexdigest()
+    if loaded.manifest_sha256 and sha != loaded.manifest_sha256:
+        raise IntegrityError(f"exporting {loaded.uri!r} gives a serving manifest sha256 {sha[:16]}... that differs from "
+                             f"{loaded.manifest_sha256[:16]}... recorded at registration; the container would refuse it: "
+                             "export with the library versions the version was registered with, or register it again")
+    (dest / MANIFEST).write_bytes(data)
     return dest
 
 
@@ -81,18 +97,12 @@ def verify_folder(folder, uri: str, environ=None) -> str:
 
 
 def apply_manifest(loaded: LoadedModel, environ=None) -> LoadedModel:
-    """Name, version and threshold of a model loaded from a bare folder (the registry's win otherwise).
-
-    ``CHURNKIT_MODEL_NAME``, ``CHURNKIT_MODEL_VERSION`` and ``CHURNKIT_MODEL_THRESHOLD`` (set by the
-    deploy targets on the container) win over the folder's manifest.
-    """
-    if loaded.version != "local":
-        return loaded
+    """``CHURNKIT_MODEL_NAME``, ``CHURNKIT_MODEL_VERSION`` and ``CHURNKIT_MODEL_THRESHOLD`` (the operator's,
+    set by the deploy targets on the container) win over the folder's pinned manifest."""
     env = os.environ if environ is None else environ
-    manifest = read_manifest(loaded.path)
-    loaded.name = str(env.get("CHURNKIT_MODEL_NAME") or manifest.get("name") or loaded.name)
-    loaded.version = str(env.get("CHURNKIT_MODEL_VERSION") or manifest.get("version") or loaded.version)
-    threshold = env.get("CHURNKIT_MODEL_THRESHOLD") or manifest.get("threshold")
+    loaded.name = str(env.get("CHURNKIT_MODEL_NAME") or loaded.name)
+    loaded.version = str(env.get("CHURNKIT_MODEL_VERSION") or loaded.version)
+    threshold = env.get("CHURNKIT_MODEL_THRESHOLD")
     if threshold not in (None, ""):
         try:
             loaded.threshold = float(threshold)
@@ -116,20 +126,32 @@ def find_model_folder(root) -> Path:
 def load_model_folder(folder, uri: str | None = None, environ=None, *, compiled: bool = False) -> LoadedModel:
     """Load an MLflow sklearn model folder without MLflow (skops), verified against its manifests.
 
-    ``compiled=True`` loads the compiled scorer the export manifest records instead of the pipeline
-    (no sklearn; ``pipeline`` is None) when the folder has one.
+    An exported folder is checked against its serving manifest (every file, threshold, name, version,
+    scorer) and, when ``CHURNKIT_MANIFEST_SHA256`` pins it, the manifest against that digest; name,
+    version and threshold then come from the manifest alone. A folder without a pin is served and
+    reported as unpinned (``pinned`` False). ``compiled=True`` loads the compiled scorer instead of the
+    pipeline (no sklearn; ``pipeline`` is None) when the manifest records one.
     """
+    import hashlib
+
     from churnkit.data import Schema
 
+    env = os.environ if environ is None else environ
     folder = find_model_folder(folder)
-    verify_files(folder, read_manifest(folder).get("files_sha256"), MANIFEST)  # before any file is read
+    pin = str(env.get(MANIFEST_ENV) or "")
+    if pin or (folder / MANIFEST).exists():
+        manifest = verify_serving_manifest(folder, pin)  # before any other file is read
+        digest = hashlib.sha256((folder / MANIFEST).read_bytes()).hexdigest()
+    else:  # a bare folder logged by churnkit: its own file manifest, no pinned values
+        verify_files(folder, None, MANIFEST)
+        manifest, digest = {}, ""
     meta = read_metadata(folder)
     if "churnkit_schema" not in meta:
         raise RegistryError(f"model folder {str(folder)!r} carries no churnkit schema in its MLmodel; train it with 01-train")
     uri = uri or str(folder)
     sha = verify_folder(folder, uri, environ)  # before deserializing anything
     check_flavor(folder)  # no code directory, skops only, known trusted types: whichever way it is scored
-    stored = read_manifest(folder).get("scorer") if compiled else None
+    stored = manifest.get("scorer") if compiled else None
     model = None
     if stored:
         from churnkit.serve.compiled import read_compiled
@@ -138,8 +160,10 @@ def load_model_folder(folder, uri: str | None = None, environ=None, *, compiled:
     loaded = LoadedModel(
         pipeline=None if model is not None else load_estimator(folder), compiled=model,
         schema=Schema.from_dict(meta["churnkit_schema"]),
-        threshold=float(meta.get("churnkit_threshold", 0.5)), name=str(meta.get("churnkit_name", "churn")),
-        version="local", sha256=sha, uri=uri, path=folder,
+        threshold=float(manifest.get("threshold", meta.get("churnkit_threshold", 0.5))),
+        name=str(manifest.get("name") or meta.get("churnkit_name", "churn")),
+        version=str(manifest.get("version") or "local"), sha256=sha, uri=uri, path=folder,
+        manifest_sha256=digest, pinned=bool(pin),
     )
     return apply_manifest(loaded, environ)
 

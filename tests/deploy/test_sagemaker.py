@@ -113,8 +113,12 @@ def test_deploy_two_versions_shift_weights_remove_and_stop(aws):
     body = s3.get_object(Bucket="churnkit-test-bucket", Key=key)["Body"].read()
     tar = tarfile.open(fileobj=io.BytesIO(body), mode="r:gz")
     assert "MLmodel" in tar.getnames()
-    manifest = json.loads(tar.extractfile("churnkit-model.json").read())
+    raw_manifest = tar.extractfile("churnkit-model.json").read()
+    manifest = json.loads(raw_manifest)
     assert (manifest["version"], manifest["sha256"]) == ("1", model["PrimaryContainer"]["Environment"]["CHURNKIT_MODEL_SHA256"])
+    # the container is pinned to the serving manifest's digest recorded at registration
+    assert __import__("hashlib").sha256(raw_manifest).hexdigest() == \
+        model["PrimaryContainer"]["Environment"]["CHURNKIT_MANIFEST_SHA256"]
 
     state = t.deploy("models:/churn@challenger", weight=0)
     assert state.weights == {"v1": 100, "v2": 0} and state.drift == []

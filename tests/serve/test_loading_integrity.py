@@ -17,7 +17,7 @@ import pytest
 import yaml
 from serve_support import CHURNKIT, REPO, Server, clean_env
 
-from churnkit.artifact import FILES_MANIFEST, UNLISTED
+from churnkit.artifact import FILES_MANIFEST, MANIFEST_ENV, SCORER_FILE, SERVING_MANIFEST, SERVING_UNLISTED, UNLISTED
 from churnkit.data import file_sha256
 
 
@@ -57,13 +57,16 @@ def store(tmp_path_factory):
         "from churnkit.serve import export_model\n"
         "loaded = registry.load_model('models:/churn/1', config)\n"
         f"export_model(loaded, {str(base / 'exported')!r})\n"
+        "print(loaded.manifest_sha256)\n"
         "print(loaded.path)\n"
     )
     done = subprocess.run([str(Path(CHURNKIT).with_name("python")), "-c", script], env=clean_env(), cwd=str(base),
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    folder = Path(done.stdout.strip().splitlines()[-1])
-    assert (folder / "MLmodel").is_file()
+    *_, pin, path = done.stdout.strip().splitlines()
+    folder = Path(path)
+    assert (folder / "MLmodel").is_file() and len(pin) == 64
+    (base / "pin").write_text(pin)
     return runs, folder, base
 
 
@@ -111,11 +114,14 @@ def _rewrite_manifests(folder: Path) -> None:
     files = {p.relative_to(folder).as_posix(): file_sha256(p) for p in sorted(folder.rglob("*"))
              if p.is_file() and p.name not in UNLISTED}
     (folder / FILES_MANIFEST).write_text(json.dumps({"format": 1, "files": files}))
-    export = json.loads((folder / "churnkit-model.json").read_text())
-    export["files_sha256"] = file_sha256(folder / FILES_MANIFEST)
+    export = json.loads((folder / SERVING_MANIFEST).read_text())
+    export["files"] = {p.relative_to(folder).as_posix(): file_sha256(p) for p in sorted(folder.rglob("*"))
+                       if p.is_file() and p.name not in SERVING_UNLISTED}
     model_file = yaml.safe_load((folder / "MLmodel").read_text())["flavors"]["sklearn"]["pickled_model"]
     export["sha256"] = file_sha256(folder / model_file)
-    (folder / "churnkit-model.json").write_text(json.dumps(export))
+    if export.get("scorer") and (folder / SCORER_FILE).exists():
+        export["scorer"]["sha256"] = file_sha256(folder / SCORER_FILE)
+    (folder / SERVING_MANIFEST).write_text(json.dumps(export, sort_keys=True, separators=(",", ":")))
 
 
 def _export(runs: Path, base: Path, name: str) -> Path:
@@ -202,3 +208,108 @@ def test_extra_trusted_types_are_refused(pristine, tmp_path):
     _rewrite_manifests(folder)
     done = _serve(str(folder), runs, tmp_path / "serve.log")
     assert done.returncode == 1 and "asks skops to trust ['builtins.exec']" in done.stderr, done.stderr
+
+
+# ---- the pinned serving manifest: every file and every value serve reads --------------------------
+
+def _pinned(base: Path) -> dict:
+    return {MANIFEST_ENV: (base / "pin").read_text()}
+
+
+def test_export_digest_is_the_one_recorded_at_registration(pristine):
+    import hashlib
+
+    _, _, base = pristine
+    manifest = (base / "exported" / SERVING_MANIFEST).read_bytes()
+    assert hashlib.sha256(manifest).hexdigest() == (base / "pin").read_text()
+    body = json.loads(manifest)
+    assert (body["name"], body["version"], body["threshold"]) == ("churn", "1", 0.5)
+    assert body["scorer"]["file"] == SCORER_FILE and "MLmodel" in body["files"] and FILES_MANIFEST in body["files"]
+
+
+def _tamper_file(folder: Path, rel: str) -> None:
+    path = folder / rel
+    path.write_bytes(path.read_bytes() + b"\n# changed\n")
+
+
+def _files_of(base: Path) -> list[str]:
+    folder = base / "exported"
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("rewrite", [False, True], ids=["as-is", "manifest-rewritten"])
+def test_every_file_of_an_exported_folder_is_covered_by_the_pin(pristine, rewrite):
+    """Change any file (the manifest itself, the scorer, MLmodel, the skops file...): refused under the pin,
+    also when the attacker rewrites the folder's manifests to match."""
+    from churnkit.exceptions import IntegrityError
+    from churnkit.serve.loading import load_model_folder
+
+    runs, _, base = pristine
+    files = _files_of(base)
+    assert {SERVING_MANIFEST, SCORER_FILE, "MLmodel", FILES_MANIFEST} <= set(files)
+    for rel in files:
+        folder = _export(runs, base, "tampered")
+        _tamper_file(folder, rel)
+        if rel in SERVING_UNLISTED - {SERVING_MANIFEST, SCORER_FILE}:  # MLflow's download note: never read
+            loaded = load_model_folder(folder, environ=_pinned(base), compiled=True)
+            assert (loaded.name, loaded.version, loaded.threshold) == ("churn", "1", 0.5), rel
+            continue
+        if rewrite and rel != SERVING_MANIFEST:
+            _rewrite_manifests(folder)
+        with pytest.raises(IntegrityError):
+            load_model_folder(folder, environ=_pinned(base), compiled=True)
+
+
+@pytest.mark.parametrize("key, value", [("threshold", 0.01), ("name", "other"), ("version", "9"),
+                                        ("scorer.sha256", "0" * 64), ("scorer.engine", "numpy-trees"),
+                                        ("files.MLmodel", "0" * 64), ("format", 1)])
+def test_every_value_of_the_manifest_is_covered_by_the_pin(pristine, key, value):
+    from churnkit.exceptions import IntegrityError
+    from churnkit.serve.loading import load_model_folder
+
+    runs, _, base = pristine
+    folder = _export(runs, base, "edited")
+    manifest = json.loads((folder / SERVING_MANIFEST).read_text())
+    where, _, leaf = key.rpartition(".")
+    (manifest[where] if where else manifest)[leaf] = value
+    (folder / SERVING_MANIFEST).write_text(json.dumps(manifest, sort_keys=True, separators=(",", ":")))
+    with pytest.raises(IntegrityError, match="does not match the pinned"):
+        load_model_folder(folder, environ=_pinned(base), compiled=True)
+
+
+def test_a_planted_file_is_refused_and_an_untouched_folder_serves_its_own_values(pristine):
+    from churnkit.exceptions import IntegrityError
+    from churnkit.serve.loading import load_model_folder
+
+    runs, _, base = pristine
+    folder = _export(runs, base, "planted")
+    loaded = load_model_folder(folder, environ=_pinned(base), compiled=True)
+    assert (loaded.name, loaded.version, loaded.threshold, loaded.pinned) == ("churn", "1", 0.5, True)
+    assert loaded.compiled is not None
+    (folder / "extra.py").write_text("print('hi')\n")
+    with pytest.raises(IntegrityError, match="'extra.py' is not in the manifest"):
+        load_model_folder(folder, environ=_pinned(base), compiled=True)
+
+
+def test_served_folder_reports_its_pin(pristine, tmp_path):
+    """A real server: pinned it says so in /version; unpinned it warns at start and says "pinned": false;
+    a pinned server refuses a folder whose scorer was altered with its hash updated in the manifest."""
+    import httpx
+    from serve_support import Server
+
+    runs, _, base = pristine
+    folder = _export(runs, base, "served")
+    for env, pinned in ((_pinned(base), True), ({}, False)):
+        server = Server([CHURNKIT, "serve", "--model", str(folder), "--port", "0"], clean_env(**env),
+                        tmp_path / f"serve-{pinned}.log")
+        try:
+            version = httpx.get(server.url + "/version", timeout=10).json()
+            assert version["pinned"] is pinned and version["version"] == "1"
+            assert ("unpinned" in server.output()) is (not pinned)
+        finally:
+            server.close()
+    scorer = folder / SCORER_FILE
+    scorer.write_bytes(scorer.read_bytes()[:-8] + b"\0" * 8)
+    _rewrite_manifests(folder)
+    done = _serve(str(folder), runs, tmp_path / "serve.log", **_pinned(base))
+    assert done.returncode == 1 and "does not match the pinned" in done.stderr and "Traceback" not in done.stderr
