@@ -53,13 +53,13 @@ def test_importing_the_package_face_loads_nothing_until_a_name_is_used():
 
 
 @pytest.mark.parametrize("package, names", [
-    ("churnkit", ["ChurnkitError", "Dataset", "Schema", "__version__", "build_monitor_report", "cloud_latency",
+    ("churnkit", ["ChurnkitError", "Dataset", "Schema", "__version__", "build_monitor_report", "build_reference", "cloud_latency",
                   "cloud_latency_summary", "describe_dataset", "describe_schema_diff", "evaluate_holdout", "expect_alias", "gate",
                   "get_target", "import_model", "load_candidate", "load_champion", "load_model",
                   "load_monitor_inputs", "load_monitored_model", "load_table", "log_candidate", "log_deployment",
                   "log_evaluation", "log_monitor_report", "measure_latency", "model_uri_for", "open_target",
                   "plan_rollout", "plan_table", "plot_cloud_latency", "plot_evaluation", "plot_rollout", "probe_rows",
-                  "record_registration", "register_candidate", "rollout_history", "run_rollout", "scan_model_file",
+                  "read_reference", "record_registration", "register_candidate", "rollout_history", "run_rollout", "scan_model_file",
                   "schema_diff", "split_holdout", "start_run", "synth_month", "train_model", "write_demo_model"]),
     ("churnkit.runner", ["PIPELINE_STEPS", "Parameter", "PipelineResult", "RunResult", "check_parameters", "failed_cell",
                          "find_notebook", "new_run_folder", "notebook_parameters", "notebooks_dir", "pipeline_summary",
