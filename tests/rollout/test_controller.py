@@ -77,6 +77,15 @@ class FakeTarget(DeployTarget):
 
     inputs = None
 
+    def expected_scores(self, version):
+        """The version's holdout scores through the serving scorer (its rollout reference), read once."""
+        from churnkit.reference import version_reference
+
+        cache = self.__dict__.setdefault("_expected", {})
+        if version not in cache:
+            cache[version] = version_reference(version, config=self.config).scores
+        return cache[version]
+
     def telemetry(self, variants, since, until=None):
         now = time.time()
         rng = np.random.default_rng(int(since * 1000) % 2**32)
@@ -97,7 +106,9 @@ class FakeTarget(DeployTarget):
                 # scores_lag: the capture holding the scores arrives that many seconds after the request counts
                 scored = n - errors if "scores_lag" not in b else \
                     int(self.rate * max(0.0, min(hi, now - b["scores_lag"]) - lo) * w / 100 * (1 - b.get("errors", 0.0)))
-                scores = np.clip(rng.beta(2, 5, scored * b.get("scores_per_answer", 5)) + b.get("shift", 0.0), 0, 1)
+                # scores as the version scores its own holdout (what its reference expects), maybe shifted
+                pool = self.expected_scores(v.model_version)
+                scores = np.clip(rng.choice(pool, scored * b.get("scores_per_answer", 5)) + b.get("shift", 0.0), 0, 1)
                 acc = out.setdefault(name, {"requests": 0, "errors": 0, "timeouts": 0, "latencies_ms": [], "scores": []})
                 acc["requests"] += n
                 acc["errors"] += errors
