@@ -43,7 +43,15 @@ from churnkit.rollout.controller import (
     rollback,
     rollout,
 )
-from churnkit.rollout.record import RolloutRecord, StepRecord, log_record, plot_rollout, record_outcome, rollout_history
+from churnkit.rollout.record import (
+    RolloutRecord,
+    StepRecord,
+    log_record,
+    plot_judgment,
+    plot_rollout,
+    record_outcome,
+    rollout_history,
+)
 from churnkit.rollout.store import RolloutLock, pid_alive, read_state, rollout_dir, state_path, write_state
 
 __all__ = [
@@ -80,6 +88,7 @@ __all__ = [
     "pid_alive",
     "plan_rollout",
     "plan_steps",
+    "plot_judgment",
     "plot_rollout",
     "psi",
     "read_state",

@@ -193,7 +193,8 @@ class _Controller:
             from churnkit.data import read_table
 
             rows = read_table(self.replay_path)
-            rows = rows.drop(columns=[c for c in ("churn", "Churn") if c in rows.columns])
+            keep = [c for c in rows.columns if self.reference is None or c in self.reference.columns]
+            rows = rows[keep]  # the model's input columns: no label, no customer id
             what = f"{len(rows)} rows of {self.replay_path}"
         else:
             rows = self._holdout()

@@ -132,12 +132,23 @@ class RolloutRecord:
             lines.append(f"  replayed traffic: {self.replay.summary()}")
         return "\n".join(lines)
 
+    def checks_table(self):
+        """Every check of every step with its value, limit, reference, sample size and verdict."""
+        import pandas as pd
+
+        cols = ["step", "weight", "check", "value", "limit", "reference", "n", "verdict"]
+        rows = [{"step": i + 1, "weight": s.weight, "check": c.get("name"), "value": c.get("value"),
+                 "limit": c.get("limit"), "reference": c.get("reference", ""), "n": c.get("n"),
+                 "verdict": c.get("verdict") or ("pass" if c.get("ok") else "fail")}
+                for i, s in enumerate(self.steps) for c in s.checks]
+        return pd.DataFrame(rows, columns=cols)
+
     def table(self):
         """One row per step (the notebook's display)."""
         import pandas as pd
 
         cols = ["weight", "requests", "errors", "p99_ms", "champion_requests", "champion_p99_ms", "prediction_psi",
-                "ok", "seconds", "reason"]
+                "champion_divergence", "offline_divergence", "ok", "seconds", "reason"]
         return pd.DataFrame([s.to_dict() for s in self.steps], columns=cols)
 
 
@@ -269,6 +280,44 @@ def plot_rollout(record: RolloutRecord):
         drift.legend(fontsize=8)
     drift.set_ylabel("prediction PSI")
     drift.set_xlabel("seconds since the rollout started")
+    fig.tight_layout()
+    return fig
+
+
+def plot_judgment(record: RolloutRecord, reference=None):
+    """Per step: the challenger's live score distribution over the one its reference expects (its holdout
+    through the serving scorer), and the live divergence from the champion against the offline one."""
+    import matplotlib.pyplot as plt
+
+    steps = record.steps or []
+    fig, axes = plt.subplots(max(len(steps), 1), 2, figsize=(10, 2.8 * max(len(steps), 1)), squeeze=False)
+    bins = np.linspace(0, 1, 26)
+    for i, s in enumerate(steps):
+        ax = axes[i][0]
+        if reference is not None:
+            ax.hist(reference.scores, bins=bins, density=True, color="lightgrey", label=f"expected: v{record.challenger} "
+                    f"holdout ({reference.n})")
+        if s.live_scores:
+            ax.hist(s.live_scores, bins=bins, density=True, histtype="step", linewidth=2, color="tab:orange",
+                    label=f"live at {s.weight}% ({s.requests} requests)")
+        psi = "n/a" if s.prediction_psi is None else f"{s.prediction_psi:.3f}"
+        ax.set_title(f"step {i + 1} ({s.weight}%): challenger scores, PSI {psi} against its reference", fontsize=9)
+        ax.set_xlabel("churn probability")
+        ax.legend(fontsize=7)
+        bx = axes[i][1]
+        div = next((c for c in s.checks if c.get("name") == "champion_divergence"), None)
+        values = [s.offline_divergence or 0.0, s.champion_divergence or 0.0]
+        colors = ["lightgrey", "tab:green" if (div or {}).get("verdict") in ("pass", None) else "tab:red"]
+        bx.bar(["offline (same holdout)", "live (same window)"], values, color=colors)
+        if div is not None and div.get("limit") is not None:
+            bx.axhline(div["limit"], color="grey", linestyle="--", linewidth=1, label=f"limit {div['limit']:.3f}")
+            bx.legend(fontsize=7)
+        bx.set_title(f"divergence from v{record.champion}: {(div or {}).get('verdict', 'not judged')}", fontsize=9)
+        bx.set_ylabel("PSI")
+    if not steps:
+        axes[0][0].axis("off")
+        axes[0][1].axis("off")
+        axes[0][0].text(0.5, 0.5, record.reason or record.decision, ha="center", va="center", fontsize=10)
     fig.tight_layout()
     return fig
 
