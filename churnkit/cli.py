@@ -146,6 +146,35 @@ def synth(rows, month, seed, drift, charges_unit, out):
     click.echo(f"{path}: {len(frame)} rows, churn rate {(frame['churn'] == 'Yes').mean():.1%}")
 
 
+# ---- rollout references ------------------------------------------------------------------------
+@main.group()
+def reference():
+    """A registered version's rollout reference (its holdout scores through the serving scorer)."""
+
+
+@reference.command("build")
+@click.option("--model-name", default="churn", show_default=True, help="Registered model name.")
+@click.option("--version", "version", required=True, help="The registered version to build the reference for.")
+@click.option("--holdout", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="CSV or Parquet rows held out from the version's training data (label column optional).")
+@click.option("--label-column", default="churn", show_default=True, help="The label column of the holdout, if any.")
+@click.option("--runs-dir", type=click.Path(file_okay=False), help="Audit trail folder (default runs/ or CHURNKIT_RUNS_DIR).")
+@click.option("--json", "as_json", is_flag=True, help="Print the reference's numbers as one JSON object.")
+def reference_build(model_name, version, holdout, label_column, runs_dir, as_json):
+    """Build VERSION's rollout reference from a holdout table and store it in the version's model folder.
+
+    For a version registered before references whose training run kept no holdout; the folder's manifest
+    is computed again and recorded on the version.
+    """
+    from churnkit.reference import write_reference
+
+    ref = write_reference(version, holdout, label_column, model_name, _config(runs_dir))
+    if as_json:
+        emit_json({k: v for k, v in ref.to_dict().items() if k not in ("scores", "champion")})
+    else:
+        click.echo(f"{model_name} v{version}: " + ref.summary())
+
+
 # ---- bring your own model -----------------------------------------------------------------------
 @main.command("import")
 @click.argument("model_file", type=click.Path(exists=True))
