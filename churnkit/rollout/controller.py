@@ -416,8 +416,11 @@ class _Controller:
             plan.step = max(plan.step - 1, 0)  # the held step is judged again
             record.steps = record.steps[:plan.step]
             where = f"during step {plan.step + 1} ({plan.steps[plan.step]}%)"
-            if resume:
-                plan.phase = "baking"
+            if not resume:
+                return self._roll_back(f"held {where} for review ({plan.reason}); rolled back on request: traffic "
+                                       f"returned to champion v{plan.champion}, v{plan.challenger} keeps the challenger "
+                                       "alias", keep_alias=True)
+            plan.phase = "baking"
         if resume and plan.phase in ("baking", "deploying", "starting"):
             self.echo(f"  resuming at step {plan.step + 1}")
             return self.run(plan, record, start_step=plan.step if plan.phase == "baking" else 0)

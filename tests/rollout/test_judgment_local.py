@@ -27,8 +27,8 @@ from churnkit.model import split_holdout, train_model
 from churnkit.reference import REFERENCE_FILE, read_reference, reference_from_candidate
 from conftest import free_port
 
-ROWS = 2400
-FAST = dict(steps=[50, 100], interval=3.0, min_requests=20, replay_rate=40.0, looks=2)
+ROWS = 1600
+FAST = dict(steps=[50, 100], interval=2.0, min_requests=20, replay_rate=40.0, looks=2)
 
 
 def _quiet(msg):
@@ -105,7 +105,7 @@ def test_a_concept_drift_retrain_is_promoted_with_the_reason(world):
 def test_a_units_skewed_challenger_is_rolled_back_at_its_first_step_naming_its_reference(world):
     config, target, versions, traffic = world
     champion = _challenger(versions["cents"])
-    result = CliRunner().invoke(main, ["rollout", "--target", "local", "--steps", "50,100", "--interval", "3",
+    result = CliRunner().invoke(main, ["rollout", "--target", "local", "--steps", "50,100", "--interval", "2",
                                        "--min-requests", "20", "--replay-rate", "40", "--looks", "2", "--replay-path",
                                        str(traffic["plain"]), "--json", "--runs-dir", str(config.runs_dir)])
     assert result.exit_code == 0, result.output
@@ -121,7 +121,7 @@ def test_a_units_skewed_challenger_is_rolled_back_at_its_first_step_naming_its_r
 def test_too_little_traffic_is_inconclusive_and_never_promoted(world):
     config, target, versions, traffic = world
     champion = _challenger(versions["good"])
-    rec = ro.rollout(target, config=config, echo=_quiet, steps=[50, 100], interval=1.0, max_bake=3.0, min_requests=5,
+    rec = ro.rollout(target, config=config, echo=_quiet, steps=[50, 100], interval=1.0, max_bake=2.0, min_requests=5,
                      replay_rate=3.0, replay_path=str(traffic["plain"]), looks=1)
     assert rec.decision == "rolled_back" and rec.reason.startswith("inconclusive: "), rec.reason
     assert "of 200 scores" in rec.reason or "of 5 requests" in rec.reason
