@@ -43,8 +43,11 @@ test-setup: venv $(AZML_DIR)/.complete
 	  { (apt-get update -qq && apt-get install -y -qq postgresql >/dev/null) || echo "postgresql could not be installed; the PostgreSQL-backed registry tests will skip with this reason"; }
 
 # The monthly story on synthetic data, in a fresh runs/demo-<UTC time>/ each time: month 1 deploys v1
-# locally (router on DEMO_PORT), month 2's challenger is promoted under replayed traffic, a month with
-# concept drift (shifted predictions) has its challenger rolled back; then the runs; the endpoint stops.
+# locally (router on DEMO_PORT); month 2's challenger is promoted under replayed traffic; month 3 has concept
+# drift: its retrain scores differently from the champion exactly as offline evaluation predicted, and is
+# promoted with that reason; month 4's export wrote the charges in cents while production traffic (replayed
+# from the same month, in dollars) does not: its challenger is rolled back at its first step against its own
+# reference. Then the runs; the endpoint stops.
 DEMO_PORT ?= 8000
 demo: venv
 	@runs="runs/demo-$$(date -u +%Y%m%dT%H%M%SZ)"; ck="$(BIN)/churnkit"; \
@@ -53,8 +56,13 @@ demo: venv
 	"$$ck" pipeline --runs-dir "$$runs" -p month 1 -p port $(DEMO_PORT); \
 	echo "== month 2: v2 is the challenger; it rolls out step by step under replayed traffic"; \
 	"$$ck" pipeline --runs-dir "$$runs" -p month 2 -p port $(DEMO_PORT); \
-	echo "== month 3 with concept drift: the challenger's predictions shift, the rollout rolls it back"; \
+	echo "== month 3 with concept drift: the retrain differs from the champion as offline evaluation predicted; promoted"; \
 	"$$ck" pipeline --runs-dir "$$runs" -p month 3 -p drift concept -p port $(DEMO_PORT); \
+	echo "== month 4: the export wrote charges in cents, production sends dollars; the challenger is rolled back"; \
+	"$$ck" data synth --month 4 --drift concept --charges-unit cents --out "$$runs/month-4-export.csv"; \
+	"$$ck" data synth --month 4 --drift concept --seed 1 --out "$$runs/month-4-traffic.csv"; \
+	"$$ck" pipeline --runs-dir "$$runs" -p data_path "$$runs/month-4-export.csv" \
+	  -p replay_path "$$runs/month-4-traffic.csv" -p port $(DEMO_PORT); \
 	"$$ck" runs --runs-dir "$$runs"; \
 	echo "== the reviewer's index of these runs (executed notebooks rendered, gate and rollout decisions):"; \
 	"$$ck" report --runs-dir "$$runs"; \

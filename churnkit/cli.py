@@ -133,14 +133,46 @@ def data():
 @click.option("--month", type=int, default=1, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--drift", type=click.Choice(["none", "covariate", "concept", "new_category"]), default="none", show_default=True)
+@click.option("--charges-unit", type=click.Choice(["dollars", "cents"]), default="dollars", show_default=True,
+              help="cents: write the charge columns in cents, as a faulty export would.")
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="CSV or Parquet file to write.")
-def synth(rows, month, seed, drift, out):
+def synth(rows, month, seed, drift, charges_unit, out):
     """Write a synthetic monthly customer snapshot (Telco-shaped, churn label included)."""
     from churnkit.data import write_table, synth_month
 
-    frame = synth_month(rows=rows, month=month, seed=seed, drift=None if drift == "none" else drift)
+    frame = synth_month(rows=rows, month=month, seed=seed, drift=None if drift == "none" else drift,
+                        charges_unit=charges_unit)
     path = write_table(frame, out)
     click.echo(f"{path}: {len(frame)} rows, churn rate {(frame['churn'] == 'Yes').mean():.1%}")
+
+
+# ---- rollout references ------------------------------------------------------------------------
+@main.group()
+def reference():
+    """A registered version's rollout reference (its holdout scores through the serving scorer)."""
+
+
+@reference.command("build")
+@click.option("--model-name", default="churn", show_default=True, help="Registered model name.")
+@click.option("--version", "version", required=True, help="The registered version to build the reference for.")
+@click.option("--holdout", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="CSV or Parquet rows held out from the version's training data (label column optional).")
+@click.option("--label-column", default="churn", show_default=True, help="The label column of the holdout, if any.")
+@click.option("--runs-dir", type=click.Path(file_okay=False), help="Audit trail folder (default runs/ or CHURNKIT_RUNS_DIR).")
+@click.option("--json", "as_json", is_flag=True, help="Print the reference's numbers as one JSON object.")
+def reference_build(model_name, version, holdout, label_column, runs_dir, as_json):
+    """Build VERSION's rollout reference from a holdout table and store it in the version's model folder.
+
+    For a version registered before references whose training run kept no holdout; the folder's manifest
+    is computed again and recorded on the version.
+    """
+    from churnkit.reference import write_reference
+
+    ref = write_reference(version, holdout, label_column, model_name, _config(runs_dir))
+    if as_json:
+        emit_json({k: v for k, v in ref.to_dict().items() if k not in ("scores", "champion")})
+    else:
+        click.echo(f"{model_name} v{version}: " + ref.summary())
 
 
 # ---- bring your own model -----------------------------------------------------------------------
@@ -306,7 +338,8 @@ def _emit_record(record, as_json: bool) -> None:
 @click.option("--max-p99-ratio", type=click.FloatRange(min=0), default=1.5, show_default=True,
               help="Challenger p99 / champion p99 on the same window.")
 @click.option("--max-prediction-psi", type=click.FloatRange(min=0), default=0.2, show_default=True,
-              help="PSI of challenger scores against champion scores.")
+              help="PSI of the challenger's live scores against its own reference (its holdout scores); a step "
+                   "fails only above this and above chance for the sizes seen.")
 @click.option("--failure-threshold", type=click.IntRange(min=1), default=1, show_default=True,
               help="Failed checks (over the whole rollout) that trigger the rollback; 1 = the first.")
 @click.option("--min-requests", type=click.IntRange(min=0), default=50, show_default=True,
@@ -315,12 +348,24 @@ def _emit_record(record, as_json: bool) -> None:
               help="Replay held-out rows through the endpoint at this many requests/s during the rollout.")
 @click.option("--max-input-drift", type=click.FloatRange(0, 1), default=None, metavar="SHARE",
               help="Also judge input drift: the share of input columns that may drift from the challenger's holdout.")
+@click.option("--replay-path", default="", metavar="FILE",
+              help="Replay this table (CSV/Parquet) instead of the challenger's holdout (with --replay-rate).")
+@click.option("--min-scores", type=click.IntRange(min=1), default=None,
+              help="Live scores a variant needs before the score checks count [default: 200].")
+@click.option("--alpha", type=click.FloatRange(0, 0.5, min_open=True, max_open=True), default=0.01, show_default=True,
+              help="Chance of a false alarm each step may spend, split across its looks.")
+@click.option("--looks", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Times each step is judged during its bake; a broken challenger is rolled back at the first.")
+@click.option("--on-divergence", type=click.Choice(["hold", "rollback"]), default="hold", show_default=True,
+              help="A live divergence from the champion beyond the offline one (plus chance): hold for review or roll back.")
+@click.option("--on-inconclusive", type=click.Choice(["rollback", "hold"]), default="rollback", show_default=True,
+              help="Too little data at a bake's cap: roll back (reason 'inconclusive: ...') or hold the weights.")
 @click.option("--resume", is_flag=True, help="After a stopped controller: continue its step instead of rolling back.")
 @click.option("--plan", "plan_only", is_flag=True,
               help="Print every traffic request and telemetry query per step as JSON; send nothing.")
 def rollout(deploy_target, endpoint, model_name, strategy, steps, interval, max_error_rate, max_p99_ratio,
-            max_prediction_psi, failure_threshold, min_requests, replay_rate, max_input_drift, resume, runs_dir,
-            as_json, plan_only):
+            max_prediction_psi, failure_threshold, min_requests, replay_rate, max_input_drift, replay_path, min_scores,
+            alpha, looks, on_divergence, on_inconclusive, resume, runs_dir, as_json, plan_only):
     """Shift traffic from champion to challenger step by step; promote it, or roll back on a breach."""
     from churnkit.rollout import rollout as run_rollout
 
@@ -335,7 +380,8 @@ def rollout(deploy_target, endpoint, model_name, strategy, steps, interval, max_
                          interval=interval, max_error_rate=max_error_rate, max_p99_ratio=max_p99_ratio,
                          max_prediction_psi=max_prediction_psi, failure_threshold=failure_threshold,
                          min_requests=min_requests, replay_rate=replay_rate, max_input_drift=max_input_drift,
-                         resume=resume,
+                         resume=resume, replay_path=replay_path, min_scores=min_scores, alpha=alpha, looks=looks,
+                         on_divergence=on_divergence, on_inconclusive=on_inconclusive,
                          config=_config(runs_dir), echo=_rollout_echo(as_json))
     _emit_record(record, as_json)
 

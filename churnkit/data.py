@@ -42,6 +42,8 @@ MAX_CATEGORIES = 100
 # ID-like detection needs this many rows: in a tiny table any column can be unique by chance.
 ID_MIN_ROWS = 20
 DRIFT_KINDS = ("covariate", "concept", "new_category")
+#: How a synthetic export writes the charge columns: in dollars, or in cents (a units bug of an export).
+CHARGES_UNITS = ("dollars", "cents")
 
 
 @dataclass(frozen=True)
@@ -337,6 +339,7 @@ def load_table(
     month: int = 1,
     seed: int = 0,
     drift: str | None = None,
+    charges_unit: str = "dollars",
 ) -> Dataset:
     """Load a churn table (or a synthetic month when ``data_path`` is empty) for training.
 
@@ -362,8 +365,10 @@ def load_table(
     if isinstance(data_path, pd.DataFrame):
         frame, source, digest = data_path, "<DataFrame>", frame_sha256(data_path)
     elif not data_path:
-        frame = synth_month(rows=rows, month=month, seed=seed, drift=drift)
-        source, digest = f"synthetic:rows={rows},month={month},seed={seed},drift={drift or 'none'}", frame_sha256(frame)
+        frame = synth_month(rows=rows, month=month, seed=seed, drift=drift, charges_unit=charges_unit)
+        source = f"synthetic:rows={rows},month={month},seed={seed},drift={drift or 'none'}" + (
+            f",charges_unit={charges_unit}" if charges_unit != "dollars" else "")
+        digest = frame_sha256(frame)
     else:
         frame, source, digest = read_table(data_path), str(data_path), file_sha256(data_path)
     if frame.empty:
@@ -400,7 +405,8 @@ INTERNET = ["DSL", "Fiber optic", "No"]
 PAYMENTS = ["Electronic check", "Mailed check", "Bank transfer (automatic)", "Credit card (automatic)"]
 
 
-def synth_month(rows: int = 4000, month: int = 1, seed: int = 0, drift: str | None = None) -> pd.DataFrame:
+def synth_month(rows: int = 4000, month: int = 1, seed: int = 0, drift: str | None = None,
+                charges_unit: str = "dollars") -> pd.DataFrame:
     """Make one month's customer snapshot shaped like the Telco export, churn label included.
 
     The churn signal comes from contract type, tenure, monthly charges, fiber internet, electronic
@@ -412,7 +418,12 @@ def synth_month(rows: int = 4000, month: int = 1, seed: int = 0, drift: str | No
         ``covariate``: newer customers on pricier plans; ``concept``: the same customers churn for
         other reasons (fiber and charges matter more, contracts less); ``new_category``: a payment
         method never seen before appears.
+    charges_unit : {"dollars", "cents"}
+        ``cents`` writes ``monthly_charges`` and ``total_charges`` in cents, as a faulty export would; the
+        customers and their churn are the same as in dollars.
     """
+    if charges_unit not in CHARGES_UNITS:
+        raise DataError(f"unknown charges_unit {charges_unit!r}; use one of {CHARGES_UNITS!r}")
     if drift in ("", "none"):
         drift = None
     if drift is not None and drift not in DRIFT_KINDS:
@@ -471,6 +482,8 @@ def synth_month(rows: int = 4000, month: int = 1, seed: int = 0, drift: str | No
     churn = rng.random(rows) < 1 / (1 + np.exp(-1.5 * logit))
     ids = [f"{rng.integers(1000, 9999)}-{''.join(rng.choice(list('ABCDEFGHIJKLMNOPQRSTUVWXYZ'), 5))}" for _ in range(rows)]
     ids = [f"{i}-{n}" for n, i in enumerate(ids)]  # unique per row
+    if charges_unit == "cents":  # after the churn draw: the same customers, another unit in the export
+        monthly, total = np.round(monthly * 100), np.round(total * 100)
     total_text = np.where(tenure == 0, " ", np.char.mod("%.2f", total))
     return pd.DataFrame(
         {

@@ -138,6 +138,14 @@ class RolloutError(ChurnkitError):
     """A rollout cannot start or continue (no challenger, no champion, lock held)."""
 
 
+class ReferenceMissingError(RolloutError):
+    """A registered version has no rollout reference and none can be built from what its run recorded."""
+
+    def __init__(self, message: str, *, version: str = ""):
+        super().__init__(message)
+        self.version = version
+
+
 class RolloutLockedError(RolloutError):
     """Another rollout holds the lock on the same endpoint; ``pid`` and ``path`` name the holder and the lock."""
 

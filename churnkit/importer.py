@@ -655,9 +655,13 @@ def import_model(
             raise ModelImportError(
                 f"the model re-saved as skops scores differently from the file (max difference "
                 f"{float(np.max(np.abs(reloaded - original))):.3g}); it holds state skops does not keep; not registered")
+        from churnkit.reference import reference_from_candidate
+
+        # the rollout reference (the version's scores through the serving scorer, the champion's on the same rows)
+        files = reference_from_candidate(candidate, champion, champion_rows=sample.frame).files() if verdict.passed else None
         version = registry.register_candidate(candidate, verdict, model_name=model_name,
                                               metrics=evaluation.challenger if evaluation else None, threshold=chosen,
-                                              tags=tags, config=config)
+                                              tags=tags, config=config, files=files)
         current = registry.record_registration(version, model_name, config)
     except BaseException:
         if started:

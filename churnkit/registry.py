@@ -208,10 +208,14 @@ def register_candidate(
     output_notebook: str = "",
     config: Config | None = None,
     tags: dict[str, str] | None = None,
+    files: dict[str, bytes] | None = None,
 ) -> str | None:
     """Register ``candidate`` if ``verdict`` passed; returns the new version, or None (nothing touched).
 
     ``tags`` are added to the version's own (an imported model's source file, scanner verdict, ...).
+    ``files`` (name → bytes; the version's rollout reference, :mod:`churnkit.reference`) are written into
+    the candidate's model folder before the version is created, and the folder's manifest is computed again
+    over every file, so the version's recorded manifest covers them (:func:`attach_files`).
 
     The first version becomes ``champion``; later ones become ``challenger`` until a rollout promotes
     them. On any failure after the version was created, the version (and a model this call created, if
@@ -227,6 +231,8 @@ def register_candidate(
     config = config or load_config()
     c = client(config)
     t0 = time.perf_counter()
+    if files:
+        attach_files(candidate, files, config)
     champion = get_champion(model_name, config)
     before = _highest_version(c, model_name)
     tags = {
@@ -298,6 +304,77 @@ def seal_version(model_name: str, version: str, config: Config | None = None) ->
     digest = manifest_sha256(mv.source, loaded.pipeline, loaded.schema, model_name, str(version), loaded.threshold)
     client(config).set_model_version_tag(model_name, str(version), MANIFEST_TAG, digest)
     return digest
+
+
+def attach_files(candidate: Candidate, files: dict[str, bytes], config: Config | None = None) -> str:
+    """Write ``files`` into the candidate's model folder and compute its manifest again; returns its sha256.
+
+    The folder is checked against the manifest its training run recorded first; the new manifest's sha256
+    goes on the training run (and on ``candidate``) so the version registered next records it. A file the
+    folder already holds (the candidate was registered before) is kept as it is: another version's manifest
+    covers it.
+
+    Raises
+    ------
+    RegistryError
+        A file name that is not a plain name in the folder.
+    IntegrityError
+        The folder no longer matches its recorded manifest.
+    """
+    sha = _attach(candidate.model_uri, candidate.files_sha256, f"training run {candidate.run_id}", files, config,
+                  keep_existing=True)
+    if sha != candidate.files_sha256:
+        client(config).set_tag(candidate.run_id, TAG + "files_sha256", sha)
+        candidate.files_sha256 = sha
+        candidate.tags[TAG + "files_sha256"] = sha
+    return sha
+
+
+def attach_version_files(version: str, files: dict[str, bytes], model_name: str = DEFAULT_MODEL_NAME,
+                         config: Config | None = None) -> str:
+    """Write ``files`` into a registered version's folder (replacing files of the same name), compute its
+    manifest again and record it on the version; returns the manifest's sha256 (``churnkit reference build``)."""
+    c = client(config)
+    mv = c.get_model_version(model_name, str(version))
+    where = f"registered version {model_name} v{version}"
+    sha = _attach(mv.source, mv.tags.get(TAG + "files_sha256"), where, files, config, keep_existing=False)
+    c.set_model_version_tag(model_name, str(version), TAG + "files_sha256", sha)
+    run_id = mv.tags.get(TAG + "train_run_id") or mv.run_id
+    if run_id:
+        c.set_tag(run_id, TAG + "files_sha256", sha)
+    if mv.tags.get(MANIFEST_TAG):  # the serving manifest covers every file: seal the folder again
+        seal_version(model_name, str(version), config)
+    record_history(model_name, str(version), f"files {sorted(files)!r} written into the model folder; manifest "
+                                             f"{sha[:16]}... recorded", config)
+    return sha
+
+
+def _attach(model_uri: str, expected: str | None, where: str, files: dict[str, bytes], config: Config | None,
+            *, keep_existing: bool) -> str:
+    bad = [n for n in files if not n or "/" in n or "\\" in n or n.startswith(".") or n == FILES_MANIFEST]
+    if bad:
+        raise RegistryError(f"file name(s) {bad!r} cannot be added to a model folder: use plain names such as "
+                            "'churnkit-reference.json'")
+    if not model_uri.startswith("models:/"):
+        raise RegistryError(f"model {model_uri!r} is not a logged model (models:/m-...); files can be added only "
+                            "to a model logged by churnkit.log_candidate")
+    mlflow = mlflow_module()
+    setup_tracking(config)
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=tmp))
+        sha = verify_files(local, expected or None, where)
+        new = {n: data for n, data in files.items() if not (keep_existing and (local / n).exists())}
+        if not new:
+            return sha
+        for name, data in new.items():
+            (local / name).write_bytes(data)
+        sha = write_files_manifest(local)
+        from mlflow import MlflowClient
+
+        uploader = MlflowClient(tracking_uri=config.tracking_uri if config else None)
+        for name in [*new, FILES_MANIFEST]:  # the manifest last: a folder read meanwhile fails verification
+            uploader.log_model_artifact(model_uri.removeprefix("models:/"), str(local / name))
+    return sha
 
 
 def _highest_version(c, name: str) -> int:

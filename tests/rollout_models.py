@@ -1,7 +1,9 @@
 """Misbehaving model versions for the rollout tests, registered through the library like any other.
 
 :class:`Misbehaving` wraps a fitted classifier inside the usual two-step pipeline and sleeps, raises
-for a share of calls (the server answers 500), or shifts its churn probabilities. The pipeline is
+for a share of calls (the server answers 500), or shifts its churn probabilities; the failures and the
+shift happen in a serving process only (``churnkit serve``): a container that behaves otherwise than the
+registered model, so its live scores leave the reference built from the same model offline. The pipeline is
 stored with skops like any churnkit model; :data:`SERVE_ENV` lets a ``churnkit serve`` process import
 this module and trust its class (the operator's ``CHURNKIT_TRUSTED_TYPES``); its classifier has no
 compiled scoring path, so the server scores it with sklearn.
@@ -12,6 +14,7 @@ from __future__ import annotations
 import os
 import itertools
 import random
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -49,10 +52,11 @@ class Misbehaving(ClassifierMixin, BaseEstimator):
             time.sleep(self.delay)
         n = next(_CALLS)
         # the server's start-up self-check (its first calls) passes, so the failures reach live traffic
-        if self.error_share and n >= _SELF_CHECK_CALLS and random.random() < self.error_share:
+        serving = sys.argv[1:2] == ["serve"]  # `python -m churnkit.cli serve ...`, not the controller's reference
+        if self.error_share and serving and n >= _SELF_CHECK_CALLS and random.random() < self.error_share:
             raise RuntimeError("injected scoring failure")
         p = self.clf.predict_proba(X)[:, 1]
-        if self.shift:
+        if self.shift and serving:
             p = np.clip(p + self.shift, 0.0, 1.0)
         return np.column_stack([1.0 - p, p])
 

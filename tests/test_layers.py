@@ -53,13 +53,13 @@ def test_importing_the_package_face_loads_nothing_until_a_name_is_used():
 
 
 @pytest.mark.parametrize("package, names", [
-    ("churnkit", ["ChurnkitError", "Dataset", "Schema", "__version__", "build_monitor_report", "cloud_latency",
+    ("churnkit", ["ChurnkitError", "Dataset", "Schema", "__version__", "build_monitor_report", "build_reference", "cloud_latency",
                   "cloud_latency_summary", "describe_dataset", "describe_schema_diff", "evaluate_holdout", "expect_alias", "gate",
                   "get_target", "import_model", "load_candidate", "load_champion", "load_model",
                   "load_monitor_inputs", "load_monitored_model", "load_table", "log_candidate", "log_deployment",
                   "log_evaluation", "log_monitor_report", "measure_latency", "model_uri_for", "open_target",
-                  "plan_rollout", "plan_table", "plot_cloud_latency", "plot_evaluation", "plot_rollout", "probe_rows",
-                  "record_registration", "register_candidate", "rollout_history", "run_rollout", "scan_model_file",
+                  "plan_rollout", "plan_table", "plot_cloud_latency", "plot_evaluation", "plot_judgment", "plot_rollout", "probe_rows",
+                  "read_reference", "record_registration", "register_candidate", "rollout_history", "run_rollout", "scan_model_file",
                   "schema_diff", "split_holdout", "start_run", "synth_month", "train_model", "write_demo_model"]),
     ("churnkit.runner", ["PIPELINE_STEPS", "Parameter", "PipelineResult", "RunResult", "check_parameters", "failed_cell",
                          "find_notebook", "new_run_folder", "notebook_parameters", "notebooks_dir", "pipeline_summary",
@@ -68,10 +68,11 @@ def test_importing_the_package_face_loads_nothing_until_a_name_is_used():
     ("churnkit.audit", ["ENTRY_KEYS", "FAILED", "RUN_KEYS", "collect", "format_table", "list_runs", "render_notebook",
                         "write_report"]),
     ("churnkit.rollout", ["CANARY_STEPS", "DECISIONS", "DEFAULT_INTERVAL", "LINEAR_STEPS", "MIN_PSI_SCORES", "STRATEGIES",
-                          "Check", "RolloutLock", "RolloutRecord", "StepRecord", "Thresholds", "Verdict", "bake_interval",
-                          "check_bake", "check_error_rate",
-                          "check_input_drift", "check_limits", "check_live", "check_p99", "check_prediction_psi", "early_breach",
-                          "enough_traffic", "judge_step", "log_record", "pid_alive", "plan_rollout", "plan_steps", "plot_rollout", "psi",
+                          "VERDICTS", "Check", "RolloutLock", "RolloutRecord", "StepRecord", "Thresholds", "Verdict",
+                          "bake_interval", "chance_psi", "check_bake", "check_calibration", "check_champion_divergence",
+                          "check_error_rate", "check_input_drift", "check_limits", "check_live", "check_p99",
+                          "check_parity", "check_prediction_ks", "check_prediction_psi", "early_breach",
+                          "enough_traffic", "judge_step", "log_record", "pid_alive", "plan_rollout", "plan_steps", "plot_judgment", "plot_rollout", "psi",
                           "read_state", "record_outcome", "rollback", "rollout", "rollout_dir", "rollout_history",
                           "should_roll_back", "state_path", "write_state"]),
 ])

@@ -400,6 +400,11 @@ class DeployTarget(ABC):
     def captured_inputs(self, variants: list[str], since: float):
         """The model inputs ``variants`` served since ``since`` (a DataFrame), or None where capture is off."""
 
+    def captured_scores(self, variant: str, since: float, limit: int = 200):
+        """Up to ``limit`` rows ``variant`` served since ``since`` with the score it answered (column
+        ``churn_probability``), for the serving-parity check; None where the capture does not pair a row
+        with its score (the check then says it was not judged)."""
+
     def limits(self) -> TargetLimits:
         """The platform's traffic, guardrail and telemetry limits, checked before any request."""
         return TargetLimits()

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from churnkit.deploy.base import DeployTarget, EndpointState, Release, VariantState, request
-from churnkit.deploy.telemetry import Window, captured_in_folders
+from churnkit.deploy.telemetry import Window, captured_in_folders, scored_in_folder
 from churnkit.exceptions import DeployTargetError
 
 #: Popen objects of the processes this Python process started (so exits are reaped, not zombies).
@@ -378,6 +378,9 @@ class LocalTarget(DeployTarget):
 
     def captured_inputs(self, variants: list[str], since: float):
         return captured_in_folders(self.state_dir / "capture", variants, since)
+
+    def captured_scores(self, variant: str, since: float, limit: int = 200):
+        return scored_in_folder(self.state_dir / "capture" / variant, since, limit)
 
     # ---- changes -------------------------------------------------------------------------------------
     def _apply_deploy(self, release, asked, before):

@@ -172,6 +172,24 @@ class MetricsScraper:
         return out
 
 
+def scored_in_folder(capture_dir: Path, since: float, limit: int = 200):
+    """Up to ``limit`` rows a ``churnkit serve --capture-dir`` folder captured since ``since``, with the score
+    served for each (``churn_probability``) and the version that answered (None when nothing was captured)."""
+    import pandas as pd
+
+    from churnkit.serve.capture import read_capture
+
+    if not Path(capture_dir).is_dir():
+        return None
+    frame = read_capture(capture_dir)
+    frame = frame[frame["time"] >= pd.Timestamp(since, unit="s", tz="UTC")] if len(frame) else frame
+    if not len(frame):
+        return None
+    if len(frame) > limit:  # evenly over the window, not only its start
+        frame = frame.iloc[np.linspace(0, len(frame) - 1, limit).round().astype(int)]
+    return frame.drop(columns=["time"]).reset_index(drop=True)
+
+
 def captured_in_folders(capture_root: Path, variants: Sequence[str], since: float):
     """The model inputs ``variants`` served since ``since`` from ``churnkit serve --capture-dir`` folders
     ``<capture_root>/<variant>/`` (None when nothing was captured)."""

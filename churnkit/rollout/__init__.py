@@ -1,6 +1,7 @@
 """Progressive rollout with automatic rollback, on any deploy target.
 
-Modules, bottom to top: ``checks`` (pure decisions: step plans, the checks of a step, verdicts),
+Modules, bottom to top: ``checks`` (pure decisions: step plans, the checks of a step against the
+challenger's reference (:mod:`churnkit.reference`) and the champion, verdicts),
 ``record`` (the decision record, its MLflow run and the timeline figure), ``store`` (the per-endpoint
 lock and state file), ``controller`` (:func:`rollout` and :func:`rollback`). What a target reports
 (``Window``) comes from :mod:`churnkit.deploy.telemetry`.
@@ -12,13 +13,19 @@ from churnkit.rollout.checks import (
     LINEAR_STEPS,
     MIN_PSI_SCORES,
     STRATEGIES,
+    VERDICTS,
     Check,
     Thresholds,
     Verdict,
+    chance_psi,
+    check_calibration,
+    check_champion_divergence,
     check_error_rate,
     check_input_drift,
     check_live,
     check_p99,
+    check_parity,
+    check_prediction_ks,
     check_prediction_psi,
     early_breach,
     enough_traffic,
@@ -36,7 +43,15 @@ from churnkit.rollout.controller import (
     rollback,
     rollout,
 )
-from churnkit.rollout.record import RolloutRecord, StepRecord, log_record, plot_rollout, record_outcome, rollout_history
+from churnkit.rollout.record import (
+    RolloutRecord,
+    StepRecord,
+    log_record,
+    plot_judgment,
+    plot_rollout,
+    record_outcome,
+    rollout_history,
+)
 from churnkit.rollout.store import RolloutLock, pid_alive, read_state, rollout_dir, state_path, write_state
 
 __all__ = [
@@ -46,6 +61,7 @@ __all__ = [
     "LINEAR_STEPS",
     "MIN_PSI_SCORES",
     "STRATEGIES",
+    "VERDICTS",
     "Check",
     "RolloutLock",
     "RolloutRecord",
@@ -53,12 +69,17 @@ __all__ = [
     "Thresholds",
     "Verdict",
     "bake_interval",
+    "chance_psi",
     "check_bake",
+    "check_calibration",
+    "check_champion_divergence",
     "check_error_rate",
     "check_input_drift",
     "check_limits",
     "check_live",
     "check_p99",
+    "check_parity",
+    "check_prediction_ks",
     "check_prediction_psi",
     "early_breach",
     "enough_traffic",
@@ -67,6 +88,7 @@ __all__ = [
     "pid_alive",
     "plan_rollout",
     "plan_steps",
+    "plot_judgment",
     "plot_rollout",
     "psi",
     "read_state",

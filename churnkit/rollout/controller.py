@@ -24,6 +24,7 @@ the threshold is recorded with ``ok: false`` and the rollout goes on.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -40,11 +41,13 @@ from churnkit.rollout.checks import (
     Thresholds,
     Verdict,
     check_input_drift,
+    check_parity,
     early_breach,
     enough_traffic,
     judge_step,
     plan_steps,
     should_roll_back,
+    shortfall,
 )
 from churnkit.rollout.record import RolloutRecord, StepRecord, record_outcome
 from churnkit.rollout.store import RolloutLock, read_state, rollout_dir, state_path, write_state
@@ -80,16 +83,19 @@ class _Controller:
     """One rollout on one endpoint; every transition is written to the state file first."""
 
     def __init__(self, target: DeployTarget, config: Config, *, model_name: str, thresholds: Thresholds, interval: float,
-                 max_bake: float, poll: float, replay_rate: float, echo: Callable[[str], None]):
+                 max_bake: float, poll: float, replay_rate: float, echo: Callable[[str], None], replay_path: str = ""):
         self.target, self.config, self.model_name = target, config, model_name
         self.th, self.interval, self.max_bake, self.poll = thresholds, interval, max_bake, poll
-        self.replay_rate, self.echo = replay_rate, echo
+        self.replay_rate, self.echo, self.replay_path = replay_rate, echo, str(replay_path or "")
         self.path = state_path(config, target.endpoint)
         self.plan: _Plan | None = None
         self.record: RolloutRecord | None = None
         self.replayer = None
         self._last_champion_window: Window | None = None
         self._reference = None
+        self.reference = None  # the challenger's rollout reference (churnkit.reference.Reference)
+        self._challenger_model = None
+        self._judged: tuple[Window, Window] = (Window(), Window())
         self.delay = float(target.limits().telemetry_delay_s)
         self.scores_delayed = bool(target.limits().scores_delayed)
 
@@ -104,6 +110,7 @@ class _Controller:
     # ---- the rollout -----------------------------------------------------------------------------
     def run(self, plan: _Plan, record: RolloutRecord, start_step: int = 0) -> RolloutRecord:
         self.plan, self.record = plan, record
+        self.load_reference()  # a missing or tampered reference refuses here, before anything changes
         # a target that cannot report on the serving variant (no permission, no /metrics) refuses here,
         # before anything changes: the probe reads a past window, so a cloud really sends its queries
         self.target.telemetry([plan.champion_variant], time.time() - 2 * max(self.interval, 1.0) - self.delay)
@@ -117,8 +124,15 @@ class _Controller:
                 failed_before = plan.failed_checks
                 self.record.steps.append(step)
                 self.save(step=i + 1, failed_checks=failed_before + len(verdict.failed))
-                if not verdict.enough or should_roll_back(failed_before, verdict, self.th):
-                    return self._roll_back(f"step {i + 1} at {plan.steps[i]}%: {verdict.reason}")
+                where = f"step {i + 1} at {plan.steps[i]}%"
+                if not verdict.enough:
+                    why = f"inconclusive: {shortfall(*self._judged[:2], self.th)} at {where}; {verdict.note}"
+                    return self._hold(why) if self.th.on_inconclusive == "hold" else self._roll_back(why)
+                if should_roll_back(failed_before, verdict, self.th):
+                    return self._roll_back(f"{where}: {verdict.reason}")
+                if verdict.held:
+                    return self._hold(f"{where}: {verdict.reason}; held for review (on_divergence='rollback' rolls "
+                                      "back instead)")
                 self.echo(f"  step {i + 1}/{len(plan.steps)} at {plan.steps[i]}%: "
                           f"{'ok' if step.ok else 'failed (tolerated)'} - {verdict.reason}")
                 if plan.steps[i] < 100:
@@ -135,6 +149,24 @@ class _Controller:
             raise
         finally:
             self._stop_replay()
+
+    def load_reference(self) -> None:
+        """The challenger's reference from the registry (checked against its manifest and its schema)."""
+        from churnkit.reference import check_schema, version_reference
+        from churnkit.serve.scorer import Scorer
+
+        if self.reference is not None:
+            return
+        plan = self.plan
+        ref = version_reference(plan.challenger, plan.model_name, self.config, champion_version=plan.champion)
+        loaded = registry.load_model(f"models:/{plan.model_name}/{plan.challenger}", self.config)
+        self.reference = replace(ref, version=plan.challenger)
+        check_schema(self.reference, loaded.schema)
+        self._challenger_model = Scorer.from_loaded(loaded)
+        offline = (ref.offline_divergence or {}).get("psi")
+        self.echo(f"  reference of v{plan.challenger}: {ref.n} holdout scores (mean {ref.mean:.3f}; {ref.origin})"
+                  + (f"; offline divergence from v{ref.champion_version}: PSI {offline:.3f}" if offline is not None
+                     else f"; no offline divergence ({ref.note or 'no champion at registration'})"))
 
     def _deploy_challenger(self) -> bool:
         plan = self.plan
@@ -156,9 +188,18 @@ class _Controller:
             return
         from churnkit.replay import Replayer
 
-        rows = self._holdout()
         url = self.target.describe().url
-        self.echo(f"  replaying {len(rows)} held-out rows of v{self.plan.challenger} to {url} at {self.replay_rate:g} requests/s")
+        if self.replay_path:
+            from churnkit.data import read_table
+
+            rows = read_table(self.replay_path)
+            keep = [c for c in rows.columns if self.reference is None or c in self.reference.columns]
+            rows = rows[keep]  # the model's input columns: no label, no customer id
+            what = f"{len(rows)} rows of {self.replay_path}"
+        else:
+            rows = self._holdout()
+            what = f"{len(rows)} held-out rows of v{self.plan.challenger}"
+        self.echo(f"  replaying {what} to {url} at {self.replay_rate:g} requests/s")
         self.replayer = Replayer(url, rows, self.replay_rate).start()
 
     def _stop_replay(self) -> None:
@@ -187,6 +228,7 @@ class _Controller:
         if applied != weights:
             v = Verdict((Check("traffic_applied", 0.0, 1.0, False, f"asked weights {weights}, live {applied}"),), True)
             return v, StepRecord.from_windows(w, Window(), Window(), v, ok=False, seconds=0.0, started=started_iso)
+        looks_taken = 0
         while True:
             time.sleep(self.poll)
             # the window judged ends where the telemetry is complete: now minus the ingestion delay
@@ -195,19 +237,31 @@ class _Controller:
             windows = self._windows(since, since + elapsed if self.delay else None)
             ch = windows.get(plan.challenger_variant, Window())
             cp = windows.get(plan.champion_variant, Window()) if w < 100 else baseline
+            self._judged = (cp, ch)
             status = self._status()
             verdict = early_breach(cp, ch, self.th, status)
             if verdict is not None and self.scores_delayed and _short_of_scores(verdict):
                 verdict = None  # the capture may not have caught up with the request counts yet
             if verdict is not None and not should_roll_back(plan.failed_checks, verdict, self.th):
                 verdict = None  # tolerated: the step bakes to its end
+            # an earlier look (the error budget is split across the looks): only a rollback ends the bake early
+            look_due = looks_taken + 1 < self.th.looks and elapsed >= (looks_taken + 1) * self.interval / self.th.looks
+            if verdict is None and look_due:
+                looks_taken += 1
+                early = judge_step(cp, ch, self.th, status, reference=self.reference)
+                if early.enough and early.failed and not (self.scores_delayed and _short_of_scores(early)) \
+                        and should_roll_back(plan.failed_checks, early, self.th):
+                    verdict = replace(early, note=f"look {looks_taken} of {self.th.looks}")
             if verdict is None and elapsed >= self.interval:
-                judge_inputs = self.th.max_input_drift is not None and enough_traffic(cp, ch, self.th)
-                verdict = judge_step(cp, ch, self.th, status, [self._input_drift(since)] if judge_inputs else ())
+                extra = [self._parity(since)] if enough_traffic(cp, ch, self.th) else []
+                if self.th.max_input_drift is not None and extra:
+                    extra.append(self._input_drift(since))
+                verdict = judge_step(cp, ch, self.th, status, extra, reference=self.reference)
                 if not verdict.enough and elapsed < self.max_bake:
                     continue
                 if self.scores_delayed and _short_of_scores(verdict) and elapsed < self.max_bake:
                     continue  # wait for the capture (up to the bake's cap) before calling the answers unscored
+                looks_taken = self.th.looks
                 if not verdict.enough:
                     silent = [f"{n} ({win.source or self.target.name + ' telemetry'})"
                               for n, win in ((plan.challenger_variant, ch), (plan.champion_variant, cp)) if not win.requests]
@@ -219,7 +273,30 @@ class _Controller:
                 if w < 100:
                     self._last_champion_window = cp
                 step = StepRecord.from_windows(w, cp, ch, verdict, ok=verdict.ok, seconds=elapsed, started=started_iso)
+                step.looks = max(looks_taken, 1)
                 return verdict, step
+
+    def _parity(self, since: float) -> Check:
+        """Serving parity: rows the challenger served, re-scored with its registered artifact."""
+        served = self.target.captured_scores(self.plan.challenger_variant, since)
+        label = f"v{self.plan.challenger} as registered (manifest-checked artifact)"
+        if served is None or not len(served):
+            return check_parity(None, None, reference=label)
+        from churnkit.serve.capture import CAPTURE_COLUMNS, SCORE_COLUMN
+        from churnkit.serve.scorer import Scorer
+
+        if self._challenger_model is None:
+            self._challenger_model = Scorer.from_loaded(
+                registry.load_model(f"models:/{self.plan.model_name}/{self.plan.challenger}", self.config))
+        rows = served.drop(columns=[c for c in CAPTURE_COLUMNS if c in served.columns])
+        records = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
+                   for r in rows.to_dict("records")]
+        try:
+            rescored = self._challenger_model.predict_records(records)
+        except Exception as exc:  # noqa: BLE001 - rows the registered artifact refuses: the container differs
+            return Check("serving_parity", None, 1e-6, False, f"serving parity: the registered artifact refused rows "
+                         f"the challenger served ({type(exc).__name__}: {exc})", label, len(records), "fail")
+        return check_parity(served[SCORE_COLUMN].to_numpy(dtype=float), rescored, reference=label)
 
     def _holdout(self):
         """The challenger's training holdout: the replayed rows and the input-drift reference (read once)."""
@@ -256,6 +333,19 @@ class _Controller:
                           f"({live.weights}); fix the endpoint, then `churnkit endpoint remove`")
         return self._finish("rolled_back", reason)
 
+    def _hold(self, reason: str) -> RolloutRecord:
+        """Leave the weights as they are for a person to decide; the state stays ``held`` until a rerun
+        (``--resume`` judges the step again) or ``churnkit rollback`` (returns all traffic to the champion)."""
+        plan = self.plan
+        self.echo(f"  holding at {plan.steps[max(plan.step - 1, 0)]}%: {reason}")
+        self.echo("  rerun with --resume to judge the step again, or `churnkit rollback` to return all traffic to "
+                  f"v{plan.champion}")
+        self._stop_replay()
+        self.record.decision, self.record.reason, self.record.finished = "held", reason, utcnow()
+        record_outcome(self.record, plan.model_name, f"{plan.target} endpoint {plan.endpoint!r}", self.config)
+        self.save(phase="held", reason=reason)
+        return self.record
+
     def undo(self) -> RolloutRecord:
         """The manual rollback: ``plan.champion`` (the previous version) serves 100 % again and is champion."""
         plan = self.plan
@@ -274,6 +364,13 @@ class _Controller:
     def _promote(self) -> RolloutRecord:
         plan = self.plan
         reason = f"all {len(plan.steps)} steps passed ({', '.join(f'{w}%' for w in plan.steps)})"
+        div = [s for s in self.record.steps if s.champion_divergence is not None and s.offline_divergence is not None]
+        if div:
+            last = div[-1]
+            reason += (f"; the divergence from v{plan.champion} (live PSI {last.champion_divergence:.3f}) is what "
+                       f"offline evaluation predicted (PSI {last.offline_divergence:.3f} on the same holdout)")
+        if plan.phase == "promoting" and plan.reason:
+            reason = plan.reason
         self.save(phase="promoting", reason=reason)
         live = self.target.describe()
         if live.weights.get(plan.challenger_variant) != 100:
@@ -315,6 +412,15 @@ class _Controller:
             return self._roll_back(plan.reason or f"{who} while rolling back")
         if plan.phase == "undoing":
             return self.undo()
+        if plan.phase == "held":
+            plan.step = max(plan.step - 1, 0)  # the held step is judged again
+            record.steps = record.steps[:plan.step]
+            where = f"during step {plan.step + 1} ({plan.steps[plan.step]}%)"
+            if not resume:
+                return self._roll_back(f"held {where} for review ({plan.reason}); rolled back on request: traffic "
+                                       f"returned to champion v{plan.champion}, v{plan.challenger} keeps the challenger "
+                                       "alias", keep_alias=True)
+            plan.phase = "baking"
         if resume and plan.phase in ("baking", "deploying", "starting"):
             self.echo(f"  resuming at step {plan.step + 1}")
             return self.run(plan, record, start_step=plan.step if plan.phase == "baking" else 0)
@@ -407,6 +513,12 @@ def rollout(
     resume: bool = False,
     config: Config | None = None,
     echo: Callable[[str], None] = print,
+    alpha: float = 0.01,
+    looks: int = 3,
+    on_divergence: str = "hold",
+    on_inconclusive: str = "rollback",
+    min_scores: int | None = None,
+    replay_path: str = "",
 ) -> RolloutRecord:
     """Roll the ``challenger`` out over the ``champion`` on ``deploy_target`` step by step; promote or roll back.
 
@@ -424,6 +536,19 @@ def rollout(
         ``"local"``, ``"sagemaker"``, ``"azureml"``, ``"vertex"``, or a target object.
     max_input_drift : float, optional
         Also judge input drift (share of drifted columns, from the target's data capture) at each step.
+    max_prediction_psi : float
+        PSI of the challenger's live scores against its own reference (its holdout scores through the serving
+        scorer, stored with the version); a step fails only above this and above chance for the sizes seen.
+    alpha, looks : float, int
+        The chance of a false alarm a step may spend, split across ``looks`` judgments during its bake (a
+        clearly broken challenger is rolled back at the first look with enough data; promotion waits for the end).
+    on_divergence : {"hold", "rollback"}
+        A live divergence from the champion beyond the offline one plus chance holds the rollout for review
+        (decision ``held``: the weights stay) or rolls back.
+    on_inconclusive : {"rollback", "hold"}
+        Too little data at a bake's cap: ``rolled_back`` with reason "inconclusive: ...", or held. Never promoted.
+    replay_path : str
+        A table (CSV/Parquet) to replay instead of the challenger's holdout (production-like traffic).
     replay_rate : float
         When > 0, held-out rows of the challenger's training run are replayed to the endpoint at this
         many requests per second for the whole rollout (demos, tests, rehearsals).
@@ -444,7 +569,8 @@ def rollout(
     """
     plan_w = plan_steps(strategy, steps)
     th = Thresholds(max_error_rate, max_p99_ratio, max_prediction_psi, failure_threshold, min_requests, p99_slack_ms,
-                    max_input_drift=max_input_drift)
+                    **({} if min_scores is None else {"min_scores": min_scores}), max_input_drift=max_input_drift,
+                    alpha=alpha, looks=looks, on_divergence=on_divergence, on_inconclusive=on_inconclusive)
     for name, value, low in (("interval", interval, "positive"), ("max_bake", max_bake, "positive"),
                              ("replay_rate", replay_rate, "non-negative")):
         if value is None and name in ("interval", "max_bake"):
@@ -457,7 +583,8 @@ def rollout(
     check_bake(target, interval)
     poll = min(1.0, max(0.2, interval / 4))
     ctl = _Controller(target, config, model_name=model_name, thresholds=th, interval=float(interval),
-                      max_bake=float(max_bake or 10 * interval), poll=poll, replay_rate=float(replay_rate), echo=echo)
+                      max_bake=float(max_bake or 10 * interval), poll=poll, replay_rate=float(replay_rate), echo=echo,
+                      replay_path=replay_path)
     # SIGTERM raises while the controller runs, so it rolls back (a second TERM cannot cut the rollback short)
     with RolloutLock(rollout_dir(config) / f"{target.endpoint}.lock", target.endpoint), sigterm_raises():
         state = read_state(ctl.path)

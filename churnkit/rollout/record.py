@@ -23,6 +23,15 @@ def _num(x: float | None, digits: int = 4) -> float | None:
     return None if x is None or not math.isfinite(x) else round(float(x), digits)
 
 
+def _sample(scores, k: int = 500) -> list[float]:
+    """At most ``k`` of a window's scores, evenly spaced in sorted order (keeps the distribution, not the size)."""
+    if not len(scores):
+        return []
+    x = np.sort(np.asarray(scores, dtype=float))
+    idx = np.unique(np.linspace(0, len(x) - 1, min(k, len(x))).round().astype(int))
+    return [round(float(v), 5) for v in x[idx]]
+
+
 @dataclass
 class StepRecord:
     """One step of a rollout: the challenger's numbers (DESIGN §7) plus the champion's, for the timeline."""
@@ -45,11 +54,21 @@ class StepRecord:
     champion_client_errors: int = 0
     #: where each variant's numbers come from (``Window.source``): ``{"challenger": ..., "champion": ...}``
     sources: dict = field(default_factory=dict)
+    #: PSI of the challenger's live scores against the champion's on the window, and the two models'
+    #: PSI on the same holdout at registration (what the live one is judged against)
+    champion_divergence: float | None = None
+    offline_divergence: float | None = None
+    #: how many looks the step took, and the scores of each variant (for the notebook's distribution plot)
+    looks: int = 0
+    live_scores: list = field(default_factory=list)
+    champion_scores: list = field(default_factory=list)
 
     @classmethod
     def from_windows(cls, weight: int, champion: Window, challenger: Window, verdict: Verdict, *, ok: bool,
                      seconds: float, started: str) -> "StepRecord":
         psi_check = verdict.check("prediction_psi")
+        div = verdict.check("champion_divergence")
+        offline = div.expected if div is not None else None
         return cls(
             weight=int(weight), requests=challenger.requests, errors=challenger.failures,
             p99_ms=_num(challenger.p99_ms, 3), prediction_psi=_num(psi_check.value if psi_check else None),
@@ -58,6 +77,8 @@ class StepRecord:
             reason=verdict.reason, checks=[c.to_dict() for c in verdict.checks], timeouts=challenger.timeouts,
             client_errors=challenger.client_errors, champion_client_errors=champion.client_errors,
             sources={"challenger": challenger.source, "champion": champion.source},
+            champion_divergence=_num(div.value if div is not None else None), offline_divergence=_num(offline),
+            live_scores=_sample(challenger.scores), champion_scores=_sample(champion.scores),
         )
 
     def to_dict(self) -> dict:
@@ -99,7 +120,8 @@ class RolloutRecord:
         if self.decision == "none":
             return self.reason
         head = {"promoted": f"promoted v{self.challenger} (was v{self.champion})",
-                "rolled_back": f"rolled back v{self.challenger}; v{self.champion} serves"}[self.decision]
+                "rolled_back": f"rolled back v{self.challenger}; v{self.champion} serves",
+                "held": f"held v{self.challenger} for review; traffic stays split"}[self.decision]
         lines = [f"{head}: {self.reason}"]
         for s in self.steps:
             psi_txt = "n/a" if s.prediction_psi is None else f"{s.prediction_psi:.3f}"
@@ -110,12 +132,23 @@ class RolloutRecord:
             lines.append(f"  replayed traffic: {self.replay.summary()}")
         return "\n".join(lines)
 
+    def checks_table(self):
+        """Every check of every step with its value, limit, reference, sample size and verdict."""
+        import pandas as pd
+
+        cols = ["step", "weight", "check", "value", "limit", "reference", "n", "verdict"]
+        rows = [{"step": i + 1, "weight": s.weight, "check": c.get("name"), "value": c.get("value"),
+                 "limit": c.get("limit"), "reference": c.get("reference", ""), "n": c.get("n"),
+                 "verdict": c.get("verdict") or ("pass" if c.get("ok") else "fail")}
+                for i, s in enumerate(self.steps) for c in s.checks]
+        return pd.DataFrame(rows, columns=cols)
+
     def table(self):
         """One row per step (the notebook's display)."""
         import pandas as pd
 
         cols = ["weight", "requests", "errors", "p99_ms", "champion_requests", "champion_p99_ms", "prediction_psi",
-                "ok", "seconds", "reason"]
+                "champion_divergence", "offline_divergence", "ok", "seconds", "reason"]
         return pd.DataFrame([s.to_dict() for s in self.steps], columns=cols)
 
 
@@ -185,6 +218,9 @@ def record_outcome(record: RolloutRecord, model_name: str, where: str, config: C
         registry.record_history(model_name, ch, f"rollout on {where}: promoted over v{cp} ({steps}); {run}", config)
         if cp:
             registry.record_history(model_name, cp, f"rollout on {where}: replaced by v{ch}, kept as previous; {run}", config)
+    elif record.decision == "held":
+        registry.record_history(model_name, ch, f"rollout on {where}: held for review ({steps}): {record.reason}; {run}",
+                                config)
     else:
         registry.record_history(model_name, ch, f"rollout on {where}: rolled back ({steps}): {record.reason}; {run}", config)
         if cp:
@@ -244,6 +280,44 @@ def plot_rollout(record: RolloutRecord):
         drift.legend(fontsize=8)
     drift.set_ylabel("prediction PSI")
     drift.set_xlabel("seconds since the rollout started")
+    fig.tight_layout()
+    return fig
+
+
+def plot_judgment(record: RolloutRecord, reference=None):
+    """Per step: the challenger's live score distribution over the one its reference expects (its holdout
+    through the serving scorer), and the live divergence from the champion against the offline one."""
+    import matplotlib.pyplot as plt
+
+    steps = record.steps or []
+    fig, axes = plt.subplots(max(len(steps), 1), 2, figsize=(10, 2.8 * max(len(steps), 1)), squeeze=False)
+    bins = np.linspace(0, 1, 26)
+    for i, s in enumerate(steps):
+        ax = axes[i][0]
+        if reference is not None:
+            ax.hist(reference.scores, bins=bins, density=True, color="lightgrey", label=f"expected: v{record.challenger} "
+                    f"holdout ({reference.n})")
+        if s.live_scores:
+            ax.hist(s.live_scores, bins=bins, density=True, histtype="step", linewidth=2, color="tab:orange",
+                    label=f"live at {s.weight}% ({s.requests} requests)")
+        psi = "n/a" if s.prediction_psi is None else f"{s.prediction_psi:.3f}"
+        ax.set_title(f"step {i + 1} ({s.weight}%): challenger scores, PSI {psi} against its reference", fontsize=9)
+        ax.set_xlabel("churn probability")
+        ax.legend(fontsize=7)
+        bx = axes[i][1]
+        div = next((c for c in s.checks if c.get("name") == "champion_divergence"), None)
+        values = [s.offline_divergence or 0.0, s.champion_divergence or 0.0]
+        colors = ["lightgrey", "tab:green" if (div or {}).get("verdict") in ("pass", None) else "tab:red"]
+        bx.bar(["offline (same holdout)", "live (same window)"], values, color=colors)
+        if div is not None and div.get("limit") is not None:
+            bx.axhline(div["limit"], color="grey", linestyle="--", linewidth=1, label=f"limit {div['limit']:.3f}")
+            bx.legend(fontsize=7)
+        bx.set_title(f"divergence from v{record.champion}: {(div or {}).get('verdict', 'not judged')}", fontsize=9)
+        bx.set_ylabel("PSI")
+    if not steps:
+        axes[0][0].axis("off")
+        axes[0][1].axis("off")
+        axes[0][0].text(0.5, 0.5, record.reason or record.decision, ha="center", va="center", fontsize=10)
     fig.tight_layout()
     return fig
 

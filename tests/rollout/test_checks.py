@@ -108,7 +108,7 @@ def test_shifted_predictions_fail_psi():
 
 def test_too_few_scores_extend_the_bake_and_an_uncomputable_psi_does_not_pass():
     few = ro.judge_step(window(), window(requests=15), ro.Thresholds(min_requests=10))  # 150 scores
-    assert not few.enough and not few.ok and "150 and 4000 scores (min_scores 200)" in few.reason
+    assert not few.enough and not few.ok and "150 of 200 scores (challenger)" in few.reason
     psi = checks.check_prediction_psi(window(), window(requests=60, scores=RNG.random(50)), 0.2)
     assert not psi.ok and psi.value is None and "could not be computed" in psi.detail
 
@@ -159,7 +159,7 @@ def test_a_timeout_ends_the_bake_at_once_whatever_min_requests():
 
 def test_too_little_traffic_gives_no_verdict_yet():
     v = ro.judge_step(window(), window(requests=20))
-    assert not v.enough and not v.ok and "challenger 20" in v.reason
+    assert not v.enough and not v.ok and "20 of 50 requests (challenger)" in v.reason
     assert [c.name for c in v.checks] == ["challenger_live"]
 
 

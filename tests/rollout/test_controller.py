@@ -77,6 +77,15 @@ class FakeTarget(DeployTarget):
 
     inputs = None
 
+    def expected_scores(self, version):
+        """The version's holdout scores through the serving scorer (its rollout reference), read once."""
+        from churnkit.reference import version_reference
+
+        cache = self.__dict__.setdefault("_expected", {})
+        if version not in cache:
+            cache[version] = version_reference(version, config=self.config).scores
+        return cache[version]
+
     def telemetry(self, variants, since, until=None):
         now = time.time()
         rng = np.random.default_rng(int(since * 1000) % 2**32)
@@ -97,7 +106,9 @@ class FakeTarget(DeployTarget):
                 # scores_lag: the capture holding the scores arrives that many seconds after the request counts
                 scored = n - errors if "scores_lag" not in b else \
                     int(self.rate * max(0.0, min(hi, now - b["scores_lag"]) - lo) * w / 100 * (1 - b.get("errors", 0.0)))
-                scores = np.clip(rng.beta(2, 5, scored * b.get("scores_per_answer", 5)) + b.get("shift", 0.0), 0, 1)
+                # scores as the version scores its own holdout (what its reference expects), maybe shifted
+                pool = self.expected_scores(v.model_version)
+                scores = np.clip(rng.choice(pool, scored * b.get("scores_per_answer", 5)) + b.get("shift", 0.0), 0, 1)
                 acc = out.setdefault(name, {"requests": 0, "errors": 0, "timeouts": 0, "latencies_ms": [], "scores": []})
                 acc["requests"] += n
                 acc["errors"] += errors
@@ -161,6 +172,26 @@ def test_failure_threshold_tolerates_failed_checks_below_it(store):
     assert [s.ok for s in rec.steps] == [False, False]  # each step failed p99 once: 2 < 3
 
 
+def test_a_divergence_beyond_the_offline_one_holds_the_traffic_for_review(store):
+    config, make = store
+    target = make(**{"1": {"shift": 0.3}})  # the champion answers otherwise than offline evaluation saw it
+    rec = run(target, config, steps=[30, 100])
+    assert rec.decision == "held" and "beyond the offline divergence plus chance" in rec.reason
+    assert "held for review" in rec.reason and len(rec.steps) == 1
+    assert rec.steps[0].checks[-1]["name"] == "champion_divergence" or any(
+        c["verdict"] == "hold" for c in rec.steps[0].checks)
+    assert target.describe().weights == {"v1": 70, "v2": 30}  # left as it was for a person to decide
+    assert ro.read_state(ro.state_path(config, "churn"))["phase"] == "held"
+    assert "held for review" in registry.version_history("2")[-1]["event"]
+    back = ro.rollback(target, config=config, echo=lambda m: None)
+    assert back.decision == "rolled_back" and back.reason.startswith("held during step 1 (30%) for review")
+    assert target.describe().weights == {"v1": 100}
+    assert registry.aliases() == {"champion": "1", "challenger": "2"}  # not judged broken: it may roll out again
+    strict = run(make(**{"1": {"shift": 0.3}}), config, steps=[30, 100], on_divergence="rollback")
+    assert strict.decision == "rolled_back" and "champion_divergence" in [
+        c["name"] for c in strict.steps[0].checks if c["verdict"] == "fail"]
+
+
 def test_errors_end_the_bake_early(store):
     config, make = store
     target = make(**{"2": {"errors": 0.5}})
@@ -212,7 +243,14 @@ def test_too_little_traffic_rolls_back_at_the_cap(store):
     target = make()
     target.rate = 20.0
     rec = run(target, config, min_requests=500, max_bake=0.8)
-    assert rec.decision == "rolled_back" and "not enough traffic" in rec.reason and "cap" in rec.reason
+    assert rec.decision == "rolled_back" and rec.reason.startswith("inconclusive: ") and "cap" in rec.reason
+    assert "of 500 requests (challenger)" in rec.reason and registry.aliases() == {"champion": "1"}
+    registry.set_alias("challenger", "2")
+    slow = make()
+    slow.rate = 20.0
+    held = run(slow, config, min_requests=500, max_bake=0.8, on_inconclusive="hold")
+    assert held.decision == "held" and held.reason.startswith("inconclusive: ")
+    assert registry.aliases()["challenger"] == "2" and registry.aliases()["champion"] == "1"  # never promoted
 
 
 class CaptureTarget(FakeTarget):
