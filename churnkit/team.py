@@ -152,5 +152,11 @@ def _apply(step: Step, c, auth, experiment_id: str) -> str:
                               "/signup, or POST /api/2.0/mlflow/users/create as the admin), then run this again") from None
         return "exists"
     rid = experiment_id if a["resource_type"] == "experiment" else a["resource_id"]
-    auth.grant_user_permission(a["username"], a["resource_type"], rid, a["permission"])
+    try:
+        auth.grant_user_permission(a["username"], a["resource_type"], rid, a["permission"])
+    except Exception as exc:  # a grant from an earlier run: set it to the planned level
+        if getattr(exc, "error_code", "") != "RESOURCE_ALREADY_EXISTS":
+            raise
+        auth.revoke_user_permission(a["username"], a["resource_type"], rid)
+        auth.grant_user_permission(a["username"], a["resource_type"], rid, a["permission"])
     return a["permission"]

@@ -72,9 +72,10 @@ def run_pipeline(
     if tuple(steps) != PIPELINE_STEPS[:len(steps)] or not steps:
         raise ParameterError(f"pipeline steps {tuple(steps)!r} are not a prefix of {PIPELINE_STEPS!r}", name="steps")
     config = config or load_config()
-    if approved:
+    per_step = split_parameters(dict(parameters or {}), PIPELINE_STEPS if approved else tuple(steps))
+    if approved:  # the same -p list as the monthly job: training parameters are checked, then not needed
         steps = PIPELINE_STEPS[2:]
-    per_step = split_parameters(dict(parameters or {}), tuple(steps))
+        per_step = {step: per_step[step] for step in steps}
     model_name = str(next((p["model_name"] for p in per_step.values() if "model_name" in p), DEFAULT_MODEL_NAME))
     if approved:  # by number: the production version approved from this candidate, nothing else
         production, version = approved_release(model_name, approved, config)
