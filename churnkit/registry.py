@@ -371,17 +371,10 @@ def register_candidate(
         mv = _create_version(c, model_name, candidate, tags)
         _wait_ready(c, model_name, mv.version)
         if team is not None:  # a candidate: the production model's aliases move only by approval and rollout
-            record_history(model_name, mv.version, f"registered as a candidate for {team.production!r}: "
-                           f"{verdict.summary()}", config)
-            return str(mv.version)
-        alias = _first_role(c, model_name, str(mv.version), before, config) if champion is None else ALIAS_CHALLENGER
-        c.set_registered_model_alias(model_name, alias, mv.version)
-        if alias == ALIAS_CHAMPION:  # another first version may have taken the alias meanwhile: one champion
-            now = get_champion(model_name, config)
-            if now is not None and str(now.version) != str(mv.version):
-                alias = ALIAS_CHALLENGER
-                c.set_registered_model_alias(model_name, alias, mv.version)
-        record_history(model_name, mv.version, f"registered as {alias}: {verdict.summary()}", config)
+            role = f"a candidate for {team.production!r}"
+        else:
+            role = _set_first_alias(c, model_name, str(mv.version), before, champion, config)
+        record_history(model_name, mv.version, f"registered as {role}: {verdict.summary()}", config)
     except Exception as exc:
         _undo(c, model_name, mv.version if mv is not None else None, created)
         denied = permission_error(exc, config, resource=f"registered model {model_name!r}")
@@ -391,6 +384,18 @@ def register_candidate(
     if mlflow_module().active_run():
         mlflow_module().log_metric("registration_seconds", time.perf_counter() - t0)
     return str(mv.version)
+
+
+def _set_first_alias(c, model_name: str, version: str, before: int, champion, config) -> str:
+    """``champion`` for the first version (the lowest of racing first ones), else ``challenger``; returns it."""
+    alias = _first_role(c, model_name, version, before, config) if champion is None else ALIAS_CHALLENGER
+    c.set_registered_model_alias(model_name, alias, version)
+    if alias == ALIAS_CHAMPION:  # another first version may have taken the alias meanwhile: one champion
+        now = get_champion(model_name, config)
+        if now is not None and str(now.version) != version:
+            alias = ALIAS_CHALLENGER
+            c.set_registered_model_alias(model_name, alias, version)
+    return alias
 
 
 def _highest_version(c, name: str) -> int:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import secrets
+import threading
 from pathlib import Path
 
 import mlflow
@@ -222,6 +223,35 @@ def test_gate_override_rejection_and_a_tampered_candidate(team_server, tmp_path)
         with pytest.raises(IntegrityError, match="was changed"):
             approval.approve("churn", tampered, "fine", config=config)
         assert _snapshot(team_server, "churn", "churn-production") == before
+
+
+def test_two_approvals_of_one_candidate_at_once_leave_one_copy(team_server, tmp_path):
+    with _as(team_server, "dana"):
+        config = load_config(tmp_path / "runs")
+        candidate = _register(config, seed=6)
+    with _as(team_server, "ali"):
+        start = threading.Barrier(2)
+        outcomes: list = []
+
+        def approve_it():
+            start.wait()
+            try:
+                outcomes.append(approval.approve("churn", candidate, "reviewed twice at once", config=config))
+            except ApprovalError as exc:
+                outcomes.append(exc)
+
+        threads = [threading.Thread(target=approve_it) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(300)
+        won = [o for o in outcomes if isinstance(o, approval.Decision)]
+        assert len(outcomes) == 2 and len(won) == 1, outcomes
+        copies = [v["version"] for v in registry.list_versions("churn-production", config)
+                  if v["source"] == f"models:/churn/{candidate}"]
+        assert copies == [won[0].production_version]
+        recorded = json.loads(registry.get_version("churn", candidate, config).tags["churnkit.approval"])
+        assert recorded["production_version"] == won[0].production_version
 
 
 def test_guardrail_refuses_unapproved_versions_on_cloud_targets(team_server, tmp_path):

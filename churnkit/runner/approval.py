@@ -198,6 +198,7 @@ def approve(model_name: str, version: str, note: str, *, override_gate: str = ""
     copy = registry.copy_version(model_name, version, team.production, config)
     produced = str(copy.version)
     try:
+        _first_copy(model_name, version, team.production, produced, config)
         registry.set_version_tags(team.production, produced, {
             APPROVAL: json.dumps(record | {"source_model": model_name, "source_version": version}),
             LINEAGE: json.dumps(lineage),
@@ -220,6 +221,16 @@ def approve(model_name: str, version: str, note: str, *, override_gate: str = ""
         _undo_copy(team.production, produced, config)
         raise
     return Decision("approved", model_name, version, team.production, produced, who, at, note, override, role, lineage)
+
+
+def _first_copy(model_name: str, version: str, production: str, produced: str, config: Config) -> None:
+    """Two approvals of one candidate at once: each lists the copies of it after making its own (a copy's
+    source is set when it is created); the lowest-numbered copy goes on, any other is undone by its maker."""
+    source = f"models:/{model_name}/{version}"
+    copies = sorted(int(v["version"]) for v in registry.list_versions(production, config) if v["source"] == source)
+    if copies and copies[0] < int(produced):
+        raise ApprovalError(f"{model_name} v{version} is being approved by someone else at the same time (as "
+                            f"{production} v{copies[0]}); this copy was undone: see `churnkit runs` for the decision")
 
 
 def _forget(model_name: str, version: str, config: Config) -> None:
