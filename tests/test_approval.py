@@ -254,6 +254,22 @@ def test_two_approvals_of_one_candidate_at_once_leave_one_copy(team_server, tmp_
         assert recorded["production_version"] == won[0].production_version
 
 
+def test_without_required_approval_the_pipeline_copies_its_candidate_itself(team_server, tmp_path):
+    with _as(team_server, "admin"):
+        config = load_config(tmp_path / "runs")
+        apply_team(plan_team("churnq", data_scientists=["dana"], approvers=["ali"], require_approval=False), config,
+                   echo=lambda m: None)
+    with _as(team_server, "ali"):  # the CI identity runs the pipeline
+        candidate = _register(config, model_name="churnq", seed=7)
+        awaiting, released = approval.hand_off("churnq", candidate, config, "p-1")
+        assert awaiting == "" and released["model_name"] == "churnq-production"
+        mv = registry.get_version("churnq-production", released["model_version"], config)
+        record = json.loads(mv.tags["churnkit.approval"])
+        assert record["by"] == "ali" and "approval not required" in record["note"] and "p-1" in record["note"]
+        assert approval.hand_off("churn", "5", config) == ("churnkit approve churn 5", {})  # approval required
+        assert approval.hand_off("solo", "5", config) == ("", {})  # no production model: as without team mode
+
+
 def test_guardrail_refuses_unapproved_versions_on_cloud_targets(team_server, tmp_path):
     with _as(team_server, "dana"):
         config = load_config(tmp_path / "runs")

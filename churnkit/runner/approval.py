@@ -275,14 +275,22 @@ def reject(model_name: str, version: str, note: str, *, config: Config | None = 
 # The pipeline and the notebooks
 # --------------------------------------------------------------------------------------------------
 
-def awaiting_approval(model_name: str, version: str, config: Config | None = None) -> str:
-    """The approve command a freshly registered candidate waits for, or "" when none is required."""
-    if not version:
-        return ""
-    team = registry.team_models(model_name, config)
-    if team is None or not team.approval_required or model_name != team.candidates:
-        return ""
-    return f"churnkit approve {model_name} {version}"
+def hand_off(model_name: str, version: str, config: Config | None = None, pipeline_id: str = "") -> tuple[str, dict]:
+    """What a pipeline does with the candidate it registered, before deploying:
+
+    - ``("churnkit approve churn 7", {})``: team mode with approval required; it stops there;
+    - ``("", {"model_name": production, "model_version": N})``: team mode without approval required; the
+      pipeline copied the candidate itself (recorded as approved by its identity, the note says why);
+    - ``("", {})``: no team mode; it deploys the candidate as before.
+    """
+    team = registry.team_models(model_name, config) if version else None
+    if team is None or model_name != team.candidates:
+        return "", {}
+    if team.approval_required:
+        return f"churnkit approve {model_name} {version}", {}
+    decision = approve(model_name, version, f"approval not required ({registry.APPROVAL_REQUIRED}=false on "
+                       f"{team.production}): copied by pipeline {pipeline_id or '(unnamed)'}", config=config)
+    return "", {"model_name": team.production, "model_version": decision.production_version}
 
 
 def approved_release(model_name: str, version: str, config: Config | None = None) -> tuple[str, str]:

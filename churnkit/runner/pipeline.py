@@ -24,7 +24,7 @@ from churnkit.runner.execution import (
     remove_if_empty,
     run_notebook,
 )
-from churnkit.runner.approval import approved_release, awaiting_approval
+from churnkit.runner.approval import approved_release, hand_off
 from churnkit.runner.lock import pipeline_lock
 from churnkit.runner.params import split_parameters
 from churnkit.signals import RunTerminated, sigterm_raises
@@ -98,15 +98,17 @@ def _run_locked(parameters, per_step, config: Config, progress, echo, steps) -> 
         remove_if_empty(folder)
         raise as_tracking_error(exc, config) from None
     results: list[RunResult] = []
-    awaiting = ""
+    awaiting, released = "", {}
     status = "FAILED"
     inflight: BaseException | None = None
     with sigterm_raises():  # SIGTERM between two steps also ends the parent run KILLED
         try:
             for step in steps:
-                if step == "03-deploy" and not per_step[step].get("model_version"):  # team mode: stop for review
-                    awaiting = awaiting_approval(_model_name(results), _registered_version(results), config)
-                skipped = f"awaiting approval: `{awaiting}`" if awaiting else _skip_reason(step, results, per_step[step])
+                if step == "03-deploy" and _registered_version(results):  # team mode: stop for review, or copy
+                    awaiting, released = hand_off(_model_name(results), _registered_version(results), config,
+                                                  folder.name)
+                given = released or (per_step[step] if "02-evaluate" not in steps else {})
+                skipped = f"awaiting approval: `{awaiting}`" if awaiting else _skip_reason(step, results, given, config)
                 if skipped:
                     echo(f"· {step} skipped: {skipped}")
                     continue
@@ -115,6 +117,8 @@ def _run_locked(parameters, per_step, config: Config, progress, echo, steps) -> 
                     params["train_run_id"] = results[0].run_id
                 if step in ("03-deploy", "04-rollout") and _registered_version(results):  # the version it registered
                     params["model_version"] = _registered_version(results)
+                if step in ("03-deploy", "04-rollout"):  # ...or its production copy, in team mode
+                    params.update(released)
                 echo(f"▶ {step} → {folder / (step + '.ipynb')}")
                 res = run_notebook(step, params, config=config, folder=folder, parent_run_id=parent.info.run_id,
                                    pipeline_id=folder.name, progress=progress)
@@ -153,17 +157,21 @@ def _model_name(results: list[RunResult]) -> str:
     return ev.tags.get(TAG + "model_name", "") or ev.parameters.get("model_name", DEFAULT_MODEL_NAME) if ev else ""
 
 
-def _skip_reason(step: str, results: list[RunResult], given: dict | None = None) -> str:
-    """Why ``step`` does not run: deploying needs a registered (or ``given`` approved) version, rolling out a
-    challenger and a serving endpoint (03-deploy's live weights)."""
+def _skip_reason(step: str, results: list[RunResult], given: dict | None = None,
+                 config: Config | None = None) -> str:
+    """Why ``step`` does not run: deploying needs a registered version (or one ``given``: a production version
+    approved from it), rolling out a challenger and a serving endpoint (03-deploy's live weights)."""
 
     done = {r.notebook: r for r in results}
     ev = done.get("02-evaluate")
-    version = ev.tags.get(TAG + "registered_version", "") if ev else str((given or {}).get("model_version", ""))
+    if given:
+        version, aliases = str(given.get("model_version", "")), _approved_aliases(given, config)
+    else:
+        version = ev.tags.get(TAG + "registered_version", "") if ev else ""
+        aliases = json.loads(ev.tags.get(TAG + "aliases", "{}")) if ev else {}
     if step == "03-deploy" and not version:
         return "no version was registered"
     if step == "04-rollout":
-        aliases = json.loads(ev.tags.get(TAG + "aliases", "{}")) if ev else _approved_aliases(given)
         if not version or str(aliases.get("challenger", "")) != version:
             return "no challenger was registered"
         deployed = done.get("03-deploy")
@@ -173,10 +181,10 @@ def _skip_reason(step: str, results: list[RunResult], given: dict | None = None)
     return ""
 
 
-def _approved_aliases(given: dict | None) -> dict:
+def _approved_aliases(given: dict, config: Config | None) -> dict:
     from churnkit.registry import aliases
 
-    return aliases(given["model_name"]) if given and given.get("model_name") else {}
+    return aliases(given["model_name"], config) if given.get("model_name") else {}
 
 
 def pipeline_summary(result: PipelineResult) -> dict:
