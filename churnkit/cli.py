@@ -52,10 +52,10 @@ class _Group(click.Group):
         except RunTerminated as exc:  # SIGTERM outside a notebook (a rollout, between pipeline steps)
             click.echo(f"error: RunTerminated: the command {exc} and was stopped", err=True)
             ctx.exit(128 + exc.signum)  # what a shell reports for a process ended by the signal
-        except Exception as exc:  # MLflow's client errors when a tracking server stops answering: one line
-            from churnkit.tracking import server_error
+        except Exception as exc:  # MLflow's client errors (a server that stops answering or refuses): one line
+            from churnkit.tracking import permission_error, server_error
 
-            error = server_error(exc)
+            error = server_error(exc) or permission_error(exc)
             if error is None:
                 raise
             click.echo(f"error: {type(error).__name__}: {error}", err=True)
@@ -97,12 +97,14 @@ def run(notebook, pairs, runs_dir, cell_timeout, rerun_id):
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome as one JSON object.")
 @click.option("--wait", type=click.FloatRange(min=0), default=0.0, show_default=True, metavar="SECONDS",
               help="Queue this long behind another pipeline on the same model (default: refuse at once, naming it).")
-def pipeline(pairs, runs_dir, as_json, wait):
+@click.option("--approved", default="", metavar="VERSION",
+              help="Team mode: deploy and roll out the production version approved from candidate VERSION.")
+def pipeline(pairs, runs_dir, as_json, wait, approved):
     """The monthly job: train → evaluate (gate, register) → deploy → rollout, in one run folder."""
     from churnkit.runner import pipeline_summary, run_pipeline
 
     echo = (lambda msg: click.echo(msg, err=True)) if as_json else click.echo
-    result = run_pipeline(_params(pairs), config=_config(runs_dir), echo=echo, wait=wait)
+    result = run_pipeline(_params(pairs), config=_config(runs_dir), echo=echo, wait=wait, approved=approved)
     summary = pipeline_summary(result)
     if as_json:
         emit_json(summary)
@@ -213,6 +215,67 @@ def import_(model_file, sample_path, label_column, model_name, threshold, auc_th
         click.echo(result.summary())
 
 
+# ---- the production hand-off --------------------------------------------------------------------
+@main.command()
+@click.argument("model_name", metavar="MODEL")
+@click.argument("version")
+@click.option("--note", required=True, help="Why (stored on both versions; never a credential).")
+@click.option("--override-gate", default="", metavar="REASON", help="Approve a candidate that did not pass the gate; recorded.")
+@click.option("--runs-dir", type=click.Path(file_okay=False), help="Audit trail folder (default runs/ or CHURNKIT_RUNS_DIR).")
+@click.option("--json", "as_json", is_flag=True, help="Print the decision as one JSON object.")
+def approve(model_name, version, note, override_gate, runs_dir, as_json):
+    """Copy candidate MODEL VERSION into the production model with its lineage; record who, when and why."""
+    from churnkit.runner.approval import approve as approve_version
+
+    _emit_record(approve_version(model_name, version, note, override_gate=override_gate,
+                                   config=_config(runs_dir)), as_json)
+
+
+@main.command()
+@click.argument("model_name", metavar="MODEL")
+@click.argument("version")
+@click.option("--note", required=True, help="Why (stored on the version; never a credential).")
+@click.option("--runs-dir", type=click.Path(file_okay=False), help="Audit trail folder (default runs/ or CHURNKIT_RUNS_DIR).")
+@click.option("--json", "as_json", is_flag=True, help="Print the decision as one JSON object.")
+def reject(model_name, version, note, runs_dir, as_json):
+    """Record the refusal of candidate MODEL VERSION (nothing reaches production)."""
+    from churnkit.runner.approval import reject as reject_version
+
+    _emit_record(reject_version(model_name, version, note, config=_config(runs_dir)), as_json)
+
+
+@main.group()
+def team():
+    """Team mode on an MLflow server with authentication: candidates, production, permissions."""
+
+
+@team.command("init")
+@click.option("--model-name", default="churn", show_default=True, help="The candidates model (production: NAME-production).")
+@click.option("--data-scientist", "data_scientists", multiple=True, metavar="USER[,USER]",
+              help="EDIT on candidates, READ on production (repeatable).")
+@click.option("--approver", "approvers", multiple=True, metavar="USER[,USER]", help="MANAGE on production (repeatable).")
+@click.option("--ci", "ci_users", multiple=True, metavar="USER", help="The CI identity: MANAGE on production (repeatable).")
+@click.option("--require-approval/--no-require-approval", default=True, show_default=True,
+              help="The production model's approval_required tag (the pipeline stops for approval).")
+@click.option("--apply", "do_apply", is_flag=True, help="Carry the steps out as the admin of MLFLOW_TRACKING_USERNAME.")
+@click.option("--runs-dir", type=click.Path(file_okay=False), help="Audit trail folder (default runs/ or CHURNKIT_RUNS_DIR).")
+@click.option("--json", "as_json", is_flag=True, help="Print the steps as one JSON object.")
+def team_init(model_name, data_scientists, approvers, ci_users, require_approval, do_apply, runs_dir, as_json):
+    """Print each set-up step (experiment, models, users, permissions); --apply does them via MLflow's auth API."""
+    from churnkit.team import apply_team, plan_team
+
+    steps = plan_team(model_name, data_scientists=data_scientists, approvers=approvers, ci=ci_users,
+                      require_approval=require_approval)
+    if do_apply:
+        apply_team(steps, _config(runs_dir), echo=(lambda m: click.echo(m, err=True)) if as_json else click.echo)
+    if as_json:
+        return emit_json({"applied": do_apply, "steps": [s.to_dict() for s in steps]})
+    if not do_apply:
+        for i, step in enumerate(steps, 1):
+            click.echo(f"{i:>2}. {step.text}\n    {step.request} {json.dumps(step.args)}")
+        click.echo("nothing was changed; run again with --apply as the MLflow admin (MLFLOW_TRACKING_USERNAME/PASSWORD)")
+
+
 # ---- real-time serving --------------------------------------------------------------------------
 @main.command()
 @click.option("--model", "model_uri", metavar="URI",
@@ -265,13 +328,15 @@ def serve(model_uri, host, port, max_body_bytes, max_rows, capture_dir, capture_
 @click.option("--json", "as_json", is_flag=True, help="Print the runs as one JSON list.")
 def runs(runs_dir, limit, as_json):
     """List notebook runs newest first: status, key parameters and metrics, model versions."""
-    from churnkit.audit import format_table, list_runs
+    from churnkit.audit import format_table, list_runs, production_lines
 
     entries = list_runs(_config(runs_dir), limit=limit or None)
     if as_json:
         emit_json(entries)
     else:
         click.echo(format_table(entries))
+        for line in production_lines(_config(runs_dir)):
+            click.echo(line)
 
 
 @main.command()

@@ -187,3 +187,22 @@ class UnsafeModelError(ModelImportError):
     def __init__(self, message: str, *, refused: list[str] | None = None):
         super().__init__(message)
         self.refused = list(refused or [])
+
+
+class ApprovalError(RegistryError):
+    """A version cannot be approved or rejected (already decided, failed gate, not a candidate, a bad note);
+    nothing in the registry changed."""
+
+
+class PermissionDeniedError(RegistryError):
+    """The tracking server refused a request (HTTP 403, or 401 for credentials it does not accept).
+
+    ``permission`` is the MLflow permission the request needs (READ, EDIT, MANAGE), ``resource`` what it
+    needs it on, ``user`` the identity the server saw; the message names who grants it.
+    """
+
+    def __init__(self, message: str, *, user: str = "", permission: str = "", resource: str = ""):
+        super().__init__(message)
+        self.user = user
+        self.permission = permission
+        self.resource = resource

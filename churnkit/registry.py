@@ -8,6 +8,8 @@ way is undone before the error propagates.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import tempfile
 import time
@@ -41,8 +43,17 @@ from churnkit.artifact import (
 )
 from churnkit.data import Dataset, Schema
 from churnkit.evaluate import GateResult
-from churnkit.exceptions import IntegrityError, RegistryError
-from churnkit.tracking import client, git_commit, mlflow_module, package_versions, pip_requirements, setup_tracking
+from churnkit.exceptions import ChurnkitError, IntegrityError, RegistryError
+from churnkit.tracking import (
+    client,
+    git_commit,
+    mlflow_module,
+    package_versions,
+    permission_error,
+    pip_requirements,
+    server_error,
+    setup_tracking,
+)
 
 # --------------------------------------------------------------------------------------------------
 # Candidates (one per 01-train run)
@@ -176,6 +187,112 @@ def read_holdout(run_id: str) -> tuple[pd.DataFrame, pd.Series]:
 # Registry
 # --------------------------------------------------------------------------------------------------
 
+# --------------------------------------------------------------------------------------------------
+# Team mode: candidates, and a production model only approvers and CI write
+# --------------------------------------------------------------------------------------------------
+
+#: The production registered model of candidates ``churn`` is ``churn-production``.
+PRODUCTION_SUFFIX = "-production"
+#: Registered-model tags of the production model: approval required ("true"/"false"), its candidates' model.
+APPROVAL_REQUIRED = TAG + "approval_required"
+CANDIDATES_MODEL = TAG + "candidates_model"
+
+
+@dataclass(frozen=True)
+class Team:
+    """The two registered models of team mode: ``candidates`` (data scientists register there) and
+    ``production`` (written by approvers and CI; holds champion, challenger, previous)."""
+
+    candidates: str
+    production: str
+    approval_required: bool
+
+
+@contextlib.contextmanager
+def server_answers(resource: str, config: Config | None = None):
+    """Turn the tracking server's 401/403 (and a server that does not answer) into one-line kit errors."""
+    try:
+        yield
+    except ChurnkitError:
+        raise
+    except Exception as exc:
+        error = permission_error(exc, config, resource=resource) or server_error(exc, config)
+        if error is None:
+            raise
+        raise error from None
+
+
+def team_models(model_name: str = DEFAULT_MODEL_NAME, config: Config | None = None) -> Team | None:
+    """The team-mode pair ``model_name`` belongs to (as candidates or as production), or None.
+
+    Team mode is on when the production model exists (``churnkit team init`` creates it); with the
+    embedded single-user default there is none and nothing changes.
+    """
+    c = client(config)
+    production = model_name if model_name.endswith(PRODUCTION_SUFFIX) else model_name + PRODUCTION_SUFFIX
+    try:
+        with server_answers(f"registered model {production!r}", config):
+            model = c.get_registered_model(production)
+    except ChurnkitError:
+        raise
+    except Exception as exc:
+        if getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":  # no production model: no team mode
+            return None
+        raise
+    candidates = model.tags.get(CANDIDATES_MODEL) or production.removesuffix(PRODUCTION_SUFFIX)
+    if model_name not in (candidates, production):
+        return None
+    return Team(candidates, production, model.tags.get(APPROVAL_REQUIRED, "false").strip().lower() == "true")
+
+
+def get_version(model_name: str, version: str, config: Config | None = None):
+    """The ModelVersion ``model_name`` v``version``.
+
+    Raises
+    ------
+    RegistryError
+        The model or the version does not exist; the message lists the versions it has.
+    """
+    c = client(config)
+    try:
+        with server_answers(f"registered model {model_name!r}", config):
+            return c.get_model_version(model_name, str(version))
+    except RegistryError:
+        raise
+    except Exception:
+        known = [v["version"] for v in list_versions(model_name, config)]
+        raise RegistryError(f"model {model_name!r} has no version {str(version)!r}; registered versions: "
+                            f"{', '.join(reversed(known)) or 'none'} (see `churnkit runs` or the MLflow UI)") from None
+
+
+def copy_version(model_name: str, version: str, dst_name: str, config: Config | None = None):
+    """Copy ``model_name`` v``version`` into ``dst_name`` (MLflow's ``copy_model_version``): the new version's
+    source is ``models:/model_name/version`` and it carries every tag of the source. Returns it, READY."""
+    c = client(config)
+    # MLflow prints "Registered model ... already exists" and "Copied version ..." on stderr: not the kit's news
+    with server_answers(f"registered model {dst_name!r}", config), contextlib.redirect_stderr(io.StringIO()):
+        mv = c.copy_model_version(f"models:/{model_name}/{version}", dst_name)
+        _wait_ready(c, dst_name, mv.version)
+    return mv
+
+
+def set_version_tags(model_name: str, version: str, tags: dict[str, str], config: Config | None = None) -> None:
+    c = client(config)
+    with server_answers(f"registered model {model_name!r}", config):
+        for key, value in tags.items():
+            c.set_model_version_tag(model_name, str(version), key, value)
+
+
+def delete_version_tag(model_name: str, version: str, key: str, config: Config | None = None) -> None:
+    with server_answers(f"registered model {model_name!r}", config):
+        client(config).delete_model_version_tag(model_name, str(version), key)
+
+
+def delete_version(model_name: str, version: str, config: Config | None = None) -> None:
+    with server_answers(f"registered model {model_name!r}", config):
+        client(config).delete_model_version(model_name, str(version))
+
+
 def get_alias_version(alias: str, model_name: str = DEFAULT_MODEL_NAME, config: Config | None = None):
     """The ModelVersion behind ``alias``, or None when the alias (or the model) does not exist."""
     c = client(config)
@@ -252,6 +369,10 @@ def register_candidate(
     for k, v in (metrics or {}).items():
         tags[TAG + "holdout_" + k] = repr(float(v))
     tags.update(extra_tags)
+    team = team_models(model_name, config)
+    if team is not None and model_name == team.production:
+        raise RegistryError(f"model {model_name!r} is the production model: register into {team.candidates!r} and "
+                            f"approve the version with `churnkit approve {team.candidates} VERSION --note ...`")
     mv, created = None, False
     try:
         created = _ensure_registered_model(c, model_name)
@@ -260,16 +381,16 @@ def register_candidate(
         c.set_model_version_tag(model_name, mv.version, MANIFEST_TAG,
                                 manifest_sha256(candidate.model_uri, candidate.pipeline, candidate.schema, model_name,
                                                 str(mv.version), threshold))
-        alias = _first_role(c, model_name, str(mv.version), before, config) if champion is None else ALIAS_CHALLENGER
-        c.set_registered_model_alias(model_name, alias, mv.version)
-        if alias == ALIAS_CHAMPION:  # another first version may have taken the alias meanwhile: one champion
-            now = get_champion(model_name, config)
-            if now is not None and str(now.version) != str(mv.version):
-                alias = ALIAS_CHALLENGER
-                c.set_registered_model_alias(model_name, alias, mv.version)
-        record_history(model_name, mv.version, f"registered as {alias}: {verdict.summary()}", config)
+        if team is not None:  # a candidate: the production model's aliases move only by approval and rollout
+            role = f"a candidate for {team.production!r}"
+        else:
+            role = _set_first_alias(c, model_name, str(mv.version), before, champion, config)
+        record_history(model_name, mv.version, f"registered as {role}: {verdict.summary()}", config)
     except Exception as exc:
         _undo(c, model_name, mv.version if mv is not None else None, created)
+        denied = permission_error(exc, config, resource=f"registered model {model_name!r}")
+        if denied is not None:
+            raise denied from None
         raise RegistryError(f"registering {candidate.model_uri!r} as {model_name!r} failed and was undone: {exc}") from exc
     if mlflow_module().active_run():
         mlflow_module().log_metric("registration_seconds", time.perf_counter() - t0)
@@ -377,6 +498,18 @@ def _attach(model_uri: str, expected: str | None, where: str, files: dict[str, b
     return sha
 
 
+def _set_first_alias(c, model_name: str, version: str, before: int, champion, config) -> str:
+    """``champion`` for the first version (the lowest of racing first ones), else ``challenger``; returns it."""
+    alias = _first_role(c, model_name, version, before, config) if champion is None else ALIAS_CHALLENGER
+    c.set_registered_model_alias(model_name, alias, version)
+    if alias == ALIAS_CHAMPION:  # another first version may have taken the alias meanwhile: one champion
+        now = get_champion(model_name, config)
+        if now is not None and str(now.version) != version:
+            alias = ALIAS_CHALLENGER
+            c.set_registered_model_alias(model_name, alias, version)
+    return alias
+
+
 def _highest_version(c, name: str) -> int:
     try:
         return max((int(v.version) for v in c.search_model_versions(f"name = '{name}'")), default=0)
@@ -446,7 +579,8 @@ def _undo(c, name: str, version: str | None, created: bool) -> None:
 
 def set_alias(alias: str, version: str, model_name: str = DEFAULT_MODEL_NAME, reason: str = "",
               config: Config | None = None) -> None:
-    client(config).set_registered_model_alias(model_name, alias, str(version))
+    with server_answers(f"registered model {model_name!r}", config):
+        client(config).set_registered_model_alias(model_name, alias, str(version))
     if reason:
         record_history(model_name, version, f"alias {alias}: {reason}", config)
 
@@ -632,7 +766,14 @@ def load_model(uri: str, config: Config | None = None, *, verify: bool = True) -
 
 
 def load_champion(model_name: str = DEFAULT_MODEL_NAME, config: Config | None = None) -> LoadedModel | None:
-    """The serving champion, verified, or None when no version holds the alias yet."""
+    """The serving champion, verified, or None when no version holds the alias yet.
+
+    In team mode the champion of candidates ``model_name`` is the production model's: the gate compares a
+    candidate with what serves.
+    """
+    team = team_models(model_name, config)
+    if team is not None:
+        model_name = team.production
     if get_champion(model_name, config) is None:
         return None
     return load_model(f"models:/{model_name}@{ALIAS_CHAMPION}", config)

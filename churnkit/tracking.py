@@ -27,7 +27,7 @@ import subprocess
 
 from churnkit.config import EXPERIMENT_NAME, TAG, Config, load_config, scoped_environ
 from churnkit.evaluate import GateResult
-from churnkit.exceptions import RunNotFoundError, TrackingServerError
+from churnkit.exceptions import PermissionDeniedError, RunNotFoundError, TrackingServerError
 
 #: MLflow's own client settings (read from the environment at each request) that the kit sets for a
 #: tracking server when the environment does not: 2 retries 1 s and 2 s apart, 20 s per request at most,
@@ -189,6 +189,108 @@ def server_error(exc: BaseException, config: Config | None = None) -> TrackingSe
         f"the MLflow tracking server {config.tracking_uri!r} did not answer ({retries} retries, {timeout} s per "
         "request); start it or fix MLFLOW_TRACKING_URI, then run the command again (runs it left RUNNING are "
         "marked FAILED by the next command)", uri=config.tracking_uri)
+
+
+# --------------------------------------------------------------------------------------------------
+# Who the server sees, and what it refused
+# --------------------------------------------------------------------------------------------------
+
+#: The auth app's "who am I" route (mlflow/server/auth/routes.py GET_CURRENT_USER in MLflow 3.17.2):
+#: ``{"is_basic_auth": true, "user": {"id", "is_admin", "username"}}`` for the credentials sent.
+CURRENT_USER_ROUTE = "/api/2.0/mlflow/users/current"
+#: What each registry request needs on a basic-auth server (validators in mlflow/server/auth/__init__.py:
+#: creating a version, tags and aliases need ``update`` = EDIT; deleting a version or an alias needs MANAGE).
+NEEDED = {
+    "registered-models/alias": ("EDIT (MANAGE to move or delete an alias)", "set an alias on"),
+    "model-versions/create": ("EDIT", "create a version of"),
+    "model-versions/set-tag": ("EDIT", "tag a version of"),
+    "model-versions/delete-tag": ("EDIT", "untag a version of"),
+    "model-versions/delete": ("MANAGE", "delete a version of"),
+    "registered-models/set-tag": ("EDIT", "tag"),
+    "registered-models/create": ("the workspace's create permission", "create"),
+    "runs/": ("EDIT on the experiment", "log to the experiment of"),
+    "experiments/": ("EDIT on the experiment", "write to the experiment of"),
+}
+GRANTOR = ("an MLflow admin grants it (`churnkit team init --apply` with the admin's credentials, or the "
+           "permissions API); credentials come from MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD or "
+           "MLFLOW_TRACKING_TOKEN")
+
+
+def tracking_username(config: Config | None = None) -> str:
+    """The user name the kit sends (``MLFLOW_TRACKING_USERNAME``), else the OS user for a local store."""
+    import getpass
+
+    name = os.environ.get("MLFLOW_TRACKING_USERNAME", "").strip()
+    if name:
+        return name
+    try:
+        return getpass.getuser()
+    except Exception:  # no passwd entry (some containers)
+        return "unknown"
+
+
+def current_user(config: Config | None = None) -> str:
+    """The identity the registry records: the server's own answer on a basic-auth server (so a name cannot be
+    claimed without its password), else :func:`tracking_username`."""
+    config = config or load_config()
+    if config.embedded or not config.tracking_uri.startswith(("http://", "https://")):
+        return tracking_username(config)
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    configure_http(config)
+    try:
+        resp = http_request(get_default_host_creds(config.tracking_uri), CURRENT_USER_ROUTE, "GET")
+    except Exception as exc:
+        raise (server_error(exc, config) or exc) from None
+    if resp.status_code == 401:
+        raise permission_error_from(401, CURRENT_USER_ROUTE, config, resource="the tracking server")
+    if resp.status_code == 200:
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            return str(resp.json()["user"]["username"])
+    return tracking_username(config)  # a server without the auth app: no identity of its own
+
+
+def _status(exc: BaseException) -> tuple[int, str]:
+    """(HTTP status, message) of an MLflow client error in ``exc``'s chain, (0, "") when there is none."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        text = str(exc)
+        code = getattr(exc, "get_http_status_code", None)
+        status = code() if callable(code) else 0
+        if getattr(exc, "error_code", "") in ("PERMISSION_DENIED", "UNAUTHENTICATED"):
+            status = 403 if exc.error_code == "PERMISSION_DENIED" else 401
+        for s in (401, 403):
+            if f"error code {s} " in text:
+                status = s
+        if status in (401, 403):
+            return status, text
+        exc = exc.__cause__ or exc.__context__
+    return 0, ""
+
+
+def permission_error_from(status: int, text: str, config: Config | None = None, *, resource: str = ""):
+    """A one-line :class:`PermissionDeniedError` for a 401/403 answer to the request ``text`` names."""
+    user = tracking_username(config) if os.environ.get("MLFLOW_TRACKING_USERNAME") else "(no MLFLOW_TRACKING_USERNAME)"
+    if status == 401:
+        return PermissionDeniedError(
+            f"the tracking server did not accept the credentials of {user!r} (HTTP 401); set "
+            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) to an account an "
+            "MLflow admin created (`churnkit team init`)", user=user, resource=resource)
+    permission, verb = next(((p, v) for route, (p, v) in NEEDED.items() if route in text), ("READ or more", "use"))
+    what = resource or "this resource"
+    return PermissionDeniedError(
+        f"user {user!r} may not {verb} {what} (HTTP 403): that needs {permission} on {what}; {GRANTOR}",
+        user=user, permission=permission.split(" ")[0], resource=resource)
+
+
+def permission_error(exc: BaseException, config: Config | None = None, *, resource: str = ""):
+    """A :class:`PermissionDeniedError` when ``exc`` is the server's 401/403, else None."""
+    if isinstance(exc, PermissionDeniedError):
+        return exc
+    status, text = _status(exc)
+    return permission_error_from(status, text, config, resource=resource) if status else None
 
 
 def server_down(config: Config) -> bool:

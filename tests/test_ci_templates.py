@@ -80,7 +80,10 @@ TEMPLATES = ["github-monthly.yml", "azure-pipelines.yml", "gitlab-ci.yml"]
 @pytest.mark.parametrize("name", TEMPLATES)
 def test_every_churnkit_call_is_a_real_command_with_valid_options(name):
     calls = [c for s in _scripts(_load(name)) for c in churnkit_calls(s)]
-    assert [c[0] for c in calls].count("pipeline") == 1 and {"report", "runs", "image"} <= {c[0] for c in calls}
+    monthly = [c for c in calls if c[0] == "pipeline" and "--approved" not in c]
+    assert len(monthly) == 1 and {"report", "runs", "image", "approve"} <= {c[0] for c in calls}
+    # team mode: the approved version is deployed by number, after `churnkit approve` recorded the approval
+    assert [c[0] for c in calls if c[0] == "approve" or "--approved" in c] == ["approve", "pipeline"]
     declared = {p.name for step in PIPELINE_STEPS for p in notebook_parameters(step)}
     for args in calls:
         command: click.Command = main
@@ -88,7 +91,10 @@ def test_every_churnkit_call_is_a_real_command_with_valid_options(name):
             assert args[0] in command.commands, f"{name}: no `churnkit {args[0]}` command"
             command, args = command.commands[args[0]], args[1:]
         ctx = command.make_context(command.name, _resolve_choices(command, args))  # unknown options / bad values raise
-        if command.name == "pipeline":
+        if command.name == "pipeline" and ctx.params["approved"]:
+            assert ctx.params["approved"] == "$CANDIDATE" and ctx.params["runs_dir"] == "runs"
+            assert {n for n, _ in ctx.params["pairs"]} == {"deploy_target", "endpoint"}
+        elif command.name == "pipeline":
             names = {n for n, _ in ctx.params["pairs"]}
             assert names == INPUTS | {"endpoint"}, f"{name} passes {sorted(names)}"
             # the endpoint's name from the settings (Terraform's churnkit_env), else the notebooks' default
@@ -110,7 +116,7 @@ def test_github_workflow_runs_monthly_and_on_demand_with_oidc():
     assert float(inputs["auc_threshold"]["default"]) == 0.85
     assert wf["permissions"]["id-token"] == "write" and wf["permissions"]["contents"] == "read"
 
-    (job,) = wf["jobs"].values()
+    job = wf["jobs"]["pipeline"]
     steps = job["steps"]
     uses = [s.get("uses", "") for s in steps]
     for action in ("aws-actions/configure-aws-credentials@", "azure/login@", "google-github-actions/auth@"):
@@ -125,7 +131,8 @@ def test_github_workflow_runs_monthly_and_on_demand_with_oidc():
     upload = steps[next(i for i, u in enumerate(uses) if u.startswith("actions/upload-artifact@"))]
     assert upload["if"] == "always()" and upload["with"]["path"].rstrip("/") == "runs"
     text = (CI / "github-monthly.yml").read_text()
-    assert "secrets." not in text  # no stored credential anywhere in the workflow
+    # no stored cloud credential anywhere; the one secret is the MLflow password (environment-scoped for production)
+    assert set(re.findall(r"secrets\.\w+", text)) == {"secrets.MLFLOW_TRACKING_PASSWORD"}
     for script in _scripts(wf):
         assert "${{" not in script  # inputs reach the shell through env:, never pasted (script injection)
     for key in INPUTS:
@@ -136,7 +143,7 @@ def test_azure_devops_pipeline_is_scheduled_parameterized_and_keeps_runs():
     doc = _load("azure-pipelines.yml")
     assert doc["trigger"] == "none" and all(_cron_is_monthly(s["cron"]) for s in doc["schedules"])
     assert {p["name"] for p in doc["parameters"]} == INPUTS | {"serviceConnection", "serviceConnectionId"}
-    (job,) = doc["jobs"]
+    job = doc["stages"][0]["jobs"][0]
     steps = job["steps"]
     cli = next(s for s in steps if s.get("task", "").startswith("AzureCLI@")
                and "churnkit pipeline" in s["inputs"]["inlineScript"])
@@ -145,7 +152,8 @@ def test_azure_devops_pipeline_is_scheduled_parameterized_and_keeps_runs():
     publish = next(s for s in steps if s.get("task", "").startswith("PublishPipelineArtifact@"))
     assert publish["condition"] == "always()" and publish["inputs"]["targetPath"] == "runs"
     referenced = re.findall(r"\$\((\w+)\)", (CI / "azure-pipelines.yml").read_text())
-    assert not [v for v in referenced if re.search("SECRET|PASSWORD|ACCESS_KEY|ACCOUNT_KEY", v)]
+    # no cloud key; the MLflow password is the one secret variable (mapped into the steps that talk to MLflow)
+    assert {v for v in referenced if re.search("SECRET|PASSWORD|ACCESS_KEY|ACCOUNT_KEY", v)} == {"MLFLOW_TRACKING_PASSWORD"}
     # the service connection is resolved before the run: a template parameter, never a $(variable)
     for task in (s for s in steps if s.get("task", "").startswith("AzureCLI@")):
         assert task["inputs"]["azureSubscription"] == "${{ parameters.serviceConnection }}"
@@ -167,7 +175,7 @@ def test_gitlab_job_uses_id_tokens_and_keeps_runs_on_failure():
     assert set(job["id_tokens"]) == {"AWS_ID_TOKEN", "AZURE_ID_TOKEN", "GCP_ID_TOKEN"}
     assert "platform.python_version()" in job["before_script"][0]  # one venv per interpreter patch version
     image = doc["serving-image"]
-    assert image["stage"] == "image" and job["stage"] == "monthly" and doc["stages"] == ["image", "monthly"]
+    assert image["stage"] == "image" and job["stage"] == "monthly" and doc["stages"] == ["image", "monthly", "approve"]
     assert image["id_tokens"] == job["id_tokens"] and image["artifacts"]["reports"]["dotenv"] == "image.env"
     assert any(s["name"].startswith("docker:") and s["name"].endswith("-dind") for s in image["services"])
     assert "churnkit image build --push" in " ".join(image["script"])
@@ -175,6 +183,35 @@ def test_gitlab_job_uses_id_tokens_and_keeps_runs_on_failure():
     setup = "\n".join(job["before_script"])
     for var in ("AWS_WEB_IDENTITY_TOKEN_FILE", "AZURE_FEDERATED_TOKEN_FILE", "GOOGLE_APPLICATION_CREDENTIALS"):
         assert re.search(rf"export {var}=\"\$tokens/", setup)  # token files live outside runs/
+
+
+def test_each_platform_pauses_for_its_own_approval_gate_before_deploying_a_candidate():
+    """Team mode: the job that approves and deploys waits for the platform's reviewer gate, and only after the
+    monthly job left a candidate (GitHub environment with required reviewers, GitLab protected environment with
+    a manual job, Azure DevOps environment with an approval check in its own stage)."""
+    gh = _load("github-monthly.yml")["jobs"]["approve-deploy"]
+    assert gh["environment"] == "churn-production" and gh["needs"] == "pipeline"
+    assert gh["if"] == "needs.pipeline.outputs.candidate != ''"
+    assert gh["env"]["CANDIDATE"] == "${{ needs.pipeline.outputs.candidate }}"
+    assert "steps.monthly.outputs.candidate" in _load("github-monthly.yml")["jobs"]["pipeline"]["outputs"]["candidate"]
+
+    gl = _load("gitlab-ci.yml")
+    job = gl["approve-deploy"]
+    assert job["when"] == "manual" and job["environment"]["name"] == "churn-production" and job["stage"] == "approve"
+    assert job["needs"] == ["churn-monthly"] and gl["churn-monthly"]["artifacts"]["reports"]["dotenv"] == "approval.env"
+    assert job.get("allow_failure", True)  # a month without a candidate does not block the pipeline
+
+    az = _load("azure-pipelines.yml")
+    monthly, approve = az["stages"]
+    (deployment,) = approve["jobs"]
+    assert deployment["environment"] == "churn-production" and approve["dependsOn"] == monthly["stage"]
+    assert "dependencies.monthly.outputs['pipeline.monthly.candidate']" in approve["condition"]
+    assert {"group": "churnkit-production"} in approve["variables"]
+    steps = deployment["strategy"]["runOnce"]["deploy"]["steps"]
+    script = next(s["inputs"]["inlineScript"] for s in steps if s.get("task", "").startswith("AzureCLI@"))
+    assert script.index("churnkit approve") < script.index("churnkit pipeline")
+    setter = next(s for s in monthly["jobs"][0]["steps"] if s.get("name") == "monthly")
+    assert "task.setvariable variable=candidate;isOutput=true" in setter["inputs"]["inlineScript"]
 
 
 def test_pre_commit_config_pins_the_project_tools_and_keeps_cell_tags():
@@ -192,7 +229,7 @@ def test_pre_commit_config_pins_the_project_tools_and_keeps_cell_tags():
 
 def test_github_credentials_last_the_job_and_the_cache_key_names_the_interpreter():
     wf = _load("github-monthly.yml")
-    (job,) = wf["jobs"].values()
+    job = wf["jobs"]["pipeline"]
     steps = job["steps"]
     aws = next(s for s in steps if s.get("uses", "").startswith("aws-actions/configure-aws-credentials@"))
     assert int(aws["with"]["role-duration-seconds"]) >= job["timeout-minutes"] * 60
@@ -229,7 +266,7 @@ def test_template_validates_against_its_platform_schema(name, tmp_path):
     elif name == "gitlab-ci.yml":
         doc["churn-monthly"]["artifacts"]["when"] = "sometimes"
     else:
-        doc["jobs"][0]["steps"][0] = {"checkout": "self", "unknownKey": 1}
+        doc["stages"][0]["jobs"][0]["steps"][0] = {"checkout": "self", "unknownKey": 1}
     broken.write_text(yaml.safe_dump(doc))
     res = subprocess.run([*cmd, str(broken)], capture_output=True, text=True, timeout=120, env=env)
     assert res.returncode == 1, res.stdout + res.stderr

@@ -53,7 +53,7 @@ def test_importing_the_package_face_loads_nothing_until_a_name_is_used():
 
 
 @pytest.mark.parametrize("package, names", [
-    ("churnkit", ["ChurnkitError", "Dataset", "Schema", "__version__", "build_monitor_report", "build_reference", "cloud_latency",
+    ("churnkit", ["ChurnkitError", "Dataset", "Schema", "__version__", "build_monitor_report", "build_reference", "check_approved", "cloud_latency",
                   "cloud_latency_summary", "describe_dataset", "describe_schema_diff", "evaluate_holdout", "expect_alias", "gate",
                   "get_target", "import_model", "load_candidate", "load_champion", "load_model",
                   "load_monitor_inputs", "load_monitored_model", "load_table", "log_candidate", "log_deployment",
@@ -65,8 +65,8 @@ def test_importing_the_package_face_loads_nothing_until_a_name_is_used():
                          "find_notebook", "new_run_folder", "notebook_parameters", "notebooks_dir", "pipeline_summary",
                          "reproducibility_tags", "rerun_notebook", "rerun_parameters", "run_notebook", "run_pipeline",
                          "split_parameters"]),
-    ("churnkit.audit", ["ENTRY_KEYS", "FAILED", "RUN_KEYS", "collect", "format_table", "list_runs", "render_notebook",
-                        "write_report"]),
+    ("churnkit.audit", ["ENTRY_KEYS", "FAILED", "RUN_KEYS", "collect", "format_table", "list_runs", "production_lines",
+                        "render_notebook", "write_report"]),
     ("churnkit.rollout", ["CANARY_STEPS", "DECISIONS", "DEFAULT_INTERVAL", "LINEAR_STEPS", "MIN_PSI_SCORES", "STRATEGIES",
                           "VERDICTS", "Check", "RolloutLock", "RolloutRecord", "StepRecord", "Thresholds", "Verdict",
                           "bake_interval", "chance_psi", "check_bake", "check_calibration", "check_champion_divergence",

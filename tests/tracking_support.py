@@ -38,7 +38,9 @@ class MlflowServer:
     loaded CI machine does.
     """
 
-    def __init__(self, backend_uri: str, artifacts: Path, log_path: Path, port: int | None = None):
+    def __init__(self, backend_uri: str, artifacts: Path, log_path: Path, port: int | None = None, *,
+                 args: tuple[str, ...] = (), env: dict | None = None):
+        self.args, self.env = tuple(args), dict(env or {})  # e.g. ("--app-name", "basic-auth") and its settings
         self.backend_uri = backend_uri
         self.artifacts = Path(artifacts)
         self.log_path = Path(log_path)
@@ -49,10 +51,10 @@ class MlflowServer:
     def start(self, timeout: float = 120.0) -> MlflowServer:
         self.artifacts.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - the server writes to it while it runs
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")} | self.env
         self.proc = subprocess.Popen(
             [MLFLOW, "server", "--backend-store-uri", self.backend_uri, "--artifacts-destination",
-             str(self.artifacts), "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
+             str(self.artifacts), "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1", *self.args],
             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         log.close()
         deadline = time.monotonic() + timeout

@@ -5,6 +5,7 @@ notebooks and the static index page of ``churnkit report``).
 """
 
 from churnkit.audit.html import render_notebook, write_report
-from churnkit.audit.runs import ENTRY_KEYS, FAILED, RUN_KEYS, collect, format_table, list_runs
+from churnkit.audit.runs import ENTRY_KEYS, FAILED, RUN_KEYS, collect, format_table, list_runs, production_lines
 
-__all__ = ["ENTRY_KEYS", "FAILED", "RUN_KEYS", "collect", "format_table", "list_runs", "render_notebook", "write_report"]
+__all__ = ["ENTRY_KEYS", "FAILED", "RUN_KEYS", "collect", "format_table", "list_runs", "production_lines",
+           "render_notebook", "write_report"]

@@ -19,6 +19,7 @@ from urllib.parse import quote
 from churnkit.audit.runs import FAILED, collect, failure, key_metrics, key_parameters
 from churnkit.clock import human_minutes, iso_from_ms
 from churnkit.config import TAG, Config, load_config
+from churnkit.runner.approval import production_review
 
 CSS = """
 body { font: 14px/1.45 system-ui, -apple-system, Segoe UI, Helvetica, Arial, sans-serif; margin: 24px; color: #1d1d1f; }
@@ -39,6 +40,7 @@ table.notebooks { margin: 4px 0 8px; } table.notebooks th { background: #fafafa;
 .params, .metrics { font-family: ui-monospace, Menlo, Consolas, monospace; font-size: 12.5px; }
 .missing { color: #888; } details summary { cursor: pointer; color: #0b57d0; }
 a { color: #0b57d0; }
+tr.flagged > td { background: #fde2e1; } .flag { color: #b71c1c; font-weight: 600; }
 """
 
 
@@ -219,6 +221,30 @@ class _Page:
                 + "".join(f'<td class="lineage">{link}</td>' for link in links)
                 + f"<td>{hist}</td></tr>")
 
+    def approvals(self, config) -> str:
+        """Every production version: the candidate it came from, who approved it, when, the note, gate and rollout."""
+        rows = production_review(self.versions, config)
+        if not rows:
+            return ""
+        body = []
+        for r in rows:
+            gate = r["gate"] or {}
+            verdict = ("passed" if gate.get("passed") else "not passed") + (
+                f"; overridden: {r['override_gate']}" if r["override_gate"] else "")
+            if r["approved_by"]:
+                who = f"approved by {_e(r['approved_by'])} at {_e(_when(r['approved_at']))}"
+            else:
+                who = f'<span class="flag">FLAGGED: {_e(r["flag"])}</span>' if r["flag"] else "no recorded approval"
+            events = "".join(f"<li>{_e(_when(h.get('time')))} {_e(h.get('event'))}</li>" for h in r["rollout"][-8:])
+            body.append(f'<tr class="approval{" flagged" if r["flag"] else ""}" data-version="{_e(r["version"])}">'
+                        f'<td>{self.version_link(r["name"], r["version"])}</td>'
+                        f'<td>{"".join(f"<span class=alias>{_e(a)}</span>" for a in r["aliases"])}</td>'
+                        f'<td>{_e(r["source"] or "")}</td><td>{who}</td><td>{_e(r["note"] or "")}</td>'
+                        f'<td>{_e(verdict)}</td><td><ul>{events}</ul></td></tr>')
+        return ('<h2 id="approvals">Production hand-off</h2><table class="approvals"><thead><tr><th>Production version'
+                '</th><th>Aliases</th><th>Candidate</th><th>Approval</th><th>Note</th><th>Gate</th><th>Rollout</th>'
+                f'</tr></thead><tbody>{"".join(body)}</tbody></table>')
+
     def models(self) -> str:
         if not self.versions:
             return '<p class="missing">No registered model versions yet.</p>'
@@ -242,6 +268,7 @@ def page(runs, parents, versions, rendered, *, out: Path, ui: str, config) -> st
         f'<a href="{_e(ui)}">MLflow UI</a></p>'
         f'<h2 id="pipelines">Pipeline runs</h2>{p.pipelines()}'
         f'<h2 id="models">Registered model versions</h2>{p.models()}'
+        f"{p.approvals(config)}"
         "</body></html>\n"
     )
 

@@ -15,6 +15,7 @@ from typing import Any
 from churnkit.config import DEFAULT_MODEL_NAME, TAG, Config, load_config
 from churnkit.clock import iso_from_ms, iso_from_text
 from churnkit.runner import failed_cell
+from churnkit.runner.approval import production_review, review_lines
 from churnkit.tracking import has_store, iter_runs
 RUN_KEYS = ("run_id", "pipeline_id", "notebook", "status", "started", "finished", "parameters", "metrics",
             "output_notebook", "model_version")
@@ -188,6 +189,17 @@ def collect(config: Config | None = None, limit: int | None = None) -> tuple[lis
     _fill_deployments(runs, versions)
     runs.sort(key=lambda e: e["started"] or "", reverse=True)
     return (runs[:limit] if limit else runs), parents, versions
+
+
+def production_lines(config: Config | None = None) -> list[str]:
+    """The production hand-off below ``churnkit runs``' table: each production version's source, approver, time,
+    note, gate and rollout events; a version without an approval in a model that requires one is FLAGGED."""
+    from churnkit import registry
+
+    config = config or load_config()
+    if not has_store(config):
+        return []
+    return review_lines(production_review(registry.list_versions(config=config), config))
 
 
 def list_runs(config: Config | None = None, limit: int | None = None) -> list[dict]:

@@ -24,6 +24,7 @@ from churnkit.runner.execution import (
     remove_if_empty,
     run_notebook,
 )
+from churnkit.runner.approval import approved_release, hand_off
 from churnkit.runner.lock import pipeline_lock
 from churnkit.runner.params import split_parameters
 from churnkit.signals import RunTerminated, sigterm_raises
@@ -37,6 +38,8 @@ class PipelineResult:
     folder: Path
     steps: list[RunResult]
     run_id: str
+    #: the approve command the registered candidate waits for (team mode with approval required), else ""
+    awaiting: str = ""
 
     def step(self, name: str) -> RunResult | None:
         return next((s for s in self.steps if s.notebook == name), None)
@@ -50,12 +53,15 @@ def run_pipeline(
     echo=print,
     steps: tuple[str, ...] = PIPELINE_STEPS,
     wait: float = 0.0,
+    approved: str = "",
 ) -> PipelineResult:
     """The monthly job in one run folder and parent MLflow run: train, evaluate (gate, register), then
     deploy when a version was registered and roll out when it is a challenger and a champion serves.
 
     ``steps`` limits the job to a prefix of :data:`PIPELINE_STEPS` (e.g. train and evaluate only).
     ``wait`` is how long to queue behind another pipeline on the same model before giving up.
+    ``approved`` (a candidate version number) deploys and rolls out the production version approved
+    from it instead (team mode: the second half of a pipeline that stopped "awaiting approval").
 
     Raises
     ------
@@ -66,8 +72,15 @@ def run_pipeline(
     if tuple(steps) != PIPELINE_STEPS[:len(steps)] or not steps:
         raise ParameterError(f"pipeline steps {tuple(steps)!r} are not a prefix of {PIPELINE_STEPS!r}", name="steps")
     config = config or load_config()
-    per_step = split_parameters(dict(parameters or {}), tuple(steps))
+    per_step = split_parameters(dict(parameters or {}), PIPELINE_STEPS if approved else tuple(steps))
+    if approved:  # the same -p list as the monthly job: training parameters are checked, then not needed
+        steps = PIPELINE_STEPS[2:]
+        per_step = {step: per_step[step] for step in steps}
     model_name = str(next((p["model_name"] for p in per_step.values() if "model_name" in p), DEFAULT_MODEL_NAME))
+    if approved:  # by number: the production version approved from this candidate, nothing else
+        production, version = approved_release(model_name, approved, config)
+        for step in steps:
+            per_step[step].update(model_name=production, model_version=version)
     with pipeline_lock(config, model_name, wait=wait, echo=echo):
         return _run_locked(parameters, per_step, config, progress, echo, steps)
 
@@ -85,20 +98,27 @@ def _run_locked(parameters, per_step, config: Config, progress, echo, steps) -> 
         remove_if_empty(folder)
         raise as_tracking_error(exc, config) from None
     results: list[RunResult] = []
+    awaiting, released = "", {}
     status = "FAILED"
     inflight: BaseException | None = None
     with sigterm_raises():  # SIGTERM between two steps also ends the parent run KILLED
         try:
             for step in steps:
-                skipped = _skip_reason(step, results)
+                if step == "03-deploy" and _registered_version(results):  # team mode: stop for review, or copy
+                    awaiting, released = hand_off(_model_name(results), _registered_version(results), config,
+                                                  folder.name)
+                given = released or (per_step[step] if "02-evaluate" not in steps else {})
+                skipped = f"awaiting approval: `{awaiting}`" if awaiting else _skip_reason(step, results, given, config)
                 if skipped:
                     echo(f"· {step} skipped: {skipped}")
                     continue
                 params = dict(per_step[step])
                 if step == "02-evaluate" and results:
                     params["train_run_id"] = results[0].run_id
-                if step in ("03-deploy", "04-rollout"):  # the version this pipeline registered, by number
+                if step in ("03-deploy", "04-rollout") and _registered_version(results):  # the version it registered
                     params["model_version"] = _registered_version(results)
+                if step in ("03-deploy", "04-rollout"):  # ...or its production copy, in team mode
+                    params.update(released)
                 echo(f"▶ {step} → {folder / (step + '.ipynb')}")
                 res = run_notebook(step, params, config=config, folder=folder, parent_run_id=parent.info.run_id,
                                    pipeline_id=folder.name, progress=progress)
@@ -124,7 +144,7 @@ def _run_locked(parameters, per_step, config: Config, progress, echo, steps) -> 
                     if isinstance(inflight, RunTerminated):
                         error.exit_code = 128 + inflight.signum
                     raise error from None
-    return PipelineResult(folder.name, folder, results, parent.info.run_id)
+    return PipelineResult(folder.name, folder, results, parent.info.run_id, awaiting)
 
 
 def _registered_version(results: list[RunResult]) -> str:
@@ -132,17 +152,26 @@ def _registered_version(results: list[RunResult]) -> str:
     return ev.tags.get(TAG + "registered_version", "") if ev else ""
 
 
-def _skip_reason(step: str, results: list[RunResult]) -> str:
-    """Why ``step`` does not run: deploying needs a registered version, rolling out a challenger and a
-    serving endpoint (03-deploy's live weights)."""
+def _model_name(results: list[RunResult]) -> str:
+    ev = next((r for r in results if r.notebook == "02-evaluate"), None)
+    return ev.tags.get(TAG + "model_name", "") or ev.parameters.get("model_name", DEFAULT_MODEL_NAME) if ev else ""
+
+
+def _skip_reason(step: str, results: list[RunResult], given: dict | None = None,
+                 config: Config | None = None) -> str:
+    """Why ``step`` does not run: deploying needs a registered version (or one ``given``: a production version
+    approved from it), rolling out a challenger and a serving endpoint (03-deploy's live weights)."""
 
     done = {r.notebook: r for r in results}
     ev = done.get("02-evaluate")
-    version = ev.tags.get(TAG + "registered_version", "") if ev else ""
+    if given:
+        version, aliases = str(given.get("model_version", "")), _approved_aliases(given, config)
+    else:
+        version = ev.tags.get(TAG + "registered_version", "") if ev else ""
+        aliases = json.loads(ev.tags.get(TAG + "aliases", "{}")) if ev else {}
     if step == "03-deploy" and not version:
         return "no version was registered"
     if step == "04-rollout":
-        aliases = json.loads(ev.tags.get(TAG + "aliases", "{}")) if ev else {}
         if not version or str(aliases.get("challenger", "")) != version:
             return "no challenger was registered"
         deployed = done.get("03-deploy")
@@ -150,6 +179,12 @@ def _skip_reason(step: str, results: list[RunResult]) -> str:
         if not any(int(w) > 0 for w in weights.values()):
             return "no champion serves on the endpoint"
     return ""
+
+
+def _approved_aliases(given: dict, config: Config | None) -> dict:
+    from churnkit.registry import aliases
+
+    return aliases(given["model_name"], config) if given.get("model_name") else {}
 
 
 def pipeline_summary(result: PipelineResult) -> dict:
@@ -178,9 +213,12 @@ def pipeline_summary(result: PipelineResult) -> dict:
         lines += [f"  note: {n}" for n in gate.get("notes", [])]
     model_name = ev.parameters.get("model_name", "churn") if ev else "churn"
     if version:
-        role = next((a for a, v in aliases.items() if str(v) == version), "registered")
+        role = next((a for a, v in aliases.items() if str(v) == version), "a candidate" if result.awaiting else "registered")
         lines.append(f"model    registered {model_name} v{version} as {role}")
-    else:
+        if result.awaiting:
+            lines.append(f"approval awaiting approval: `{result.awaiting}` (with --note \"why\"); then "
+                         f"`churnkit pipeline --approved {version} -p model_name {model_name}` deploys it")
+    elif ev is not None:
         lines.append(f"model    nothing registered; {model_name!r} registry unchanged (aliases {aliases})")
     dep, out = result.step("03-deploy"), result.step("04-rollout")
     deployment = rollout = None
@@ -204,5 +242,6 @@ def pipeline_summary(result: PipelineResult) -> dict:
         "aliases": aliases,
         "deployment": deployment,
         "rollout": rollout,
+        "awaiting_approval": result.awaiting or None,
         "text": "\n".join(lines),
     }
