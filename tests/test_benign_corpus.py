@@ -108,6 +108,7 @@ def test_imported_forest_serves_the_original_probabilities(store, tmp_path):  # 
     assert result.version == "1" and "child process" in result.tags["churnkit.isolation"]
     loaded = registry.load_model("models:/churn/1", store)
     assert len(loaded.manifest_sha256) == 64
+    assert registry.seal_version("churn", "1", store) == loaded.manifest_sha256  # recomputing gives the same digest
     folder = export_model(loaded, tmp_path / "exported")
     served = load_model_folder(folder, environ={"CHURNKIT_MANIFEST_SHA256": loaded.manifest_sha256}, compiled=True)
     X = sample_from_frame(sample, result.columns).X

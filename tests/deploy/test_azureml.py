@@ -166,6 +166,7 @@ def test_deploy_two_versions_traffic_mirror_remove_stop(store):
     assert props["endpointComputeType"] == "Managed" and dep_put["sku"]["capacity"] == 1
     assert props["instanceType"] == "Standard_DS3_v2"
     assert props["environmentVariables"]["CHURNKIT_MODEL_VERSION"] == "1"
+    assert len(props["environmentVariables"]["CHURNKIT_MANIFEST_SHA256"]) == 64  # the digest recorded at registration
     assert dep_put["tags"] == {"churnkit.variant": "v1", "churnkit.model_version": "1"}
     assert not any("/models/" in p for m, p, b in puts)  # v1 is in the workspace already: no upload
 

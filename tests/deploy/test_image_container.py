@@ -78,7 +78,7 @@ def _probabilities(resp, key="predictions") -> np.ndarray:
 def _cloud_env(loaded) -> dict:
     """What the deploy targets set on the container (name, version, pinned sha256)."""
     return {"CHURNKIT_MODEL_NAME": loaded.name, "CHURNKIT_MODEL_VERSION": str(loaded.version),
-            "CHURNKIT_MODEL_SHA256": loaded.sha256}
+            "CHURNKIT_MODEL_SHA256": loaded.sha256, "CHURNKIT_MANIFEST_SHA256": loaded.manifest_sha256}
 
 
 def test_image_is_small_runs_unprivileged_and_carries_only_serving(image):

@@ -218,7 +218,8 @@ def test_guardrails_update_endpoint_exact_parameters(aws):
             "PrimaryContainer": {"Image": ENV["CHURNKIT_AWS_IMAGE_URI"],
                                  "ModelDataUrl": f"s3://churnkit-test-bucket/churnkit/models/{model2}/model.tar.gz",
                                  "Environment": {"CHURNKIT_MODEL_NAME": "churn", "CHURNKIT_MODEL_VERSION": "2",
-                                                 "CHURNKIT_MODEL_SHA256": v2.tags["churnkit.artifact_sha256"]}},
+                                                 "CHURNKIT_MODEL_SHA256": v2.tags["churnkit.artifact_sha256"],
+                                                 "CHURNKIT_MANIFEST_SHA256": v2.tags["churnkit.manifest_sha256"]}},
             "Tags": [{"Key": "churnkit:model", "Value": "churn"}, {"Key": "churnkit:version", "Value": "2"}]})
         variants = [{"VariantName": "v1", "ModelName": model2, "InitialInstanceCount": 2,
                      "InstanceType": "ml.c5.large", "InitialVariantWeight": 100.0}]

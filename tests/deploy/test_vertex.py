@@ -187,6 +187,7 @@ def test_upload_deploy_split_undeploy_stop(vertex):
     assert spec["image_uri"] == ENV["CHURNKIT_GCP_IMAGE_URI"]
     assert (spec["predict_route"], spec["health_route"], spec["ports"]) == ("/predict", "/ping", [{"container_port": 8080}])
     assert {"name": "CHURNKIT_MODEL_VERSION", "value": "1"} in spec["env"]
+    assert any(e["name"] == "CHURNKIT_MANIFEST_SHA256" and len(e["value"]) == 64 for e in spec["env"])  # registration's digest
     # the container copies its capture where the rollout's Cloud Monitoring reader looks for served scores
     from churnkit.deploy.cloud_monitoring import CloudMonitoringTelemetry
 

@@ -425,5 +425,5 @@ def test_tampered_exported_folder_is_refused_before_loading(served, tmp_path):
         load_serving_model("models:/churn@champion", load_config(served["runs"]), environ={"CHURNKIT_MODEL_SHA256": "f" * 64})
     with open(Path(folder) / "model.skops", "ab") as fh:
         fh.write(b"\0")
-    with pytest.raises(IntegrityError, match="does not match its churnkit-files.json: .model.skops. was changed"):
+    with pytest.raises(IntegrityError, match="does not match its churnkit-model.json: .model.skops. was changed"):
         load_serving_model(str(folder), environ={})
