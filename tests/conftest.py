@@ -22,7 +22,8 @@ INTEGRATION_MODULES = {
     "tests/test_loadtest.py", "tests/test_terraform.py", "tests/test_bench.py",
     "tests/runner/test_execution.py", "tests/runner/test_params.py", "tests/runner/test_secrets.py",
     "tests/runner/test_lock.py", "tests/runner/test_kernel.py", "tests/audit/test_runs.py", "tests/deploy/test_local.py",
-    "tests/rollout/test_local.py", "tests/serve/test_limits.py", "tests/serve/test_loading_integrity.py",
+    "tests/rollout/test_local.py", "tests/rollout/test_hardening.py", "tests/serve/test_limits.py",
+    "tests/serve/test_loading_integrity.py",
     "tests/serve/test_workers.py", "tests/serve/test_azureml_score.py",
 }
 
