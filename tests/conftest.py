@@ -123,13 +123,39 @@ def stray_stderr(path: Path) -> list[str]:
     return found
 
 
+_listings: dict[str, tuple[int, list[str], list[str]]] = {}  # folder -> (mtime, sub-folders, notebooks)
+_SKIPPED = ("artifacts", ".ipynb_checkpoints", "mlruns")
+
+
 def executed_notebooks(base: Path):
-    """Notebook files under ``base``, except MLflow's copies of them (``artifacts/``) and checkpoints."""
-    for root, dirs, files in os.walk(base):
-        dirs[:] = [d for d in dirs if d not in ("artifacts", ".ipynb_checkpoints", "mlruns")]
-        for name in files:
-            if name.endswith(".ipynb"):
-                yield Path(root) / name
+    """Notebook files under ``base``, except MLflow's copies of them (``artifacts/``) and checkpoints.
+
+    A folder is listed again only when its mtime changed (an entry was added or removed); otherwise its last
+    listing is used, so the scan after each test costs a stat per folder rather than a listing.
+    """
+    stack = [str(base)]
+    while stack:
+        folder = stack.pop()
+        try:
+            mtime = os.stat(folder).st_mtime_ns
+        except OSError:
+            continue
+        cached = _listings.get(folder)
+        if cached is None or cached[0] != mtime:
+            subfolders, notebooks = [], []
+            try:
+                with os.scandir(folder) as entries:
+                    for entry in entries:
+                        if entry.is_dir(follow_symlinks=False):
+                            if entry.name not in _SKIPPED:
+                                subfolders.append(entry.path)
+                        elif entry.name.endswith(".ipynb"):
+                            notebooks.append(entry.path)
+            except OSError:
+                continue
+            cached = _listings[folder] = (mtime, subfolders, notebooks)
+        stack.extend(cached[1])
+        yield from map(Path, cached[2])
 
 
 @pytest.fixture(autouse=True)
