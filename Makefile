@@ -71,6 +71,22 @@ demo: venv
 test: test-setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15 tests
 
+# The development loop: the unit-level tests (no notebook kernels, pipelines, servers, Docker, browser,
+# PostgreSQL or emulators; tests/conftest.py marks them). CI runs `make test`, the whole suite, which also
+# builds the documentation site with `mkdocs build --strict` (tests/test_docs.py).
+.PHONY: test-fast docs docs-examples
+FAST := not docker and not browser and not postgres and not emulator and not slow and not probe and not integration
+test-fast: venv
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=10 -m "$(FAST)" tests
+
+# The documentation site into site/ (open site/index.html; it needs no network). docs-examples reruns the
+# commands whose output the pages show (tools/docs_examples.py: a few pipelines, minutes).
+docs: venv
+	$(BIN)/mkdocs build --strict
+
+docs-examples: venv
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python tools/docs_examples.py
+
 # JupyterLab on notebooks/. MPLBACKEND (exported above for the headless targets) is removed so kernels
 # draw figures inline. The store and its artifacts stay in runs/ of the checkout whatever the kernel's
 # folder (a relative CHURNKIT_RUNS_DIR is taken from here). Jupyter refuses to start as root unless told
@@ -101,4 +117,4 @@ lint: venv
 	$(BIN)/nbstripout --verify --keep-metadata-keys cell.metadata.tags --keep-id notebooks/*.ipynb
 
 clean:
-	rm -rf .venv .venv-azml runs/*/ runs/mlflow.db runs/artifacts build *.egg-info
+	rm -rf .venv .venv-azml runs/*/ runs/mlflow.db runs/artifacts build site *.egg-info

@@ -182,6 +182,9 @@ def wrk(url: str, body: bytes, connections: int, seconds: float, tmp: Path) -> f
 
 
 def main() -> None:
+    from churnkit.config import quiet_outputs
+
+    quiet_outputs()  # no MLflow download bars between the benchmark's lines
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=10, help="interleaved rounds of the one-row comparison")
     ap.add_argument("--round-requests", type=int, default=400, help="single-row requests per server per round")

@@ -74,6 +74,9 @@ def time_bare_python(image: str) -> float:
 
 
 def main() -> None:
+    from churnkit.config import quiet_outputs
+
+    quiet_outputs()  # no MLflow download bars between the benchmark's lines
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image", default="churnkit-serve:0.1.0")
     parser.add_argument("--runs", type=int, default=5)

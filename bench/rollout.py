@@ -55,6 +55,9 @@ def measure(target, config, version: str, interval: float) -> float:
 
 
 def main() -> int:
+    from churnkit.config import quiet_outputs
+
+    quiet_outputs()  # no MLflow download bars between the benchmark's lines
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3, help="rollouts per target")
     args = parser.parse_args()

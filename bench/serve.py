@@ -120,6 +120,9 @@ def best_of(fn, repeat: int) -> float:
 
 
 def main() -> None:
+    from churnkit.config import quiet_outputs
+
+    quiet_outputs()  # no MLflow download bars between the benchmark's lines
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", choices=["logreg", "hgb"], default="logreg")
     ap.add_argument("--rows", type=int, default=4000, help="training rows")

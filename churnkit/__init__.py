@@ -6,8 +6,14 @@ serving layer and never MLflow, matplotlib or the deploy targets.
 """
 
 import importlib
+import warnings
 
 from churnkit.version import __version__ as __version__
+
+# MLflow imports ``tqdm.auto`` as it loads; in a kernel without ipywidgets tqdm then warns into the first cell
+# that touches MLflow, whichever it is. A filter is the one thing done at import: it must precede that import.
+# (The message is churnkit.config.IPROGRESS_WARNING, spelled out so that this import loads no other module.)
+warnings.filterwarnings("ignore", message="IProgress not found")
 
 _EXPORTS = {
     "ChurnkitError": "churnkit.exceptions",

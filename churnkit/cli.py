@@ -64,8 +64,13 @@ class _Group(click.Group):
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="churnkit")
-def main():
+@click.option("-v", "--verbose", is_flag=True,
+              help="Log at INFO and show MLflow's progress bars on stderr (also: CHURNKIT_LOG_LEVEL=INFO or DEBUG).")
+def main(verbose):
     """Notebook-first churn model kit: train, evaluate, deploy, roll out, monitor."""
+    from churnkit.config import log_level, quiet_outputs
+
+    quiet_outputs(log_level(verbose))
 
 
 @main.command()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,6 +86,47 @@ def load_config(runs_dir: str | os.PathLike | None = None, environ: dict | None 
         return Config(runs_dir=path, tracking_uri=uri, embedded=False, **run)
     return Config(runs_dir=path, tracking_uri=f"sqlite:///{path / 'mlflow.db'}", embedded=True, **run)
 
+
+#: Log levels ``CHURNKIT_LOG_LEVEL`` accepts; DEBUG and INFO also show what is meant for a terminal.
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+#: tqdm's warning in a kernel without ipywidgets (MLflow imports ``tqdm.auto`` as it loads).
+IPROGRESS_WARNING = "IProgress not found"
+
+
+def log_level(verbose: bool = False, environ: dict | None = None) -> str:
+    """The level asked for: ``"INFO"`` with ``verbose`` (the CLI's ``--verbose``), else ``CHURNKIT_LOG_LEVEL``,
+    else ``"WARNING"``.
+
+    Raises
+    ------
+    ConfigError
+        When ``CHURNKIT_LOG_LEVEL`` names no level.
+    """
+    env = os.environ if environ is None else environ
+    given = env.get("CHURNKIT_LOG_LEVEL", "").strip()
+    level = given.upper() or "WARNING"
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"CHURNKIT_LOG_LEVEL={given!r} is not a log level; use one of {', '.join(LOG_LEVELS)} "
+                          "or unset it")
+    return "INFO" if verbose and level not in ("DEBUG", "INFO") else level
+
+
+def quiet_outputs(level: str = "WARNING") -> None:
+    """Keep messages meant for a terminal out of stderr and cell outputs, unless ``level`` is DEBUG or INFO.
+
+    MLflow draws "Downloading artifacts" bars on stderr for every artifact download and logs its database
+    set-up at INFO; tqdm warns about ipywidgets in a kernel. ``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR`` is MLflow's
+    only switch for its bars (read at each download), so it is the one environment variable set here, and only
+    when the user has not set it.
+    """
+    logging.getLogger("churnkit").setLevel(level)
+    if level in ("DEBUG", "INFO"):
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        return
+    warnings.filterwarnings("ignore", message=IPROGRESS_WARNING)
+    for name in ("mlflow.store.db.utils", "alembic.runtime.migration"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 @contextlib.contextmanager

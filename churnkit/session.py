@@ -23,14 +23,13 @@ import json
 import os
 import signal
 import socket
-import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from churnkit import tracking
 from churnkit.clock import iso_from_ms
-from churnkit.config import TAG, Config
+from churnkit.config import TAG, Config, log_level, quiet_outputs
 from churnkit.registry import Candidate
 
 FAILED_STATES = ("FAILED", "KILLED")
@@ -43,16 +42,9 @@ def headless() -> bool:
 
 
 def quiet() -> None:
-    """Keep messages meant for terminals out of cell outputs (headless and in JupyterLab).
-
-    tqdm warns that ipywidgets is missing the moment anything imports ``tqdm.auto`` inside a kernel;
-    MLflow logs its database set-up at INFO and draws download bars on stderr. None of it concerns the
-    notebook's reader. ``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR`` is MLflow's only switch for its bars; an
-    explicit setting of the user's is kept.
-    """
-    warnings.filterwarnings("ignore", message="IProgress not found")
-    tracking.quiet_store_setup()
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    """Keep messages meant for terminals out of cell outputs (headless and in JupyterLab), unless
+    ``CHURNKIT_LOG_LEVEL`` asks for INFO or DEBUG (see :func:`churnkit.config.quiet_outputs`)."""
+    quiet_outputs(log_level())
 
 
 def lab_session() -> str:

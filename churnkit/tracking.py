@@ -146,7 +146,10 @@ def setup_tracking(config: Config | None = None) -> str:
 
 
 def quiet_store_setup() -> None:
-    """MLflow's INFO lines about creating and migrating its database tables: set-up detail, not news."""
+    """MLflow's INFO lines about creating and migrating its database tables: set-up detail, not news (shown
+    when churnkit logs at INFO or DEBUG: ``--verbose``, ``CHURNKIT_LOG_LEVEL``)."""
+    if logging.getLogger("churnkit").getEffectiveLevel() <= logging.INFO:
+        return
     for name in ("mlflow.store.db.utils", "alembic.runtime.migration"):
         logging.getLogger(name).setLevel(logging.WARNING)
 

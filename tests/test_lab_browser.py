@@ -32,11 +32,11 @@ DRIVER = shutil.which("chromedriver")
 SHOTS = default_runs_dir() / "test-artifacts" / "lab-browser"
 RUN_ALL_TIMEOUT = 150
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.browser, pytest.mark.skipif(
     CHROMIUM is None or DRIVER is None,
     reason="chromium and chromedriver are not installed (`make test-setup` installs Debian's chromium and "
            "chromium-driver)",
-)
+)]
 
 
 @pytest.fixture(scope="module")

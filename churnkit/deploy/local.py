@@ -340,7 +340,7 @@ class LocalTarget(DeployTarget):
         if status_router == "dead":
             out.drift.append(f"the router of endpoint {self.endpoint!r} (pid {router.get('pid')}) is not running, so "
                              f"port {self.live_port} answers nothing; the next deploy/traffic/rollout command restarts "
-                             f"it there with the last weights (or run it under a supervisor: see the README)")
+                             f"it there with the last weights (or run it under a supervisor: see docs/cloud-engineer.md)")
         for name, v in state.get("variants", {}).items():
             seen = (live or {}).get("variants", {}).get(name, {})
             if not _alive(v.get("pid")):

@@ -106,6 +106,7 @@ def run_notebook(
     progress: bool | None = None,
     cell_timeout: int | None = None,
     tags: dict[str, str] | None = None,
+    kernel=None,
 ) -> RunResult:
     """Execute a notebook headless with papermill and record it (output notebook + MLflow run).
 
@@ -119,6 +120,9 @@ def run_notebook(
         Seconds a cell may run; a cell that takes longer is stopped and the run marked FAILED.
     tags : dict, optional
         Extra MLflow tags for the run (e.g. ``churnkit.rerun_of``).
+    kernel : churnkit.runner.kernel.WarmKernel, optional
+        A kernel started ahead in the notebook's folder (the pipeline's); it runs this notebook and is shut
+        down after it. Without one papermill starts the kernel.
 
     Raises
     ------
@@ -128,7 +132,7 @@ def run_notebook(
         When a cell fails, times out, the kernel dies or the process gets SIGTERM; the (partial) output
         notebook is written first and the MLflow run marked FAILED (KILLED for SIGTERM and Ctrl-C).
     """
-    import papermill as pm
+    pm = import_papermill()
 
 
     config = config or load_config()
@@ -170,14 +174,22 @@ def run_notebook(
             "CHURNKIT_RUNS_DIR": str(config.runs_dir),
             "CHURNKIT_OUTPUT_NOTEBOOK": str(output),
             "CHURNKIT_PIPELINE_ID": pipeline_id,
-            "MPLBACKEND": "module://matplotlib_inline.backend_inline",  # figures shown in the output notebook
-            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+            **KERNEL_ENV,
         }
+        if kernel is not None and Path(kernel.cwd) != path.parent:  # started for another folder: not this one's
+            kernel.shutdown()
+            kernel = None
         started = time.perf_counter()
         status, error, interrupt = "FINISHED", None, None
         with redacted_writes(output) as redactions:
             try:
                 with scoped_environ(env):
+                    if kernel is not None:
+                        try:
+                            kernel.prepare(env)
+                        except (TimeoutError, RuntimeError):  # it did not come up: papermill starts one as usual
+                            kernel.shutdown()
+                            kernel = None
                     pm.execute_notebook(
                         str(path),
                         str(output),
@@ -192,6 +204,7 @@ def run_notebook(
                         # period before SIGKILL. The runner, not the kernel, closes the MLflow run.
                         shutdown_kernel="immediate",
                         config=kernel_config(),  # IPC sockets, not TCP: no unencrypted-TCP warning per kernel
+                        **({"km": kernel.km} if kernel is not None else {}),
                     )
             except pm.PapermillExecutionError as exc:
                 status = "FAILED"
@@ -214,6 +227,9 @@ def run_notebook(
                 )
                 if isinstance(exc, RunTerminated):
                     error.exit_code = 128 + exc.signum  # what a shell reports for a process ended by the signal
+            finally:
+                if kernel is not None:
+                    kernel.shutdown()
         seconds = time.perf_counter() - started
         try:
             found = _finish(client, run_id, output, status, seconds, error, redactions)
@@ -232,6 +248,38 @@ def run_notebook(
         raise as_tracking_error(exc, config) from None
     return RunResult(path.stem, output, run_id, status, params, seconds, dict(final.data.tags),
                      dict(final.data.metrics), found)
+
+
+#: Environment of every kernel the runner starts, besides the run's own variables.
+KERNEL_ENV = {
+    "MPLBACKEND": "module://matplotlib_inline.backend_inline",  # figures shown in the output notebook
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}
+
+
+def import_papermill():
+    """papermill, imported without ``rfc3987_syntax`` when nothing in this process has loaded jsonschema yet.
+
+    papermill imports nbformat, whose validator imports jsonschema; jsonschema's format checkers then import
+    ``rfc3987_syntax``, which compiles some forty Lark grammars: about 2 s of CPU, two thirds of importing
+    papermill, paid by every ``churnkit run`` and ``pipeline``. Neither nbformat, nbclient nor papermill checks
+    formats (they validate without a format checker), so the grammars are never used here. The import is made
+    to fail for the moment jsonschema loads, and allowed again after: the one effect left in this process is
+    that jsonschema's ``iri`` and ``iri-reference`` formats go unchecked, as they do without that package.
+    """
+    import sys
+
+    if "jsonschema" in sys.modules or "rfc3987_syntax" in sys.modules:
+        import papermill
+
+        return papermill
+    sys.modules["rfc3987_syntax"] = None  # an ImportError for ``import rfc3987_syntax``
+    try:
+        import papermill
+    finally:
+        if sys.modules.get("rfc3987_syntax", 0) is None:
+            del sys.modules["rfc3987_syntax"]
+    return papermill
 
 
 def kernel_config():

@@ -9,6 +9,7 @@ folder run one at a time (:mod:`churnkit.runner.lock`).
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from churnkit import tracking
 from churnkit.config import DEFAULT_MODEL_NAME, TAG, Config, load_config
 from churnkit.exceptions import ParameterError
 from churnkit.runner.execution import (
+    KERNEL_ENV,
     KILLED_BY,
     RunResult,
     as_tracking_error,
@@ -25,8 +27,9 @@ from churnkit.runner.execution import (
     run_notebook,
 )
 from churnkit.runner.approval import approved_release, hand_off
+from churnkit.runner.kernel import WarmKernel
 from churnkit.runner.lock import pipeline_lock
-from churnkit.runner.params import split_parameters
+from churnkit.runner.params import find_notebook, split_parameters
 from churnkit.signals import RunTerminated, sigterm_raises
 
 PIPELINE_STEPS = ("01-train", "02-evaluate", "03-deploy", "04-rollout")
@@ -86,6 +89,31 @@ def run_pipeline(
 
 
 def _run_locked(parameters, per_step, config: Config, progress, echo, steps) -> PipelineResult:
+    kernels: dict[str, WarmKernel] = {}  # each step's kernel, started while the step before it runs
+    try:
+        _warm(kernels, steps[0])  # starts while the store is set up
+        return _run_steps(parameters, per_step, config, progress, echo, steps, kernels)
+    finally:
+        for kernel in kernels.values():
+            kernel.shutdown()
+
+
+def _warm(kernels: dict[str, WarmKernel], step: str) -> None:
+    if step not in kernels:
+        kernels[step] = WarmKernel(find_notebook(step).parent, {**os.environ, **KERNEL_ENV})
+
+
+def _worth_warming(step: str, results: list[RunResult]) -> bool:
+    """False when ``step`` is already known to be skipped (a rollout with no challenger registered)."""
+    if step != "04-rollout":
+        return True
+    ev = next((r for r in results if r.notebook == "02-evaluate"), None)
+    version = ev.tags.get(TAG + "registered_version", "") if ev else ""
+    aliases = json.loads(ev.tags.get(TAG + "aliases", "{}")) if ev else {}
+    return bool(version) and str(aliases.get("challenger", "")) == version
+
+
+def _run_steps(parameters, per_step, config: Config, progress, echo, steps, kernels) -> PipelineResult:
     exp_id = tracking.setup_tracking(config)  # the store first: a store that fails leaves no empty run folder
     client = tracking.client(config)
     folder = new_run_folder(config)
@@ -103,15 +131,19 @@ def _run_locked(parameters, per_step, config: Config, progress, echo, steps) -> 
     inflight: BaseException | None = None
     with sigterm_raises():  # SIGTERM between two steps also ends the parent run KILLED
         try:
-            for step in steps:
+            for i, step in enumerate(steps):
                 if step == "03-deploy" and _registered_version(results):  # team mode: stop for review, or copy
                     awaiting, released = hand_off(_model_name(results), _registered_version(results), config,
                                                   folder.name)
                 given = released or (per_step[step] if "02-evaluate" not in steps else {})
                 skipped = f"awaiting approval: `{awaiting}`" if awaiting else _skip_reason(step, results, given, config)
                 if skipped:
+                    if step in kernels:
+                        kernels.pop(step).shutdown()
                     echo(f"· {step} skipped: {skipped}")
                     continue
+                if i + 1 < len(steps) and _worth_warming(steps[i + 1], results):
+                    _warm(kernels, steps[i + 1])
                 params = dict(per_step[step])
                 if step == "02-evaluate" and results:
                     params["train_run_id"] = results[0].run_id
@@ -120,8 +152,13 @@ def _run_locked(parameters, per_step, config: Config, progress, echo, steps) -> 
                 if step in ("03-deploy", "04-rollout"):  # ...or its production copy, in team mode
                     params.update(released)
                 echo(f"▶ {step} → {folder / (step + '.ipynb')}")
-                res = run_notebook(step, params, config=config, folder=folder, parent_run_id=parent.info.run_id,
-                                   pipeline_id=folder.name, progress=progress)
+                kernel = kernels.pop(step, None)
+                try:
+                    res = run_notebook(step, params, config=config, folder=folder, parent_run_id=parent.info.run_id,
+                                       pipeline_id=folder.name, progress=progress, kernel=kernel)
+                finally:
+                    if kernel is not None:
+                        kernel.shutdown()  # run_notebook stops it; this covers a failure before it started
                 echo(f"  ✓ {step} finished in {res.seconds:.1f} s")
                 results.append(res)
             status = "FINISHED"

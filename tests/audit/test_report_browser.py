@@ -55,6 +55,7 @@ def _dump_dom(url: str, profile) -> str:
     return out
 
 
+@pytest.mark.browser
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (`make test-setup` installs Debian's chromium)")
 def test_index_renders_rows_links_and_failure_highlight_in_chromium(tmp_path_factory, tmp_path):
     with pytest.MonkeyPatch.context() as mp:

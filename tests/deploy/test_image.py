@@ -163,6 +163,7 @@ def test_s3_download_copies_the_folder(folder, tmp_path, monkeypatch):
             download("s3://churn/churnkit/models/churn-v2", tmp_path / "none")
 
 
+@pytest.mark.emulator
 def test_gcs_download_and_a_tar_gz_archive(folder, tmp_path, monkeypatch):
     from storage_support import gcs_emulator, upload_folder
 
@@ -200,6 +201,7 @@ def test_storage_errors_name_the_package_and_the_fix(tmp_path, monkeypatch):
         "https://acct.blob.core.windows.net", "models", "churn/1")
 
 
+@pytest.mark.emulator
 def test_load_serving_model_reads_a_remote_uri_without_mlflow(tmp_path, monkeypatch):
     """The container path: a gs:// URI becomes a verified folder; no mlflow module is imported."""
     import subprocess
@@ -228,6 +230,7 @@ def test_load_serving_model_reads_a_remote_uri_without_mlflow(tmp_path, monkeypa
         assert res.stdout.split() == ["churn", "1", "False"]
 
 
+@pytest.mark.emulator
 def test_azure_blob_download_through_azurite(folder, tmp_path, monkeypatch):
     from azure.storage.blob import BlobServiceClient
     from storage_support import azurite_blob

@@ -7,6 +7,7 @@ connections is retried elsewhere, and the clients see no failed request. Every p
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -248,6 +249,16 @@ def test_router_refuses_bodies_above_serves_limit_before_reading_them(local, row
     big = b'{"instances": [' + b" " * (DEFAULT_MAX_BODY_BYTES + 10) + b"]}"
     r = httpx.post(local.url + "/invocations", content=big, headers={"content-type": "application/json"}, timeout=60)
     assert r.status_code == 413 and f"max_body_bytes {DEFAULT_MAX_BODY_BYTES}" in r.json()["details"][0]
+    # http.client is still sending when the answer comes: the router's lingering close lets it read the 413
+    port = int(local.url.rsplit(":", 1)[1])
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("POST", "/invocations", body=b" " * (12 * 1024 * 1024), headers={"content-type": "application/json"})
+        answer = conn.getresponse()
+        assert answer.status == 413
+        assert f"max_body_bytes {DEFAULT_MAX_BODY_BYTES}" in json.loads(answer.read())["details"][0]
+    finally:
+        conn.close()
 
     def chunks():  # no Content-Length: refused while streaming, after the limit, not after the whole body
         yield b'{"instances": ['

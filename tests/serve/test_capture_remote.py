@@ -10,6 +10,8 @@ import pytest
 from serve_support import CHURNKIT, Server, clean_env, json_rows, served_store
 from storage_support import gcs_emulator
 
+pytestmark = pytest.mark.emulator
+
 from churnkit.serve.capture import CaptureWriter, read_capture
 
 PREFIX = "churnkit/capture/churn/v1/"

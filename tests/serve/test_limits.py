@@ -202,3 +202,81 @@ def test_a_large_body_is_scored_off_the_event_loop(store, tmp_path):
         assert min(answered) < done["big"], "every /ping waited for the large body (event loop blocked)"
     finally:
         srv.close()
+
+
+TWELVE_MB = b'{"instances": [' + b" " * (12 * 1024 * 1024) + b"]}"
+
+
+def test_a_body_above_the_limit_gets_a_413_that_http_client_and_httpx_can_read(server):
+    """The 413 is answered from the Content-Length before the body is read; the lingering close lets a client
+    that is still sending finish and read it (a plain close resets the connection under it)."""
+    import http.client
+
+    for _ in range(3):  # each on a fresh connection: the answer closes it
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        try:
+            conn.request("POST", "/invocations", body=TWELVE_MB, headers={"content-type": "application/json"})
+            response = conn.getresponse()
+            assert response.status == 413
+            assert response.getheader("connection") == "close"
+            body = json.loads(response.read())
+            assert "max_body_bytes" in body["details"][0] and "fewer rows" in body["error"], body
+        finally:
+            conn.close()
+    r = httpx.post(server.url + "/invocations", content=TWELVE_MB, headers={"content-type": "application/json"},
+                   timeout=30)
+    assert r.status_code == 413 and "max_body_bytes" in r.json()["details"][0], r.text
+    assert httpx.get(server.url + "/ping").status_code == 200
+
+
+def test_the_lingering_close_is_bounded_in_bytes_and_in_idle_time(store):
+    """A client that never stops sending is cut off after the byte cap; one that stops without closing is closed
+    after the idle cap; both read the 413 first."""
+    import uvicorn
+
+    from churnkit.serve.app import create_app
+    from churnkit.serve.limits import protocol_class
+
+    _, _, loaded = store
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(loaded, max_body_bytes=1024), host="127.0.0.1", port=port,
+                                           http=protocol_class(5.0, linger_bytes=256 * 1024, linger_seconds=30,
+                                                               linger_idle=0.5),
+                                           log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    head = (b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 1000000000\r\n\r\n")
+    try:
+        endless = socket.create_connection(("127.0.0.1", port))
+        endless.sendall(head)
+        sent, cut = 0, False
+        while sent < 64 * 1024 * 1024:  # far beyond the 256 KiB the server discards
+            try:
+                endless.sendall(b" " * 65536)
+            except (ConnectionResetError, BrokenPipeError):
+                cut = True
+                break
+            sent += 65536
+        assert cut, f"the server read {sent} bytes of a refused body and still reads"
+
+        idle = socket.create_connection(("127.0.0.1", port))
+        idle.sendall(head + b" " * 4096)
+        idle.settimeout(10)
+        answer = b""
+        while not answer.endswith(b"}"):
+            answer += idle.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 413") and b"max_body_bytes 1024" in answer, answer[:300]
+        assert idle.recv(65536) == b""  # the write side is shut at once: the client sees the end of the answer
+        deadline = time.monotonic() + 20  # the idle cap is 0.5 s; nothing stays open for 20
+        while server.server_state.connections and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not server.server_state.connections, "a lingering connection outlived its idle cap"
+        endless.close()
+        idle.close()
+    finally:
+        server.should_exit = True
+        thread.join(15)
