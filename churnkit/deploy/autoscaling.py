@@ -460,18 +460,6 @@ def status_lines(status: dict[str, dict]) -> list[str]:
 
 
 # ---- what the deploy targets call ------------------------------------------------------------------
-def azure_target_monitor(target):
-    """The Monitor client of an AzureMLTarget: same credential and pipeline options as its MLClient."""
-    if getattr(target, "_monitor", None) is None:
-        credential = target._credential
-        if credential is None:
-            from azure.identity import DefaultAzureCredential
-
-            credential = DefaultAzureCredential()
-        target._monitor = monitor_client(credential, target.settings["subscription_id"], **target._client_kwargs)
-    return target._monitor
-
-
 def azure_workspace_id(target) -> str:
     s = target.settings
     return (f"/subscriptions/{s['subscription_id']}/resourceGroups/{s['resource_group']}/providers/"
@@ -495,7 +483,7 @@ def azure_step(target, deployment: str, *, delete: bool = False, policy: Autosca
 
 def azure_run(target, method: str, step: dict) -> None:
     """Carry out an ``autoscale_settings.*`` step of AzureMLTarget with azure-mgmt-monitor."""
-    client = azure_target_monitor(target)
+    client = target.monitor
     if method == "delete":
         target._send("delete autoscale setting", azure_delete, client, step["resource_group_name"],
                      step["autoscale_setting_name"])
@@ -516,7 +504,7 @@ def live_status(target, state) -> dict[str, dict]:
         live = {v["VariantName"]: v for v in ep.get("ProductionVariants", [])}
         return sagemaker_status(target.client("application-autoscaling"), target.endpoint, live)
     if target.name == "azureml":
-        return target._send("read autoscale settings", azure_status, azure_target_monitor(target),
+        return target._send("read autoscale settings", azure_status, target.monitor,
                             target.settings["resource_group"], target.endpoint, state.details.get("deployments", {}))
     endpoint = target._endpoint()
     return vertex_status(endpoint.gca_resource.deployed_models) if endpoint is not None else {}

@@ -1,9 +1,11 @@
 """Azure ML telemetry: Azure Monitor metrics of the online endpoint split by deployment, and the served
 payloads from Azure ML's data collector (payload logging) in the workspace blob store.
 
-Requests by status code class come from ``RequestsPerMinute`` (Total per minute, dimensions
-``deployment`` and ``statusCodeClass``), latency from ``RequestLatency_P99`` (milliseconds, dimension
-``deployment``), both on the endpoint resource through azure-monitor-query's ``MetricsQueryClient``
+Requests by status code class come from ``RequestsPerMinute`` (unit Count, documented aggregation
+Average, dimensions ``deployment`` and ``statusCodeClass``: at the metric's one-minute grain the Average
+is the requests of that minute), latency from ``RequestLatency_P99`` (milliseconds, aggregation Average,
+dimension ``deployment``), both on the endpoint resource through azure-monitor-query's
+``MetricsQueryClient``
 (https://learn.microsoft.com/azure/azure-monitor/reference/supported-metrics/microsoft-machinelearningservices-workspaces-onlineendpoints-metrics).
 Served scores and inputs come from payload logging: with the ``request`` and ``response``
 collections on, Azure ML writes every payload as a JSON line to
@@ -36,6 +38,8 @@ from churnkit.exceptions import MissingExtraError
 
 NAMESPACE = "Microsoft.MachineLearningServices/workspaces/onlineEndpoints"
 REQUESTS_METRIC = "RequestsPerMinute"
+#: The one aggregation Azure Monitor documents for RequestsPerMinute (the supported-metrics page above).
+REQUESTS_AGGREGATION = "Average"
 LATENCY_METRIC = "RequestLatency_P99"
 COLLECTIONS = ("request", "response")
 PERMISSIONS = {"metrics": "Microsoft.Insights/metrics/read (the Monitoring Reader role) on the endpoint",
@@ -103,7 +107,7 @@ class AzureMonitorTelemetry(CaptureTelemetry):
         """The two metric queries (``query_resource`` keyword arguments) for ``[start, end]``."""
         common = {"resource_uri": self.resource_uri, "timespan": (utc(start), utc(end)),
                   "granularity": timedelta(seconds=self.period), "metric_namespace": NAMESPACE, "max_results": 100}
-        return [common | {"metric_names": [REQUESTS_METRIC], "aggregations": ["Total"],
+        return [common | {"metric_names": [REQUESTS_METRIC], "aggregations": [REQUESTS_AGGREGATION],
                           "filter": "deployment eq '*' and statusCodeClass eq '*'"},
                 common | {"metric_names": [LATENCY_METRIC], "aggregations": ["Average"], "filter": "deployment eq '*'"}]
 
@@ -151,13 +155,14 @@ class AzureMonitorTelemetry(CaptureTelemetry):
                     for point in series.data:
                         if metric.name == LATENCY_METRIC and point.average is not None:
                             out[variant].latency_p99_ms.append(float(point.average))
-                        elif metric.name == REQUESTS_METRIC and point.total is not None:
+                        elif metric.name == REQUESTS_METRIC and point.average is not None:
+                            # one point per one-minute grain: its Average is that minute's request count
                             cls = dims.get("statuscodeclass", "")
-                            out[variant].requests += point.total
+                            out[variant].requests += point.average
                             if cls.startswith("5"):
-                                out[variant].errors += point.total
+                                out[variant].errors += point.average
                             elif cls.startswith("4"):
-                                out[variant].client_errors += point.total
+                                out[variant].client_errors += point.average
         return out
 
     def records(self, variant: str, collection: str, start: float, end: float) -> list[dict]:

@@ -106,6 +106,7 @@ class AzureMLTarget(ManagedCloudTarget):
         self._credential = credential
         self._client_kwargs = dict(client_kwargs or {})
         self._client = None
+        self._monitor = None
         self.autoscaling = autoscaling.validate(self.name) if autoscaling is not None else None  # Azure Monitor
 
     @property
@@ -117,6 +118,15 @@ class AzureMLTarget(ManagedCloudTarget):
             self._client = ml.MLClient(self.credential, s["subscription_id"], s["resource_group"], s["workspace"],
                                        **self._client_kwargs)
         return self._client
+
+    @property
+    def monitor(self):
+        """azure-mgmt-monitor's ``MonitorManagementClient`` of the subscription (autoscale settings, metrics),
+        with the credential and pipeline options of :attr:`client` (built on first use)."""
+        if self._monitor is None:
+            self._monitor = autoscaling.monitor_client(self.credential, self.settings["subscription_id"],
+                                                       **self._client_kwargs)
+        return self._monitor
 
     def _send(self, what: str, fn, *args, **kw):
         from azure.core.exceptions import ClientAuthenticationError, HttpResponseError

@@ -14,7 +14,7 @@ Sources (each cloud's documented metrics):
   the policy from Application Auto Scaling.
   https://docs.aws.amazon.com/sagemaker/latest/dg/monitoring-cloudwatch.html
 - Azure ML: Azure Monitor ``RequestLatency`` / ``RequestLatency_P99`` / ``RequestsPerMinute`` on the
-  endpoint (dimension ``deployment``), ``CpuUtilizationPercentage`` / ``MemoryUtilizationPercentage`` /
+  endpoint (dimension ``deployment``), ``CpuUtilizationPercentage`` / ``CpuMemoryUtilizationPercentage`` /
   ``DeploymentCapacity`` on each deployment, the autoscale setting.
   https://learn.microsoft.com/azure/machine-learning/monitor-azure-machine-learning-reference
 - Vertex AI: Cloud Monitoring ``prediction/online/prediction_latencies`` (by ``latency_type``),
@@ -324,6 +324,11 @@ def read_sagemaker(endpoint: str, since: float, until: float | None = None, *, p
 
 
 # ---- Azure ML --------------------------------------------------------------------------------------------
+#: The endpoint's metrics (dimension ``deployment``) and the deployment's, by their REST names:
+#: https://learn.microsoft.com/azure/azure-monitor/reference/supported-metrics/microsoft-machinelearningservices-workspaces-onlineendpoints-metrics
+#: https://learn.microsoft.com/azure/azure-monitor/reference/supported-metrics/microsoft-machinelearningservices-workspaces-onlineendpoints-deployments-metrics
+AZ_ENDPOINT_METRICS = ("RequestLatency", "RequestLatency_P99", "RequestsPerMinute")
+AZ_DEPLOYMENT_METRICS = ("CpuUtilizationPercentage", "CpuMemoryUtilizationPercentage", "DeploymentCapacity")
 def read_azureml(endpoint: str, since: float, until: float | None = None, *, client, workspace_id: str,
                  deployments: dict[str, str], resource_group: str, period: int = 60) -> dict[str, PlatformSeries]:
     """Per-deployment series of an Azure ML online endpoint from Azure Monitor (azure-mgmt-monitor ``client``).
@@ -353,20 +358,18 @@ def read_azureml(endpoint: str, since: float, until: float | None = None, *, cli
         return got
 
     try:
-        ep = series(ep_id, "RequestLatency,RequestLatency_P99,RequestsPerMinute", "Average,Maximum,Total",
-                    "deployment eq '*'")
+        ep = series(ep_id, ",".join(AZ_ENDPOINT_METRICS), "Average,Maximum", "deployment eq '*'")
         scaling = azure_status(client, resource_group, endpoint, deployments)
         out: dict[str, PlatformSeries] = {}
         for variant, dep in deployments.items():
-            dp = series(f"{ep_id}/deployments/{dep}", "CpuUtilizationPercentage,MemoryUtilizationPercentage,DeploymentCapacity",
-                        "Average,Maximum")
-            lat, p99, rpm = (ep.get((n, dep), {}) for n in ("RequestLatency", "RequestLatency_P99", "RequestsPerMinute"))
-            cpu, mem, cap = (dp.get((n, ""), {}) for n in ("CpuUtilizationPercentage", "MemoryUtilizationPercentage",
-                                                          "DeploymentCapacity"))
+            dp = series(f"{ep_id}/deployments/{dep}", ",".join(AZ_DEPLOYMENT_METRICS), "Average,Maximum")
+            lat, p99, rpm = (ep.get((n, dep), {}) for n in AZ_ENDPOINT_METRICS)
+            cpu, mem, cap = (dp.get((n, ""), {}) for n in AZ_DEPLOYMENT_METRICS)
             s = PlatformSeries(f"Azure Monitor {endpoint}/{dep}", period)
             for t in sorted(set(lat) | set(rpm) | set(cpu)):
                 s.times.append(t)
-                s.invocations.append((rpm[t].total if t in rpm and rpm[t].total is not None else 0.0) * period / 60.0)
+                # RequestsPerMinute's documented aggregation is Average: the mean requests per minute of the grain
+                s.invocations.append((rpm[t].average if t in rpm and rpm[t].average is not None else 0.0) * period / 60.0)
                 s.errors_4xx.append(0.0)
                 s.errors_5xx.append(0.0)
                 s.total_ms.append(lat[t].average if t in lat else None)
@@ -492,9 +495,9 @@ def cloud_latency(target: str, endpoint: str, since: str | float = "1h", *, conf
         if not state.exists:
             raise MonitorError(f"no {target} endpoint named {endpoint!r}; check --endpoint")
         if target == "azureml":
-            from churnkit.deploy.autoscaling import azure_target_monitor, azure_workspace_id
+            from churnkit.deploy.autoscaling import azure_workspace_id
 
-            client = sdk.get("client") or azure_target_monitor(t)
+            client = sdk.get("client") or t.monitor
             series = read_azureml(endpoint, start, client=client, workspace_id=azure_workspace_id(t),
                                   deployments=state.details["deployments"], resource_group=t.settings["resource_group"],
                                   period=period)

@@ -221,6 +221,24 @@ def test_azureml_autoscale_setting_created_with_each_deployment_and_deleted_befo
     assert not any("/autoscalesettings/" in p for p in arm.resources)
 
 
+def test_autoscaling_reaches_the_azure_target_through_its_public_monitor_client(tmp_path, monkeypatch):
+    import ast
+    import inspect
+
+    from churnkit.deploy import get_target
+
+    tree = ast.parse(inspect.getsource(autoscaling))
+    reached = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)
+               and n.value.id == "target" and n.attr in ("_monitor", "_credential", "_client_kwargs")}
+    assert not reached
+    config = cloud_store(tmp_path, monkeypatch, AZURE_ENV)
+    arm = _transport_class()()
+    t = get_target("azureml", config=config, credential=FakeCredential(), client_kwargs={"transport": arm})
+    assert t.monitor is t.monitor  # built once, on the target's own credential and transport
+    assert autoscaling.azure_status(t.monitor, "rg-churn", "churn", {"v1": "v1-churn"}) == {"v1": {"autoscaling": None}}
+    assert any(p.endswith("/autoscalesettings/churn-v1-churn-autoscale") for _, p, _ in arm.log)
+
+
 def test_azureml_cpu_rule_targets_the_deployment(tmp_path, monkeypatch):
     body = autoscaling.azure_setting(policy_for("azureml", max_instances=3, target_cpu=70), workspace_id=WS,
                                      endpoint="churn", deployment="v3", location="westeurope")

@@ -298,8 +298,11 @@ def test_telemetry_reads_azure_monitor_split_by_deployment(store):
     fixture = json.loads((FIXTURES / "azure-monitor-metrics.json").read_text())["response"]
 
     def answer(path, query):
-        body = dict(fixture, value=[m for m in fixture["value"] if m["name"]["value"] == query["metricnames"]])
-        return 200, body
+        from cloud_docs import azure_documented, azure_metric_error
+
+        error = azure_metric_error(path, query["metricnames"], query["aggregation"])
+        return (400, error) if error else (200, azure_documented(path, fixture, query["metricnames"],
+                                                                   query["aggregation"]))
 
     t, transport = _monitor(store, answer)
     t._telemetry.records = lambda *a: []  # payload logs in Blob: covered by the end-to-end rollouts (Azurite)
@@ -311,7 +314,7 @@ def test_telemetry_reads_azure_monitor_split_by_deployment(store):
     assert windows["v1"].requests == 480 and windows["v1"].latencies_ms == ()
     assert "Azure Monitor RequestsPerMinute/RequestLatency_P99 deployment=v2-churn" in v2.source
     counts, latency = transport.requests
-    assert counts["metricnames"] == "RequestsPerMinute" and counts["aggregation"].lower() == "total"
+    assert counts["metricnames"] == "RequestsPerMinute" and counts["aggregation"].lower() == "average"
     assert counts["$filter"] == "deployment eq '*' and statusCodeClass eq '*'" and counts["interval"] == "PT1M"
     assert latency["metricnames"] == "RequestLatency_P99" and latency["$filter"] == "deployment eq '*'"
     assert counts["timespan"].startswith("2026-01-05T10:00:00") and "2026-01-05T10:03:00" in counts["timespan"]

@@ -204,12 +204,21 @@ def _azure_transport(responses: dict, status: int = 200):
             self.paths: list[str] = []
 
         def request(self, method, url, data=None, **kw):
+            from urllib.parse import parse_qs
+
+            from cloud_docs import azure_documented, azure_metric_error
+
             path = urlparse(url).path
             self.paths.append(path)
             body = responses.get(path)
             code = status if body is not None else 404
             if body is None:
                 body = {"error": {"code": "ResourceNotFound", "message": f"{path} not found"}}
+            query = {k: v[0] for k, v in parse_qs(urlparse(url).query).items()}
+            if code == 200 and path.endswith("/Microsoft.Insights/metrics"):  # Azure Monitor's own checks
+                error = azure_metric_error(path, query["metricnames"], query.get("aggregation", ""))
+                code, body = (400, error) if error else (200, azure_documented(path, body, query["metricnames"],
+                                                                                 query.get("aggregation", "")))
             resp = requests.Response()
             resp.status_code, resp.reason, resp.url = code, "OK" if code < 400 else "Error", url
             resp.headers.update({"content-type": "application/json"})
@@ -242,10 +251,10 @@ def test_azureml_under_provisioned_from_azure_monitor():
         f"{ep}/providers/Microsoft.Insights/metrics": {"value": [
             _azure_metric("RequestLatency", "Milliseconds", [("blue", _minutes(10, average=180.0, maximum=900.0))]),
             _azure_metric("RequestLatency_P99", "Milliseconds", [("blue", _minutes(10, average=850.0))]),
-            _azure_metric("RequestsPerMinute", "Count", [("blue", _minutes(10, total=3000.0))])]},
+            _azure_metric("RequestsPerMinute", "Count", [("blue", _minutes(10, average=3000.0, total=9e9))])]},
         f"{ep}/deployments/blue/providers/Microsoft.Insights/metrics": {"value": [
             _azure_metric("CpuUtilizationPercentage", "Percent", [("", _minutes(10, average=93.0, maximum=99.0))]),
-            _azure_metric("MemoryUtilizationPercentage", "Percent", [("", _minutes(10, average=40.0))]),
+            _azure_metric("CpuMemoryUtilizationPercentage", "Percent", [("", _minutes(10, average=40.0))]),
             _azure_metric("DeploymentCapacity", "Count", [("", _minutes(10, average=[2.0] * 4 + [3.0] * 6))])]},
         "/subscriptions/00000000-0000-0000-0000-000000000000/resourcegroups/rg-churn/providers/Microsoft.Insights/"
         "autoscalesettings/churn-blue-autoscale": setting,
@@ -256,6 +265,7 @@ def test_azureml_under_provisioned_from_azure_monitor():
                           resource_group="rg-churn")
     s = series["blue"]
     assert len(s.times) == 10 and s.instances[-1] == 3.0 and s.scaling["max_instances"] == 3
+    assert s.memory_pct[-1] == 40.0  # CpuMemoryUtilizationPercentage: the name Azure documents for deployments
     d = diagnose(s)
     assert d["likely_cause"] == "under-provisioned scaling" and d["breakdown_ms"]["total"] == pytest.approx(180.0)
     assert "--max-instances 5" in d["change"] and d["requests"] == 30000
