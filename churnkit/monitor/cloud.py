@@ -397,6 +397,7 @@ def read_azureml(endpoint: str, since: float, until: float | None = None, *, cli
 
 # ---- Vertex AI ----------------------------------------------------------------------------------------------
 VX = "aiplatform.googleapis.com/prediction/online/"
+VX_CPU_SCALE = 100.0  # cpu/utilization is a fraction (unit 10^2.%); the kit reports percent
 
 
 def read_vertex(endpoint_id: str, since: float, until: float | None = None, *, client, project: str,
@@ -446,7 +447,10 @@ def read_vertex(endpoint_id: str, since: float, until: float | None = None, *, c
         raise MonitorError(f"reading Cloud Monitoring metrics of endpoint {endpoint_id!r} failed: {exc}") from exc
     out: dict[str, PlatformSeries] = {}
     for name, rows in grid.items():
-        s = PlatformSeries(f"Cloud Monitoring {VX}* endpoint {endpoint_id}/{name}", period)
+        # latency_type "model"/"overhead" exist only for custom-trained and AutoML tabular models; "total" always
+        total_only = not any(r.get("model_ms") is not None for r in rows.values())
+        s = PlatformSeries(f"Cloud Monitoring {VX}* endpoint {endpoint_id}/{name}"
+                           + (" (latency_type total only: no model/overhead split)" if total_only else ""), period)
         for t in sorted(rows):
             r = rows[t]
             s.times.append(t)
@@ -457,7 +461,9 @@ def read_vertex(endpoint_id: str, since: float, until: float | None = None, *, c
                 getattr(s, f).append(r.get(f))
             s.total_ms_max.append(None)
             cpu = r.get("cpu_pct")
-            s.cpu_pct.append(cpu * 100.0 if cpu is not None and cpu <= 1.0 else cpu)  # a fraction of the replica's CPUs
+            # unit 10^2.%: 1.0 is 100 % of the replica's CPUs, above 1.0 on a machine with several
+            # (https://cloud.google.com/monitoring/api/metrics_gcp_a_b#gcp-aiplatform, cpu/utilization)
+            s.cpu_pct.append(cpu * VX_CPU_SCALE if cpu is not None else None)
             s.memory_pct.append(None)
         out[name] = s
     return out

@@ -358,6 +358,28 @@ def test_vertex_scaling_too_slow_from_cloud_monitoring(gcp_server):
         read_vertex("123", NOW.timestamp() - 3600, client=gcp_server["client"](), project="churn-proj", deployed={})
 
 
+def test_vertex_cpu_is_read_in_its_unit_and_total_latency_stands_in_for_model(gcp_server):
+    """cpu/utilization has unit 10^2.% and passes 1.0 on a multi-CPU machine; a model without the model/overhead
+    split has only latency_type "total" (https://cloud.google.com/monitoring/api/metrics_gcp_a_b#gcp-aiplatform)."""
+    from churnkit.monitor.cloud import read_vertex
+
+    gcp_server["by_metric"] = {
+        "prediction_latencies": [_gcp_series("prediction_latencies", "DELTA", "DISTRIBUTION", [45.0] * 4,
+                                             {"latency_type": "total"})],
+        "prediction_count": [_gcp_series("prediction_count", "DELTA", "INT64", [600] * 4)],
+        "error_count": [_gcp_series("error_count", "DELTA", "INT64", [0] * 4)],
+        "replicas": [_gcp_series("replicas", "GAUGE", "INT64", [1] * 4)],
+        "cpu/utilization": [_gcp_series("cpu/utilization", "GAUGE", "DOUBLE", [0.4, 0.6, 1.0, 1.7])],  # 2 vCPUs
+    }
+    s = read_vertex("123", NOW.timestamp() - 3600, client=gcp_server["client"](), project="churn-proj",
+                    deployed={"456": "v7"})["v7"]
+    assert s.cpu_pct == pytest.approx([40.0, 60.0, 100.0, 170.0])
+    assert "latency_type total only" in s.source
+    d = diagnose(s)
+    assert d["breakdown_ms"]["model"] is None and d["breakdown_ms"]["total"] == pytest.approx(45.0)
+    assert d["cpu_peak_pct"] == pytest.approx(170.0)
+
+
 def test_notebook_names_and_chart(aws):
     import churnkit as ck
 
