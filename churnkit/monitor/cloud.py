@@ -42,9 +42,7 @@ PERMISSIONS = {
     "azureml": ("Microsoft.Insights/metrics/read (the Monitoring Reader role)", "deployer_principal_id"),
     "vertex": ("monitoring.timeSeries.list (the roles/monitoring.viewer role)", "deployer_service_account"),
 }
-VCPUS = {"ml.t2.medium": 2, "ml.t2.large": 2, "ml.m5.large": 2, "ml.m5.xlarge": 4, "ml.m5.2xlarge": 8, "ml.m5.4xlarge": 16,
-         "ml.c5.large": 2, "ml.c5.xlarge": 4, "ml.c5.2xlarge": 8, "ml.c5.4xlarge": 16, "ml.m6i.large": 2,
-         "ml.m6i.xlarge": 4, "ml.c6i.large": 2, "ml.c6i.xlarge": 4, "ml.g4dn.xlarge": 4}
+
 
 
 def permission_error(cloud: str, endpoint: str, exc) -> MonitoringPermissionError:
@@ -247,7 +245,8 @@ def read_sagemaker(endpoint: str, since: float, until: float | None = None, *, p
     import boto3
     from botocore.exceptions import ClientError, NoCredentialsError
 
-    from churnkit.deploy.autoscaling import sagemaker_status
+    from churnkit.deploy.autoscaling import sagemaker_status, vcpus
+    from churnkit.exceptions import AutoscalingError
 
     sess = session or boto3.Session(region_name=region)
     sm, cw = sess.client("sagemaker", region_name=region), sess.client("cloudwatch", region_name=region)
@@ -297,7 +296,10 @@ def read_sagemaker(endpoint: str, since: float, until: float | None = None, *, p
             r = by_id.get(f"v{k}m{j}", {})
             for ts, v in zip(r.get("Timestamps", []), r.get("Values", [])):
                 grid.setdefault(ts.timestamp(), {})[fieldname] = v * scale
-        vcpus = VCPUS.get(types.get(name, ""), 1)
+        try:
+            cores = vcpus(types.get(name, ""))
+        except AutoscalingError:  # an unknown type: show CloudWatch's sum over the cores as is
+            cores = 1
         current = live[name].get("CurrentInstanceCount") or live[name].get("DesiredInstanceCount") or \
             next((v.get("InitialInstanceCount") for v in cfg["ProductionVariants"] if v["VariantName"] == name), None)
         s = PlatformSeries(f"CloudWatch AWS/SageMaker {endpoint}/{name}", period)
@@ -309,7 +311,7 @@ def read_sagemaker(endpoint: str, since: float, until: float | None = None, *, p
             s.errors_5xx.append(row.get("errors_5xx", 0.0))
             for f in ("model_ms", "model_ms_max", "overhead_ms", "memory_pct"):
                 getattr(s, f).append(row.get(f))
-            s.cpu_pct.append(row["cpu_pct"] / vcpus if row.get("cpu_pct") is not None else None)  # 100 % = all vCPUs
+            s.cpu_pct.append(row["cpu_pct"] / cores if row.get("cpu_pct") is not None else None)  # 100 % = all vCPUs
             s.instances.append(current)
             s.total_ms.append(None)
             s.total_ms_max.append(None)
