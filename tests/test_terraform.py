@@ -126,8 +126,8 @@ def test_aws_execution_role_reads_the_alarms_and_the_alarms_watch_the_new_fleet(
     statements = [s for d in tree["data"] for k, named in d.items() if k == "aws_iam_policy_document"
                   for n, body in named.items() if n == "execution" for s in body["statement"]]
     (alarms,) = [s for s in statements if "cloudwatch:DescribeAlarms" in s["actions"]]
-    assert alarms["resources"] == ["arn:${local.partition}:cloudwatch:${var.region}:${local.account}:alarm:"
-                                   "${var.endpoint_name}-*"]
+    arn = "arn:${local.partition}:cloudwatch:${var.region}:${local.account}:alarm:${var.endpoint_name}-*"
+    assert alarms["resources"] == [arn]
     res = resources(tree)
     config = res["aws_sagemaker_endpoint_configuration.churn"]["name"]
     local = {k: v for block in tree["locals"] for k, v in block.items()}["new_fleet"]
