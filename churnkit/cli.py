@@ -53,9 +53,10 @@ class _Group(click.Group):
             click.echo(f"error: RunTerminated: the command {exc} and was stopped", err=True)
             ctx.exit(128 + exc.signum)  # what a shell reports for a process ended by the signal
         except Exception as exc:  # MLflow's client errors when a tracking server stops answering: one line
+            from churnkit.deploy.reach import from_exception
             from churnkit.tracking import server_error
 
-            error = server_error(exc)
+            error = server_error(exc) or from_exception(exc)  # a tracking server or a cloud that does not answer
             if error is None:
                 raise
             click.echo(f"error: {type(error).__name__}: {error}", err=True)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from churnkit.config import TAG
-from churnkit.deploy import autoscaling
+from churnkit.deploy import autoscaling, reach
 from churnkit.deploy.base import ManagedCloudTarget, EndpointState, Release, VariantState, export_release, request
 from churnkit.exceptions import CloudCredentialsError, DeployTargetError, MissingExtraError
 
@@ -104,7 +104,7 @@ class AzureMLTarget(ManagedCloudTarget):
         self.wait_timeout = wait_timeout
         self.poll_seconds = poll_seconds
         self._credential = credential
-        self._client_kwargs = dict(client_kwargs or {})
+        self._client_kwargs = {**reach.AZURE_KWARGS, **(client_kwargs or {})}  # bounded waits; the caller's win
         self._client = None
         self._monitor = None
         self.autoscaling = autoscaling.validate(self.name) if autoscaling is not None else None  # Azure Monitor
@@ -134,10 +134,18 @@ class AzureMLTarget(ManagedCloudTarget):
         try:
             result = fn(*args, **kw)
             return result.result() if hasattr(result, "result") and hasattr(result, "done") else result
-        except ClientAuthenticationError as exc:
-            raise CloudCredentialsError(f"Azure ML {what} failed: {exc.message}; {CREDENTIALS_HINT}") from exc
+        except ClientAuthenticationError as exc:  # DefaultAzureCredential lists every credential it tried: one line
+            lines = [line.strip() for line in str(exc.message or exc).splitlines() if line.strip()]
+            link = next((w.rstrip(".") for line in lines for w in line.split() if w.startswith("https://")), "")
+            first = (lines or ["no credential found"])[0] + (f" (see {link})" if link and link not in lines[0] else "")
+            raise CloudCredentialsError(f"Azure ML {what} failed: {first}; {CREDENTIALS_HINT}") from exc
         except HttpResponseError as exc:
             raise DeployTargetError(f"Azure ML {what} on endpoint {self.endpoint!r} failed: {exc.message}") from exc
+        except Exception as exc:
+            if reach.is_unreachable(exc):  # no route to management.azure.com: one line after the bounded retries
+                raise reach.unreachable_error(f"Azure ML {what}", f"workspace {self.settings['workspace']!r}",
+                                              exc) from exc
+            raise
 
     # ---- entities ------------------------------------------------------------------------------------
     def _environment(self):

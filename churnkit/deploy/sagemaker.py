@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from churnkit.deploy import autoscaling
+from churnkit.deploy import autoscaling, reach
 from churnkit.deploy.base import ManagedCloudTarget, EndpointState, Release, VariantState, _share, export_release, request
 from churnkit.exceptions import CloudCredentialsError, DeployTargetError, MissingExtraError
 
@@ -111,7 +111,8 @@ class SageMakerTarget(ManagedCloudTarget):
         if service not in self._clients:
             boto3 = _boto3()
             session = self._session or boto3.Session(region_name=self.settings["region"])
-            self._clients[service] = session.client(service, region_name=self.settings["region"])
+            self._clients[service] = session.client(service, region_name=self.settings["region"],
+                                                    config=reach.aws_config())
         return self._clients[service]
 
     def _call(self, service: str, operation: str, params: dict):
@@ -128,6 +129,11 @@ class SageMakerTarget(ManagedCloudTarget):
             if _code(exc) in CREDENTIAL_CODES:
                 raise CloudCredentialsError(f"{service} {operation} failed: {exc}; {CREDENTIALS_HINT}") from exc
             raise DeployTargetError(f"SageMaker {operation} on endpoint {self.endpoint!r} failed: {exc}") from exc
+        except Exception as exc:
+            if reach.is_unreachable(exc):  # no route, VPN off, wrong region: one line after the bounded retries
+                raise reach.unreachable_error(f"AWS {service} {operation}", f"region {self.settings['region']!r}",
+                                              exc) from exc
+            raise
 
     # ---- names ------------------------------------------------------------------------------------
     @staticmethod
@@ -390,9 +396,13 @@ class SageMakerTarget(ManagedCloudTarget):
                 live = EndpointState(self.name, self.endpoint, {release.variant: VariantState(
                     release.variant, "?", 100, "not read")}, details={"production_variants": [{
                         "VariantName": release.variant, "ModelName": "<live model: not read>",
-                        "InitialInstanceCount": self.instance_count, "InstanceType": self.instance_type}]})
+                        "InitialInstanceCount": self.instance_count, "InstanceType": self.instance_type}],
+                        "instances_read": False})
                 self.plan_basis += ("; guardrails replace the live variant: its name, instance type and count are "
-                                    "this target's defaults, not read from the endpoint")
+                                    "this target's defaults, not read from the endpoint, and whether the fleet "
+                                    "can carry the step (2 instances at least) is not checked")
+                alarms.setdefault("latency_statistic", "Maximum")  # CloudWatch is not asked either: the safe one
+                self.plan_basis += "; ModelLatency p99 availability not read: the latency alarm watches Maximum"
         else:
             self.plan_basis = "live state given by the caller"
         return self._guarded(model_uri, strategy, step, bake_seconds, timeout_seconds, live, alarms)[1]
@@ -414,7 +424,8 @@ class SageMakerTarget(ManagedCloudTarget):
         release = resolve_release(model_uri, variant, self.config)
         old = (live.details.get("production_variants") or [{}])[0]
         variants = [self._variant(variant, self.model_name(release), 100, old)]
-        check_fleet(strategy, int(step), int(variants[0]["InitialInstanceCount"]))
+        if live.details.get("instances_read", True):
+            check_fleet(strategy, int(step), int(variants[0]["InitialInstanceCount"]))
         size = {"Type": "CAPACITY_PERCENT", "Value": int(step)}
         routing = {"Type": strategy.upper(), "WaitIntervalInSeconds": int(bake_seconds),
                    ("CanarySize" if strategy == "canary" else "LinearStepSize"): size}

@@ -229,6 +229,28 @@ SM_METRICS = [  # (field, namespace, metric, stat, scale)
 ]
 
 
+#: CloudWatch keeps 1-minute datapoints 15 days, 5-minute ones 63 days and hourly ones 455 days; a query whose start
+#: lies further back must use a period of that resolution or gets no datapoints (GetMetricStatistics and
+#: MetricStat.Period in the CloudWatch API reference, the installed botocore model).
+CLOUDWATCH_RETENTION = ((15 * 86400, 60), (63 * 86400, 300), (455 * 86400, 3600))
+
+
+def cloudwatch_period(window_s: float, period: int = 60) -> int:
+    """The period a window reaching ``window_s`` seconds back can be read at: ``period`` rounded up to what
+    CloudWatch still keeps for its start (a multiple of it).
+
+    Raises
+    ------
+    MonitorError
+        A window that reaches past CloudWatch's 455 days.
+    """
+    for age, resolution in CLOUDWATCH_RETENTION:
+        if window_s <= age:
+            return max(resolution, -(-int(period) // resolution) * resolution)
+    raise MonitorError(f"--since {window_s / 86400:g} days reaches past CloudWatch's retention of 455 days "
+                       "(hourly datapoints); give --since 455d or less")
+
+
 def read_sagemaker(endpoint: str, since: float, until: float | None = None, *, period: int = 60, session=None,
                    region: str | None = None) -> dict[str, PlatformSeries]:
     """Per-variant series of a SageMaker endpoint from CloudWatch, with instance counts and policies.
@@ -248,8 +270,10 @@ def read_sagemaker(endpoint: str, since: float, until: float | None = None, *, p
     from churnkit.deploy.autoscaling import sagemaker_status, vcpus
     from churnkit.exceptions import AutoscalingError
 
+    from churnkit.deploy.reach import aws_config, is_unreachable, unreachable_error
+
     sess = session or boto3.Session(region_name=region)
-    sm, cw = sess.client("sagemaker", region_name=region), sess.client("cloudwatch", region_name=region)
+    sm, cw = (sess.client(name, region_name=region, config=aws_config()) for name in ("sagemaker", "cloudwatch"))
     until = until or time.time()
     try:
         ep = sm.describe_endpoint(EndpointName=endpoint)
@@ -273,7 +297,8 @@ def read_sagemaker(endpoint: str, since: float, until: float | None = None, *, p
                     break
                 kw["NextToken"] = page["NextToken"]
         try:
-            scaling = sagemaker_status(sess.client("application-autoscaling", region_name=region), endpoint, live)
+            scaling = sagemaker_status(sess.client("application-autoscaling", region_name=region, config=aws_config()),
+                                       endpoint, live)
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("AccessDeniedException", "AccessDenied"):
                 raise
@@ -288,6 +313,10 @@ def read_sagemaker(endpoint: str, since: float, until: float | None = None, *, p
         raise MonitorError(f"reading SageMaker metrics of {endpoint!r} failed: {exc}") from exc
     except NoCredentialsError as exc:
         raise permission_error("sagemaker", endpoint, exc) from exc
+    except Exception as exc:
+        if is_unreachable(exc):
+            raise unreachable_error("AWS SageMaker/CloudWatch", f"region {sess.region_name!r}", exc) from exc
+        raise
     by_id = {r["Id"]: r for r in results}
     out: dict[str, PlatformSeries] = {}
     for k, name in enumerate(live):
@@ -494,7 +523,7 @@ def cloud_latency(target: str, endpoint: str, since: str | float = "1h", *, conf
     window = parse_since(since)
     start = time.time() - window
     if target == "sagemaker":
-        series = read_sagemaker(endpoint, start, period=period, **sdk)
+        series = read_sagemaker(endpoint, start, period=cloudwatch_period(window, period), **sdk)
     elif target in ("azureml", "vertex"):
         from churnkit.deploy import open_target
 

@@ -139,11 +139,33 @@ def test_missing_permission_names_it_and_the_terraform_output(aws):
                                      "cloudwatch:GetMetricData"}}, "GetMetricData")
 
     cw.meta.events.register("before-call.cloudwatch.GetMetricData", deny)
-    session = type("S", (), {"client": lambda self, name, region_name=None: cw if name == "cloudwatch" else aws.client(name),
+    session = type("S", (), {"client": lambda self, name, region_name=None, **kw: cw if name == "cloudwatch" else aws.client(name),
                              "region_name": REGION})()
     with pytest.raises(MonitoringPermissionError) as err:
         cloud_latency("sagemaker", "churn", "30m", session=session)
     assert "cloudwatch:GetMetricData" in str(err.value) and "`deployer_role_arn`" in str(err.value)
+
+
+def test_since_beyond_fifteen_days_reads_the_period_cloudwatch_still_keeps(aws):
+    """CloudWatch keeps 1-minute data 15 days, 5-minute data 63 days, hourly data 455 days (GetMetricStatistics in
+    the CloudWatch API reference): an older start needs that period, or CloudWatch returns no datapoints."""
+    from churnkit.exceptions import MonitorError
+    from churnkit.monitor.cloud import cloudwatch_period
+
+    endpoint(aws)
+    record(aws, 3, invocations=60, model_ms=10.0, overhead_ms=2.0, cpu=20.0)
+    periods = []
+    cw = aws.client("cloudwatch")
+    cw.meta.events.register("provide-client-params.cloudwatch.GetMetricData", lambda params, **_: periods.extend(
+        q["MetricStat"]["Period"] for q in params["MetricDataQueries"]))
+    session = type("S", (), {"client": lambda self, name, region_name=None, **kw: cw if name == "cloudwatch"
+                             else aws.client(name), "region_name": REGION})()
+    report = cloud_latency("sagemaker", "churn", "20d", session=session)
+    assert set(periods) == {300} and report["series"]["v1"].period_s == 300
+    assert [cloudwatch_period(d * 86400) for d in (1, 15, 16, 63, 64, 455)] == [60, 60, 300, 300, 3600, 3600]
+    assert cloudwatch_period(3600, period=90) == 120  # a multiple of the resolution
+    with pytest.raises(MonitorError, match="past CloudWatch's retention of 455 days"):
+        cloudwatch_period(456 * 86400)
 
 
 def test_since_and_no_traffic():
