@@ -42,6 +42,7 @@ from churnkit.deploy.cloud_telemetry import (
     utc,
     within,
 )
+from churnkit.deploy.reach import AZURE_KWARGS
 from churnkit.exceptions import MissingExtraError
 
 NAMESPACE = "Microsoft.MachineLearningServices/workspaces/onlineEndpoints"
@@ -98,7 +99,7 @@ class AzureMonitorTelemetry(CaptureTelemetry):
     @property
     def metrics(self):
         if self._metrics is None:
-            self._metrics = _metrics_client(self.target.credential)
+            self._metrics = _metrics_client(self.target.credential, **AZURE_KWARGS)
         return self._metrics
 
     @property
@@ -109,7 +110,7 @@ class AzureMonitorTelemetry(CaptureTelemetry):
 
             store = self.target._send("get datastore", self.target.client.datastores.get, "workspaceblobstore")
             url = f"https://{store.account_name}.blob.{store.endpoint}/{store.container_name}"
-            self._container = ContainerClient.from_container_url(url, credential=self.target.credential)
+            self._container = ContainerClient.from_container_url(url, credential=self.target.credential, **AZURE_KWARGS)
         return self._container
 
     # ---- queries -------------------------------------------------------------------------------------

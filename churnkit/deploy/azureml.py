@@ -115,8 +115,14 @@ class AzureMLTarget(ManagedCloudTarget):
         if self._client is None:
             ml, _ = _ml()
             s = self.settings
+            kwargs = dict(self._client_kwargs)
+            if "transport" not in kwargs:  # MLClient does not pass connection_timeout on: its transport holds it
+                from azure.core.pipeline.transport import RequestsTransport
+
+                kwargs["transport"] = RequestsTransport(connection_timeout=reach.CONNECT_TIMEOUT_S,
+                                                        read_timeout=reach.READ_TIMEOUT_S)
             self._client = ml.MLClient(self.credential, s["subscription_id"], s["resource_group"], s["workspace"],
-                                       **self._client_kwargs)
+                                       **kwargs)
         return self._client
 
     @property

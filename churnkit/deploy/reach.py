@@ -6,7 +6,8 @@ connect timeout and up to 5 attempts; azure-core: 300 s and 10 retries):
 
 - AWS (botocore ``Config``): connect 5 s, read 60 s, 3 attempts in ``standard`` retry mode
   (https://boto3.amazonaws.com/v1/documentation/api/latest/guide/retries.html);
-- Azure (azure-core pipeline keywords): connect 5 s, read 60 s, 2 retries
+- Azure (azure-core pipeline keywords, and the transport of azure-ai-ml's MLClient, which does not pass the
+  timeouts on): connect 5 s, read 60 s, 2 retries
   (https://learn.microsoft.com/python/api/azure-core/azure.core.pipeline.policies.retrypolicy);
 - Google Cloud: the SDKs' own deadlines (Vertex AI already answers in one line).
 
@@ -24,7 +25,9 @@ AZURE_RETRIES = 2
 #: The longest a call to an unreachable AWS endpoint takes: every attempt's connect timeout plus standard
 #: mode's backoff (at most 20 s between attempts).
 AWS_BOUND_S = AWS_ATTEMPTS * CONNECT_TIMEOUT_S + (AWS_ATTEMPTS - 1) * 20
-AZURE_BOUND_S = (AZURE_RETRIES + 1) * CONNECT_TIMEOUT_S + AZURE_RETRIES * 8
+#: Azure: every attempt's connect timeout plus the pipeline's backoff (about 20 s over two retries, measured with
+#: azure-ai-ml's MLClient failing each attempt at once).
+AZURE_BOUND_S = (AZURE_RETRIES + 1) * CONNECT_TIMEOUT_S + 20
 #: azure-core pipeline keywords every Azure client of the kit gets (the caller's own keywords win)
 AZURE_KWARGS = {"connection_timeout": CONNECT_TIMEOUT_S, "read_timeout": READ_TIMEOUT_S, "retry_total": AZURE_RETRIES,
                 "retry_backoff_max": 8}
