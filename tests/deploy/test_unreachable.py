@@ -84,18 +84,26 @@ def test_unreachable_azure_and_a_failed_credential_chain_are_one_line(tmp_path, 
     from deploy.test_azureml import ENV as AZURE_ENV
     from deploy.test_azureml import FakeCredential, _transport_class
 
-    config = cloud_store(tmp_path, monkeypatch, AZURE_ENV)
+    from churnkit.config import load_config
+
+    for k, v in AZURE_ENV.items():
+        monkeypatch.setenv(k, v)
+    config = load_config(tmp_path / "runs")  # describe() reads no registry
 
     class NoRoute(_transport_class()):
         def request(self, method, url, data=None, **kwargs):
             raise ServiceRequestError("<urllib3.connection.HTTPSConnection object>: Failed to establish a new "
                                       "connection: [Errno 101] Network is unreachable")
 
-    t = get_target("azureml", config=config, credential=FakeCredential(), client_kwargs={"transport": NoRoute()})
+    calls = []
+    no_route = NoRoute()
+    no_route.request = lambda *a, _f=no_route.request, **kw: calls.append(1) or _f(*a, **kw)
+    t = get_target("azureml", config=config, credential=FakeCredential(),
+                   client_kwargs={"transport": no_route, "retry_backoff_factor": 0.01})  # the test waits no backoff
     with pytest.raises(CloudUnreachableError, match=r"^Azure ML get endpoint at workspace 'ws-churn'.*Network is "
                                                     r"unreachable.*check the network") as err:
         t.describe()
-    assert "\n" not in str(err.value)
+    assert "\n" not in str(err.value) and len(calls) == 3  # the kit's retry budget: one attempt and two retries
 
     class Chain:  # what DefaultAzureCredential raises when every credential in its chain fails (26 lines)
         def get_token(self, *scopes, **kwargs):
