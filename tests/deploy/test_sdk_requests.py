@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from deploy.test_sagemaker import aws, emulate_update_endpoint, store  # noqa: F401 - the moto-backed fixtures
+from deploy.test_sagemaker import aws, store  # noqa: F401 - the moto-backed fixtures
 
 
 def _botocore_errors(req: dict) -> str:
@@ -25,18 +25,23 @@ def test_every_planned_aws_request_passes_botocore_validation(aws):  # noqa: F81
     from churnkit.deploy import get_target
     from churnkit.deploy.autoscaling import policy_for
 
+    from churnkit.deploy.base import EndpointState, VariantState
+
     cpu = policy_for("sagemaker", min_instances=2, max_instances=4, target_cpu=60, schedules=["MON-FRI 08:00 4-8"])
     t = get_target("sagemaker", config=aws, poll_seconds=0, autoscaling=cpu, instance_count=2)
-    emulate_update_endpoint(t)
-    planned = t.plan("deploy", model_uri="models:/churn@champion")
-    t.deploy("models:/churn@champion")
-    live = t.describe()
-    planned += t.plan("deploy", model_uri="models:/churn@challenger", weight=10)
-    planned += t.plan("set_traffic", weights={"v1": 100})
+    planned = t.plan("deploy", model_uri="models:/churn@champion")  # a new endpoint
+    variant = {"ModelName": "churn-v1", "InitialInstanceCount": 2, "InstanceType": "ml.m5.large"}
+    one = EndpointState("sagemaker", "churn", {"v1": VariantState("v1", "1", 100, "InService")},
+                        details={"endpoint_config": "churn-c1", "production_variants": [{"VariantName": "v1", **variant}]})
+    two = EndpointState("sagemaker", "churn", {"v1": VariantState("v1", "1", 90, "InService"),
+                                               "v2": VariantState("v2", "2", 10, "InService")},
+                        details={"endpoint_config": "churn-c2", "production_variants": [
+                            {"VariantName": "v1", **variant}, {"VariantName": "v2", **variant, "ModelName": "churn-v2"}]})
+    planned += t.plan("deploy", model_uri="models:/churn@challenger", weight=10, live=one)
+    planned += t.plan("set_traffic", weights={"v1": 50, "v2": 50}, live=two)
     planned += t.plan("guarded", model_uri="models:/churn@challenger", strategy="linear", step=50, bake_seconds=60,
-                      live=live)
-    planned += t.plan("remove", variant="v1", live=live) if len(live.variants) > 1 else []
-    planned += t.plan("stop")
+                      live=one)
+    planned += t.plan("remove", variant="v1", live=two) + t.plan("stop", live=two)
     planned += t.telemetry_queries(["v1"], 1_767_600_000, 1_767_600_300)
     ops = {(r["api"], r["operation"]) for r in planned}
     assert {("sagemaker", "UpdateEndpoint"), ("cloudwatch", "PutMetricAlarm"), ("cloudwatch", "GetMetricData"),
