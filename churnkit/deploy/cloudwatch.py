@@ -71,7 +71,8 @@ class CloudWatchTelemetry(CaptureTelemetry):
         for i, variant in enumerate(variants):
             dims = [{"Name": "EndpointName", "Value": self.target.endpoint}, {"Name": "VariantName", "Value": variant}]
             for j, (metric, stat, _) in enumerate(METRICS):
-                queries.append({"Id": f"m{i}_{j}", "Label": f"{variant}|{j}", "ReturnData": True, "MetricStat": {
+                label = f"{variant}|{metric}" + (f"|{stat}" if stat == "Maximum" else "")  # variant|metric[|fallback]
+                queries.append({"Id": f"m{i}_{j}", "Label": label, "ReturnData": True, "MetricStat": {
                     "Metric": {"Namespace": NAMESPACE, "MetricName": metric, "Dimensions": dims},
                     "Period": int(self.period), "Stat": stat}})
         return {"MetricDataQueries": queries, "StartTime": utc(start), "EndTime": utc(end),
@@ -107,8 +108,8 @@ class CloudWatchTelemetry(CaptureTelemetry):
         while True:
             page = self._get(params | ({"NextToken": token} if token else {}))
             for res in page.get("MetricDataResults", []):
-                variant, j = res["Label"].rsplit("|", 1)
-                _, stat, field = METRICS[int(j)]
+                variant, metric, *fallback = res["Label"].split("|")
+                stat, field = next((st, f) for m, st, f in METRICS if m == metric and (not fallback or st == fallback[0]))
                 values = [float(v) for v in res.get("Values", []) if v is not None]
                 if field.startswith("latency_"):
                     latency[variant][stat] += [v / 1000.0 for v in values]  # microseconds

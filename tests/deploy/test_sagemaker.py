@@ -299,7 +299,8 @@ def test_telemetry_uses_maximum_when_cloudwatch_returns_no_p99(aws):
     stamps = [datetime.fromtimestamp(base + 60 * i, tz=timezone.utc) for i in range(2)]
 
     def result(i: int, j: int, values: list[float]) -> dict:
-        return {"Id": f"m{i}_{j}", "Label": f"{('v1', 'v2')[i]}|{j}", "StatusCode": "Complete",
+        metric = ("Invocations", "Invocation5XXErrors", "Invocation4XXErrors", "ModelLatency", "ModelLatency|Maximum")[j]
+        return {"Id": f"m{i}_{j}", "Label": f"{('v1', 'v2')[i]}|{metric}", "StatusCode": "Complete",
                 "Timestamps": stamps[:len(values)], "Values": values}
 
     body = {"MetricDataResults": [result(0, 0, [60.0, 40.0]), result(0, 1, []), result(0, 2, []), result(0, 3, []),
