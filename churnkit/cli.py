@@ -52,10 +52,11 @@ class _Group(click.Group):
         except RunTerminated as exc:  # SIGTERM outside a notebook (a rollout, between pipeline steps)
             click.echo(f"error: RunTerminated: the command {exc} and was stopped", err=True)
             ctx.exit(128 + exc.signum)  # what a shell reports for a process ended by the signal
-        except Exception as exc:  # MLflow's client errors (a server that stops answering or refuses): one line
+        except Exception as exc:  # a tracking server that stops answering or refuses, a cloud that does not answer
+            from churnkit.deploy.reach import from_exception
             from churnkit.tracking import permission_error, server_error
 
-            error = server_error(exc) or permission_error(exc)
+            error = server_error(exc) or permission_error(exc) or from_exception(exc)
             if error is None:
                 raise
             click.echo(f"error: {type(error).__name__}: {error}", err=True)

@@ -118,6 +118,16 @@ class CloudCredentialsError(ConfigError):
     """A cloud SDK found no usable credentials; the message adds the variables churnkit reads."""
 
 
+class CloudUnreachableError(ConfigError):
+    """A cloud service did not answer within the kit's connect timeout and retries (no route, VPN off, proxy,
+    DNS); ``service`` and ``where`` (region or endpoint) name what was tried."""
+
+    def __init__(self, message: str, *, service: str = "", where: str = ""):
+        super().__init__(message)
+        self.service = service
+        self.where = where
+
+
 class MonitoringPermissionError(CloudCredentialsError):
     """The identity may not read the cloud's metrics; the message names the permission and the Terraform output."""
 

@@ -253,8 +253,8 @@ def azure_metrics_body(points: list[dict], resource_uri: str, metric: str, start
         if p["metric"] != metric or not lo <= p["time"] < hi:
             continue
         key = (p["deployment"], p.get("statusCodeClass")) if split_status else (p["deployment"], None)
-        field = "total" if metric == "RequestsPerMinute" else "average"
-        series.setdefault(key, []).append({"timeStamp": iso(p["time"]), field: p["value"]})
+        # RequestsPerMinute and RequestLatency_P99 both document one aggregation, Average (supported-metrics page)
+        series.setdefault(key, []).append({"timeStamp": iso(p["time"]), "average": p["value"]})
     timeseries = []
     for (deployment, cls), data in sorted(series.items(), key=lambda kv: tuple(map(str, kv[0]))):
         meta = [{"name": {"value": "deployment", "localizedValue": "deployment"}, "value": deployment}]
@@ -320,10 +320,16 @@ def azure_monitor_transport(points_file: Path, deny: bool = False):
     def answer(path, query):
         if deny:
             return AZURE_DENIED
+        from cloud_docs import azure_documented, azure_metric_error
+
         resource = path[:path.lower().index("/providers/microsoft.insights/metrics")]
+        error = azure_metric_error(resource, query["metricnames"], query.get("aggregation", ""))
+        if error:
+            return 400, error
         start, end = query["timespan"].split("/")
-        return 200, azure_metrics_body(store.read(), resource, query["metricnames"], start, end,
-                                       query.get("interval", "PT1M"), "statusCodeClass" in query.get("$filter", ""))
+        body = azure_metrics_body(store.read(), resource, query["metricnames"], start, end,
+                                  query.get("interval", "PT1M"), "statusCodeClass" in query.get("$filter", ""))
+        return 200, azure_documented(resource, body, query["metricnames"], query.get("aggregation", ""))
 
     return azure_transport(answer)
 

@@ -119,6 +119,23 @@ def test_aws_has_guardrails_alarms_and_a_least_privilege_role():
     assert not any("*" in a for s in statements for a in s["actions"])
 
 
+def test_aws_execution_role_reads_the_alarms_and_the_alarms_watch_the_new_fleet():
+    """https://docs.aws.amazon.com/sagemaker/latest/dg/deployment-guardrails-configuration.html: the execution role
+    needs cloudwatch:DescribeAlarms on the auto-rollback alarms; EndpointConfigName picks the new fleet."""
+    tree = parse("aws")
+    statements = [s for d in tree["data"] for k, named in d.items() if k == "aws_iam_policy_document"
+                  for n, body in named.items() if n == "execution" for s in body["statement"]]
+    (alarms,) = [s for s in statements if "cloudwatch:DescribeAlarms" in s["actions"]]
+    arn = "arn:${local.partition}:cloudwatch:${var.region}:${local.account}:alarm:${var.endpoint_name}-*"
+    assert alarms["resources"] == [arn]
+    res = resources(tree)
+    config = res["aws_sagemaker_endpoint_configuration.churn"]["name"]
+    local = {k: v for block in tree["locals"] for k, v in block.items()}["new_fleet"]
+    assert local["EndpointConfigName"] == config
+    for name in ("aws_cloudwatch_metric_alarm.model_latency_p99", "aws_cloudwatch_metric_alarm.invocation_5xx"):
+        assert res[name]["dimensions"] == "${local.new_fleet}"
+
+
 def test_azure_uses_azapi_for_the_online_endpoint():
     res = resources(parse("azure"))
     endpoint = res["azapi_resource.endpoint"]

@@ -45,6 +45,31 @@ _AZURE_DAYS = {"MON": "Monday", "TUE": "Tuesday", "WED": "Wednesday", "THU": "Th
                "SAT": "Saturday", "SUN": "Sunday"}
 
 
+#: vCPUs of SageMaker instance types the kit is sized for (https://aws.amazon.com/sagemaker/pricing/ instance
+#: tables); other types follow EC2's size names: large 2, xlarge 4, Nxlarge 4N (https://aws.amazon.com/ec2/instance-types/).
+VCPUS = {"ml.t2.medium": 2, "ml.t2.large": 2, "ml.t2.xlarge": 4, "ml.t3.medium": 2, "ml.t3.large": 2, "ml.m5.large": 2,
+         "ml.m5.xlarge": 4, "ml.m5.2xlarge": 8, "ml.m5.4xlarge": 16, "ml.c5.large": 2, "ml.c5.xlarge": 4,
+         "ml.c5.2xlarge": 8, "ml.c5.4xlarge": 16, "ml.m6i.large": 2, "ml.m6i.xlarge": 4, "ml.c6i.large": 2,
+         "ml.c6i.xlarge": 4, "ml.g4dn.xlarge": 4}
+
+
+def vcpus(instance_type: str) -> int:
+    """The vCPU count of a SageMaker ``instance_type`` (``ml.<family>.<size>``).
+
+    Raises
+    ------
+    AutoscalingError
+        A type whose size is not ``medium``, ``large`` or ``[N]xlarge``.
+    """
+    if instance_type in VCPUS:
+        return VCPUS[instance_type]
+    m = re.fullmatch(r"ml\.[a-z0-9-]+\.(?:(medium|large)|(\d*)xlarge)", instance_type or "")
+    if not m:
+        raise AutoscalingError(f"instance type {instance_type!r} is not a SageMaker type like 'ml.m5.xlarge', so its vCPU "
+                               "count (which scales --target-cpu) is unknown; pass --instance-type ml.<family>.<size>")
+    return 2 if m.group(1) else 4 * int(m.group(2) or 1)
+
+
 @dataclass(frozen=True)
 class ScheduledCapacity:
     """Capacity bounds from a time of day on some days (UTC), e.g. a campaign's working hours.
@@ -215,8 +240,13 @@ def sagemaker_policy_name(endpoint: str, variant: str) -> str:
     return f"{endpoint}-{variant}-target-tracking"
 
 
-def sagemaker_requests(policy: AutoscalingPolicy, endpoint: str, variant: str) -> list[dict]:
-    """RegisterScalableTarget, PutScalingPolicy and PutScheduledAction requests for one variant."""
+def sagemaker_requests(policy: AutoscalingPolicy, endpoint: str, variant: str, instance_type: str | None = None) -> list[dict]:
+    """RegisterScalableTarget, PutScalingPolicy and PutScheduledAction requests for one variant.
+
+    A CPU target is a percent of the whole instance (as on Azure ML and Vertex AI); SageMaker's
+    ``CPUUtilization`` sums its cores (0 to 100 x vCPUs, monitoring-cloudwatch.html), so the target value sent
+    is ``target_cpu`` x the vCPUs of ``instance_type`` (required then).
+    """
     from churnkit.deploy.base import request
 
     rid = sagemaker_resource_id(endpoint, variant)
@@ -229,8 +259,11 @@ def sagemaker_requests(policy: AutoscalingPolicy, endpoint: str, variant: str) -
         if policy.target_invocations_per_instance is not None:
             config["TargetValue"] = float(policy.target_invocations_per_instance)
             config["PredefinedMetricSpecification"] = {"PredefinedMetricType": SAGEMAKER_INVOCATIONS}
-        else:  # the instance CPU in the endpoint's own namespace (percent of all vCPUs x 100)
-            config["TargetValue"] = float(policy.target_cpu)
+        else:  # the instance CPU in the endpoint's own namespace: 0-100 % per core, summed over the vCPUs
+            if not instance_type:
+                raise AutoscalingError(f"target_cpu {policy.target_cpu!r} on SageMaker needs the variant's instance type "
+                                       "(CPUUtilization runs to 100 x its vCPUs); pass instance_type")
+            config["TargetValue"] = float(policy.target_cpu) * vcpus(instance_type)
             config["CustomizedMetricSpecification"] = {
                 "MetricName": "CPUUtilization", "Namespace": "/aws/sagemaker/Endpoints", "Statistic": "Average",
                 "Dimensions": [{"Name": "EndpointName", "Value": endpoint}, {"Name": "VariantName", "Value": variant}],
@@ -460,18 +493,6 @@ def status_lines(status: dict[str, dict]) -> list[str]:
 
 
 # ---- what the deploy targets call ------------------------------------------------------------------
-def azure_target_monitor(target):
-    """The Monitor client of an AzureMLTarget: same credential and pipeline options as its MLClient."""
-    if getattr(target, "_monitor", None) is None:
-        credential = target._credential
-        if credential is None:
-            from azure.identity import DefaultAzureCredential
-
-            credential = DefaultAzureCredential()
-        target._monitor = monitor_client(credential, target.settings["subscription_id"], **target._client_kwargs)
-    return target._monitor
-
-
 def azure_workspace_id(target) -> str:
     s = target.settings
     return (f"/subscriptions/{s['subscription_id']}/resourceGroups/{s['resource_group']}/providers/"
@@ -495,7 +516,7 @@ def azure_step(target, deployment: str, *, delete: bool = False, policy: Autosca
 
 def azure_run(target, method: str, step: dict) -> None:
     """Carry out an ``autoscale_settings.*`` step of AzureMLTarget with azure-mgmt-monitor."""
-    client = azure_target_monitor(target)
+    client = target.monitor
     if method == "delete":
         target._send("delete autoscale setting", azure_delete, client, step["resource_group_name"],
                      step["autoscale_setting_name"])
@@ -516,7 +537,7 @@ def live_status(target, state) -> dict[str, dict]:
         live = {v["VariantName"]: v for v in ep.get("ProductionVariants", [])}
         return sagemaker_status(target.client("application-autoscaling"), target.endpoint, live)
     if target.name == "azureml":
-        return target._send("read autoscale settings", azure_status, azure_target_monitor(target),
+        return target._send("read autoscale settings", azure_status, target.monitor,
                             target.settings["resource_group"], target.endpoint, state.details.get("deployments", {}))
     endpoint = target._endpoint()
     return vertex_status(endpoint.gca_resource.deployed_models) if endpoint is not None else {}
@@ -535,7 +556,8 @@ def inherited(target, live) -> AutoscalingPolicy | None:
         status = live_status(target, live)
     except Exception:  # noqa: BLE001 - unreadable policy (no credentials in a plan): nothing to inherit
         return None
-    for a in (s.get("autoscaling") for s in status.values()):
+    types = {v.get("VariantName"): v.get("InstanceType", "") for v in live.details.get("production_variants", [])}
+    for variant, a in ((n, s.get("autoscaling")) for n, s in status.items()):
         if not a:
             continue
         metric, value, out_cd, in_cd = None, None, None, None
@@ -547,6 +569,8 @@ def inherited(target, live) -> AutoscalingPolicy | None:
         elif a.get("metrics"):
             metric, value = a["metrics"][0]["metric"], a["metrics"][0]["target"]
         cpu = metric is not None and "cpu" in metric.lower()
+        if cpu and value is not None and target.name == "sagemaker":  # sent scaled by the vCPUs: back to percent
+            value = float(value) / vcpus(types.get(variant) or target.instance_type)
         return AutoscalingPolicy(
             min_instances=int(a["min_instances"]), max_instances=int(a["max_instances"]),
             target_invocations_per_instance=None if cpu or value is None else float(value),

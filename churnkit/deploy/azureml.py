@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from churnkit.config import TAG
-from churnkit.deploy import autoscaling
+from churnkit.deploy import autoscaling, reach
 from churnkit.deploy.base import ManagedCloudTarget, EndpointState, Release, VariantState, export_release, request
 from churnkit.exceptions import CloudCredentialsError, DeployTargetError, MissingExtraError
 
@@ -104,8 +104,9 @@ class AzureMLTarget(ManagedCloudTarget):
         self.wait_timeout = wait_timeout
         self.poll_seconds = poll_seconds
         self._credential = credential
-        self._client_kwargs = dict(client_kwargs or {})
+        self._client_kwargs = {**reach.AZURE_KWARGS, **(client_kwargs or {})}  # bounded waits; the caller's win
         self._client = None
+        self._monitor = None
         self.autoscaling = autoscaling.validate(self.name) if autoscaling is not None else None  # Azure Monitor
 
     @property
@@ -114,9 +115,24 @@ class AzureMLTarget(ManagedCloudTarget):
         if self._client is None:
             ml, _ = _ml()
             s = self.settings
+            kwargs = dict(self._client_kwargs)
+            if "transport" not in kwargs:  # MLClient does not pass connection_timeout on: its transport holds it
+                from azure.core.pipeline.transport import RequestsTransport
+
+                kwargs["transport"] = RequestsTransport(connection_timeout=reach.CONNECT_TIMEOUT_S,
+                                                        read_timeout=reach.READ_TIMEOUT_S)
             self._client = ml.MLClient(self.credential, s["subscription_id"], s["resource_group"], s["workspace"],
-                                       **self._client_kwargs)
+                                       **kwargs)
         return self._client
+
+    @property
+    def monitor(self):
+        """azure-mgmt-monitor's ``MonitorManagementClient`` of the subscription (autoscale settings, metrics),
+        with the credential and pipeline options of :attr:`client` (built on first use)."""
+        if self._monitor is None:
+            self._monitor = autoscaling.monitor_client(self.credential, self.settings["subscription_id"],
+                                                       **self._client_kwargs)
+        return self._monitor
 
     def _send(self, what: str, fn, *args, **kw):
         from azure.core.exceptions import ClientAuthenticationError, HttpResponseError
@@ -124,10 +140,18 @@ class AzureMLTarget(ManagedCloudTarget):
         try:
             result = fn(*args, **kw)
             return result.result() if hasattr(result, "result") and hasattr(result, "done") else result
-        except ClientAuthenticationError as exc:
-            raise CloudCredentialsError(f"Azure ML {what} failed: {exc.message}; {CREDENTIALS_HINT}") from exc
+        except ClientAuthenticationError as exc:  # DefaultAzureCredential lists every credential it tried: one line
+            lines = [line.strip() for line in str(exc.message or exc).splitlines() if line.strip()]
+            link = next((w.rstrip(".") for line in lines for w in line.split() if w.startswith("https://")), "")
+            first = (lines or ["no credential found"])[0] + (f" (see {link})" if link and link not in lines[0] else "")
+            raise CloudCredentialsError(f"Azure ML {what} failed: {first}; {CREDENTIALS_HINT}") from exc
         except HttpResponseError as exc:
             raise DeployTargetError(f"Azure ML {what} on endpoint {self.endpoint!r} failed: {exc.message}") from exc
+        except Exception as exc:
+            if reach.is_unreachable(exc):  # no route to management.azure.com: one line after the bounded retries
+                raise reach.unreachable_error(f"Azure ML {what}", f"workspace {self.settings['workspace']!r}",
+                                              exc) from exc
+            raise
 
     # ---- entities ------------------------------------------------------------------------------------
     def _environment(self):

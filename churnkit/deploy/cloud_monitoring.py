@@ -11,6 +11,10 @@ from the capture files the kit's server writes (``churnkit serve --capture-dir``
 ``gs://<bucket>/churnkit/capture/<endpoint>/<variant>/``: Vertex's own request-response logging goes to
 BigQuery with sampling and minutes of delay, while the capture files are the same JSON lines every
 other target reads.
+
+Vertex fills ``latency_type`` "model" and "overhead" only for custom-trained and AutoML tabular models;
+"total" is always filled (the metrics list above). When the "model" series of a variant that served
+requests is empty, the reader asks for "total" and names it in the window's source.
 """
 
 from __future__ import annotations
@@ -69,6 +73,7 @@ class CloudMonitoringTelemetry(CaptureTelemetry):
         self._client, self._bucket = client, bucket
         self._ids: dict[str, str] = {}
         self._endpoint_id = ""
+        self._latency_type: dict[str, str] = {}
         self._parsed: dict[tuple[str, str], list[dict]] = {}
 
     @property
@@ -95,15 +100,16 @@ class CloudMonitoringTelemetry(CaptureTelemetry):
         return self._endpoint_id, {self._ids[v]: v for v in variants if v in self._ids}
 
     # ---- queries -------------------------------------------------------------------------------------
-    def metric_requests(self, endpoint_id: str, start: float, end: float) -> list[dict]:
-        """The two ``list_time_series`` requests (REST field names) for ``[start, end]``."""
+    def metric_requests(self, endpoint_id: str, start: float, end: float, latency_type: str = "model") -> list[dict]:
+        """The two ``list_time_series`` requests (REST field names) for ``[start, end]``: response counts, and
+        latency of ``latency_type`` ("model", or "total" when Vertex fills no "model" series)."""
         base = f'resource.type="aiplatform.googleapis.com/Endpoint" AND resource.labels.endpoint_id="{endpoint_id}"'
         common = {"name": f"projects/{self.target.settings['project']}",
                   "interval": {"start_time": _rfc3339(start), "end_time": _rfc3339(end)}, "view": "FULL"}
         period = f"{int(self.period)}s"
         return [common | {"filter": f'metric.type="{RESPONSE_COUNT}" AND {base}',
                           "aggregation": {"alignment_period": period, "per_series_aligner": "ALIGN_SUM"}},
-                common | {"filter": f'metric.type="{LATENCIES}" AND {base} AND metric.labels.latency_type="model"',
+                common | {"filter": f'metric.type="{LATENCIES}" AND {base} AND metric.labels.latency_type="{latency_type}"',
                           "aggregation": {"alignment_period": period, "per_series_aligner": "ALIGN_PERCENTILE_99"}}]
 
     def prefix(self, variant: str) -> str:
@@ -120,6 +126,9 @@ class CloudMonitoringTelemetry(CaptureTelemetry):
             endpoint_id = f"<id of endpoint {self.target.endpoint!r}>"
         reqs = [request("monitoring", "MetricService.ListTimeSeries", q)
                 for q in self.metric_requests(endpoint_id, start, end)]
+        reqs.append(request("monitoring", "MetricService.ListTimeSeries",
+                            self.metric_requests(endpoint_id, start, end, "total")[1],
+                            note='sent only for a variant whose latency_type="model" series is empty'))
         bucket = self.target.settings["bucket"]
         return reqs + [request("storage", "objects.list", {"bucket": bucket, "prefix": self.prefix(v)}) for v in variants]
 
@@ -155,11 +164,19 @@ class CloudMonitoringTelemetry(CaptureTelemetry):
                 out[variant].errors += n
             elif code.startswith("4"):
                 out[variant].client_errors += n
-        for series in self._list(latencies):
+        self._read_latencies(latencies, by_id, out)
+        empty = {i: v for i, v in by_id.items() if out[v].requests > 0 and not out[v].latency_p99_ms}
+        for variant in by_id.values():
+            self._latency_type[variant] = "total" if variant in empty.values() else "model"
+        if empty:  # no "model" series for this model type: the "total" one Vertex always fills
+            self._read_latencies(self.metric_requests(endpoint_id, start, end, "total")[1], empty, out)
+        return out
+
+    def _read_latencies(self, req: dict, by_id: dict[str, str], out: dict[str, Points]) -> None:
+        for series in self._list(req):
             variant = by_id.get(series.metric.labels.get("deployed_model_id", ""))
             if variant is not None:
                 out[variant].latency_p99_ms += [float(p.value.double_value) for p in series.points]
-        return out
 
     def records(self, variant: str, start: float, end: float) -> list[dict]:
         """Capture records (the kit's JSON lines) of ``variant`` with ``time`` in ``[start, end)``."""
@@ -190,7 +207,10 @@ class CloudMonitoringTelemetry(CaptureTelemetry):
         return [r for r in record.get("inputs", []) if isinstance(r, dict)]
 
     def source(self, variant: str, start: float, end: float) -> str:
+        kind = self._latency_type.get(variant, "model")
+        note = " (no 'model' series for this model type)" if kind == "total" else ""
         return (f"Cloud Monitoring prediction/online/* deployed_model_id={self._ids.get(variant, '?')} "
+                f"latency_type={kind}{note} "
                 f"({int(self.period)} s periods {utc(start):%H:%M:%S}-{utc(end):%H:%M:%S} UTC); scores from "
                 f"capture gs://{self.target.settings['bucket']}/{self.prefix(variant)}")
 

@@ -2,8 +2,12 @@
 native Data Capture in S3.
 
 Requests, 4xx and 5xx come from ``Invocations``, ``Invocation4XXErrors`` and ``Invocation5XXErrors``
-(Sum per period); latency from ``ModelLatency`` (p99 per period through GetMetricData's extended
-statistics, microseconds); all by ``EndpointName`` + ``VariantName``. Served churn scores and the
+(Sum per period); latency from ``ModelLatency`` (microseconds); all by ``EndpointName`` + ``VariantName``
+(https://docs.aws.amazon.com/sagemaker/latest/dg/monitoring-cloudwatch.html). ``ModelLatency`` documents
+the statistics Average, Sum, Min, Max and SampleCount, no percentiles: the reader asks for p99 and
+Maximum in one GetMetricData, uses p99 where CloudWatch returns it and Maximum otherwise, and names the
+statistic in the window's source; a variant that served requests but has neither is reported as "no
+latency datapoints", never as "no latency". Served churn scores and the
 inputs come from the Data Capture files SageMaker writes under
 ``<DestinationS3Uri>/<endpoint>/<variant>/yyyy/mm/dd/hh/*.jsonl``, one record per request with
 ``captureData.endpointInput`` / ``endpointOutput`` (encoding ``JSON``, ``CSV`` or ``BASE64``) and
@@ -33,9 +37,11 @@ from churnkit.deploy.cloud_telemetry import (
 )
 
 NAMESPACE = "AWS/SageMaker"
-#: metric name -> (statistic, Points field)
-METRICS = {"Invocations": ("Sum", "requests"), "Invocation5XXErrors": ("Sum", "errors"),
-           "Invocation4XXErrors": ("Sum", "client_errors"), "ModelLatency": ("p99", "latency_p99_ms")}
+#: (metric name, statistic, Points field); ModelLatency twice: p99 where CloudWatch has it, else Maximum
+METRICS = (("Invocations", "Sum", "requests"), ("Invocation5XXErrors", "Sum", "errors"),
+           ("Invocation4XXErrors", "Sum", "client_errors"), ("ModelLatency", "p99", "latency_p99_ms"),
+           ("ModelLatency", "Maximum", "latency_max_ms"))
+LATENCY_STATISTICS = ("p99", "Maximum")
 PERMISSIONS = {"metrics": "cloudwatch:GetMetricData", "capture": "s3:ListBucket and s3:GetObject on the capture prefix"}
 TERRAFORM_OUTPUT = "deployer_role_arn"
 
@@ -55,6 +61,8 @@ class CloudWatchTelemetry(CaptureTelemetry):
     def __init__(self, target, period: float = 60.0, delay: float = 120.0):
         self.target, self.period, self.delay = target, float(period), float(delay)
         self._parsed: dict[str, list[dict]] = {}
+        #: the ModelLatency statistic each variant's last window used ("p99", "Maximum", "none": no datapoints)
+        self.latency_statistic: dict[str, str] = {}
 
     # ---- queries -------------------------------------------------------------------------------------
     def metric_queries(self, variants: list[str], start: float, end: float) -> dict:
@@ -62,8 +70,9 @@ class CloudWatchTelemetry(CaptureTelemetry):
         queries = []
         for i, variant in enumerate(variants):
             dims = [{"Name": "EndpointName", "Value": self.target.endpoint}, {"Name": "VariantName", "Value": variant}]
-            for j, (metric, (stat, _)) in enumerate(METRICS.items()):
-                queries.append({"Id": f"m{i}_{j}", "Label": f"{variant}|{metric}", "ReturnData": True, "MetricStat": {
+            for j, (metric, stat, _) in enumerate(METRICS):
+                label = f"{variant}|{metric}" + (f"|{stat}" if stat == "Maximum" else "")  # variant|metric[|fallback]
+                queries.append({"Id": f"m{i}_{j}", "Label": label, "ReturnData": True, "MetricStat": {
                     "Metric": {"Namespace": NAMESPACE, "MetricName": metric, "Dimensions": dims},
                     "Period": int(self.period), "Stat": stat}})
         return {"MetricDataQueries": queries, "StartTime": utc(start), "EndTime": utc(end),
@@ -95,19 +104,25 @@ class CloudWatchTelemetry(CaptureTelemetry):
         if end <= start:
             return out
         params, token = self.metric_queries(variants, start, end), None
+        latency: dict[str, dict[str, list[float]]] = {v: {s: [] for s in LATENCY_STATISTICS} for v in variants}
         while True:
             page = self._get(params | ({"NextToken": token} if token else {}))
             for res in page.get("MetricDataResults", []):
-                variant, metric = res["Label"].split("|", 1)
+                variant, metric, *fallback = res["Label"].split("|")
+                stat, field = next((st, f) for m, st, f in METRICS if m == metric and (not fallback or st == fallback[0]))
                 values = [float(v) for v in res.get("Values", []) if v is not None]
-                field = METRICS[metric][1]
-                if field == "latency_p99_ms":
-                    out[variant].latency_p99_ms += [v / 1000.0 for v in values]  # microseconds
+                if field.startswith("latency_"):
+                    latency[variant][stat] += [v / 1000.0 for v in values]  # microseconds
                 else:
                     setattr(out[variant], field, getattr(out[variant], field) + sum(values))
             token = page.get("NextToken")
             if not token:
-                return out
+                break
+        for variant, by_stat in latency.items():
+            stat = next((s for s in LATENCY_STATISTICS if by_stat[s]), "")
+            out[variant].latency_p99_ms = by_stat[stat] if stat else []
+            self.latency_statistic[variant] = stat or ("none" if out[variant].requests > 0 else "")
+        return out
 
     def _get(self, params: dict) -> dict:
         try:
@@ -160,7 +175,11 @@ class CloudWatchTelemetry(CaptureTelemetry):
         return instances_from_body(decode(inp.get("data", ""), inp.get("encoding", "")))
 
     def source(self, variant: str, start: float, end: float) -> str:
+        stat = self.latency_statistic.get(variant, "")
+        latency = {"p99": "ModelLatency p99", "Maximum": "ModelLatency Maximum (CloudWatch returned no p99)",
+                   "none": "ModelLatency: no datapoints for the requests served (latency unknown, not zero)"}.get(stat, "")
         return (f"CloudWatch {NAMESPACE} EndpointName={self.target.endpoint} VariantName={variant} "
+                + (f"{latency} " if latency else "") +
                 f"({int(self.period)} s periods {utc(start):%H:%M:%S}-{utc(end):%H:%M:%S} UTC); scores from "
                 f"Data Capture s3://{'/'.join(self.capture_prefix(variant))}")
 

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from churnkit.deploy import autoscaling
+from churnkit.deploy import autoscaling, reach
 from churnkit.deploy.base import ManagedCloudTarget, EndpointState, Release, VariantState, _share, export_release, request
 from churnkit.exceptions import CloudCredentialsError, DeployTargetError, MissingExtraError
 
@@ -102,6 +102,8 @@ class SageMakerTarget(ManagedCloudTarget):
         self._session = session
         self._clients: dict[str, Any] = {}
         self.autoscaling = autoscaling.validate(self.name) if autoscaling is not None else None
+        #: the last guarded update's alarm statistic, new fleet config and timeout
+        self.guardrails: dict = {}
 
     # ---- clients ---------------------------------------------------------------------------------
     def client(self, service: str):
@@ -109,7 +111,8 @@ class SageMakerTarget(ManagedCloudTarget):
         if service not in self._clients:
             boto3 = _boto3()
             session = self._session or boto3.Session(region_name=self.settings["region"])
-            self._clients[service] = session.client(service, region_name=self.settings["region"])
+            self._clients[service] = session.client(service, region_name=self.settings["region"],
+                                                    config=reach.aws_config())
         return self._clients[service]
 
     def _call(self, service: str, operation: str, params: dict):
@@ -126,6 +129,11 @@ class SageMakerTarget(ManagedCloudTarget):
             if _code(exc) in CREDENTIAL_CODES:
                 raise CloudCredentialsError(f"{service} {operation} failed: {exc}; {CREDENTIALS_HINT}") from exc
             raise DeployTargetError(f"SageMaker {operation} on endpoint {self.endpoint!r} failed: {exc}") from exc
+        except Exception as exc:
+            if reach.is_unreachable(exc):  # no route, VPN off, wrong region: one line after the bounded retries
+                raise reach.unreachable_error(f"AWS {service} {operation}", f"region {self.settings['region']!r}",
+                                              exc) from exc
+            raise
 
     # ---- names ------------------------------------------------------------------------------------
     @staticmethod
@@ -244,7 +252,8 @@ class SageMakerTarget(ManagedCloudTarget):
         variants = [self._variant(n, old[n]["ModelName"], asked[n], old[n]) for n in live.variants]
         variants.append(self._variant(release.variant, self.model_name(release), asked[release.variant]))
         policy = self.autoscaling or autoscaling.inherited(self, live)  # a new variant keeps the endpoint autoscaled
-        scaling = autoscaling.sagemaker_requests(policy, self.endpoint, release.variant) if policy else []
+        scaling = autoscaling.sagemaker_requests(policy, self.endpoint, release.variant, self.instance_type) \
+            if policy else []
         return reqs + self._config_requests(variants, live) + scaling
 
     def _plan_traffic(self, asked: dict[str, int], live: EndpointState) -> list[dict]:
@@ -327,33 +336,76 @@ class SageMakerTarget(ManagedCloudTarget):
         return super().captured_inputs(variants, since) if self.capture_percent > 0 else None
 
     # ---- guardrails ---------------------------------------------------------------------------------
-    def alarm_requests(self, variant: str, *, p99_ms: float = 500.0, max_5xx: int = 1, period: int = 60) -> list[dict]:
-        """``PutMetricAlarm`` requests for p99 ModelLatency and Invocation5XXErrors.
+    def alarm_requests(self, variant: str, *, config_name: str = "", p99_ms: float = 500.0, max_5xx: int = 1,
+                       period: int = 60, latency_statistic: str = "p99") -> list[dict]:
+        """``PutMetricAlarm`` requests for the new fleet's ModelLatency and Invocation5XXErrors.
+
+        During a blue/green update both fleets share the variant name; CloudWatch adds the dimension
+        ``EndpointConfigName`` to the new fleet's metrics once it takes traffic, and an alarm the old fleet
+        trips terminates the deployment (deployment-guardrails-configuration.html), so with ``config_name``
+        the alarms watch the new fleet only. ``latency_statistic`` is ``"p99"`` (an extended statistic, where
+        CloudWatch has it for ModelLatency) or ``"Maximum"`` (one of ModelLatency's documented statistics).
 
         SageMaker's blue/green fleets share one variant name, so their Data Capture cannot be told apart
         and no prediction-drift metric can be computed while a guarded update runs: prediction drift is
         judged by ``churnkit rollout`` (separate variants), not by the guardrails.
         """
         dims = [{"Name": "EndpointName", "Value": self.endpoint}, {"Name": "VariantName", "Value": variant}]
+        if config_name:
+            dims.append({"Name": "EndpointConfigName", "Value": config_name})
         common = {"Period": period, "TreatMissingData": "notBreaching", "ActionsEnabled": False}
+        stat = {"ExtendedStatistic": "p99"} if latency_statistic == "p99" else {"Statistic": "Maximum"}
+        label = "p99" if latency_statistic == "p99" else "maximum"
         return [
             request("cloudwatch", "PutMetricAlarm", {
-                "AlarmName": f"{self.endpoint}-{variant}-model-latency-p99", "Namespace": "AWS/SageMaker",
-                "MetricName": "ModelLatency", "Dimensions": dims, "ExtendedStatistic": "p99",
+                "AlarmName": f"{self.endpoint}-{variant}-model-latency-{label}", "Namespace": "AWS/SageMaker",
+                "MetricName": "ModelLatency", "Dimensions": dims, **stat,
                 "EvaluationPeriods": 2, "DatapointsToAlarm": 2, "Threshold": p99_ms * 1000.0,  # microseconds
                 "ComparisonOperator": "GreaterThanThreshold",
-                "AlarmDescription": f"churnkit: p99 model latency above {p99_ms} ms", **common}),
+                "AlarmDescription": f"churnkit: {label} model latency of the new fleet above {p99_ms} ms", **common}),
             request("cloudwatch", "PutMetricAlarm", {
                 "AlarmName": f"{self.endpoint}-{variant}-invocation-5xx", "Namespace": "AWS/SageMaker",
                 "MetricName": "Invocation5XXErrors", "Dimensions": dims, "Statistic": "Sum",
                 "EvaluationPeriods": 1, "Threshold": float(max_5xx),
                 "ComparisonOperator": "GreaterThanOrEqualToThreshold",
-                "AlarmDescription": f"churnkit: {max_5xx} or more 5xx responses in {period} s", **common}),
+                "AlarmDescription": f"churnkit: {max_5xx} or more 5xx responses of the new fleet in {period} s",
+                **common}),
         ]
+
+    def latency_statistic(self, variant: str, hours: int = 3) -> str:
+        """``"p99"`` when CloudWatch returns ModelLatency p99 for ``variant`` over the last ``hours`` (the
+        documented statistics list none), else ``"Maximum"``."""
+        now = time.time()
+        reader = self.telemetry_reader
+        reader.points([variant], now - hours * 3600, now)
+        return "p99" if reader.latency_statistic.get(variant) == "p99" else "Maximum"
 
     def plan_guarded(self, model_uri: str, *, strategy: str = "canary", step: int = 10, bake_seconds: int = 600,
                      timeout_seconds: int | None = None, live: EndpointState | None = None, **alarms) -> list[dict]:
-        """The requests of a guarded (blue/green) update; see ``deploy_guarded``."""
+        """The requests of a guarded (blue/green) update; see ``deploy_guarded``.
+
+        The update replaces the live variant, so the plan reads the endpoint; when it cannot (no route,
+        no credentials) it plans against a one-variant endpoint named after the release, with this
+        target's instance type and count, and ``plan_basis`` says what was not read.
+        """
+        if live is None:
+            live = self._live_for_plan()
+            if not live.exists:
+                from churnkit.deploy.base import resolve_release
+
+                release = resolve_release(model_uri, None, self.config)
+                live = EndpointState(self.name, self.endpoint, {release.variant: VariantState(
+                    release.variant, "?", 100, "not read")}, details={"production_variants": [{
+                        "VariantName": release.variant, "ModelName": "<live model: not read>",
+                        "InitialInstanceCount": self.instance_count, "InstanceType": self.instance_type}],
+                        "instances_read": False})
+                self.plan_basis += ("; guardrails replace the live variant: its name, instance type and count are "
+                                    "this target's defaults, not read from the endpoint, and whether the fleet "
+                                    "can carry the step (2 instances at least) is not checked")
+                alarms.setdefault("latency_statistic", "Maximum")  # CloudWatch is not asked either: the safe one
+                self.plan_basis += "; ModelLatency p99 availability not read: the latency alarm watches Maximum"
+        else:
+            self.plan_basis = "live state given by the caller"
         return self._guarded(model_uri, strategy, step, bake_seconds, timeout_seconds, live, alarms)[1]
 
     def _guarded(self, model_uri: str, strategy: str, step: int, bake_seconds: int, timeout_seconds: int | None,
@@ -361,7 +413,9 @@ class SageMakerTarget(ManagedCloudTarget):
         from churnkit.deploy.base import resolve_release
 
         timeout_seconds = check_guardrails(strategy, step, bake_seconds, timeout_seconds)
-        live = live if live is not None else self.describe()
+        statistic = alarms.pop("latency_statistic", None)
+        if live is None:
+            live = self.describe()
         if len(live.variants) != 1:
             raise DeployTargetError(
                 f"guardrails mode replaces the single variant of endpoint {self.endpoint!r}, which has "
@@ -369,18 +423,28 @@ class SageMakerTarget(ManagedCloudTarget):
             )
         variant = next(iter(live.variants))
         release = resolve_release(model_uri, variant, self.config)
-        old = live.details["production_variants"][0]
+        old = (live.details.get("production_variants") or [{}])[0]
         variants = [self._variant(variant, self.model_name(release), 100, old)]
+        if live.details.get("instances_read", True):
+            check_fleet(strategy, int(step), int(variants[0]["InitialInstanceCount"]))
         size = {"Type": "CAPACITY_PERCENT", "Value": int(step)}
         routing = {"Type": strategy.upper(), "WaitIntervalInSeconds": int(bake_seconds),
                    ("CanarySize" if strategy == "canary" else "LinearStepSize"): size}
-        alarm_reqs = self.alarm_requests(variant, **alarms)
+        config_name = self._config_name(variants)
+        if statistic is None:
+            try:
+                statistic = self.latency_statistic(variant)
+            except Exception as exc:  # noqa: BLE001 - CloudWatch not readable (a plan offline): the safe statistic
+                statistic = "Maximum"
+                self.plan_basis += f"; ModelLatency p99 availability not readable ({type(exc).__name__}): alarm on Maximum"
+        self.guardrails = {"latency_statistic": statistic, "new_fleet_config": config_name,
+                           "timeout_seconds": int(timeout_seconds)}
+        alarm_reqs = self.alarm_requests(variant, config_name=config_name, latency_statistic=statistic, **alarms)
         deployment = {
             "BlueGreenUpdatePolicy": {"TrafficRoutingConfiguration": routing,
                                       "MaximumExecutionTimeoutInSeconds": int(timeout_seconds)},
             "AutoRollbackConfiguration": {"Alarms": [{"AlarmName": r["request"]["AlarmName"]} for r in alarm_reqs]},
         }
-        config_name = self._config_name(variants)
         return release, [
             *self._model_requests(release), *alarm_reqs,
             request("sagemaker", "CreateEndpointConfig", {"EndpointConfigName": config_name, "ProductionVariants": variants,
@@ -401,10 +465,11 @@ class SageMakerTarget(ManagedCloudTarget):
             Wait until the update finished (or rolled back) before reading the live state; otherwise the
             state shows the update in progress.
         timeout_seconds : int, optional
-            ``MaximumExecutionTimeoutInSeconds``; default: the sum of the waits plus 600 s (at least 600,
-            at most 28800).
+            ``MaximumExecutionTimeoutInSeconds``; default: every bake (a canary's two, a linear update's one
+            per step) plus ``PROVISIONING_S`` for the new fleet (at least 600, at most 28800).
         **alarms
-            ``p99_ms``, ``max_5xx``, ``period`` for the CloudWatch alarms.
+            ``p99_ms``, ``max_5xx``, ``period`` for the CloudWatch alarms; ``latency_statistic`` ("p99" or
+            "Maximum", default: p99 when CloudWatch returns it for the live variant).
 
         Limits are checked before any request (:func:`check_guardrails`).
         """
@@ -412,6 +477,7 @@ class SageMakerTarget(ManagedCloudTarget):
 
         release, reqs = self._guarded(model_uri, strategy, step, bake_seconds, timeout_seconds, None, alarms)
         self.execute(reqs, release)
+        guardrails = dict(self.guardrails)
         if wait:
             self._wait()
         state = self.describe()
@@ -420,6 +486,7 @@ class SageMakerTarget(ManagedCloudTarget):
             live = f"serves model v{serving.model_version}" if serving else "is not live"
             state.drift.append(f"variant {release.variant!r} {live}; "
                                f"v{release.version} is {'rolled back' if wait else 'being shifted in by SageMaker'}")
+        state.details["guardrails"] = guardrails  # the alarm statistic and the new fleet's config, for the record
         record_deploy(release, state, 100, self.config)
         return state
 
@@ -446,6 +513,33 @@ GUARDRAIL_LIMITS = {"CanarySize": (1, 50), "LinearStepSize": (10, 50), "WaitInte
                     "MaximumExecutionTimeoutInSeconds": (600, 28800)}
 
 
+#: Seconds a new fleet takes to come up, counted in the default execution timeout. AWS's canary example
+#: pairs a 600 s bake with a 1800 s timeout: two bakes (canary and final) and 600 s more
+#: (https://docs.aws.amazon.com/sagemaker/latest/dg/deployment-guardrails-blue-green-canary.html).
+PROVISIONING_S = 600
+
+
+def bakes(strategy: str, step: int) -> int:
+    """The baking periods of a blue/green update: a canary bakes after the canary and again after the full
+    shift (the final bake); a linear update after each of its steps, the last one being the final bake."""
+    return 2 if strategy == "canary" else -(-100 // int(step))
+
+
+def check_fleet(strategy: str, step: int, instances: int) -> None:
+    """Refuse a capacity-percent canary or linear step that a fleet of ``instances`` cannot carry.
+
+    A step is at least one instance and at most 50 % of the new fleet (API_CapacitySize.html,
+    deployment-guardrails-blue-green-canary.html), so one instance can never take a partial shift; two
+    can (how SageMaker rounds a percentage to instances is not documented: the kit assumes upwards).
+    """
+    share = -(-instances * step // 100)  # instances in the first shift, rounded up
+    if share * 2 > instances:
+        raise DeployTargetError(
+            f"a {step} % {strategy} of a {instances}-instance fleet is {share} instance(s), more than the 50 % of "
+            "the fleet SageMaker allows; the new fleet copies the live variant's instance count, so run it on 2 "
+            "instances or more first (SageMakerTarget(instance_count=2) when it is deployed)")
+
+
 def check_guardrails(strategy: str, step, bake_seconds, timeout_seconds=None) -> int:
     """Validate a guarded update against SageMaker's limits; returns the execution timeout to send.
 
@@ -463,11 +557,11 @@ def check_guardrails(strategy: str, step, bake_seconds, timeout_seconds=None) ->
             unit = "% of the fleet" if name.endswith("Size") else " s"
             raise DeployTargetError(f"SageMaker guardrails limit {name}: {value!r} is outside {low}-{high}{unit}; "
                                     f"pass a value from {low} to {high}")
-    waits = 1 if strategy == "canary" else -(-100 // int(step))  # a wait after every linear step
+    waits = bakes(strategy, int(step))
     total = waits * int(bake_seconds)
     low, high = GUARDRAIL_LIMITS["MaximumExecutionTimeoutInSeconds"]
     if timeout_seconds is None:
-        timeout_seconds = min(max(low, total + 600), high)
+        timeout_seconds = min(max(low, total + PROVISIONING_S), high)
     if isinstance(timeout_seconds, bool) or not isinstance(timeout_seconds, int | float) or \
             not low <= timeout_seconds <= high or timeout_seconds <= total:
         raise DeployTargetError(

@@ -314,9 +314,12 @@ class VertexTarget(ManagedCloudTarget):
                    traffic_split=self._split(asked, before))
 
     # ---- telemetry: what the rollout controller reads ----------------------------------------------
-    #: Cloud Monitoring sampling period and visibility delay of Vertex prediction metrics (seconds)
+    #: Cloud Monitoring sampling period and visibility delay of Vertex prediction metrics (seconds). The metrics
+    #: list gives no delay for response_count and prediction_latencies; their private-endpoint twins and the
+    #: Endpoint's cpu/memory metrics say "not visible for up to 360 seconds", so the kit waits that long
+    #: (https://cloud.google.com/monitoring/api/metrics_gcp_a_b#gcp-aiplatform).
     METRIC_PERIOD = 60.0
-    METRIC_DELAY = 180.0
+    METRIC_DELAY = 360.0
 
     def limit_notes(self) -> dict:
         return {"source": "Cloud Monitoring + capture in GCS"}

@@ -14,7 +14,7 @@ Sources (each cloud's documented metrics):
   the policy from Application Auto Scaling.
   https://docs.aws.amazon.com/sagemaker/latest/dg/monitoring-cloudwatch.html
 - Azure ML: Azure Monitor ``RequestLatency`` / ``RequestLatency_P99`` / ``RequestsPerMinute`` on the
-  endpoint (dimension ``deployment``), ``CpuUtilizationPercentage`` / ``MemoryUtilizationPercentage`` /
+  endpoint (dimension ``deployment``), ``CpuUtilizationPercentage`` / ``CpuMemoryUtilizationPercentage`` /
   ``DeploymentCapacity`` on each deployment, the autoscale setting.
   https://learn.microsoft.com/azure/machine-learning/monitor-azure-machine-learning-reference
 - Vertex AI: Cloud Monitoring ``prediction/online/prediction_latencies`` (by ``latency_type``),
@@ -42,9 +42,7 @@ PERMISSIONS = {
     "azureml": ("Microsoft.Insights/metrics/read (the Monitoring Reader role)", "deployer_principal_id"),
     "vertex": ("monitoring.timeSeries.list (the roles/monitoring.viewer role)", "deployer_service_account"),
 }
-VCPUS = {"ml.t2.medium": 2, "ml.t2.large": 2, "ml.m5.large": 2, "ml.m5.xlarge": 4, "ml.m5.2xlarge": 8, "ml.m5.4xlarge": 16,
-         "ml.c5.large": 2, "ml.c5.xlarge": 4, "ml.c5.2xlarge": 8, "ml.c5.4xlarge": 16, "ml.m6i.large": 2,
-         "ml.m6i.xlarge": 4, "ml.c6i.large": 2, "ml.c6i.xlarge": 4, "ml.g4dn.xlarge": 4}
+
 
 
 def permission_error(cloud: str, endpoint: str, exc) -> MonitoringPermissionError:
@@ -231,6 +229,28 @@ SM_METRICS = [  # (field, namespace, metric, stat, scale)
 ]
 
 
+#: CloudWatch keeps 1-minute datapoints 15 days, 5-minute ones 63 days and hourly ones 455 days; a query whose start
+#: lies further back must use a period of that resolution or gets no datapoints (GetMetricStatistics and
+#: MetricStat.Period in the CloudWatch API reference, the installed botocore model).
+CLOUDWATCH_RETENTION = ((15 * 86400, 60), (63 * 86400, 300), (455 * 86400, 3600))
+
+
+def cloudwatch_period(window_s: float, period: int = 60) -> int:
+    """The period a window reaching ``window_s`` seconds back can be read at: ``period`` rounded up to what
+    CloudWatch still keeps for its start (a multiple of it).
+
+    Raises
+    ------
+    MonitorError
+        A window that reaches past CloudWatch's 455 days.
+    """
+    for age, resolution in CLOUDWATCH_RETENTION:
+        if window_s <= age:
+            return max(resolution, -(-int(period) // resolution) * resolution)
+    raise MonitorError(f"--since {window_s / 86400:g} days reaches past CloudWatch's retention of 455 days "
+                       "(hourly datapoints); give --since 455d or less")
+
+
 def read_sagemaker(endpoint: str, since: float, until: float | None = None, *, period: int = 60, session=None,
                    region: str | None = None) -> dict[str, PlatformSeries]:
     """Per-variant series of a SageMaker endpoint from CloudWatch, with instance counts and policies.
@@ -247,10 +267,13 @@ def read_sagemaker(endpoint: str, since: float, until: float | None = None, *, p
     import boto3
     from botocore.exceptions import ClientError, NoCredentialsError
 
-    from churnkit.deploy.autoscaling import sagemaker_status
+    from churnkit.deploy.autoscaling import sagemaker_status, vcpus
+    from churnkit.exceptions import AutoscalingError
+
+    from churnkit.deploy.reach import aws_config, is_unreachable, unreachable_error
 
     sess = session or boto3.Session(region_name=region)
-    sm, cw = sess.client("sagemaker", region_name=region), sess.client("cloudwatch", region_name=region)
+    sm, cw = (sess.client(name, region_name=region, config=aws_config()) for name in ("sagemaker", "cloudwatch"))
     until = until or time.time()
     try:
         ep = sm.describe_endpoint(EndpointName=endpoint)
@@ -274,7 +297,8 @@ def read_sagemaker(endpoint: str, since: float, until: float | None = None, *, p
                     break
                 kw["NextToken"] = page["NextToken"]
         try:
-            scaling = sagemaker_status(sess.client("application-autoscaling", region_name=region), endpoint, live)
+            scaling = sagemaker_status(sess.client("application-autoscaling", region_name=region, config=aws_config()),
+                                       endpoint, live)
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("AccessDeniedException", "AccessDenied"):
                 raise
@@ -289,6 +313,10 @@ def read_sagemaker(endpoint: str, since: float, until: float | None = None, *, p
         raise MonitorError(f"reading SageMaker metrics of {endpoint!r} failed: {exc}") from exc
     except NoCredentialsError as exc:
         raise permission_error("sagemaker", endpoint, exc) from exc
+    except Exception as exc:
+        if is_unreachable(exc):
+            raise unreachable_error("AWS SageMaker/CloudWatch", f"region {sess.region_name!r}", exc) from exc
+        raise
     by_id = {r["Id"]: r for r in results}
     out: dict[str, PlatformSeries] = {}
     for k, name in enumerate(live):
@@ -297,7 +325,10 @@ def read_sagemaker(endpoint: str, since: float, until: float | None = None, *, p
             r = by_id.get(f"v{k}m{j}", {})
             for ts, v in zip(r.get("Timestamps", []), r.get("Values", [])):
                 grid.setdefault(ts.timestamp(), {})[fieldname] = v * scale
-        vcpus = VCPUS.get(types.get(name, ""), 1)
+        try:
+            cores = vcpus(types.get(name, ""))
+        except AutoscalingError:  # an unknown type: show CloudWatch's sum over the cores as is
+            cores = 1
         current = live[name].get("CurrentInstanceCount") or live[name].get("DesiredInstanceCount") or \
             next((v.get("InitialInstanceCount") for v in cfg["ProductionVariants"] if v["VariantName"] == name), None)
         s = PlatformSeries(f"CloudWatch AWS/SageMaker {endpoint}/{name}", period)
@@ -309,7 +340,7 @@ def read_sagemaker(endpoint: str, since: float, until: float | None = None, *, p
             s.errors_5xx.append(row.get("errors_5xx", 0.0))
             for f in ("model_ms", "model_ms_max", "overhead_ms", "memory_pct"):
                 getattr(s, f).append(row.get(f))
-            s.cpu_pct.append(row["cpu_pct"] / vcpus if row.get("cpu_pct") is not None else None)  # 100 % = all vCPUs
+            s.cpu_pct.append(row["cpu_pct"] / cores if row.get("cpu_pct") is not None else None)  # 100 % = all vCPUs
             s.instances.append(current)
             s.total_ms.append(None)
             s.total_ms_max.append(None)
@@ -324,6 +355,11 @@ def read_sagemaker(endpoint: str, since: float, until: float | None = None, *, p
 
 
 # ---- Azure ML --------------------------------------------------------------------------------------------
+#: The endpoint's metrics (dimension ``deployment``) and the deployment's, by their REST names:
+#: https://learn.microsoft.com/azure/azure-monitor/reference/supported-metrics/microsoft-machinelearningservices-workspaces-onlineendpoints-metrics
+#: https://learn.microsoft.com/azure/azure-monitor/reference/supported-metrics/microsoft-machinelearningservices-workspaces-onlineendpoints-deployments-metrics
+AZ_ENDPOINT_METRICS = ("RequestLatency", "RequestLatency_P99", "RequestsPerMinute")
+AZ_DEPLOYMENT_METRICS = ("CpuUtilizationPercentage", "CpuMemoryUtilizationPercentage", "DeploymentCapacity")
 def read_azureml(endpoint: str, since: float, until: float | None = None, *, client, workspace_id: str,
                  deployments: dict[str, str], resource_group: str, period: int = 60) -> dict[str, PlatformSeries]:
     """Per-deployment series of an Azure ML online endpoint from Azure Monitor (azure-mgmt-monitor ``client``).
@@ -353,20 +389,18 @@ def read_azureml(endpoint: str, since: float, until: float | None = None, *, cli
         return got
 
     try:
-        ep = series(ep_id, "RequestLatency,RequestLatency_P99,RequestsPerMinute", "Average,Maximum,Total",
-                    "deployment eq '*'")
+        ep = series(ep_id, ",".join(AZ_ENDPOINT_METRICS), "Average,Maximum", "deployment eq '*'")
         scaling = azure_status(client, resource_group, endpoint, deployments)
         out: dict[str, PlatformSeries] = {}
         for variant, dep in deployments.items():
-            dp = series(f"{ep_id}/deployments/{dep}", "CpuUtilizationPercentage,MemoryUtilizationPercentage,DeploymentCapacity",
-                        "Average,Maximum")
-            lat, p99, rpm = (ep.get((n, dep), {}) for n in ("RequestLatency", "RequestLatency_P99", "RequestsPerMinute"))
-            cpu, mem, cap = (dp.get((n, ""), {}) for n in ("CpuUtilizationPercentage", "MemoryUtilizationPercentage",
-                                                          "DeploymentCapacity"))
+            dp = series(f"{ep_id}/deployments/{dep}", ",".join(AZ_DEPLOYMENT_METRICS), "Average,Maximum")
+            lat, p99, rpm = (ep.get((n, dep), {}) for n in AZ_ENDPOINT_METRICS)
+            cpu, mem, cap = (dp.get((n, ""), {}) for n in AZ_DEPLOYMENT_METRICS)
             s = PlatformSeries(f"Azure Monitor {endpoint}/{dep}", period)
             for t in sorted(set(lat) | set(rpm) | set(cpu)):
                 s.times.append(t)
-                s.invocations.append((rpm[t].total if t in rpm and rpm[t].total is not None else 0.0) * period / 60.0)
+                # RequestsPerMinute's documented aggregation is Average: the mean requests per minute of the grain
+                s.invocations.append((rpm[t].average if t in rpm and rpm[t].average is not None else 0.0) * period / 60.0)
                 s.errors_4xx.append(0.0)
                 s.errors_5xx.append(0.0)
                 s.total_ms.append(lat[t].average if t in lat else None)
@@ -394,6 +428,7 @@ def read_azureml(endpoint: str, since: float, until: float | None = None, *, cli
 
 # ---- Vertex AI ----------------------------------------------------------------------------------------------
 VX = "aiplatform.googleapis.com/prediction/online/"
+VX_CPU_SCALE = 100.0  # cpu/utilization is a fraction (unit 10^2.%); the kit reports percent
 
 
 def read_vertex(endpoint_id: str, since: float, until: float | None = None, *, client, project: str,
@@ -443,7 +478,10 @@ def read_vertex(endpoint_id: str, since: float, until: float | None = None, *, c
         raise MonitorError(f"reading Cloud Monitoring metrics of endpoint {endpoint_id!r} failed: {exc}") from exc
     out: dict[str, PlatformSeries] = {}
     for name, rows in grid.items():
-        s = PlatformSeries(f"Cloud Monitoring {VX}* endpoint {endpoint_id}/{name}", period)
+        # latency_type "model"/"overhead" exist only for custom-trained and AutoML tabular models; "total" always
+        total_only = not any(r.get("model_ms") is not None for r in rows.values())
+        s = PlatformSeries(f"Cloud Monitoring {VX}* endpoint {endpoint_id}/{name}"
+                           + (" (latency_type total only: no model/overhead split)" if total_only else ""), period)
         for t in sorted(rows):
             r = rows[t]
             s.times.append(t)
@@ -454,7 +492,9 @@ def read_vertex(endpoint_id: str, since: float, until: float | None = None, *, c
                 getattr(s, f).append(r.get(f))
             s.total_ms_max.append(None)
             cpu = r.get("cpu_pct")
-            s.cpu_pct.append(cpu * 100.0 if cpu is not None and cpu <= 1.0 else cpu)  # a fraction of the replica's CPUs
+            # unit 10^2.%: 1.0 is 100 % of the replica's CPUs, above 1.0 on a machine with several
+            # (https://cloud.google.com/monitoring/api/metrics_gcp_a_b#gcp-aiplatform, cpu/utilization)
+            s.cpu_pct.append(cpu * VX_CPU_SCALE if cpu is not None else None)
             s.memory_pct.append(None)
         out[name] = s
     return out
@@ -483,7 +523,7 @@ def cloud_latency(target: str, endpoint: str, since: str | float = "1h", *, conf
     window = parse_since(since)
     start = time.time() - window
     if target == "sagemaker":
-        series = read_sagemaker(endpoint, start, period=period, **sdk)
+        series = read_sagemaker(endpoint, start, period=cloudwatch_period(window, period), **sdk)
     elif target in ("azureml", "vertex"):
         from churnkit.deploy import open_target
 
@@ -492,9 +532,9 @@ def cloud_latency(target: str, endpoint: str, since: str | float = "1h", *, conf
         if not state.exists:
             raise MonitorError(f"no {target} endpoint named {endpoint!r}; check --endpoint")
         if target == "azureml":
-            from churnkit.deploy.autoscaling import azure_target_monitor, azure_workspace_id
+            from churnkit.deploy.autoscaling import azure_workspace_id
 
-            client = sdk.get("client") or azure_target_monitor(t)
+            client = sdk.get("client") or t.monitor
             series = read_azureml(endpoint, start, client=client, workspace_id=azure_workspace_id(t),
                                   deployments=state.details["deployments"], resource_group=t.settings["resource_group"],
                                   period=period)

@@ -1,7 +1,9 @@
 """Data capture: every scored request as one JSON line, and the reader monitoring uses.
 
-Files are ``capture-<UTC yyyymmddTHHMMSS>-<seq>.jsonl`` in the capture folder, rotated when one
-passes ``max_bytes``. A line is ``{"time", "request_id", "model_name", "model_version", "inputs":
+Files are ``capture-<UTC yyyymmddTHHMMSSZ>-<host>-<pid>-<writer>-<seq>.jsonl`` in the capture folder,
+rotated when one passes ``max_bytes``: the host, process and writer in the name keep the files of two
+replicas of an autoscaled deployment apart when they rotate in the same second and are copied flat under
+one prefix (the time stamp first, so names still sort oldest first). A line is ``{"time", "request_id", "model_name", "model_version", "inputs":
 [{column: raw value}], "predictions": [churn_probability]}``. The server only puts the record on a
 queue; a writer thread serialises and appends it, flushing at least every ``flush_seconds``, so a
 request never waits on the disk.
@@ -11,7 +13,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
+import re
+import secrets
+import socket
 import threading
 import time
 from pathlib import Path
@@ -66,6 +72,7 @@ class CaptureWriter:
         self._file = None
         self._size = 0
         self._seq = 0
+        self._writer = secrets.token_hex(2)
         self.written = 0
         self.dropped = 0
 
@@ -88,7 +95,7 @@ class CaptureWriter:
     def _open(self) -> None:
         while True:
             stamp = file_stamp()
-            path = self.directory / f"capture-{stamp}-{self._seq:04d}.jsonl"
+            path = self.directory / f"capture-{stamp}-{origin()}-{self._writer}-{self._seq:04d}.jsonl"
             self._seq += 1
             try:
                 self._file = open(path, "xb")  # noqa: SIM115 - kept open across writes; "x": never append to another process's file
@@ -151,6 +158,13 @@ class CaptureWriter:
                 self.dropped += 1
                 log.exception("data capture could not write a record (%d dropped so far)", self.dropped)
         self._close_file()
+
+
+def origin() -> str:
+    """``<host>-<pid>`` of the writing process (the host name cut to letters, digits, '.' and '-'), read at
+    each file so a forked worker names its own files."""
+    host = re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname())[:40].strip(".-") or "host"
+    return f"{host}-{os.getpid()}"
 
 
 def capture_files(path) -> list[Path]:

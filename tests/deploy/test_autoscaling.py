@@ -162,10 +162,25 @@ def test_sagemaker_cpu_target_and_removal_of_a_variant_that_was_never_autoscaled
     (pol,) = t.client("application-autoscaling").describe_scaling_policies(ServiceNamespace="sagemaker")["ScalingPolicies"]
     spec = pol["TargetTrackingScalingPolicyConfiguration"]["CustomizedMetricSpecification"]
     assert (spec["MetricName"], spec["Namespace"]) == ("CPUUtilization", "/aws/sagemaker/Endpoints")
+    # CPUUtilization sums the cores (0-200 % on the 2 vCPUs of ml.m5.large): 55 % of the machine is 110
+    assert pol["TargetTrackingScalingPolicyConfiguration"]["TargetValue"] == 110.0
+    assert autoscaling.inherited(t, t.describe()).target_cpu == 55.0  # read back as a percent of the machine
     assert t.remove("v1").weights == {"v2": 100}  # v1 had no scalable target: the deregistration is a no-op
     assert _targets(t) == {"endpoint/churn/variant/v2": (1, 3)}
     status = autoscaling.live_status(t, t.describe())
     assert status["v2"]["autoscaling"]["policies"][0]["metric"] == "CPUUtilization"
+
+
+def test_vcpus_of_sagemaker_instance_types():
+    """https://docs.aws.amazon.com/sagemaker/latest/dg/monitoring-cloudwatch.html: CPUUtilization is 0-100 % per
+    core, summed (0-400 % on four vCPUs); the kit scales a --target-cpu by the instance type's vCPUs."""
+    assert [autoscaling.vcpus(t) for t in ("ml.m5.large", "ml.c5.xlarge", "ml.m5.4xlarge", "ml.r5.12xlarge",
+                                           "ml.t2.medium")] == [2, 4, 16, 48, 2]
+    with pytest.raises(AutoscalingError, match="instance type 'm5.large' is not a SageMaker type like 'ml.m5.xlarge'"):
+        autoscaling.vcpus("m5.large")
+    reqs = autoscaling.sagemaker_requests(policy_for("sagemaker", max_instances=2, target_cpu=60), "churn", "v1",
+                                          "ml.c5.2xlarge")
+    assert reqs[1]["request"]["TargetTrackingScalingPolicyConfiguration"]["TargetValue"] == 480.0
 
 
 # ---- Azure ML: Azure Monitor autoscale settings over the in-memory ARM transport ---------------------------
@@ -219,6 +234,24 @@ def test_azureml_autoscale_setting_created_with_each_deployment_and_deleted_befo
     assert not any(p.endswith("churn-v1-churn-autoscale") for p in arm.resources)
     t.stop()
     assert not any("/autoscalesettings/" in p for p in arm.resources)
+
+
+def test_autoscaling_reaches_the_azure_target_through_its_public_monitor_client(tmp_path, monkeypatch):
+    import ast
+    import inspect
+
+    from churnkit.deploy import get_target
+
+    tree = ast.parse(inspect.getsource(autoscaling))
+    reached = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)
+               and n.value.id == "target" and n.attr in ("_monitor", "_credential", "_client_kwargs")}
+    assert not reached
+    config = cloud_store(tmp_path, monkeypatch, AZURE_ENV)
+    arm = _transport_class()()
+    t = get_target("azureml", config=config, credential=FakeCredential(), client_kwargs={"transport": arm})
+    assert t.monitor is t.monitor  # built once, on the target's own credential and transport
+    assert autoscaling.azure_status(t.monitor, "rg-churn", "churn", {"v1": "v1-churn"}) == {"v1": {"autoscaling": None}}
+    assert any(p.endswith("/autoscalesettings/churn-v1-churn-autoscale") for _, p, _ in arm.log)
 
 
 def test_azureml_cpu_rule_targets_the_deployment(tmp_path, monkeypatch):

@@ -11,6 +11,7 @@ import json
 import re
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -299,8 +300,11 @@ def test_telemetry_reads_azure_monitor_split_by_deployment(store):
     fixture = json.loads((FIXTURES / "azure-monitor-metrics.json").read_text())["response"]
 
     def answer(path, query):
-        body = dict(fixture, value=[m for m in fixture["value"] if m["name"]["value"] == query["metricnames"]])
-        return 200, body
+        from cloud_docs import azure_documented, azure_metric_error
+
+        error = azure_metric_error(path, query["metricnames"], query["aggregation"])
+        return (400, error) if error else (200, azure_documented(path, fixture, query["metricnames"],
+                                                                   query["aggregation"]))
 
     t, transport = _monitor(store, answer)
     t._telemetry.records = lambda *a: []  # payload logs in Blob: covered by the end-to-end rollouts (Azurite)
@@ -312,7 +316,7 @@ def test_telemetry_reads_azure_monitor_split_by_deployment(store):
     assert windows["v1"].requests == 480 and windows["v1"].latencies_ms == ()
     assert "Azure Monitor RequestsPerMinute/RequestLatency_P99 deployment=v2-churn" in v2.source
     counts, latency = transport.requests
-    assert counts["metricnames"] == "RequestsPerMinute" and counts["aggregation"].lower() == "total"
+    assert counts["metricnames"] == "RequestsPerMinute" and counts["aggregation"].lower() == "average"
     assert counts["$filter"] == "deployment eq '*' and statusCodeClass eq '*'" and counts["interval"] == "PT1M"
     assert latency["metricnames"] == "RequestLatency_P99" and latency["$filter"] == "deployment eq '*'"
     assert counts["timespan"].startswith("2026-01-05T10:00:00") and "2026-01-05T10:03:00" in counts["timespan"]
@@ -335,3 +339,35 @@ def test_deployments_log_request_and_response_payloads(store):
               if r["operation"] == "online_deployments.begin_create_or_update"]
     collector = dep["data_collector"]
     assert {k: v["enabled"] for k, v in collector["collections"].items()} == {"request": "true", "response": "true"}
+
+
+def test_payload_logging_reads_every_documented_form_and_counts_what_it_cannot():
+    """The article's own samples and kit bodies in the same schema (tests/fixtures/azureml-payload-logging.json):
+    a plain body, a batch of bodies, rows, a bare list of scores, a large JSON payload stored in the workspace
+    container ("datainblob"), and a binary one, which is skipped and counted (Azurite holds the blobs)."""
+    from azure.storage.blob import ContainerClient
+    from cloud_docs import fixture
+    from storage_support import azurite_blob
+
+    from churnkit.deploy.azure_monitor import AzureMonitorTelemetry
+
+    samples = fixture("azureml-payload-logging.json")
+    doc, kit = samples["documented"], samples["kit"]
+    with azurite_blob() as conn:
+        container = ContainerClient.from_connection_string(conn, "azureml-blobstore")
+        container.create_container()
+        large = kit["large_response_in_blob"]["data"].split("/azureml-blobstore/", 1)[1]
+        container.upload_blob(large, json.dumps({"predictions": [{"churn_probability": 0.125, "churn": False}] * 3}))
+        target = types.SimpleNamespace(endpoint="churn", deployment_of=lambda v: f"{v}-churn")
+        reader = AzureMonitorTelemetry(target, capture_container=container)
+        assert reader.scores_of(kit["response"]) == [0.8125, 0.0625]
+        assert [r["tenure"] for r in reader.inputs_of(kit["request"])] == [3, 48]
+        assert reader.scores_of(kit["batched_response"]) == [0.25, 0.5]  # two requests in one record
+        assert reader.scores_of(kit["large_response_in_blob"]) == [0.125] * 3  # over 4 MB: read from the blob
+        assert reader.scores_of(doc["response"]) == [11055.977245525679, 4503.079536107787]
+        assert [r["AGE"] for r in reader.inputs_of(doc["batched_rows"])] == [54, 35]
+        assert reader.inputs_of(doc["binary_in_blob"]) == [] and reader.scores_of(doc["binary_in_blob"]) == []
+        gone = dict(kit["large_response_in_blob"], data=kit["large_response_in_blob"]["data"] + "-deleted")
+        assert reader.scores_of(gone) == []
+    assert dict(reader.skipped) == {"binary payload in blob": 2, "payload blob not readable": 1}
+    assert "payloads skipped so far: 2 binary payload in blob; 1 payload blob not readable" in reader.source("v1", 0, 60)

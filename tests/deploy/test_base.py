@@ -128,7 +128,12 @@ def test_cli_deploy_plan_without_credentials_prints_the_requests(store):
 
     res = _cli("deploy", "--target", "sagemaker", "--model", "models:/churn@champion", "--plan", "--guardrails",
                "canary", "--runs-dir", str(store.runs_dir))
-    assert res.exit_code == 1 and "CloudCredentialsError" in res.stderr  # guardrails need the live endpoint
+    # guardrails replace the live variant: without credentials the plan says what it could not read and still
+    # prints the requests it can build offline
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert "live state not readable (CloudCredentialsError" in out["basis"] and "not read from the endpoint" in out["basis"]
+    assert [r["operation"] for r in out["requests"]][-1] == "UpdateEndpoint"
 
 
 def test_cli_local_plan_status_and_usage_errors(store):

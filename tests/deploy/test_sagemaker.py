@@ -207,7 +207,11 @@ def test_guardrails_update_endpoint_exact_parameters(aws):
 
     from churnkit import registry
 
+    from cloud_rollout_support import moto_percentiles
+
+    moto_percentiles()  # this endpoint's ModelLatency has a p99 in CloudWatch: the alarm uses it
     t = target(aws)
+    _model_latency(t, "v1", [20_000.0] * 50)
     sm = t.client("sagemaker")
     v2 = registry.find_version("models:/churn@challenger")
     model2 = f"churn-v2-{v2.tags['churnkit.artifact_sha256'][:8]}"
@@ -231,18 +235,95 @@ def test_guardrails_update_endpoint_exact_parameters(aws):
                 "BlueGreenUpdatePolicy": {
                     "TrafficRoutingConfiguration": {"Type": "CANARY", "WaitIntervalInSeconds": 300,
                                                     "CanarySize": {"Type": "CAPACITY_PERCENT", "Value": 10}},
-                    "MaximumExecutionTimeoutInSeconds": 900},  # the wait (300 s) + 600 s
+                    # the canary bake and the final bake (2 x 300 s) + 600 s to provision the new fleet
+                    "MaximumExecutionTimeoutInSeconds": 1200},
                 "AutoRollbackConfiguration": {"Alarms": [{"AlarmName": "churn-v1-model-latency-p99"},
                                                          {"AlarmName": "churn-v1-invocation-5xx"}]}}})
         _describe_responses(stub, "churn-new", model2, "2", status="Updating")
         state = t.deploy_guarded("models:/churn@challenger", strategy="canary", step=10, bake_seconds=300, p99_ms=250)
         stub.assert_no_pending_responses()
     assert state.variants["v1"].model_version == "2"
+    new_fleet = state.details["guardrails"]["new_fleet_config"]
+    assert state.details["guardrails"]["latency_statistic"] == "p99" and new_fleet.startswith("churn-")
     alarms = {a["AlarmName"]: a for a in t.client("cloudwatch").describe_alarms()["MetricAlarms"]}
     assert set(alarms) == {"churn-v1-model-latency-p99", "churn-v1-invocation-5xx"}
     latency = alarms["churn-v1-model-latency-p99"]
     assert (latency["MetricName"], latency["ExtendedStatistic"], latency["Threshold"]) == ("ModelLatency", "p99", 250000.0)
     assert alarms["churn-v1-invocation-5xx"]["MetricName"] == "Invocation5XXErrors"
+    for alarm in alarms.values():  # the new fleet only: an alarm the old fleet trips would end the deployment
+        assert {"Name": "EndpointConfigName", "Value": new_fleet} in alarm["Dimensions"]
+
+
+def _model_latency(t, variant: str, values_us: list[float]) -> None:
+    from datetime import datetime, timezone
+
+    dims = [{"Name": "EndpointName", "Value": "churn"}, {"Name": "VariantName", "Value": variant}]
+    t.client("cloudwatch").put_metric_data(Namespace="AWS/SageMaker", MetricData=[{
+        "MetricName": "ModelLatency", "Dimensions": dims, "Values": values_us,
+        "Timestamp": datetime.fromtimestamp((int(time_now()) // 60 - 5) * 60, tz=timezone.utc),
+        "Unit": "Microseconds"}])
+
+
+def test_guarded_plan_without_p99_alarms_on_maximum_and_refuses_a_one_instance_canary(aws):
+    """ModelLatency documents Average, Sum, Min, Max and SampleCount (monitoring-cloudwatch.html): without a p99
+    from CloudWatch the alarm watches Maximum and says so; a 10 % canary of one instance is the whole fleet."""
+    from churnkit.deploy.base import EndpointState, VariantState
+    from churnkit.exceptions import DeployTargetError
+
+    t = target(aws)
+
+    def live(count: int) -> EndpointState:
+        return EndpointState("sagemaker", "churn", {"v1": VariantState("v1", "1", 100, "InService")},
+                             details={"production_variants": [{"VariantName": "v1", "ModelName": "m1",
+                                                               "InitialInstanceCount": count, "InstanceType": "ml.m5.large"}]})
+
+    reqs = t.plan("guarded", model_uri="models:/churn/2", strategy="canary", step=10, bake_seconds=600, live=live(2))
+    latency = reqs[2]["request"]
+    assert (latency["AlarmName"], latency["Statistic"]) == ("churn-v1-model-latency-maximum", "Maximum")
+    assert "ExtendedStatistic" not in latency and "maximum model latency" in latency["AlarmDescription"]
+    update = reqs[-1]["request"]["DeploymentConfig"]
+    assert update["BlueGreenUpdatePolicy"]["MaximumExecutionTimeoutInSeconds"] == 1800  # AWS's own 600 s bake example
+    config = reqs[-2]["request"]["EndpointConfigName"]
+    assert {"Name": "EndpointConfigName", "Value": config} in latency["Dimensions"]
+    with pytest.raises(DeployTargetError, match=r"a 10 % canary of a 1-instance fleet is 1 instance\(s\).*2 instances"):
+        t.plan("guarded", model_uri="models:/churn/2", strategy="canary", step=10, live=live(1))
+    with pytest.raises(DeployTargetError, match="a 50 % linear of a 1-instance fleet"):
+        t.plan("guarded", model_uri="models:/churn/2", strategy="linear", step=50, live=live(1))
+
+
+def test_telemetry_uses_maximum_when_cloudwatch_returns_no_p99(aws):
+    """A GetMetricData response built field by field from its documented shape
+    (https://docs.aws.amazon.com/AmazonCloudWatch/latest/APIReference/API_GetMetricData.html): the p99 query
+    answers no values, Maximum does; a variant with requests and neither is 'no datapoints', not 'no latency'."""
+    from datetime import datetime, timezone
+
+    from botocore.stub import ANY, Stubber
+
+    t = target(aws)
+    base = (int(time_now()) // 60 - 10) * 60
+    stamps = [datetime.fromtimestamp(base + 60 * i, tz=timezone.utc) for i in range(2)]
+
+    def result(i: int, j: int, values: list[float]) -> dict:
+        metric = ("Invocations", "Invocation5XXErrors", "Invocation4XXErrors", "ModelLatency", "ModelLatency|Maximum")[j]
+        return {"Id": f"m{i}_{j}", "Label": f"{('v1', 'v2')[i]}|{metric}", "StatusCode": "Complete",
+                "Timestamps": stamps[:len(values)], "Values": values}
+
+    body = {"MetricDataResults": [result(0, 0, [60.0, 40.0]), result(0, 1, []), result(0, 2, []), result(0, 3, []),
+                                  result(0, 4, [180_000.0, 95_000.0]),
+                                  result(1, 0, [10.0]), result(1, 1, []), result(1, 2, []), result(1, 3, []),
+                                  result(1, 4, [])],
+            "Messages": []}
+    with Stubber(t.client("cloudwatch")) as stub:
+        stub.add_response("get_metric_data", body, {"MetricDataQueries": ANY, "StartTime": ANY, "EndTime": ANY,
+                                                    "ScanBy": "TimestampAscending"})
+        t._telemetry = None
+        reader = t.telemetry_reader
+        reader.records = lambda *a: []
+        windows = t.telemetry(["v1", "v2"], base, base + 120)
+    assert windows["v1"].requests == 100 and windows["v1"].latencies_ms == (180.0, 95.0)
+    assert "ModelLatency Maximum (CloudWatch returned no p99)" in windows["v1"].source
+    assert windows["v2"].requests == 10 and windows["v2"].latencies_ms == ()
+    assert "no datapoints for the requests served (latency unknown, not zero)" in windows["v2"].source
 
 
 def test_guardrails_linear_plan_and_refusals(aws):
@@ -252,7 +333,7 @@ def test_guardrails_linear_plan_and_refusals(aws):
     t = target(aws)
     live = EndpointState("sagemaker", "churn", {"v1": VariantState("v1", "1", 100, "InService")},
                          details={"production_variants": [{"VariantName": "v1", "ModelName": "m1",
-                                                           "InitialInstanceCount": 1, "InstanceType": "ml.m5.large"}]})
+                                                           "InitialInstanceCount": 2, "InstanceType": "ml.m5.large"}]})
     reqs = t.plan("guarded", model_uri="models:/churn/2", strategy="linear", step=25, bake_seconds=1200, live=live)
     update = reqs[-1]["request"]
     policy = update["DeploymentConfig"]["BlueGreenUpdatePolicy"]
@@ -323,7 +404,7 @@ def test_refused_credentials_and_other_errors_are_churnkit_errors(store):
     (dict(timeout_seconds=28801), "MaximumExecutionTimeoutInSeconds: 28801 must be from 600 to 28800"),
     (dict(strategy="linear", step=10, bake_seconds=3000, timeout_seconds=28800),
      r"longer than the 10 wait\(s\) of 3000 s \(30000 s in all\)"),
-    (dict(strategy="canary", step=10, bake_seconds=900, timeout_seconds=900), r"longer than the 1 wait\(s\) of 900 s"),
+    (dict(strategy="canary", step=10, bake_seconds=900, timeout_seconds=1800), r"longer than the 2 wait\(s\) of 900 s"),
 ])
 def test_guardrail_limits_are_checked_before_any_request(aws, kw, limit):
     from churnkit.deploy.base import EndpointState, VariantState
@@ -388,8 +469,10 @@ def test_telemetry_reads_cloudwatch_per_variant_and_scores_from_data_capture(aws
     # the window still open, or closed but not ingested, shows no traffic (never "healthy")
     assert t.telemetry(["v2"], time_now() - 30)["v2"].requests == 0
     queries = t.telemetry_queries(["v2"], base, base + 120)
-    stat = {q["MetricStat"]["Metric"]["MetricName"]: q["MetricStat"]["Stat"] for q in queries[0]["request"]["MetricDataQueries"]}
-    assert stat == {"Invocations": "Sum", "Invocation5XXErrors": "Sum", "Invocation4XXErrors": "Sum", "ModelLatency": "p99"}
+    stat = [(q["MetricStat"]["Metric"]["MetricName"], q["MetricStat"]["Stat"]) for q in queries[0]["request"]["MetricDataQueries"]]
+    assert stat == [("Invocations", "Sum"), ("Invocation5XXErrors", "Sum"), ("Invocation4XXErrors", "Sum"),
+                    ("ModelLatency", "p99"), ("ModelLatency", "Maximum")]
+    assert "ModelLatency p99" in v2.source
     assert queries[1]["request"]["Prefix"].startswith("churnkit/capture/churn/churn/v2/")
     limits = t.limits()
     assert t.telemetry_resolution() == 180.0 and limits.max_variants == 10

@@ -8,6 +8,7 @@ undeploy requests and the traffic splits keyed by deployed-model id.
 from __future__ import annotations
 
 import itertools
+import json
 import re
 import sys
 import types
@@ -322,6 +323,40 @@ def test_telemetry_reads_cloud_monitoring_by_deployed_model(vertex):
     assert latency["aggregation.perSeriesAligner"] == "ALIGN_PERCENTILE_99"
     assert 'metric.labels.latency_type="model"' in latency["filter"]
     assert counts["interval.startTime"].startswith("2026-01-05T10:01:00")
+
+
+def test_telemetry_falls_back_to_total_latency_when_vertex_fills_no_model_series(vertex):
+    """prediction_latencies: "model" and "overhead" only for custom-trained and AutoML tabular models, "total"
+    always (https://cloud.google.com/monitoring/api/metrics_gcp_a_b#gcp-aiplatform)."""
+    from datetime import datetime
+
+    from cloud_docs import fixture
+
+    config, fake = vertex
+    t = make(config)
+    t.deploy("models:/churn@champion")
+    v1_id = t.describe().details["deployed_model_ids"]["v1"]
+    recorded = json.loads(json.dumps(fixture("cloud-monitoring-timeseries.json")).replace('"7002"', json.dumps(v1_id)))
+
+    def answer(query):
+        if 'latency_type="model"' in query["filter"]:
+            return 200, {"timeSeries": [], "unit": "ms"}  # this model type has no model/overhead split
+        if 'latency_type="total"' in query["filter"]:
+            return 200, recorded["prediction_latencies_total"]
+        return 200, recorded["response_count"]
+
+    server = _monitoring(t, answer)
+    t._telemetry.records = lambda variant, start, end: []
+    try:
+        since = datetime.fromisoformat("2026-01-05T10:01:00+00:00").timestamp()
+        v1 = t.telemetry(["v1"], since, since + 120)["v1"]
+    finally:
+        server.stop()
+    assert v1.requests == 208 and sorted(v1.latencies_ms) == [61.0, 74.5]
+    assert "latency_type=total (no 'model' series for this model type)" in v1.source
+    planned = t.telemetry_queries(["v1"], since, since + 120)
+    assert any('latency_type="total"' in q["request"].get("filter", "") and "note" in q for q in planned)
+    assert t.telemetry_resolution() == 60 + 360  # the documented visibility delay of the Endpoint's metrics
 
 
 def test_denied_cloud_monitoring_names_the_role_and_the_terraform_output(vertex):

@@ -139,11 +139,33 @@ def test_missing_permission_names_it_and_the_terraform_output(aws):
                                      "cloudwatch:GetMetricData"}}, "GetMetricData")
 
     cw.meta.events.register("before-call.cloudwatch.GetMetricData", deny)
-    session = type("S", (), {"client": lambda self, name, region_name=None: cw if name == "cloudwatch" else aws.client(name),
+    session = type("S", (), {"client": lambda self, name, region_name=None, **kw: cw if name == "cloudwatch" else aws.client(name),
                              "region_name": REGION})()
     with pytest.raises(MonitoringPermissionError) as err:
         cloud_latency("sagemaker", "churn", "30m", session=session)
     assert "cloudwatch:GetMetricData" in str(err.value) and "`deployer_role_arn`" in str(err.value)
+
+
+def test_since_beyond_fifteen_days_reads_the_period_cloudwatch_still_keeps(aws):
+    """CloudWatch keeps 1-minute data 15 days, 5-minute data 63 days, hourly data 455 days (GetMetricStatistics in
+    the CloudWatch API reference): an older start needs that period, or CloudWatch returns no datapoints."""
+    from churnkit.exceptions import MonitorError
+    from churnkit.monitor.cloud import cloudwatch_period
+
+    endpoint(aws)
+    record(aws, 3, invocations=60, model_ms=10.0, overhead_ms=2.0, cpu=20.0)
+    periods = []
+    cw = aws.client("cloudwatch")
+    cw.meta.events.register("provide-client-params.cloudwatch.GetMetricData", lambda params, **_: periods.extend(
+        q["MetricStat"]["Period"] for q in params["MetricDataQueries"]))
+    session = type("S", (), {"client": lambda self, name, region_name=None, **kw: cw if name == "cloudwatch"
+                             else aws.client(name), "region_name": REGION})()
+    report = cloud_latency("sagemaker", "churn", "20d", session=session)
+    assert set(periods) == {300} and report["series"]["v1"].period_s == 300
+    assert [cloudwatch_period(d * 86400) for d in (1, 15, 16, 63, 64, 455)] == [60, 60, 300, 300, 3600, 3600]
+    assert cloudwatch_period(3600, period=90) == 120  # a multiple of the resolution
+    with pytest.raises(MonitorError, match="past CloudWatch's retention of 455 days"):
+        cloudwatch_period(456 * 86400)
 
 
 def test_since_and_no_traffic():
@@ -204,12 +226,21 @@ def _azure_transport(responses: dict, status: int = 200):
             self.paths: list[str] = []
 
         def request(self, method, url, data=None, **kw):
+            from urllib.parse import parse_qs
+
+            from cloud_docs import azure_documented, azure_metric_error
+
             path = urlparse(url).path
             self.paths.append(path)
             body = responses.get(path)
             code = status if body is not None else 404
             if body is None:
                 body = {"error": {"code": "ResourceNotFound", "message": f"{path} not found"}}
+            query = {k: v[0] for k, v in parse_qs(urlparse(url).query).items()}
+            if code == 200 and path.endswith("/Microsoft.Insights/metrics"):  # Azure Monitor's own checks
+                error = azure_metric_error(path, query["metricnames"], query.get("aggregation", ""))
+                code, body = (400, error) if error else (200, azure_documented(path, body, query["metricnames"],
+                                                                                 query.get("aggregation", "")))
             resp = requests.Response()
             resp.status_code, resp.reason, resp.url = code, "OK" if code < 400 else "Error", url
             resp.headers.update({"content-type": "application/json"})
@@ -242,10 +273,10 @@ def test_azureml_under_provisioned_from_azure_monitor():
         f"{ep}/providers/Microsoft.Insights/metrics": {"value": [
             _azure_metric("RequestLatency", "Milliseconds", [("blue", _minutes(10, average=180.0, maximum=900.0))]),
             _azure_metric("RequestLatency_P99", "Milliseconds", [("blue", _minutes(10, average=850.0))]),
-            _azure_metric("RequestsPerMinute", "Count", [("blue", _minutes(10, total=3000.0))])]},
+            _azure_metric("RequestsPerMinute", "Count", [("blue", _minutes(10, average=3000.0, total=9e9))])]},
         f"{ep}/deployments/blue/providers/Microsoft.Insights/metrics": {"value": [
             _azure_metric("CpuUtilizationPercentage", "Percent", [("", _minutes(10, average=93.0, maximum=99.0))]),
-            _azure_metric("MemoryUtilizationPercentage", "Percent", [("", _minutes(10, average=40.0))]),
+            _azure_metric("CpuMemoryUtilizationPercentage", "Percent", [("", _minutes(10, average=40.0))]),
             _azure_metric("DeploymentCapacity", "Count", [("", _minutes(10, average=[2.0] * 4 + [3.0] * 6))])]},
         "/subscriptions/00000000-0000-0000-0000-000000000000/resourcegroups/rg-churn/providers/Microsoft.Insights/"
         "autoscalesettings/churn-blue-autoscale": setting,
@@ -256,6 +287,7 @@ def test_azureml_under_provisioned_from_azure_monitor():
                           resource_group="rg-churn")
     s = series["blue"]
     assert len(s.times) == 10 and s.instances[-1] == 3.0 and s.scaling["max_instances"] == 3
+    assert s.memory_pct[-1] == 40.0  # CpuMemoryUtilizationPercentage: the name Azure documents for deployments
     d = diagnose(s)
     assert d["likely_cause"] == "under-provisioned scaling" and d["breakdown_ms"]["total"] == pytest.approx(180.0)
     assert "--max-instances 5" in d["change"] and d["requests"] == 30000
@@ -346,6 +378,28 @@ def test_vertex_scaling_too_slow_from_cloud_monitoring(gcp_server):
     with pytest.raises(MonitoringPermissionError, match="monitoring.timeSeries.list.*`deployer_service_account`"):
         gcp_server["deny"] = True
         read_vertex("123", NOW.timestamp() - 3600, client=gcp_server["client"](), project="churn-proj", deployed={})
+
+
+def test_vertex_cpu_is_read_in_its_unit_and_total_latency_stands_in_for_model(gcp_server):
+    """cpu/utilization has unit 10^2.% and passes 1.0 on a multi-CPU machine; a model without the model/overhead
+    split has only latency_type "total" (https://cloud.google.com/monitoring/api/metrics_gcp_a_b#gcp-aiplatform)."""
+    from churnkit.monitor.cloud import read_vertex
+
+    gcp_server["by_metric"] = {
+        "prediction_latencies": [_gcp_series("prediction_latencies", "DELTA", "DISTRIBUTION", [45.0] * 4,
+                                             {"latency_type": "total"})],
+        "prediction_count": [_gcp_series("prediction_count", "DELTA", "INT64", [600] * 4)],
+        "error_count": [_gcp_series("error_count", "DELTA", "INT64", [0] * 4)],
+        "replicas": [_gcp_series("replicas", "GAUGE", "INT64", [1] * 4)],
+        "cpu/utilization": [_gcp_series("cpu/utilization", "GAUGE", "DOUBLE", [0.4, 0.6, 1.0, 1.7])],  # 2 vCPUs
+    }
+    s = read_vertex("123", NOW.timestamp() - 3600, client=gcp_server["client"](), project="churn-proj",
+                    deployed={"456": "v7"})["v7"]
+    assert s.cpu_pct == pytest.approx([40.0, 60.0, 100.0, 170.0])
+    assert "latency_type total only" in s.source
+    d = diagnose(s)
+    assert d["breakdown_ms"]["model"] is None and d["breakdown_ms"]["total"] == pytest.approx(45.0)
+    assert d["cpu_peak_pct"] == pytest.approx(170.0)
 
 
 def test_notebook_names_and_chart(aws):

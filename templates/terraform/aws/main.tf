@@ -162,6 +162,14 @@ data "aws_iam_policy_document" "execution" {
   }
 
   statement {
+    sid     = "GuardrailAlarms"
+    actions = ["cloudwatch:DescribeAlarms"]
+    # SageMaker reads a guarded update's auto-rollback alarms as the endpoint's execution role
+    # (https://docs.aws.amazon.com/sagemaker/latest/dg/deployment-guardrails-configuration.html)
+    resources = ["arn:${local.partition}:cloudwatch:${var.region}:${local.account}:alarm:${var.endpoint_name}-*"]
+  }
+
+  statement {
     sid       = "EndpointMetrics"
     actions   = ["cloudwatch:PutMetricData"]
     resources = ["*"] # PutMetricData has no resource ARN; the condition scopes it to two namespaces
@@ -187,6 +195,14 @@ resource "aws_iam_role_policy" "sagemaker" {
 }
 
 # ---- the alarms SageMaker's guardrails roll back on (same names churnkit creates) ------------------
+# They watch the new fleet only: CloudWatch adds EndpointConfigName to its metrics once it takes traffic, and an
+# alarm the old fleet trips ends the deployment (deployment-guardrails-configuration.html). The name is the
+# endpoint configuration's below.
+locals {
+  new_fleet = { EndpointName = var.endpoint_name, VariantName = var.variant_name,
+  EndpointConfigName = "${var.endpoint_name}-v${var.model_version}" }
+}
+
 resource "aws_cloudwatch_metric_alarm" "model_latency_p99" {
   alarm_name          = local.alarms.latency
   alarm_description   = "churnkit: p99 model latency above ${var.p99_latency_ms} ms"
@@ -200,7 +216,7 @@ resource "aws_cloudwatch_metric_alarm" "model_latency_p99" {
   comparison_operator = "GreaterThanThreshold"
   treat_missing_data  = "notBreaching"
   actions_enabled     = false
-  dimensions          = { EndpointName = var.endpoint_name, VariantName = var.variant_name }
+  dimensions          = local.new_fleet
   tags                = local.tags
 }
 
@@ -216,7 +232,7 @@ resource "aws_cloudwatch_metric_alarm" "invocation_5xx" {
   comparison_operator = "GreaterThanOrEqualToThreshold"
   treat_missing_data  = "notBreaching"
   actions_enabled     = false
-  dimensions          = { EndpointName = var.endpoint_name, VariantName = var.variant_name }
+  dimensions          = local.new_fleet
   tags                = local.tags
 }
 
