@@ -31,6 +31,10 @@ EXAMPLES: dict[str, list[str]] = {
         "churnkit pipeline --runs-dir {runs} -p month 1 -p port " + PORT,
         "churnkit pipeline --runs-dir {runs} -p month 2 -p port " + PORT,
         "churnkit pipeline --runs-dir {runs} -p month 3 -p drift concept -p port " + PORT,
+        "churnkit data synth --month 4 --drift concept --charges-unit cents --out {data}/month-4-export.csv",
+        "churnkit data synth --month 4 --drift concept --seed 1 --out {data}/month-4-traffic.csv",
+        "churnkit pipeline --runs-dir {runs} -p data_path {data}/month-4-export.csv"
+        " -p replay_path {data}/month-4-traffic.csv -p port " + PORT,
         "churnkit runs --runs-dir {runs}",
         "churnkit endpoint stop --target local --runs-dir {runs}",
     ],
