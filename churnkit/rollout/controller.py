@@ -152,17 +152,17 @@ class _Controller:
 
     def load_reference(self) -> None:
         """The challenger's reference from the registry (checked against its manifest and its schema)."""
+        from churnkit.artifact import read_metadata
+        from churnkit.data import Schema
         from churnkit.reference import check_schema, version_reference
-        from churnkit.serve.scorer import Scorer
 
         if self.reference is not None:
             return
         plan = self.plan
         ref = version_reference(plan.challenger, plan.model_name, self.config, champion_version=plan.champion)
-        loaded = registry.load_model(f"models:/{plan.model_name}/{plan.challenger}", self.config)
         self.reference = replace(ref, version=plan.challenger)
-        check_schema(self.reference, loaded.schema)
-        self._challenger_model = Scorer.from_loaded(loaded)
+        local, _ = registry.resolve_model(f"models:/{plan.model_name}/{plan.challenger}", self.config)  # verified above
+        check_schema(self.reference, Schema.from_dict(read_metadata(local)["churnkit_schema"]))
         offline = (ref.offline_divergence or {}).get("psi")
         self.echo(f"  reference of v{plan.challenger}: {ref.n} holdout scores (mean {ref.mean:.3f}; {ref.origin})"
                   + (f"; offline divergence from v{ref.champion_version}: PSI {offline:.3f}" if offline is not None

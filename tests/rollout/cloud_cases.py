@@ -106,7 +106,7 @@ def test_killed_controller_is_finished_consistently_by_the_rerun(sim, cloud):
                             stderr=subprocess.STDOUT, text=True)
     state_file = ro.state_path(config, "churn")
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 180  # the controller reads the reference and starts the variant first
         while time.monotonic() < deadline and proc.poll() is None:
             state = ro.read_state(state_file) or {}
             if state.get("phase") == "baking" and target.describe().weights.get(f"v{challenger}") == 10:

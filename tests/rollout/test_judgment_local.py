@@ -134,7 +134,7 @@ def test_a_container_serving_another_artifact_fails_serving_parity(world):
     champion = _challenger(versions["good"])
     # the challenger's variant is started with the champion's artifact: same name, wrong model
     target.deploy(f"models:/churn/{champion}", f"v{versions['good']}", 0)
-    rec = ro.rollout(target, config=config, echo=_quiet, replay_path=str(traffic["plain"]), **FAST)
+    rec = ro.rollout(target, config=config, echo=_quiet, replay_path=str(traffic["plain"]), **(FAST | {"looks": 1}))
     assert rec.decision == "rolled_back", rec.summary()
     parity = next(c for c in rec.steps[-1].checks if c["name"] == "serving_parity")
     assert parity["verdict"] == "fail" and parity["value"] > 1e-6 and parity["n"] > 0

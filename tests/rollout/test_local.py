@@ -145,7 +145,7 @@ def test_killed_controller_is_rolled_back_by_the_rerun(endpoint):
     client = _client(target, rows)
     state_file = ro.state_path(config, "churn")
     try:
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 150  # the controller reads the reference and starts the variant first
         while time.monotonic() < deadline and proc.poll() is None:
             state = ro.read_state(state_file) or {}
             if state.get("phase") == "baking" and target.describe().weights.get(f"v{challenger}") == 10:
