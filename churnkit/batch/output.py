@@ -53,7 +53,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from churnkit.clock import iso_seconds
-from churnkit.exceptions import ScoreOutputError
+from churnkit.exceptions import ScoreError, ScoreOutputError
 
 MARKER = "_churnkit_scores.json"
 LOCK = "_churnkit.lock"
@@ -68,6 +68,8 @@ ERROR_COLUMNS = ("input_row", "reason")
 #: Rows per output file.
 ROWS_PER_FILE = 1_000_000
 DECILES = 10
+#: What to do with an id that appears on more than one row: refuse the run, or keep the rows flagged.
+DUPLICATES = ("refuse", "keep")
 
 
 @dataclass(frozen=True)
@@ -170,9 +172,24 @@ def reason_columns(k: int) -> list[str]:
     return [f"reason_{i}{suffix}" for i in range(1, k + 1) for suffix in ("", "_value", "_contribution")]
 
 
-def output_columns(id_column: str, k: int, passthrough: list[str] | tuple = ()) -> list[str]:
-    """The columns of a scores file, in order (the partition columns are folder names)."""
-    return [id_column, PROBABILITY, "churn", "rank", "percentile", "decile", *reason_columns(k), *passthrough, *TRAILER]
+def output_columns(id_column: str, k: int, passthrough: list[str] | tuple = (), *, flag_duplicates: bool = False) -> list[str]:
+    """The columns of a scores file, in order (the partition columns are folder names); ``duplicate_id``
+    only when duplicates are kept."""
+    flag = ["duplicate_id"] if flag_duplicates else []
+    return [id_column, PROBABILITY, "churn", "rank", "percentile", "decile", *flag, *reason_columns(k), *passthrough,
+            *TRAILER]
+
+
+def check_duplicates_option(duplicates: str) -> str:
+    if duplicates not in DUPLICATES:
+        raise ScoreError(f"duplicates {duplicates!r} is not one of {DUPLICATES!r}: 'refuse' stops the run on a "
+                         "repeated id, 'keep' scores every row and flags it in duplicate_id")
+    return duplicates
+
+
+def duplicates_error(n: int, examples: list) -> ScoreError:
+    return ScoreError(f"{n:,} id(s) appear on more than one input row, e.g. {examples[:5]!r}; nothing was written: "
+                      "remove the repeats, or pass --duplicates keep to score every row with duplicate_id set")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -362,6 +379,9 @@ class ScoreWriter:
         Model, version, threshold, run id, id column, month, number of reasons.
     passthrough : list of str
         Input columns copied to the output (after the reasons), as given to :meth:`add`.
+    duplicates : {"refuse", "keep"}
+        An id on several rows fails the commit (nothing replaced), or every row is kept and flagged in a
+        ``duplicate_id`` column (after ``decile``).
 
     :meth:`add` takes scored rows with the id column, ``churn_probability``, the ``reason_*`` columns of
     ``meta.reasons`` (when > 0) and the ``passthrough`` columns; :meth:`add_errors` takes refused rows
@@ -369,8 +389,9 @@ class ScoreWriter:
     writes and swaps; leaving the ``with`` block without a commit (an exception) removes the staging.
     """
 
-    def __init__(self, output, meta: ScoreMeta, *, passthrough: list[str] | tuple = ()):
+    def __init__(self, output, meta: ScoreMeta, *, passthrough: list[str] | tuple = (), duplicates: str = "refuse"):
         self.meta = meta
+        self.duplicates = check_duplicates_option(duplicates)
         self.passthrough = list(passthrough)
         self.root = prepare_output(output)
         self.stage = self.root / f".staging-{uuid.uuid4().hex[:12]}"
@@ -453,6 +474,12 @@ class ScoreWriter:
         probability = np.concatenate(probs)
         id_values = pa.chunked_array([c for col in ids for c in col.chunks], type=self._id_type)
         del probs, ids
+        counts = pc.value_counts(id_values)
+        repeated = counts.field("values").filter(pc.greater(counts.field("counts"), 1))
+        if len(repeated) and self.duplicates == "refuse":
+            raise duplicates_error(len(repeated), repeated.to_pylist()[:5])
+        flagged = pc.is_in(id_values, value_set=repeated).to_numpy(zero_copy_only=False) \
+            if self.duplicates == "keep" else None
         order = rank_order(probability, id_values)
         rank = np.empty(n, dtype=np.int64)
         rank[order] = np.arange(1, n + 1, dtype=np.int64)
@@ -473,6 +500,8 @@ class ScoreWriter:
                 t = t.add_column(3, "rank", pa.array(rank[sl]))
                 t = t.add_column(4, "percentile", pa.array(pct[sl]))
                 t = t.add_column(5, "decile", pa.array(decile[sl].astype(np.int32)))
+                if flagged is not None:
+                    t = t.add_column(6, "duplicate_id", pa.array(flagged[sl]))
                 t = self._trailer(t)
                 if schema is None:
                     schema = t.schema
@@ -499,7 +528,11 @@ class ScoreWriter:
             self.abort()
             raise ScoreOutputError(f"row accounting does not add up: {rows_in:,} rows in but {scored:,} scored + "
                                    f"{refused:,} refused; nothing was replaced")
-        churn_rows, deciles = self._ranked_parts()
+        try:
+            churn_rows, deciles = self._ranked_parts()
+        except BaseException:
+            self.abort()
+            raise
         shutil.rmtree(self.stage / "unranked", ignore_errors=True)
         m = self.meta
         summary = ScoreSummary(
@@ -551,12 +584,12 @@ def decile_table(probability: np.ndarray, decile: np.ndarray, churn: np.ndarray)
 
 
 def write_scores(output, scored, meta: ScoreMeta, *, errors=None, rows_in: int | None = None,
-                 passthrough: list[str] | tuple = (), extra: dict | None = None) -> ScoreSummary:
+                 passthrough: list[str] | tuple = (), duplicates: str = "refuse", extra: dict | None = None) -> ScoreSummary:
     """Write one partition in one call: ``scored`` (a table/frame or an iterable of them) plus refused rows.
 
     ``rows_in`` defaults to scored + refused (then the check cannot fail); pass the input's row count.
     """
-    with ScoreWriter(output, meta, passthrough=passthrough) as writer:
+    with ScoreWriter(output, meta, passthrough=passthrough, duplicates=duplicates) as writer:
         parts = scored if isinstance(scored, (list, tuple)) or hasattr(scored, "__next__") else [scored]
         for part in parts:
             writer.add(part)

@@ -163,3 +163,16 @@ def test_scored_rows_missing_a_column_are_refused_with_the_list(tmp_path):
         with pytest.raises(ScoreOutputError, match="reason_1"):
             w.add(pa.table({ID: ["a"], "churn_probability": [0.2]}))
     assert not list((tmp_path / "out").glob(".staging-*"))
+
+
+def test_repeated_ids_are_refused_by_default_or_kept_with_a_flag(tmp_path):
+    out = tmp_path / "out"
+    write_scores(out, scored(10), meta())
+    twice = pd.DataFrame({ID: ["A", "B", "A"], "churn_probability": [0.2, 0.4, 0.9]})
+    with pytest.raises(ChurnkitError, match=r"1 id\(s\) appear on more than one input row, e.g. \['A'\]"):
+        write_scores(out, twice, meta())
+    assert len(read(out)) == 10 and not list(out.glob(".staging-*"))  # the previous partition is intact
+    write_scores(out, twice, meta(), duplicates="keep")
+    got = read(out).sort_values("rank")
+    assert got[ID].tolist() == ["A", "B", "A"] and got["duplicate_id"].tolist() == [True, False, True]
+    assert list(got.columns[:7]) == output_columns(ID, 0, flag_duplicates=True)[:7]
