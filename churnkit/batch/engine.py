@@ -155,7 +155,21 @@ _KERNEL: Kernel | None = None
 
 def _init_worker(spec: KernelSpec) -> None:
     global _KERNEL
+    _watch_parent(os.getppid())
     _KERNEL = Kernel(spec)
+
+
+def _watch_parent(parent: int, every: float = 0.5) -> None:
+    """End this worker when its parent dies (a killed ``churnkit score`` must not leave workers behind)."""
+    import threading
+    import time
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(every)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="churnkit-parent-watch", daemon=True).start()
 
 
 def _score_in_worker(rb: pa.RecordBatch, offset: int) -> Scored:
@@ -182,13 +196,14 @@ def default_workers() -> int:
 
 
 def run_local(source: Source, spec: KernelSpec, writer: ScoreWriter, *, workers: int | None = None,
-              progress: bool | None = None, batch_rows: int = BATCH_ROWS) -> LocalRun:
+              progress: bool | None = None, batch_rows: int | None = None) -> LocalRun:
     """Stream ``source`` through ``spec``'s scorer into ``writer`` (not committed here).
 
     ``workers`` processes (default: every core); the first batch is scored in this process while they
     start, and an input of one batch never starts them.
     """
     workers = default_workers() if workers is None else max(1, int(workers))
+    batch_rows = int(batch_rows or BATCH_ROWS)
     show = sys.stderr.isatty() if progress is None else progress
     bar = None
     if show:
