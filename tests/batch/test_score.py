@@ -74,6 +74,10 @@ def test_the_base_is_scored_ranked_explained_and_tracked(store, tmp_path):
     assert entry["notebook"] == "score" and entry["status"] == "FINISHED" and entry["model_version"] == "1"
     assert entry["metrics"]["rows_refused"] == 2 and entry["metrics"]["rows_scored"] == 1198
     assert result.deciles()["rows"].sum() == 1198 and len(result.top(5)) == 5
+    from churnkit.audit import write_report
+
+    index = write_report(store, tmp_path / "index.html").read_text()
+    assert "scored v1 into score_month=2026-05/model_version=1" in index
 
 
 def _cli(*args, runs=None):
