@@ -209,7 +209,7 @@ def main(argv=None) -> int:
         versions = build_store(runs)
         config = load_config(runs)
         base = make_base(args.rows, tmp / "base")
-        rows = []
+        rows = _Rows()
         for kind, version in versions.items():
             peer, n = peer_predict_proba(config, version, base)
             for reasons in (0, 3):
@@ -235,10 +235,16 @@ def main(argv=None) -> int:
             except ImportError as exc:
                 print(f"spark part skipped: {exc} (pip install -e '.[spark]')", file=sys.stderr)
     print(json.dumps(rows, indent=1))
-    for r in rows:
-        detail = f"ratio {r['ratio']}x" if "ratio" in r else f"peak {r['peak_rss_mib']} MiB in {r['seconds']}s"
-        print(f"{'ok  ' if r['met'] else 'MISS'} {r['what']}: {detail} (goal {r['goal']})")
     return 0
+
+
+class _Rows(list):
+    """The results, each printed as one line the moment it is measured (a long run shows progress)."""
+
+    def append(self, r: dict) -> None:
+        super().append(r)
+        detail = f"ratio {r['ratio']}x" if "ratio" in r else f"peak {r['peak_rss_mib']} MiB in {r['seconds']}s"
+        print(f"{'ok  ' if r['met'] else 'MISS'} {r['what']}: {detail} (goal {r['goal']})", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

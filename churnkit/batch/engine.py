@@ -201,8 +201,8 @@ def run_local(source: Source, spec: KernelSpec, writer: ScoreWriter, *, workers:
               progress: bool | None = None, batch_rows: int | None = None) -> LocalRun:
     """Stream ``source`` through ``spec``'s scorer into ``writer`` (not committed here).
 
-    ``workers`` processes (default: every core); the first batch is scored in this process while they
-    start, and an input of one batch never starts them.
+    ``workers`` processes (default: every core); the first batch is scored in this process and the
+    workers start with the second, so an input of one batch never starts them.
     """
     workers = default_workers() if workers is None else max(1, int(workers))
     batch_rows = int(batch_rows or BATCH_ROWS)
