@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.ipc  # noqa: F401 - pa.ipc
 
 from churnkit.batch.output import PROBABILITY, ScoreWriter
 from churnkit.batch.reasons import Explainer, top_reasons
@@ -174,8 +175,17 @@ def _watch_parent(parent: int, every: float = 0.5) -> None:
     threading.Thread(target=watch, name="churnkit-parent-watch", daemon=True).start()
 
 
-def _score_in_worker(rb: pa.RecordBatch, offset: int) -> Scored:
-    return _KERNEL.score(rb, offset)
+def _score_in_worker(data: bytes, offset: int) -> Scored:
+    return _KERNEL.score(pa.ipc.open_stream(data).read_next_batch(), offset)
+
+
+def _ipc(rb: pa.RecordBatch) -> bytes:
+    """The batch as Arrow IPC bytes: only its own rows. (A batch read from a large row group is a slice of
+    it, and pickling the slice would send the whole row group's buffers to the worker.)"""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, rb.schema) as writer:
+        writer.write_batch(rb)
+    return sink.getvalue().to_pybytes()
 
 
 @dataclass
@@ -236,7 +246,7 @@ def run_local(source: Source, spec: KernelSpec, writer: ScoreWriter, *, workers:
                 # spawn: the parent holds pyarrow's I/O threads, which fork would copy mid-flight
                 pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                            initializer=_init_worker, initargs=(spec,))
-            pending.append(pool.submit(_score_in_worker, rb, offset))
+            pending.append(pool.submit(_score_in_worker, _ipc(rb), offset))
             while len(pending) >= 2 * workers:
                 take(pending.popleft().result())
         while pending:
