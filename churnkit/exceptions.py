@@ -216,3 +216,15 @@ class PermissionDeniedError(RegistryError):
         self.user = user
         self.permission = permission
         self.resource = resource
+
+
+class ScoreError(ChurnkitError):
+    """Batch scoring cannot run: a bad input, id column, engine or model (the message names the fix)."""
+
+    def __init__(self, message: str, *, columns: list[str] | None = None):
+        super().__init__(message)
+        self.columns = list(columns or [])
+
+
+class ScoreOutputError(ScoreError):
+    """The score output folder cannot be written as asked (not a score output, bad partition, accounting)."""
