@@ -206,15 +206,18 @@ def serve(model_uri, host, port, max_body_bytes, max_rows, capture_dir, capture_
     import os
 
     from churnkit.serve.app import create_app, environment_settings, run_server
+    from churnkit.serve.batch import batch_settings
     from churnkit.serve.loading import load_serving_model
     from churnkit.serve.workers import resolve_workers
 
     env = environment_settings(os.environ)
     n_workers = resolve_workers(workers, default="1" if model_uri else "auto")
+    batch = batch_settings(os.environ, n_workers)  # a bad SAGEMAKER_* variable fails before the model loads
     loaded = load_serving_model(model_uri or env["model"], _config(runs_dir), compiled=True)
     app = create_app(loaded, max_body_bytes=max_body_bytes, max_rows=max_rows, capture_dir=capture_dir or env["capture"],
                      capture_max_bytes=capture_max_bytes, vertex_health_route=env["vertex_health_route"],
-                     vertex_predict_route=env["vertex_predict_route"], body_timeout=body_timeout)
+                     vertex_predict_route=env["vertex_predict_route"], body_timeout=body_timeout,
+                     batch=batch)
     run_server(app, host=host or env["host"], port=env["port"] if port is None else port, header_timeout=header_timeout,
                workers=n_workers)
 

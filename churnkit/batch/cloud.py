@@ -1,0 +1,116 @@
+"""What the three batch services share: job names, waiting with progress, and their raw output as one frame.
+
+Every service's raw output is read into a *raw score frame*: one row per input row the service
+answered, columns ``id`` (text, as sent), ``churn_probability`` (float, NaN when refused) and
+``error`` ("" when scored). Rows the service never answered (a job cut short) are absent, so rows in =
+scored + refused + missing, and missing rows are counted, never invented.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+
+from churnkit.exceptions import CloudBatchInterrupted, CloudBatchJobError, CloudBatchLimitError
+
+RAW_COLUMNS = ("id", "churn_probability", "error")
+#: Lines of the first error file shown with a failed job.
+ERROR_LINES = 10
+
+
+def raw_frame(rows: list[tuple]):
+    """A raw score frame from ``(id, probability or None, error)`` tuples."""
+    import numpy as np
+    import pandas as pd
+
+    frame = pd.DataFrame(rows, columns=list(RAW_COLUMNS))
+    frame["id"] = frame["id"].astype("string")
+    frame["churn_probability"] = pd.to_numeric(frame["churn_probability"], errors="coerce").astype(np.float64)
+    frame["error"] = frame["error"].fillna("").astype(str)
+    return frame
+
+
+def job_name(model_name: str, version: str, stamp: str, limit: int = 63) -> str:
+    """``churnkit-<model>-v<version>-<stamp>``: letters, digits and '-', at most ``limit`` characters."""
+    base = re.sub(r"[^a-zA-Z0-9-]+", "-", f"churnkit-{model_name}-v{version}").strip("-")
+    name = f"{base[: limit - len(stamp) - 1].rstrip('-')}-{stamp}"
+    return name
+
+
+@dataclass
+class JobReport:
+    """Where a batch job ended: its name, state, row counts from the service, outputs and the log of states."""
+
+    service: str
+    job: str
+    state: str
+    rows_in: int | None = None
+    rows_out: int | None = None
+    rows_failed: int | None = None
+    output_uri: str = ""
+    states: list[tuple[float, str]] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"service": self.service, "job": self.job, "state": self.state, "rows_in": self.rows_in,
+                "rows_out": self.rows_out, "rows_failed": self.rows_failed, "output_uri": self.output_uri}
+
+
+def wait_for_job(service: str, job: str, read_state, *, done: set, failed: set, poll_seconds: float = 30.0,
+                 timeout: float = 24 * 3600.0, progress=None, stop_hint: str = "", resume_hint: str = "",
+                 failure=None, sleep=time.sleep) -> tuple[str, list]:
+    """Poll ``read_state()`` (→ state text) until a state in ``done`` or ``failed``; print each change.
+
+    Returns the final state and the ``(elapsed seconds, state)`` log.
+
+    Raises
+    ------
+    CloudBatchJobError
+        The job failed (``failure()`` gives the reason and the first error lines), or did not finish in ``timeout``.
+    CloudBatchInterrupted
+        Ctrl-C while waiting: the job keeps running; the error names it and how to resume or stop it.
+    """
+    progress = progress or (lambda text: print(text, file=sys.stderr, flush=True))
+    t0 = time.monotonic()
+    log, last = [], None
+    try:
+        while True:
+            state = read_state()
+            elapsed = time.monotonic() - t0
+            if state != last:
+                log.append((round(elapsed, 1), state))
+                progress(f"{service} job {job}: {state} after {elapsed:.0f} s")
+                last = state
+            if state in done:
+                return state, log
+            if state in failed:
+                reason, lines = failure() if failure else ("", [])
+                shown = "".join(f"\n  {line}" for line in lines)
+                raise CloudBatchJobError(f"{service} job {job!r} ended {state}: {reason or 'no reason given'}"
+                                         + (f"; first lines of its error file:{shown}" if lines else ""),
+                                         job=job, reason=reason, error_lines=lines)
+            if elapsed > timeout:
+                raise CloudBatchJobError(f"{service} job {job!r} is still {state} after {timeout:.0f} s; it keeps "
+                                         f"running on the service: {resume_hint} to wait again, {stop_hint} to stop it",
+                                         job=job, reason=f"timeout while {state}")
+            sleep(poll_seconds)
+    except KeyboardInterrupt:
+        raise CloudBatchInterrupted(
+            f"stopped waiting for {service} job {job!r} ({last or 'state unknown'}); it keeps running (and billing) on "
+            f"the service. Wait for it again: {resume_hint}; stop it: {stop_hint}",
+            job=job, resume=resume_hint, stop=stop_hint) from None
+
+
+def check_limit(ok: bool, field_name: str, value, message: str) -> None:
+    """Raise CloudBatchLimitError(field, value) with ``message`` unless ``ok``."""
+    if not ok:
+        raise CloudBatchLimitError(message, field=field_name, value=value)
+
+
+def check_region(service: str, what: str, region: str, resource_region: str, fix: str) -> None:
+    """A resource (a bucket, a workspace) in another region than the job: refused before anything is sent."""
+    if resource_region and region and resource_region.lower() != region.lower():
+        raise CloudBatchLimitError(
+            f"{service} batch job would run in {region!r} but {what} is in {resource_region!r}; the service refuses "
+            f"(or bills cross-region transfer for) that: {fix}", field="region", value=resource_region)
