@@ -16,6 +16,7 @@ payload × concurrency ≤ 100 MB from https://docs.aws.amazon.com/sagemaker/lat
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 
@@ -31,6 +32,7 @@ FORMATS = {"csv": ("text/csv", "text/csv"), "jsonl": ("application/jsonlines", "
 DONE, FAILED = {"Completed"}, {"Failed", "Stopped"}
 
 
+@functools.cache
 def transform_instance_types() -> tuple[str, ...]:
     """The instance types CreateTransformJob accepts, read from botocore's own service model."""
     import botocore.session
