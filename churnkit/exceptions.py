@@ -181,7 +181,19 @@ class UnsafeModelError(ModelImportError):
         self.refused = list(refused or [])
 
 
-class CloudBatchError(ChurnkitError):
+class ScoreError(ChurnkitError):
+    """Batch scoring cannot run: a bad input, id column, engine or model (the message names the fix)."""
+
+    def __init__(self, message: str, *, columns: list[str] | None = None):
+        super().__init__(message)
+        self.columns = list(columns or [])
+
+
+class ScoreOutputError(ScoreError):
+    """The score output folder cannot be written as asked (not a score output, bad partition, accounting)."""
+
+
+class CloudBatchError(ScoreError):
     """A batch scoring job on a cloud's batch service cannot start, failed, or its output cannot be read."""
 
 
