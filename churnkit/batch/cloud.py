@@ -114,3 +114,64 @@ def check_region(service: str, what: str, region: str, resource_region: str, fix
         raise CloudBatchLimitError(
             f"{service} batch job would run in {region!r} but {what} is in {resource_region!r}; the service refuses "
             f"(or bills cross-region transfer for) that: {fix}", field="region", value=resource_region)
+
+
+def write_raw_scores(raw, table, schema, id_column: str, writer, *, explainer=None, reasons: int = 0,
+                     service: str = "the service") -> dict:
+    """Stage a service's raw scores through ``writer`` (ranks, deciles, reasons and row accounting as every engine).
+
+    ``table`` is the input as sent (pyarrow, input order). Its rows are joined to ``raw`` by id: a row the
+    service scored keeps the service's probability (reasons are computed here from the same input), a row it
+    refused goes to ``errors/`` with the service's reason, and a row it never answered goes there too ("no
+    answer"). Rows the kit itself refuses before sending (no id, a bad number) are refused with their reason.
+
+    Returns ``{"rows_in", "rows_scored", "rows_refused", "rows_unanswered"}``; the caller commits with rows_in.
+    """
+    import numpy as np
+    import pyarrow as pa
+
+    from churnkit.batch.output import PROBABILITY
+    from churnkit.batch.source import type_batch
+
+    rb = table.combine_chunks().to_batches()[0] if table.num_rows else None
+    n = table.num_rows
+    ids = [None if v is None else str(v) for v in table.column(id_column).to_pylist()]
+    answered: dict[str, tuple] = {}
+    for ident, p, err in zip(raw["id"].tolist(), raw["churn_probability"].tolist(), raw["error"].tolist()):
+        answered.setdefault(str(ident), (p, err))
+    typed = type_batch(rb, schema, id_column) if rb is not None else None
+    kept_pos = np.cumsum(typed.keep) - 1 if typed is not None else np.zeros(0, dtype=int)
+    scored_rows, probs, refused = [], [], []
+    unanswered = 0
+    for i in range(n):
+        if typed is not None and not typed.keep[i]:
+            refused.append((ids[i], i, "; ".join(typed.problems[i])))
+            continue
+        got = answered.get(ids[i])
+        if got is None:
+            unanswered += 1
+            refused.append((ids[i], i, f"no answer from {service} for this row (the job output lacks its id)"))
+        elif got[1] or got[0] is None or got[0] != got[0]:
+            refused.append((ids[i], i, f"refused by {service}: {got[1] or 'no probability'}"))
+        else:
+            scored_rows.append(i)
+            probs.append(float(got[0]))
+    rows = np.asarray(scored_rows, dtype=np.int64)
+    cols = {id_column: table.column(id_column).take(pa.array(rows)), PROBABILITY: pa.array(probs, type=pa.float64())}
+    if reasons and explainer is not None:
+        from churnkit.batch.engine import empty_reasons
+        from churnkit.batch.reasons import top_reasons
+        from churnkit.serve.validation import Batch
+
+        if len(rows):
+            sel = kept_pos[rows]
+            batch = Batch(numeric=typed.batch.numeric[sel], categorical=[[c[j] for j in sel.tolist()]
+                                                                          for c in typed.batch.categorical])
+            cols |= {k: pa.array(v) for k, v in top_reasons(explainer, batch, reasons).items()}
+        else:
+            cols |= empty_reasons(reasons)
+    writer.add(pa.table(cols))
+    writer.add_errors(pa.table({id_column: pa.array([r[0] for r in refused], type=pa.string()),
+                                "input_row": pa.array([r[1] for r in refused], type=pa.int64()),
+                                "reason": pa.array([r[2] for r in refused], type=pa.string())}))
+    return {"rows_in": n, "rows_scored": len(scored_rows), "rows_refused": len(refused), "rows_unanswered": unanswered}

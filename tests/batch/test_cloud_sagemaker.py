@@ -9,6 +9,7 @@ import time
 
 import pytest
 from batch_transform_support import run_transform
+from batch.cloud_support import assert_same_output, cloud_output, local_output
 from deploy_support import cloud_store
 from serve_support import CHURNKIT, Server, clean_env
 
@@ -113,12 +114,10 @@ def test_empty_prefix_and_region_mismatch(aws):
 
 def test_round_trip_through_the_container(aws, tmp_path):
     import boto3
-    import numpy as np
 
     from churnkit import registry
     from churnkit.batch.sagemaker import stage_csv
     from churnkit.data import synth_month
-    from churnkit.serve.scorer import Scorer
 
     frame = synth_month(rows=120, month=5, seed=21, drift="new_category")
     frame["tenure"] = frame["tenure"].astype(object)
@@ -150,11 +149,12 @@ def test_round_trip_through_the_container(aws, tmp_path):
     assert raw["id"].tolist() == frame["customer_id"].tolist()  # every row, in order, the id carried through
     refused = raw[raw["error"] != ""]
     assert refused["id"].tolist() == [frame.loc[7, "customer_id"]] and "'seven'" in refused["error"].iloc[0]
-    good = frame.drop(index=7)
-    want = Scorer.from_loaded(loaded).predict_frame(good)
-    got = raw[raw["error"] == ""]["churn_probability"].to_numpy()
-    np.testing.assert_allclose(got, want, rtol=0, atol=1e-9)
-    assert (np.argsort(-got, kind="stable") == np.argsort(-want, kind="stable")).all()
+    # the raw .out lines become the kit's Parquet: the same rows, scores, ranks and reasons as the local engine
+    frame.to_csv(tmp_path / "month.csv", index=False)
+    local_output(loaded, tmp_path / "month.csv", tmp_path / "local")
+    summary = cloud_output(loaded, tmp_path / "month.csv", raw, tmp_path / "cloud", "SageMaker")
+    assert (summary.rows_in, summary.rows_scored, summary.rows_refused) == (120, 119, 1)
+    assert_same_output(tmp_path / "local", tmp_path / "cloud")
 
 
 def test_failed_job_names_the_reason_and_log_lines(aws):
