@@ -8,6 +8,8 @@ scored + refused + missing, and missing rows are counted, never invented.
 
 from __future__ import annotations
 
+import csv
+import io
 import re
 import sys
 import time
@@ -30,6 +32,38 @@ def raw_frame(rows: list[tuple]):
     frame["churn_probability"] = pd.to_numeric(frame["churn_probability"], errors="coerce").astype(np.float64)
     frame["error"] = frame["error"].fillna("").astype(str)
     return frame
+
+
+def stage_csv(frame, names: list[str], id_column: str) -> bytes:
+    """Headerless CSV lines: the id, then ``names`` in order; a missing value is an empty field."""
+    import pandas as pd
+
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    cols = [id_column, *names]
+    for row in frame[cols].itertuples(index=False, name=None):
+        writer.writerow(["" if v is None or (not isinstance(v, str) and pd.isna(v)) else v for v in row])
+    return buf.getvalue().encode()
+
+
+def stage_jsonl(frame, names: list[str], id_column: str) -> bytes:
+    """JSON Lines objects: the id and ``names`` (null for a missing value)."""
+    cols = [id_column, *names]
+    text = frame[cols].astype(object).where(frame[cols].notna(), None).to_json(orient="records", lines=True)
+    return text.encode() if text.endswith("\n") else (text + "\n").encode()
+
+
+def sendable(table, schema, id_column: str):
+    """The rows of ``table`` (pyarrow) the kit would score, as a pandas frame of the values as read; rows it
+    refuses (no id, a bad number: :func:`churnkit.batch.source.type_batch`) are never sent nor billed."""
+    import numpy as np
+
+    from churnkit.batch.source import type_batch
+
+    if not table.num_rows:
+        return table.to_pandas()
+    keep = type_batch(table.combine_chunks().to_batches()[0], schema, id_column).keep
+    return table.filter(np.asarray(keep)).to_pandas()
 
 
 def job_name(model_name: str, version: str, stamp: str, limit: int = 63) -> str:

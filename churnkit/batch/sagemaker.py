@@ -79,25 +79,6 @@ def check_request(params: dict) -> None:
                 f"{', '.join(t for t in offered if t.startswith('ml.m5'))}, ... (botocore's TransformInstanceType)")
 
 
-def stage_csv(frame, names: list[str], id_column: str) -> bytes:
-    """Headerless CSV lines: the id, then ``names`` in order; a missing value is an empty field."""
-    import pandas as pd
-
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    cols = [id_column, *names]
-    for row in frame[cols].itertuples(index=False, name=None):
-        writer.writerow(["" if v is None or (not isinstance(v, str) and pd.isna(v)) else v for v in row])
-    return buf.getvalue().encode()
-
-
-def stage_jsonl(frame, names: list[str], id_column: str) -> bytes:
-    """JSON Lines objects: the id and ``names`` (null for a missing value)."""
-    cols = [id_column, *names]
-    text = frame[cols].astype(object).where(frame[cols].notna(), None).to_json(orient="records", lines=True)
-    return text.encode() if text.endswith("\n") else (text + "\n").encode()
-
-
 def parse_out(text: str, fmt: str = "csv", id_column: str = "id") -> list[tuple]:
     """The lines of one ``.out`` file as ``(id, probability or None, error)`` tuples."""
     rows = []

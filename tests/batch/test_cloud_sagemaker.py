@@ -116,7 +116,7 @@ def test_round_trip_through_the_container(aws, tmp_path):
     import boto3
 
     from churnkit import registry
-    from churnkit.batch.sagemaker import stage_csv
+    from churnkit.batch.cloud import stage_csv
     from churnkit.data import synth_month
 
     frame = synth_month(rows=120, month=5, seed=21, drift="new_category")
