@@ -190,25 +190,35 @@ def score_lines(body: bytes, content_type: str | None, accept: str | None, score
         except SchemaError as exc:
             errors[i] = str(exc)
             rows.append(None)
-    good = [i for i, r in enumerate(rows) if r is not None]
-    proba = np.empty(0)
-    if good:
-        try:
-            proba = scorer.predict_batch(validator.records([rows[i] for i in good]))
-        except SchemaError:  # find the bad rows one by one; the others are scored together
-            ok = []
-            for i in good:
-                try:
-                    validator.records([rows[i]])
-                    ok.append(i)
-                except SchemaError as exc:
-                    errors[i] = "; ".join(exc.details) or str(exc)
-            good = ok
-            proba = scorer.predict_batch(validator.records([rows[i] for i in good])) if good else np.empty(0)
-    scores = dict(zip(good, proba.tolist()))
+    scores = score_records(rows, errors, scorer, validator)
+    proba = np.fromiter(scores.values(), dtype=np.float64, count=len(scores))
     out = _write(len(lines), scores, errors, scorer.threshold, csv_out=want in CSV_TYPES)
     return LinesScored(out, "text/csv" if want in CSV_TYPES else "application/jsonlines", np.asarray(proba),
                        len(lines), len(errors))
+
+
+def score_records(rows: list, errors: dict, scorer, validator: Validator) -> dict[int, float]:
+    """Score the ``{column: value}`` rows (None where a row was already refused, its reason in ``errors``).
+
+    The rows are validated and scored together; when some do not fit, they are found one by one, their
+    reasons added to ``errors``, and the others scored together. Returns ``{row index: probability}``.
+    """
+    good = [i for i, r in enumerate(rows) if r is not None]
+    if not good:
+        return {}
+    try:
+        proba = scorer.predict_batch(validator.records([rows[i] for i in good]))
+    except SchemaError:
+        ok = []
+        for i in good:
+            try:
+                validator.records([rows[i]])
+                ok.append(i)
+            except SchemaError as exc:
+                errors[i] = "; ".join(exc.details) or str(exc)
+        good = ok
+        proba = scorer.predict_batch(validator.records([rows[i] for i in good])) if good else np.empty(0)
+    return dict(zip(good, proba.tolist()))
 
 
 def _write(n: int, scores: dict, errors: dict, threshold: float, csv_out: bool) -> bytes:
