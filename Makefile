@@ -2,12 +2,12 @@
 # pins (pyproject.toml), so a fresh clone with the same pins reuses it; .venv is a link to it.
 SHELL := /bin/bash
 PY ?= python3
-PINS := $(shell $(PY) tools/requirements.py test dev aws azure gcp | sha256sum | cut -c1-16)
+PINS := $(shell $(PY) tools/requirements.py test dev aws azure gcp spark | sha256sum | cut -c1-16)
 CACHE ?= $(HOME)/.cache/churnkit
 VENV_DIR := $(CACHE)/venv-$(PINS)
 VENV := .venv
 BIN := $(VENV)/bin
-EXTRAS := test dev aws azure gcp
+EXTRAS := test dev aws azure gcp spark
 # templates/azureml/score.py loads model.skops with the skops version MLflow wrote it with (mlflow 3.17.2 -> 0.16.0).
 AZML_PACKAGES := azureml-inference-server-http==1.5.1 scikit-learn==1.9.1 pandas==3.1.1 numpy==2.4.6 PyYAML==6.0.4 skops==0.16.0
 AZML_PINS := $(shell echo $(AZML_PACKAGES) | sha256sum | cut -c1-16)
@@ -39,6 +39,8 @@ test-setup: venv $(AZML_DIR)/.complete
 	@{ command -v chromium >/dev/null || command -v chromium-browser >/dev/null; } && command -v chromedriver >/dev/null || \
 	  { (apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null) || echo "chromium could not be installed; the browser tests will skip with this reason"; }
 	@command -v azurite-blob >/dev/null || npm install -g -s azurite@3.37.0  # Azure Blob emulator (model reads)
+	@command -v java >/dev/null || { (apt-get update -qq && apt-get install -y -qq openjdk-17-jre-headless >/dev/null) || \
+	  echo "Java 17 could not be installed; the Spark scoring tests will fail with this reason"; }  # pyspark's JVM
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
 	  { (apt-get update -qq && apt-get install -y -qq postgresql >/dev/null) || echo "postgresql could not be installed; the PostgreSQL-backed registry tests will skip with this reason"; }
 

@@ -642,5 +642,42 @@ def monitor(reference, current, history, labels_path, label_column, id_column, i
         click.echo(report.summary())
 
 
+# ---- batch scoring -----------------------------------------------------------------------------
+
+@main.command()
+@click.option("--model", "model_uri", required=True, metavar="URI",
+              help="models:/churn@champion, models:/churn/3, runs:/ID/model, a model folder, or s3:// gs:// ... .")
+@click.option("--input", "input_uri", required=True, metavar="PATH",
+              help="Parquet or CSV file, or a folder of them; local, s3://, gs:// or abfs://.")
+@click.option("--output", required=True, metavar="DIR", help="Score output folder (new, empty, or an earlier output).")
+@click.option("--id-column", default="customerID", show_default=True, help="The customer id column.")
+@click.option("--reasons", type=click.IntRange(min=0), default=3, show_default=True, help="Reasons per row (0: none).")
+@click.option("--engine", type=click.Choice(["local", "spark"]), default="local", show_default=True,
+              help="local: processes on this machine; spark: the active Spark session (spark-submit, local[*]).")
+@click.option("--month", default="", metavar="YYYY-MM", help="score_month partition (default: this UTC month).")
+@click.option("--passthrough", multiple=True, metavar="COLUMN", help="Input column copied to the output (repeatable).")
+@click.option("--duplicates", type=click.Choice(["refuse", "keep"]), default="refuse", show_default=True,
+              help="A repeated id: refuse the run, or keep the rows with duplicate_id set.")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Local engine processes (default: every core).")
+@click.option("--plan", is_flag=True, help="Print what would be scored and written as JSON; score nothing.")
+@click.option("--runs-dir", type=click.Path(file_okay=False), help="Audit trail folder (default runs/ or CHURNKIT_RUNS_DIR).")
+@click.option("--json", "as_json", is_flag=True, help="Print the outcome as one JSON object.")
+def score(model_uri, input_uri, output, id_column, reasons, engine, month, passthrough, duplicates, workers, plan,
+          runs_dir, as_json):
+    """Score the whole customer base: ranked, explained, partitioned Parquet under --output."""
+    from churnkit.batch.run import plan_score, score_base
+
+    config = _config(runs_dir)
+    if plan:
+        return emit_json(plan_score(model_uri, input_uri, output, id_column=id_column, reasons=reasons, engine=engine,
+                                    month=month, passthrough=passthrough, config=config))
+    result = score_base(model_uri, input_uri, output, id_column=id_column, reasons=reasons, engine=engine,
+                        month=month, passthrough=passthrough, duplicates=duplicates, workers=workers, config=config)
+    if as_json:
+        return emit_json(result.to_dict())
+    for line in result.lines():
+        click.echo(line)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -22,7 +22,7 @@ ENTRY_KEYS = (*RUN_KEYS, "model_name", "event", "gate", "rollout", "error", "pas
               "parent_run_id", "git_commit", "git_dirty", "rerun_of", "redactions", "deployment", "source")
 KEY_PARAMETERS = ("data_path", "model", "seed", "auc_threshold", "min_improvement", "deploy_target", "strategy")
 KEY_METRICS = {"holdout_roc_auc": "auc", "holdout_pr_auc": "pr_auc", "champion_holdout_roc_auc": "champion_auc",
-               "rollout_steps": "steps", "notebook_seconds": "s"}
+               "rollout_steps": "steps", "rows_scored": "scored", "rows_refused": "refused", "notebook_seconds": "s"}
 FAILED = ("FAILED", "KILLED", "INCOMPLETE")
 
 
@@ -53,6 +53,9 @@ def _outcome(tags: dict, gate: dict | None) -> tuple[str | None, str | None]:
         return version, f"registered v{version}" + (f" as {held[0]}" if held else "")
     if gate is not None and not gate["passed"]:
         return None, "not registered (gate refused)"
+    scored = tags.get(TAG + "scored_version")
+    if scored:  # a batch scoring run (churnkit score, 06-score)
+        return scored, f"scored v{scored} into {tags.get(TAG + 'score_partition', '')}".rstrip()
     return None, None
 
 

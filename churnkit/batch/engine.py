@@ -84,7 +84,7 @@ class Kernel:
         typed = type_batch(rb, self.schema, spec.id_column)
         kept = rb.filter(pa.array(typed.keep)) if not typed.keep.all() else rb
         batch = typed.batch
-        p = self.model.predict(batch) if batch.rows else np.zeros(0)
+        p = self._predict(batch)
         cols = {spec.id_column: kept.column(spec.id_column), PROBABILITY: pa.array(p, type=pa.float64())}
         if self.explainer is not None and spec.reasons:
             cols |= {k: pa.array(v) for k, v in top_reasons(self.explainer, batch, spec.reasons).items()} \
@@ -99,6 +99,18 @@ class Kernel:
             "reason": pa.array(["; ".join(typed.problems[i]) for i in refused.tolist()], type=pa.string()),
         })
         return Scored(table, errors, self._sample(kept, p, offset))
+
+    def _predict(self, batch) -> np.ndarray:
+        """Probabilities by the vectorised path whatever the batch size: a one-row batch (which the compiled
+        scorer sums in plain Python) is scored as two, so every engine's batching gives the same bits."""
+        if batch.rows == 0:
+            return np.zeros(0)
+        if batch.rows == 1:
+            from churnkit.serve.validation import Batch
+
+            two = Batch(numeric=np.repeat(batch.numeric, 2, axis=0), categorical=[c * 2 for c in batch.categorical])
+            return self.model.predict(two)[:1]
+        return self.model.predict(batch)
 
     def _sample(self, kept: pa.RecordBatch, p: np.ndarray, offset: int | None) -> pa.Table | None:
         """The ``sample_rows`` rows with the smallest random keys (a bottom-k sketch: merged, still uniform)."""
@@ -143,7 +155,21 @@ _KERNEL: Kernel | None = None
 
 def _init_worker(spec: KernelSpec) -> None:
     global _KERNEL
+    _watch_parent(os.getppid())
     _KERNEL = Kernel(spec)
+
+
+def _watch_parent(parent: int, every: float = 0.5) -> None:
+    """End this worker when its parent dies (a killed ``churnkit score`` must not leave workers behind)."""
+    import threading
+    import time
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(every)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="churnkit-parent-watch", daemon=True).start()
 
 
 def _score_in_worker(rb: pa.RecordBatch, offset: int) -> Scored:
@@ -170,13 +196,14 @@ def default_workers() -> int:
 
 
 def run_local(source: Source, spec: KernelSpec, writer: ScoreWriter, *, workers: int | None = None,
-              progress: bool | None = None, batch_rows: int = BATCH_ROWS) -> LocalRun:
+              progress: bool | None = None, batch_rows: int | None = None) -> LocalRun:
     """Stream ``source`` through ``spec``'s scorer into ``writer`` (not committed here).
 
     ``workers`` processes (default: every core); the first batch is scored in this process while they
     start, and an input of one batch never starts them.
     """
     workers = default_workers() if workers is None else max(1, int(workers))
+    batch_rows = int(batch_rows or BATCH_ROWS)
     show = sys.stderr.isatty() if progress is None else progress
     bar = None
     if show:

@@ -82,15 +82,11 @@ class Source:
 
 
 def _csv_header(filesystem, path: str) -> list[str]:
-    opener = filesystem.open_input_stream if filesystem is not None else None
-    if opener is None:
-        import gzip
+    from pyarrow import fs
 
-        fh = gzip.open(path, "rt", newline="") if path.endswith(".gz") else open(path, newline="")
-    else:
-        compression = "gzip" if path.endswith(".gz") else None
-        fh = io.TextIOWrapper(filesystem.open_input_stream(path, compression=compression), newline="")
-    with fh:
+    compression = "gzip" if path.endswith(".gz") else None
+    stream = (filesystem or fs.LocalFileSystem()).open_input_stream(path, compression=compression)
+    with io.TextIOWrapper(stream, newline="") as fh:
         try:
             return next(csv.reader(fh))
         except StopIteration:
