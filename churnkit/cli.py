@@ -659,20 +659,41 @@ def monitor(reference, current, history, labels_path, label_column, id_column, i
 @click.option("--duplicates", type=click.Choice(["refuse", "keep"]), default="refuse", show_default=True,
               help="A repeated id: refuse the run, or keep the rows with duplicate_id set.")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Local engine processes (default: every core).")
+@click.option("--target", "batch_target", type=click.Choice(["sagemaker", "azureml", "vertex"]), default=None,
+              help="Score on the cloud's batch service (Batch Transform, batch endpoints, batch prediction) instead of "
+                   "--engine; --plan prints its exact requests.")
+@click.option("--endpoint", default="churn", show_default=True, help="With --target: the endpoint whose settings, "
+              "model and batch endpoint (Azure ML: <endpoint>-batch) the job uses.")
+@click.option("--batch-option", "batch_options", multiple=True, metavar="NAME=VALUE",
+              help="With --target: a setting of the service's job, e.g. max_payload_mb=6, max_concurrent=4, "
+                   "instance_type=ml.m5.xlarge (SageMaker); instance_count=2, mini_batch_size=2, compute=NAME "
+                   "(Azure ML); machine_type=n1-standard-4, max_replica_count=4, batch_size=64 (Vertex AI).")
 @click.option("--plan", is_flag=True, help="Print what would be scored and written as JSON; score nothing.")
 @click.option("--runs-dir", type=click.Path(file_okay=False), help="Audit trail folder (default runs/ or CHURNKIT_RUNS_DIR).")
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome as one JSON object.")
-def score(model_uri, input_uri, output, id_column, reasons, engine, month, passthrough, duplicates, workers, plan,
-          runs_dir, as_json):
+def score(model_uri, input_uri, output, id_column, reasons, engine, month, passthrough, duplicates, workers, batch_target,
+          endpoint, batch_options, plan, runs_dir, as_json):
     """Score the whole customer base: ranked, explained, partitioned Parquet under --output."""
     from churnkit.batch.run import plan_score, score_base
 
     config = _config(runs_dir)
-    if plan:
+    if batch_target:
+        from churnkit.batch.cloudrun import parse_options, plan_cloud, score_on_target
+
+        if passthrough:
+            raise click.UsageError("--passthrough is not available with --target: the services return ids and scores")
+        options = parse_options(batch_target, batch_options)
+        if plan:
+            return emit_json(plan_cloud(batch_target, model_uri, input_uri, id_column=id_column, endpoint=endpoint,
+                                        config=config, **options))
+        result = score_on_target(batch_target, model_uri, input_uri, output, id_column=id_column, reasons=reasons,
+                                 month=month, duplicates=duplicates, endpoint=endpoint, config=config, **options)
+    elif plan:
         return emit_json(plan_score(model_uri, input_uri, output, id_column=id_column, reasons=reasons, engine=engine,
                                     month=month, passthrough=passthrough, config=config))
-    result = score_base(model_uri, input_uri, output, id_column=id_column, reasons=reasons, engine=engine,
-                        month=month, passthrough=passthrough, duplicates=duplicates, workers=workers, config=config)
+    else:
+        result = score_base(model_uri, input_uri, output, id_column=id_column, reasons=reasons, engine=engine,
+                            month=month, passthrough=passthrough, duplicates=duplicates, workers=workers, config=config)
     if as_json:
         return emit_json(result.to_dict())
     for line in result.lines():

@@ -200,6 +200,11 @@ class AzureMLBatch:
             raise
         return True
 
+    def ensure_model(self, release: Release) -> None:
+        """Register the model version and the serving environment in the workspace unless they are there."""
+        self.target._run([("models.create_or_update", self.target._model(release)),
+                          ("environments.create_or_update", self.target._environment())], release)
+
     def submit(self, release: Release, job: str, input_path: str) -> str:
         """Create (or update) the endpoint and deployment, then invoke; returns the job name."""
         from azure.ai.ml import Input

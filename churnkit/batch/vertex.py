@@ -184,6 +184,24 @@ class VertexBatch:
         bucket, _, prefix = uri[5:].partition("/")
         return sorted(self.storage.list_blobs(bucket, prefix=prefix), key=lambda b: b.name)
 
+    def model_resource(self, release: Release) -> str:
+        """The Vertex model of ``release`` (uploaded as the deploy target uploads it when it is not there yet)."""
+        found = self.target._model(release)
+        if found is None:
+            from churnkit.deploy.vertex import _aiplatform
+
+            ai = _aiplatform()
+            upload = self.target._upload_request(release)["request"]["model"]
+            spec = upload["container_spec"]
+            found = self.target._call(
+                "upload model", ai.Model.upload, display_name=upload["display_name"],
+                artifact_uri=self.target.stage_model(release), serving_container_image_uri=spec["image_uri"],
+                serving_container_predict_route=spec["predict_route"], serving_container_health_route=spec["health_route"],
+                serving_container_ports=[p["container_port"] for p in spec["ports"]],
+                serving_container_environment_variables={e["name"]: e["value"] for e in spec["env"]},
+                labels=upload["labels"], **self.target._scope)
+        return found.resource_name
+
     def stage(self, job: str, staged: bytes) -> list[str]:
         bucket = self.target.settings["bucket"]
         name = f"churnkit/batch/{job}/input/part-00000.jsonl"

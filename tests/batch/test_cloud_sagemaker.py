@@ -40,6 +40,29 @@ def aws(tmp_path, monkeypatch):
         yield config
 
 
+@pytest.fixture(scope="module")
+def container(tmp_path_factory):
+    """The serving container in batch mode, as a transform job starts it (the same v1 as every test's registry)."""
+    from deploy_support import registry_store
+
+    base = tmp_path_factory.mktemp("container")
+    runs = registry_store(base)
+    server = Server([CHURNKIT, "serve", "--model", "models:/churn/1", "--port", "0", "--runs-dir", str(runs)],
+                    clean_env(SAGEMAKER_BATCH="true", SAGEMAKER_MAX_PAYLOAD_IN_MB="1"), base / "serve.log")
+    yield server
+    server.close()
+
+
+def _drive(batch, job: str, server) -> dict:
+    """Run the job's data path against the container (what the service does between Create and Completed)."""
+    import boto3
+
+    described = batch.describe(job)
+    job_request = {k: described[k] for k in ("TransformInput", "TransformOutput", "DataProcessing")}
+    job_request["MaxPayloadInMB"] = None  # left to the container: /execution-parameters answers
+    return run_transform(server.url, job_request, boto3.client("s3", region_name=REGION))
+
+
 def _batch(config, **kw):
     from churnkit.batch.sagemaker import SageMakerBatch
     from churnkit.deploy import get_target
@@ -112,9 +135,7 @@ def test_empty_prefix_and_region_mismatch(aws):
         batch.check_input("s3://eu-data/in/")
 
 
-def test_round_trip_through_the_container(aws, tmp_path):
-    import boto3
-
+def test_round_trip_through_the_container(aws, tmp_path, container):
     from churnkit import registry
     from churnkit.batch.cloud import stage_csv
     from churnkit.data import synth_month
@@ -133,16 +154,7 @@ def test_round_trip_through_the_container(aws, tmp_path):
     report = batch.wait(job, progress=lambda text: None)
     assert report.state == "Completed" and report.output_uri.endswith(f"/{job}/output/")
 
-    server = Server([CHURNKIT, "serve", "--model", release.uri, "--port", "0"],
-                    clean_env(SAGEMAKER_BATCH="true", SAGEMAKER_MAX_PAYLOAD_IN_MB="1", CHURNKIT_RUNS_DIR=aws.runs_dir),
-                    tmp_path / "serve.log")
-    try:
-        described = batch.describe(job)
-        job_request = {k: described[k] for k in ("TransformInput", "TransformOutput", "DataProcessing")}
-        job_request["MaxPayloadInMB"] = None  # left to the container: /execution-parameters answers
-        counts = run_transform(server.url, job_request, boto3.client("s3", region_name=REGION))
-    finally:
-        server.close()
+    counts = _drive(batch, job, container)
     assert counts["lines"] == 120 and counts["payload_mb"] == 1
 
     raw = batch.read_output(report.output_uri, "customer_id")
@@ -191,3 +203,56 @@ def test_interrupted_wait_names_the_job_to_resume_or_stop(aws):
     with pytest.raises(CloudBatchInterrupted) as err:
         batch.wait("job-long", progress=lambda text: None, sleep=interrupt)
     assert err.value.job == "job-long" and "stop-transform-job --transform-job-name job-long" in str(err.value)
+
+
+def test_score_on_target_end_to_end(aws, tmp_path, container):
+    from churnkit.batch.cloudrun import score_on_target
+    from churnkit.batch.run import score_base
+    from churnkit.data import synth_month
+
+    frame = synth_month(rows=150, month=7, seed=13, drift="new_category")
+    frame.loc[4, "customer_id"] = None  # no id: refused by the kit, never sent
+    frame.to_csv(tmp_path / "month.csv", index=False)
+    batch = _batch(aws)
+    waited = batch.wait
+
+    def wait(job, progress=None, sleep=None):
+        _drive(batch, job, container)
+        return waited(job, progress=progress)
+
+    batch.wait = wait
+    shown = []
+    result = score_on_target("sagemaker", "models:/churn/1", str(tmp_path / "month.csv"), str(tmp_path / "cloud"),
+                             id_column="customer_id", reasons=2, month="2026-11", config=aws, service=batch,
+                             progress=shown.append)
+    assert (result.summary.rows_in, result.summary.rows_scored, result.summary.rows_refused) == (150, 149, 1)
+    assert result.engine == "sagemaker" and "Completed" in result.notes[0] and shown
+    local = score_base("models:/churn/1", str(tmp_path / "month.csv"), str(tmp_path / "local"), id_column="customer_id",
+                       reasons=2, month="2026-11", workers=1, progress=False, config=aws)
+    assert local.summary.rows_scored == 149
+    assert_same_output(tmp_path / "local", tmp_path / "cloud")
+
+
+def test_cli_plan_and_limits(aws, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from churnkit.cli import main
+    from churnkit.data import synth_month
+
+    synth_month(rows=20, month=7, seed=1).to_csv(tmp_path / "m.csv", index=False)
+    args = ["score", "--model", "models:/churn/1", "--input", str(tmp_path / "m.csv"), "--output", str(tmp_path / "o"),
+            "--id-column", "customer_id", "--target", "sagemaker", "--runs-dir", str(aws.runs_dir)]
+    res = CliRunner().invoke(main, [*args, "--plan"])
+    assert res.exit_code == 0, res.output
+    plan = json.loads(res.output)
+    assert plan["rows_to_send"] == 20 and plan["requests"][-1]["operation"] == "CreateTransformJob"
+    assert plan["requests"][-1]["request"]["DataProcessing"]["OutputFilter"] == "$[0,-1]"
+    assert not (tmp_path / "o").exists()
+    res = CliRunner().invoke(main, [*args, "--plan", "--batch-option", "max_payload_mb=20",
+                                    "--batch-option", "max_concurrent=6"])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert "MaxPayloadInMB 20 × MaxConcurrentTransforms 6 = 120 MB is over Batch Transform's 100 MB" in res.output
+    res = CliRunner().invoke(main, [*args, "--batch-option", "gpus=2"])
+    assert res.exit_code == 1 and "settings: instance_type, instance_count" in res.output
