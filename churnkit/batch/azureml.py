@@ -61,8 +61,9 @@ class AzureMLBatch:
     ----------
     target : AzureMLTarget
         Workspace settings, credentials and the ``MLClient`` (tests pass a transport).
-    compute : str
-        The compute cluster (Terraform's ``batch_compute``, ``CHURNKIT_AZURE_BATCH_COMPUTE``).
+    compute : str, optional
+        The compute cluster; default ``CHURNKIT_AZURE_BATCH_COMPUTE`` (Terraform's ``batch_compute``), else
+        ``churnkit-batch``.
     instance_count, max_concurrency_per_instance, mini_batch_size : int
         ``ModelBatchDeploymentSettings``: nodes, scoring processes per node, files per mini-batch.
     max_nodes : int, optional
@@ -71,11 +72,14 @@ class AzureMLBatch:
 
     service = "Azure ML"
 
-    def __init__(self, target, *, compute: str = "churnkit-batch", instance_count: int = 2,
+    def __init__(self, target, *, compute: str | None = None, instance_count: int = 2,
                  max_concurrency_per_instance: int = 2, mini_batch_size: int = 2, max_retries: int = 2,
                  retry_timeout: int = 600, poll_seconds: float = 30.0, timeout: float = 24 * 3600.0):
+        import os
+
         self.target = target
-        self.compute = compute
+        env = os.environ if target._environ is None else target._environ
+        self.compute = compute or env.get("CHURNKIT_AZURE_BATCH_COMPUTE") or "churnkit-batch"
         self.instance_count = instance_count
         self.max_concurrency_per_instance = max_concurrency_per_instance
         self.mini_batch_size = mini_batch_size
