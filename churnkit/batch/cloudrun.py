@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 
 from churnkit.batch.cloud import job_name, sendable, stage_csv, stage_jsonl, write_raw_scores
-from churnkit.exceptions import ScoreError
+from churnkit.exceptions import CloudBatchError, ScoreError
 
 TARGETS = ("sagemaker", "azureml", "vertex")
 
@@ -122,8 +122,48 @@ def plan_cloud(target: str, model: str, input: str, *, id_column: str = "custome
             "model": {"name": release.model_name, "version": release.version}, "requests": requests}
 
 
+def _unreachable(exc: Exception) -> bool:
+    """True for the SDKs' "could not connect" errors (not a refusal by the service)."""
+    import requests
+
+    kinds: list[type] = [requests.ConnectionError, ConnectionError, TimeoutError]
+    for module, names in (("botocore.exceptions", ("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError")),
+                          ("azure.core.exceptions", ("ServiceRequestError", "ServiceResponseError")),
+                          ("google.api_core.exceptions", ("RetryError", "ServiceUnavailable"))):
+        try:
+            mod = __import__(module, fromlist=list(names))
+        except ImportError:
+            continue
+        kinds += [getattr(mod, n) for n in names if hasattr(mod, n)]
+    seen, cur = set(), exc
+    while cur is not None and id(cur) not in seen:  # the SDK error may be wrapped (DeployTargetError's cause)
+        if isinstance(cur, tuple(kinds)):
+            return True
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return False
+
+
 def run_cloud(svc, target: str, release, loaded, table, rows, id_column: str, job: str, progress=None) -> tuple:
-    """Stage, submit, wait and read back; returns ``(raw score frame, JobReport)``."""
+    """Stage, submit, wait and read back; returns ``(raw score frame, JobReport)``.
+
+    Raises
+    ------
+    CloudBatchError
+        The service cannot be reached (one line naming it; the SDK's own retries bound the time).
+    """
+    try:
+        return _run_cloud(svc, target, release, loaded, table, rows, id_column, job, progress)
+    except (CloudBatchError, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        if not _unreachable(exc):
+            raise
+        raise CloudBatchError(f"{svc.service} cannot be reached ({type(exc).__name__}: {exc}); check the network, "
+                              f"the region and any proxy, then run again (job {job!r} may not have started)") from None
+
+
+def _run_cloud(svc, target: str, release, loaded, table, rows, id_column: str, job: str, progress=None) -> tuple:
     import tempfile
     from pathlib import Path
 

@@ -256,3 +256,25 @@ def test_cli_plan_and_limits(aws, tmp_path):
     assert "MaxPayloadInMB 20 × MaxConcurrentTransforms 6 = 120 MB is over Batch Transform's 100 MB" in res.output
     res = CliRunner().invoke(main, [*args, "--batch-option", "gpus=2"])
     assert res.exit_code == 1 and "settings: instance_type, instance_count" in res.output
+
+
+def test_unreachable_service_is_one_line_in_bounded_time(aws, tmp_path):
+    import boto3
+    from botocore.config import Config
+    from conftest import free_port
+
+    from churnkit.batch.cloudrun import score_on_target
+    from churnkit.data import synth_month
+
+    synth_month(rows=10, month=7, seed=2).to_csv(tmp_path / "m.csv", index=False)
+    batch = _batch(aws)
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    quick = Config(connect_timeout=1, read_timeout=1, retries={"max_attempts": 1})
+    for service in ("s3", "sagemaker"):
+        batch.target._clients[service] = boto3.client(service, region_name=REGION, endpoint_url=dead, config=quick)
+    t0 = time.monotonic()
+    with pytest.raises(CloudBatchError, match="SageMaker cannot be reached") as err:
+        score_on_target("sagemaker", "models:/churn/1", str(tmp_path / "m.csv"), str(tmp_path / "out"),
+                        id_column="customer_id", reasons=0, config=aws, service=batch, progress=lambda t: None)
+    assert time.monotonic() - t0 < 60 and "\n" not in str(err.value)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").glob("score_month=*"))
