@@ -212,7 +212,7 @@ class HadoopFS:
     """The few FileSystem calls the swap needs, through Spark's JVM (HDFS, S3A, ABFS, GCS, file:)."""
 
     def __init__(self, spark, root: str):
-        jvm = spark.sparkContext._jvm
+        jvm = self._jvm = spark.sparkContext._jvm
         self._Path = jvm.org.apache.hadoop.fs.Path
         self.root = str(root).rstrip("/")
         self.fs = self._Path(self.root).getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
@@ -252,14 +252,9 @@ class HadoopFS:
 
     def read_text(self, rel: str) -> str:
         stream = self.fs.open(self.path(rel))
-        try:
-            chunks, buf = [], bytearray(65536)
-            while True:
-                n = stream.read(buf)
-                if n <= 0:
-                    break
-                chunks.append(bytes(buf[:n]))
-            return b"".join(chunks).decode()
+        try:  # py4j copies byte[] arguments, so read(byte[]) cannot fill a Python buffer: let Java read it all
+            scanner = self._jvm.java.util.Scanner(stream, "UTF-8").useDelimiter("\\A")
+            return scanner.next() if scanner.hasNext() else ""
         finally:
             stream.close()
 
@@ -388,16 +383,30 @@ def score_spark(prepared, input: str, output: str, meta: ScoreMeta, *, duplicate
             summary = _rank_and_stage(spark, fs, stage, result, prepared, meta, duplicates, rows_in)
             summary.replaced = _swap(fs, [(meta.partition, f"{stage}/scores"),
                                           (f"{ERRORS_DIR}/{meta.partition}", f"{stage}/errors")])
-        except BaseException:
+        except BaseException as exc:
             try:
                 fs.delete(stage)
             except Exception:
                 pass
+            if isinstance(exc, Exception) and not isinstance(exc, ScoreError):
+                raise job_failed(exc) from None
             raise
         fs.delete(stage)
     notes.append(f"spark engine ({spark.sparkContext.master}, {spark.sparkContext.defaultParallelism} cores): model "
                  "shipped once per executor with addArchive; ranks by row_number/percent_rank/ntile over the base")
     return summary, _sample(df, prepared, rows_in)
+
+
+def job_failed(exc: BaseException) -> ScoreError:
+    """A Spark job that died (an executor lost, a worker's exception) as one clear error."""
+    text = str(exc).strip()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    # a Python worker's exception: its last line names it; else Spark's first line
+    worker = [ln for ln in lines if ln.startswith(("churnkit.", "ValueError", "KeyError", "TypeError", "OSError",
+                                                   "MemoryError", "RuntimeError", "ModuleNotFoundError"))]
+    what = (worker[-1] if worker else lines[0] if lines else type(exc).__name__)[:400]
+    return ScoreError(f"the Spark job failed ({type(exc).__name__}: {what}); nothing was replaced and the previous "
+                      "partition is intact: fix the cause and run again")
 
 
 def _rank_and_stage(spark, fs, stage, result, prepared, meta: ScoreMeta, duplicates: str, rows_in: int) -> ScoreSummary:

@@ -166,3 +166,11 @@ def test_a_killed_local_run_leaves_the_previous_partition_intact(store, tmp_path
     res = _cli(*args[:-2], runs=store.runs_dir)
     assert res.exit_code == 0, res.output
     assert "replaced" in res.output and not list(out.glob(".staging-*"))
+
+
+def test_the_spark_engine_without_pyspark_names_the_extra(store, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pyspark", None)  # import pyspark raises ImportError
+    res = _cli("score", "--model", "models:/churn/1", "--input", str(tmp_path / "x.csv"), "--output",
+               str(tmp_path / "s"), "--engine", "spark", runs=store.runs_dir)
+    assert res.exit_code == 1 and "pip install -e '.[spark]'" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "s").exists()
