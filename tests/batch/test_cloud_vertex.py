@@ -222,3 +222,47 @@ def test_empty_prefix_and_interrupted_wait(gcp):
     with pytest.raises(CloudBatchInterrupted) as err:
         batch.wait(name, progress=lambda text: None, sleep=interrupt)
     assert err.value.job == "7001" and f"{name}:cancel" in err.value.stop
+
+
+def test_score_on_target_end_to_end(gcp, tmp_path):
+    from churnkit.batch.cloudrun import score_on_target
+    from churnkit.batch.run import score_base
+    from churnkit.data import synth_month
+
+    config, storage_client = gcp
+    frame = synth_month(rows=60, month=8, seed=5, drift="new_category")
+    frame.to_csv(tmp_path / "month.csv", index=False)
+    http = FakeVertexHttp()
+    batch = _batch(config, storage_client, http, batch_size=25)
+    batch.model_resource = lambda release: MODEL  # the model is uploaded already (Model.list is gRPC, not faked here)
+    server = Server([CHURNKIT, "serve", "--model", "models:/churn/1", "--port", "0"],
+                    clean_env(AIP_PREDICT_ROUTE="/predict", AIP_HEALTH_ROUTE="/ping", CHURNKIT_RUNS_DIR=config.runs_dir),
+                    tmp_path / "serve.log")
+    waited = batch.wait
+
+    def wait(name, progress=None, sleep=None):  # Vertex's side while the job runs: read the input, answer, write
+        job = http.created[-1]
+        uri = job["inputConfig"]["gcsSource"]["uris"][0]
+        key = job["instanceConfig"]["keyField"]
+        lines = [json.loads(x) for x in storage_client.bucket(BUCKET).blob(uri[len(f"gs://{BUCKET}/"):])
+                 .download_as_bytes().decode().splitlines()]
+        resp = httpx.post(server.url + "/predict", json={"instances": [{k: v for k, v in o.items() if k != key}
+                                                                       for o in lines]})
+        out = job["outputConfig"]["gcsDestination"]["outputUriPrefix"] + "prediction-churn-v1-x"
+        http.output_dir = out
+        storage_client.bucket(BUCKET).blob(out[len(f"gs://{BUCKET}/"):] + "/predictions_00001.jsonl").upload_from_string(
+            "".join(json.dumps({"key": o[key], "prediction": p}) + "\n"
+                    for o, p in reversed(list(zip(lines, resp.json()["predictions"])))))
+        return waited(name, progress=progress)
+
+    batch.wait = wait
+    try:
+        result = score_on_target("vertex", "models:/churn/1", str(tmp_path / "month.csv"), str(tmp_path / "cloud"),
+                                 id_column="customer_id", reasons=2, month="2026-11", config=config, service=batch,
+                                 progress=lambda text: None)
+    finally:
+        server.close()
+    assert (result.summary.rows_in, result.summary.rows_scored) == (60, 60) and result.engine == "vertex"
+    score_base("models:/churn/1", str(tmp_path / "month.csv"), str(tmp_path / "local"), id_column="customer_id",
+               reasons=2, month="2026-11", workers=1, progress=False, config=config)
+    assert_same_output(tmp_path / "local", tmp_path / "cloud")
