@@ -53,6 +53,8 @@ _EXPORTS = {
     "plan_rollout": "churnkit.rollout",
     "rollout_history": "churnkit.rollout",
     "run_rollout": ("churnkit.rollout", "rollout"),
+    "score_base": "churnkit.batch.run",
+    "score_paths": "churnkit.batch.run",
 }
 
 __all__ = [
@@ -95,6 +97,8 @@ __all__ = [
     "run_rollout",
     "scan_model_file",
     "schema_diff",
+    "score_base",
+    "score_paths",
     "split_holdout",
     "start_run",
     "synth_month",

@@ -361,6 +361,25 @@ def _score_local(prepared: Prepared, input: str, output: str, meta: ScoreMeta, d
     return summary, sample
 
 
+def score_paths(input: str = "", output: str = "", config=None, *, rows: int = 5000, month: int = 2,
+                seed: int = 0) -> tuple[str, str]:
+    """The 06-score notebook's input and output: as given, or a synthetic month written under the runs folder
+    (``<runs>/score-input/``) and ``<runs>/scores`` when empty."""
+    from churnkit.config import load_config
+    from churnkit.data import synth_month
+
+    config = config or load_config()
+    if not input:
+        path = config.runs_dir / "score-input" / f"customers-month-{month}-seed-{seed}.parquet"
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp")
+            synth_month(rows=rows, month=month, seed=seed).drop(columns=["churn"]).to_parquet(tmp, index=False)
+            tmp.replace(path)
+        input = str(path)
+    return input, output or str(config.runs_dir / "scores")
+
+
 def plan_score(model: str, input: str, output: str, *, id_column: str = "customerID", reasons: int = 3,
                engine: str = "local", month: str = "", passthrough=(), config=None) -> dict:
     """What :func:`score_base` would do, without scoring or writing anything (``churnkit score --plan``)."""
