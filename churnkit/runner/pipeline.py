@@ -28,7 +28,7 @@ from churnkit.runner.execution import (
     run_notebook,
 )
 from churnkit.runner.lock import pipeline_lock
-from churnkit.runner.params import split_parameters
+from churnkit.runner.params import notebook_parameters, split_parameters
 from churnkit.signals import RunTerminated, sigterm_raises
 
 PIPELINE_STEPS = ("01-train", "02-evaluate", "03-deploy", "04-rollout")
@@ -89,9 +89,13 @@ def run_pipeline(
         raise ParameterError(f"pipeline steps {tuple(steps)!r} are not a prefix of {PIPELINE_STEPS!r}", name="steps")
     config = config or load_config()
     routed, target = score_step(dict(parameters or {}))
-    if target != "none":
+    if target == "none":
+        per_step = split_parameters(routed, tuple(steps))
+    else:  # a name the training steps declare is theirs (01-train's month, model); 06-score gets the others
+        known = {p.name for s in steps for p in notebook_parameters(s)}
+        per_step = split_parameters({k: v for k, v in routed.items() if k in known}, tuple(steps))
+        per_step |= split_parameters({k: v for k, v in routed.items() if k not in known}, (SCORE_STEP,))
         steps = (*steps, SCORE_STEP)
-    per_step = split_parameters(routed, tuple(steps))
     if target != "none":  # the month's table, unless 06-score is given its own input
         per_step[SCORE_STEP]["engine"] = target
         if "input" not in per_step[SCORE_STEP] and routed.get("data_path"):
