@@ -15,7 +15,7 @@ import random
 import httpx
 import pytest
 import requests
-from batch.cloud_support import assert_same_output, cloud_output, local_output
+from batch.cloud_support import assert_same_output
 from conftest import free_port
 from deploy_support import cloud_store
 from serve_support import CHURNKIT, Server, clean_env
@@ -129,66 +129,6 @@ def test_limits_refused_before_anything_is_sent(gcp, kw, model, text):
     assert http.created == []
 
 
-def test_round_trip_through_the_container_in_any_order(gcp, tmp_path):
-    from churnkit import registry
-    from churnkit.batch.cloud import sendable, stage_jsonl
-    from churnkit.batch.source import open_source
-    from churnkit.data import synth_month
-
-    config, storage_client = gcp
-    frame = synth_month(rows=90, month=5, seed=8, drift="new_category")
-    frame["tenure"] = frame["tenure"].astype(object)
-    frame.loc[3, "tenure"] = "n/a"  # refused by the kit before sending: never billed
-    frame.to_csv(tmp_path / "month.csv", index=False)
-    release = _release(config)
-    loaded = registry.load_model(release.uri, config)
-    http = FakeVertexHttp()
-    batch = _batch(config, storage_client, http, batch_size=16)
-    table = open_source(str(tmp_path / "month.csv")).dataset.to_table()
-    rows = sendable(table, loaded.schema, "customer_id")
-    assert len(rows) == 89
-    uris = batch.stage("job-rt", stage_jsonl(rows, loaded.schema.names, "customer_id"))
-    plan = batch.plan(release, "job-rt", "customer_id", model=MODEL, input_uris=uris)
-    name = batch.submit(plan[-1])
-    sent = http.created[-1]
-    assert sent["instanceConfig"] == {"instanceType": "object", "keyField": "customer_id"}  # the REST body Vertex gets
-
-    # Vertex's side: instances without the key, batch_size per request to AIP_PREDICT_ROUTE, output in any order
-    out_dir = f"gs://{BUCKET}/churnkit/batch/job-rt/output/prediction-churn-v1-2026_11_30T02_00_00_000Z"
-    http.output_dir = out_dir
-    server = Server([CHURNKIT, "serve", "--model", release.uri, "--port", "0"],
-                    clean_env(AIP_PREDICT_ROUTE="/predict", AIP_HEALTH_ROUTE="/ping", CHURNKIT_RUNS_DIR=config.runs_dir),
-                    tmp_path / "serve.log")
-    try:
-        lines = [json.loads(line) for line in storage_client.bucket(BUCKET).blob(uris[0][len(f"gs://{BUCKET}/"):])
-                 .download_as_bytes().decode().splitlines()]
-        out = []
-        for i in range(0, len(lines), 16):
-            chunk = lines[i:i + 16]
-            resp = httpx.post(server.url + "/predict",
-                              json={"instances": [{k: v for k, v in o.items() if k != "customer_id"} for o in chunk]})
-            assert resp.status_code == 200, resp.text
-            out += [{"key": o["customer_id"], "prediction": p} for o, p in zip(chunk, resp.json()["predictions"])]
-    finally:
-        server.close()
-    random.Random(1).shuffle(out)  # batch prediction does not keep the input order
-    prefix = out_dir[len(f"gs://{BUCKET}/"):]
-    storage_client.bucket(BUCKET).blob(f"{prefix}/predictions_00001.jsonl").upload_from_string(
-        "".join(json.dumps(o) + "\n" for o in out[:50]))
-    storage_client.bucket(BUCKET).blob(f"{prefix}/predictions_00002.jsonl").upload_from_string(
-        "".join(json.dumps(o) + "\n" for o in out[50:]))
-
-    report = batch.wait(name, progress=lambda text: None)
-    assert report.state == "JOB_STATE_SUCCEEDED" and [s for _, s in report.states] == [
-        "JOB_STATE_PENDING", "JOB_STATE_RUNNING", "JOB_STATE_SUCCEEDED"]
-    raw = batch.read_output(report.output_uri)
-    assert sorted(raw["id"]) == sorted(rows["customer_id"]) and (raw["error"] == "").all()
-    local_output(loaded, tmp_path / "month.csv", tmp_path / "local")
-    summary = cloud_output(loaded, tmp_path / "month.csv", raw, tmp_path / "cloud", "Vertex AI")
-    assert (summary.rows_in, summary.rows_scored, summary.rows_refused) == (90, 89, 1)
-    assert_same_output(tmp_path / "local", tmp_path / "cloud")
-
-
 def test_failed_job_gives_the_error_and_the_first_error_lines(gcp):
     config, storage_client = gcp
     # google.rpc.Status on the job; errors_*.jsonl lines: the instance plus its error (OutputConfig docs)
@@ -224,45 +164,64 @@ def test_empty_prefix_and_interrupted_wait(gcp):
     assert err.value.job == "7001" and f"{name}:cancel" in err.value.stop
 
 
-def test_score_on_target_end_to_end(gcp, tmp_path):
+@pytest.fixture(scope="module")
+def container(tmp_path_factory):
+    """The serving container as Vertex starts it (AIP_* routes), serving the same v1 as every test's registry."""
+    from deploy_support import registry_store
+
+    base = tmp_path_factory.mktemp("vertex-container")
+    runs = registry_store(base)
+    server = Server([CHURNKIT, "serve", "--model", "models:/churn/1", "--port", "0", "--runs-dir", str(runs)],
+                    clean_env(AIP_PREDICT_ROUTE="/predict", AIP_HEALTH_ROUTE="/ping"), base / "serve.log")
+    yield server
+    server.close()
+
+
+def test_score_on_target_end_to_end_in_any_order(gcp, tmp_path, container):
     from churnkit.batch.cloudrun import score_on_target
     from churnkit.batch.run import score_base
     from churnkit.data import synth_month
 
     config, storage_client = gcp
     frame = synth_month(rows=60, month=8, seed=5, drift="new_category")
+    frame["tenure"] = frame["tenure"].astype(object)
+    frame.loc[3, "tenure"] = "n/a"  # refused by the kit before sending: never billed
     frame.to_csv(tmp_path / "month.csv", index=False)
     http = FakeVertexHttp()
-    batch = _batch(config, storage_client, http, batch_size=25)
+    batch = _batch(config, storage_client, http, batch_size=16)
     batch.model_resource = lambda release: MODEL  # the model is uploaded already (Model.list is gRPC, not faked here)
-    server = Server([CHURNKIT, "serve", "--model", "models:/churn/1", "--port", "0"],
-                    clean_env(AIP_PREDICT_ROUTE="/predict", AIP_HEALTH_ROUTE="/ping", CHURNKIT_RUNS_DIR=config.runs_dir),
-                    tmp_path / "serve.log")
     waited = batch.wait
 
-    def wait(name, progress=None, sleep=None):  # Vertex's side while the job runs: read the input, answer, write
+    def wait(name, progress=None, sleep=None):  # Vertex's side while the job runs: read, answer, write in any order
         job = http.created[-1]
+        assert job["instanceConfig"] == {"instanceType": "object", "keyField": "customer_id"}  # the REST body sent
         uri = job["inputConfig"]["gcsSource"]["uris"][0]
-        key = job["instanceConfig"]["keyField"]
         lines = [json.loads(x) for x in storage_client.bucket(BUCKET).blob(uri[len(f"gs://{BUCKET}/"):])
                  .download_as_bytes().decode().splitlines()]
-        resp = httpx.post(server.url + "/predict", json={"instances": [{k: v for k, v in o.items() if k != key}
-                                                                       for o in lines]})
-        out = job["outputConfig"]["gcsDestination"]["outputUriPrefix"] + "prediction-churn-v1-x"
-        http.output_dir = out
-        storage_client.bucket(BUCKET).blob(out[len(f"gs://{BUCKET}/"):] + "/predictions_00001.jsonl").upload_from_string(
-            "".join(json.dumps({"key": o[key], "prediction": p}) + "\n"
-                    for o, p in reversed(list(zip(lines, resp.json()["predictions"])))))
+        assert len(lines) == 59
+        out = []
+        for i in range(0, len(lines), 16):  # batch_size instances per request, without the key
+            chunk = lines[i:i + 16]
+            resp = httpx.post(container.url + "/predict",
+                              json={"instances": [{k: v for k, v in o.items() if k != "customer_id"} for o in chunk]})
+            assert resp.status_code == 200, resp.text
+            out += [{"key": o["customer_id"], "prediction": p} for o, p in zip(chunk, resp.json()["predictions"])]
+        random.Random(1).shuffle(out)  # batch prediction does not keep the input order
+        folder = job["outputConfig"]["gcsDestination"]["outputUriPrefix"] + "prediction-churn-v1-2026_11_30T02_00_00_000Z"
+        http.output_dir = folder
+        prefix = folder[len(f"gs://{BUCKET}/"):]
+        for n, part in enumerate((out[:30], out[30:]), start=1):
+            storage_client.bucket(BUCKET).blob(f"{prefix}/predictions_0000{n}.jsonl").upload_from_string(
+                "".join(json.dumps(o) + "\n" for o in part))
         return waited(name, progress=progress)
 
     batch.wait = wait
-    try:
-        result = score_on_target("vertex", "models:/churn/1", str(tmp_path / "month.csv"), str(tmp_path / "cloud"),
-                                 id_column="customer_id", reasons=2, month="2026-11", config=config, service=batch,
-                                 progress=lambda text: None)
-    finally:
-        server.close()
-    assert (result.summary.rows_in, result.summary.rows_scored) == (60, 60) and result.engine == "vertex"
+    result = score_on_target("vertex", "models:/churn/1", str(tmp_path / "month.csv"), str(tmp_path / "cloud"),
+                             id_column="customer_id", reasons=2, month="2026-11", config=config, service=batch,
+                             progress=lambda text: None)
+    s = result.summary
+    assert (s.rows_in, s.rows_scored, s.rows_refused) == (60, 59, 1) and result.engine == "vertex"
+    assert "JOB_STATE_PENDING → JOB_STATE_RUNNING → JOB_STATE_SUCCEEDED" in result.notes[0]
     score_base("models:/churn/1", str(tmp_path / "month.csv"), str(tmp_path / "local"), id_column="customer_id",
                reasons=2, month="2026-11", workers=1, progress=False, config=config)
     assert_same_output(tmp_path / "local", tmp_path / "cloud")
