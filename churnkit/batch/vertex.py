@@ -16,6 +16,7 @@ with an ``error`` (``google.rpc.Status``: ``code``, ``message``). Field names fr
 from __future__ import annotations
 
 import json
+import re
 
 from churnkit.batch.cloud import ERROR_LINES, JobReport, check_limit, check_region, raw_frame, wait_for_job
 from churnkit.deploy.base import Release, request
@@ -23,8 +24,9 @@ from churnkit.exceptions import CloudBatchError, MissingExtraError
 
 DONE = {"JOB_STATE_SUCCEEDED", "JOB_STATE_PARTIALLY_SUCCEEDED"}
 FAILED = {"JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED"}
-#: Machine families Vertex batch prediction runs custom containers on (dedicated_resources.machine_spec).
-MACHINE_FAMILIES = ("n1-", "n2-", "n2d-", "e2-", "c2-", "c2d-", "c3-", "m1-", "a2-", "g2-")
+#: A Compute Engine machine type name (``MachineSpec.machine_type``: family-kind-vCPUs, e.g. n1-standard-4), so a
+#: SageMaker instance type (ml.m5.large) or an Azure VM size (Standard_DS3_v2) is refused before the job is sent.
+MACHINE_TYPE = re.compile(r"[a-z][a-z0-9]*-[a-z]+(?:-[0-9]+)?")
 
 
 def _gapic():
@@ -41,7 +43,7 @@ def check_job(job: dict, region: str) -> None:
     Raises
     ------
     CloudBatchLimitError
-        Model in another region, a machine type batch prediction does not run, replicas out of order,
+        Model in another region, a machine type that is not Compute Engine's, replicas out of order,
         a batch size below 1, no key field.
     """
     model = job["model"]
@@ -50,15 +52,15 @@ def check_job(job: dict, region: str) -> None:
                  "upload the model in the job's region (CHURNKIT_GCP_REGION) or run the job where the model is")
     res = job["dedicated_resources"]
     machine = res["machine_spec"]["machine_type"]
-    check_limit(machine.startswith(MACHINE_FAMILIES), "machine_type", machine,
-                f"machine type {machine!r} is not one Vertex batch prediction runs custom containers on; "
+    check_limit(bool(MACHINE_TYPE.fullmatch(machine)), "machine_type", machine,
+                f"machine type {machine!r} is not a Compute Engine machine type, which Vertex batch prediction runs on; "
                 "use e.g. n1-standard-4 or e2-standard-4")
     start, most = res["starting_replica_count"], res["max_replica_count"]
     check_limit(1 <= start <= most, "max_replica_count", most,
                 f"replicas: starting_replica_count {start} must be at least 1 and at most max_replica_count {most}")
     size = job["manual_batch_tuning_parameters"]["batch_size"]
-    check_limit(isinstance(size, int) and 1 <= size <= 1000, "batch_size", size,
-                f"manual_batch_tuning_parameters.batch_size {size!r} must be from 1 to 1000")
+    check_limit(isinstance(size, int) and size >= 1, "batch_size", size,
+                f"manual_batch_tuning_parameters.batch_size {size!r} must be a whole number of at least 1 (default 64)")
     check_limit(bool(job["instance_config"].get("key_field")), "key_field", "",
                 "instance_config.key_field is empty: without it Vertex writes no id beside the answers; pass --id-column")
 

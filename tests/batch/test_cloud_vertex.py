@@ -116,7 +116,7 @@ def test_plan_in_gapic_field_names_with_instance_config(gcp):
 
 @pytest.mark.parametrize(("kw", "model", "text"), [
     ({}, "projects/p/locations/us-central1/models/1", "'europe-west4' but model"),
-    ({"machine_type": "ml.m5.large"}, MODEL, "'ml.m5.large' is not one Vertex batch prediction runs"),
+    ({"machine_type": "ml.m5.large"}, MODEL, "'ml.m5.large' is not a Compute Engine machine type"),
     ({"starting_replica_count": 5, "max_replica_count": 2}, MODEL, "at most max_replica_count 2"),
     ({"batch_size": 0}, MODEL, "batch_size 0"),
 ])
