@@ -139,6 +139,9 @@ class AzureMLBatch:
         CloudBatchLimitError
             A count below 1, or more scoring processes than files per mini-batch can feed.
         """
+        if not SCRIPT.is_file():
+            raise CloudBatchError(f"the Azure ML scoring script {str(SCRIPT)!r} is missing; batch scoring on Azure ML "
+                                  "uploads it from a checkout of the kit (pip install -e .)")
         for name in ("instance_count", "max_concurrency_per_instance", "mini_batch_size"):
             value = getattr(self, name)
             check_limit(isinstance(value, int) and value >= 1, name, value,
