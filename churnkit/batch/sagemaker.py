@@ -262,7 +262,12 @@ class SageMakerBatch:
             for obj in sorted(listed.get("Contents", []), key=lambda o: o["Key"]):
                 if obj["Key"].endswith(".out"):
                     body = self.target._call("s3", "GetObject", {"Bucket": bucket, "Key": obj["Key"]})["Body"].read()
-                    rows += parse_out(body.decode("utf-8"), self.fmt, id_column)
+                    try:
+                        rows += parse_out(body.decode("utf-8"), self.fmt, id_column)
+                    except (ValueError, AttributeError) as exc:  # UnicodeDecodeError and bad JSON are ValueErrors
+                        raise CloudBatchError(f"s3://{bucket}/{obj['Key']} is not Batch Transform output of the kit's "
+                                              f"container ({exc}); was the output prefix written by something "
+                                              "else?") from None
             token = listed.get("NextContinuationToken")
             if not token:
                 break

@@ -261,8 +261,12 @@ class VertexBatch:
         rows = []
         for blob in self._blobs(folder.rstrip("/") + "/"):
             base = blob.name.rsplit("/", 1)[-1]
-            if base.startswith("predictions_"):
-                rows += parse_predictions(blob.download_as_bytes().decode("utf-8"))
-            elif base.startswith("errors_"):
-                rows += parse_errors(blob.download_as_bytes().decode("utf-8"))
+            parse = parse_predictions if base.startswith("predictions_") else parse_errors if base.startswith(
+                "errors_") else None
+            if parse is not None:
+                try:
+                    rows += parse(blob.download_as_bytes().decode("utf-8"))
+                except (ValueError, AttributeError) as exc:  # not JSON Lines of objects: not Vertex's output
+                    raise CloudBatchError(f"gs://{blob.bucket.name}/{blob.name} is not Vertex batch prediction output "
+                                          f"({exc}); was the output folder written by something else?") from None
         return raw_frame(rows)

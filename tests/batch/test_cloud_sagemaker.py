@@ -278,3 +278,18 @@ def test_unreachable_service_is_one_line_in_bounded_time(aws, tmp_path):
                         id_column="customer_id", reasons=0, config=aws, service=batch, progress=lambda t: None)
     assert time.monotonic() - t0 < 60 and "\n" not in str(err.value)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").glob("score_month=*"))
+
+
+def test_hostile_output_files(aws):
+    import boto3
+
+    from churnkit.batch.sagemaker import parse_out
+
+    batch = _batch(aws)
+    s3 = boto3.client("s3", region_name=REGION)
+    # a quoted id with a comma and a newline-free error survive; a missing answer is refused, not invented
+    rows = parse_out('"a,1",0.25\nb,"error: column \'tenure\': expected a number"\nc\n')
+    assert rows == [("a,1", 0.25, ""), ("b", None, "column 'tenure': expected a number"), ("c", None, "no answer for this line")]
+    s3.put_object(Bucket=BUCKET, Key="churnkit/batch/j/output/part.csv.out", Body=b"\xff\xfe\x00garbage")
+    with pytest.raises(CloudBatchError, match="part.csv.out is not Batch Transform output"):
+        batch.read_output(f"s3://{BUCKET}/churnkit/batch/j/output/", "customer_id")
