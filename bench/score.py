@@ -36,27 +36,35 @@ GOAL_SCALING = 1.7
 ID = "customer_id"
 
 
-def build_store(runs: Path) -> dict:
-    """Register churn v1 (logistic regression) and v2 (HGB) in an embedded store; ``{kind: version}``."""
+def build_store(runs: Path, *, rows: int = 4000, seed: int = 0, hgb_iterations: int | None = None,
+                threshold: float = 0.5) -> dict:
+    """Register churn v1 (logistic regression) and v2 (HGB) in an embedded store; ``{kind: version}``.
+
+    The batch tests build their registry with this too (smaller, fewer boosting rounds).
+    """
     import mlflow
 
     from churnkit import registry
     from churnkit.config import TAG, load_config
     from churnkit.data import load_table
     from churnkit.evaluate import gate
-    from churnkit.model import split_holdout, train_model
+    from churnkit.model import build_model, split_holdout
 
     config = load_config(runs)
     registry.setup_tracking(config)
-    dataset = load_table("", rows=4000, seed=0)
-    split = split_holdout(dataset, seed=0)
+    dataset = load_table("", rows=rows, seed=seed)
+    split = split_holdout(dataset, seed=seed)
     versions = {}
     for kind in ("logreg", "hgb"):
-        pipeline = train_model(split, dataset.schema, model=kind, seed=0)
+        pipeline = build_model(kind, dataset.schema, seed=seed)
+        if kind == "hgb" and hgb_iterations:
+            pipeline.set_params(clf__max_iter=hgb_iterations)
+        pipeline.fit(split.X_train, split.y_train.to_numpy())
         with mlflow.start_run(run_name="01-train", tags={TAG + "notebook": "01-train"}):
-            run_id = registry.log_candidate(pipeline, dataset, split, model=kind, seed=0)
+            run_id = registry.log_candidate(pipeline, dataset, split, model=kind, seed=seed)
         candidate = registry.load_candidate(run_id, config)
-        versions[kind] = registry.register_candidate(candidate, gate(0.99, None, 0.5, -1.0), config=config)
+        versions[kind] = registry.register_candidate(candidate, gate(0.99, None, 0.5, -1.0), threshold=threshold,
+                                                     config=config)
     return versions
 
 
@@ -201,7 +209,7 @@ def main(argv=None) -> int:
         versions = build_store(runs)
         config = load_config(runs)
         base = make_base(args.rows, tmp / "base")
-        rows = []
+        rows = _Rows()
         for kind, version in versions.items():
             peer, n = peer_predict_proba(config, version, base)
             for reasons in (0, 3):
@@ -227,10 +235,16 @@ def main(argv=None) -> int:
             except ImportError as exc:
                 print(f"spark part skipped: {exc} (pip install -e '.[spark]')", file=sys.stderr)
     print(json.dumps(rows, indent=1))
-    for r in rows:
-        detail = f"ratio {r['ratio']}x" if "ratio" in r else f"peak {r['peak_rss_mib']} MiB in {r['seconds']}s"
-        print(f"{'ok  ' if r['met'] else 'MISS'} {r['what']}: {detail} (goal {r['goal']})")
     return 0
+
+
+class _Rows(list):
+    """The results, each printed as one line the moment it is measured (a long run shows progress)."""
+
+    def append(self, r: dict) -> None:
+        super().append(r)
+        detail = f"ratio {r['ratio']}x" if "ratio" in r else f"peak {r['peak_rss_mib']} MiB in {r['seconds']}s"
+        print(f"{'ok  ' if r['met'] else 'MISS'} {r['what']}: {detail} (goal {r['goal']})", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

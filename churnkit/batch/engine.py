@@ -87,8 +87,9 @@ class Kernel:
         p = self._predict(batch)
         cols = {spec.id_column: kept.column(spec.id_column), PROBABILITY: pa.array(p, type=pa.float64())}
         if self.explainer is not None and spec.reasons:
-            cols |= {k: pa.array(v) for k, v in top_reasons(self.explainer, batch, spec.reasons).items()} \
-                if batch.rows else empty_reasons(spec.reasons)
+            found = top_reasons(self.explainer, batch, spec.reasons) if batch.rows else {}
+            cols |= {k: pa.array(found[k], type=t) if k in found else pa.nulls(batch.rows, t)  # k > columns: null
+                     for k, t in reason_types(spec.reasons).items()}
         for name in spec.passthrough:
             cols[name] = kept.column(name)
         table = pa.table(cols)
@@ -125,10 +126,11 @@ class Kernel:
         return pa.table(cols)
 
 
-def empty_reasons(k: int) -> dict[str, pa.Array]:
+def reason_types(k: int) -> dict[str, pa.DataType]:
+    """The reason columns' types (fixed: a batch whose values are all missing still writes text)."""
     from churnkit.batch.output import reason_columns
 
-    return {c: pa.array([], type=pa.float64() if c.endswith("_contribution") else pa.string()) for c in reason_columns(k)}
+    return {c: pa.float64() if c.endswith("_contribution") else pa.string() for c in reason_columns(k)}
 
 
 def merge_sample(held: pa.Table | None, new: pa.Table | None, rows: int) -> pa.Table | None:
@@ -199,8 +201,8 @@ def run_local(source: Source, spec: KernelSpec, writer: ScoreWriter, *, workers:
               progress: bool | None = None, batch_rows: int | None = None) -> LocalRun:
     """Stream ``source`` through ``spec``'s scorer into ``writer`` (not committed here).
 
-    ``workers`` processes (default: every core); the first batch is scored in this process while they
-    start, and an input of one batch never starts them.
+    ``workers`` processes (default: every core); the first batch is scored in this process and the
+    workers start with the second, so an input of one batch never starts them.
     """
     workers = default_workers() if workers is None else max(1, int(workers))
     batch_rows = int(batch_rows or BATCH_ROWS)

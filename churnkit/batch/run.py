@@ -141,7 +141,7 @@ def load_reference(loaded, scorer, config=None) -> Reference:
 
     holdout, where = None, ""
     try:
-        if str(loaded.version) not in ("", "local"):
+        if str(loaded.uri).startswith("models:/"):  # a folder's manifest may name a version of another registry
             holdout, _ = registry.version_holdout(str(loaded.version), loaded.name, config)
             where = f"the holdout of {loaded.name} v{loaded.version}'s training run"
         elif str(loaded.uri).startswith("runs:/"):

@@ -93,30 +93,40 @@ def _csv_header(filesystem, path: str) -> list[str]:
             raise ScoreError(f"input file {path!r} is empty; pass a CSV with a header row") from None
 
 
+def _list_files(filesystem, path: str, uri: str):
+    """``(file info of path, the Parquet/CSV files to read)``; ScoreError for a missing or unusable input."""
+    from pyarrow import fs
+
+    info = filesystem.get_file_info(path)
+    if info.type == fs.FileType.NotFound:
+        raise ScoreError(f"input {uri!r} does not exist; pass a Parquet or CSV file, or a folder of them")
+    if info.type != fs.FileType.Directory:
+        if _format(path) is None:
+            raise ScoreError(f"input {uri!r} is neither .parquet nor .csv; pass a Parquet or CSV file, or a folder")
+        return info, [path]
+    found = filesystem.get_file_info(fs.FileSelector(path, recursive=True))
+    base = path.rstrip("/")
+    files = sorted(i.path for i in found if i.type == fs.FileType.File and _format(i.path)
+                   and not any(p.startswith((".", "_")) for p in i.path[len(base):].strip("/").split("/")))
+    kinds = {_format(f) for f in files}
+    if not kinds:
+        raise ScoreError(f"input folder {uri!r} holds no .parquet or .csv files; pass a folder of them")
+    if len(kinds) > 1:
+        raise ScoreError(f"input folder {uri!r} mixes Parquet and CSV files; pass one kind")
+    return info, files
+
+
 def open_source(uri: str) -> Source:
     """Open ``uri`` (file, folder, cloud URI) as a dataset; raise ScoreError naming what is wrong."""
     uri = str(uri)
     filesystem, path = _filesystem(uri)
     from pyarrow import fs
 
-    info = (filesystem or fs.LocalFileSystem()).get_file_info(path)
-    if info.type == fs.FileType.NotFound:
-        raise ScoreError(f"input {uri!r} does not exist; pass a Parquet or CSV file, or a folder of them")
-    if info.type == fs.FileType.Directory:
-        selector = fs.FileSelector(path, recursive=True)
-        files = sorted(i.path for i in (filesystem or fs.LocalFileSystem()).get_file_info(selector)
-                       if i.type == fs.FileType.File and not any(p.startswith((".", "_")) for p in
-                                                                 Path(i.path).relative_to(path).parts))
-        kinds = {_format(f) for f in files} - {None}
-        if not kinds:
-            raise ScoreError(f"input folder {uri!r} holds no .parquet or .csv files; pass a folder of them")
-        if len(kinds) > 1:
-            raise ScoreError(f"input folder {uri!r} mixes Parquet and CSV files; pass one kind")
-        files = [f for f in files if _format(f)]
-    else:
-        files = [path]
-        if _format(path) is None:
-            raise ScoreError(f"input {uri!r} is neither .parquet nor .csv; pass a Parquet or CSV file, or a folder")
+    try:
+        info, files = _list_files(filesystem or fs.LocalFileSystem(), path, uri)
+    except OSError as exc:  # storage that cannot be reached or read: one line, after the SDK's own retries
+        raise ScoreError(f"input {uri!r} cannot be read ({str(exc).strip().splitlines()[0][:300]}); check the URI, "
+                         "the network and that this machine's credentials can read it") from None
     kind = _format(files[0])
     try:
         if kind == "csv":
@@ -128,8 +138,9 @@ def open_source(uri: str) -> Source:
             fmt = pads.CsvFileFormat(convert_options=text)
         else:
             fmt = "parquet"
-        dataset = pads.dataset(files, format=fmt, filesystem=filesystem,
-                               partitioning="hive" if info.type == fs.FileType.Directory else None)
+        folder = info.type == fs.FileType.Directory  # Hive folders below it (month=12/...) become columns
+        dataset = pads.dataset(files, format=fmt, filesystem=filesystem, partitioning="hive" if folder else None,
+                               partition_base_dir=path if folder else None)
     except ScoreError:
         raise
     except Exception as exc:

@@ -74,6 +74,10 @@ def test_the_base_is_scored_ranked_explained_and_tracked(store, tmp_path):
     assert entry["notebook"] == "score" and entry["status"] == "FINISHED" and entry["model_version"] == "1"
     assert entry["metrics"]["rows_refused"] == 2 and entry["metrics"]["rows_scored"] == 1198
     assert result.deciles()["rows"].sum() == 1198 and len(result.top(5)) == 5
+    from churnkit.audit import write_report
+
+    index = write_report(store, tmp_path / "index.html").read_text()
+    assert "scored v1 into score_month=2026-05/model_version=1" in index
 
 
 def _cli(*args, runs=None):
@@ -174,3 +178,39 @@ def test_the_spark_engine_without_pyspark_names_the_extra(store, tmp_path, monke
                str(tmp_path / "s"), "--engine", "spark", runs=store.runs_dir)
     assert res.exit_code == 1 and "pip install -e '.[spark]'" in res.output and "Traceback" not in res.output
     assert not (tmp_path / "s").exists()
+
+
+def test_an_s3_input_is_read_with_the_default_chain_and_a_dead_endpoint_is_one_line(store, tmp_path, monkeypatch):
+    """moto's S3 server stands in for S3; pyarrow's S3 filesystem finds it through AWS_ENDPOINT_URL, the
+    variable the AWS SDKs document for a custom endpoint (docs.aws.amazon.com/sdkref/latest/guide/feature-ss-endpoints.html)."""
+    import logging
+    import socket
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+                     "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}.items():
+            monkeypatch.setenv(k, v)
+        s3 = boto3.client("s3")
+        s3.create_bucket(Bucket="acme-data")
+        base = customer_base(rows=300)
+        s3.put_object(Bucket="acme-data", Key="customers/2026-05/part-0.csv", Body=base.iloc[:200].to_csv(index=False))
+        s3.put_object(Bucket="acme-data", Key="customers/2026-05/part-1.csv", Body=base.iloc[200:].to_csv(index=False))
+        result = score_base("models:/churn/1", "s3://acme-data/customers/2026-05/", str(tmp_path / "scores"),
+                            id_column=ID, reasons=1, month="2026-05", workers=1, progress=False, config=store)
+        assert (result.summary.rows_in, result.summary.rows_refused) == (300, 2)
+    finally:
+        server.stop()
+    # the same URI with nothing listening: one line, no traceback, nothing written
+    res = _cli("score", "--model", "models:/churn/1", "--input", "s3://acme-data/customers/2026-05/", "--output",
+               str(tmp_path / "scores"), "--id-column", ID, "--month", "2026-05", runs=store.runs_dir)
+    assert res.exit_code == 1 and "cannot be read" in res.output and "Traceback" not in res.output, res.output
+    assert len(read_scores(tmp_path / "scores")) == 298
