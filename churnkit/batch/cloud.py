@@ -192,18 +192,19 @@ def write_raw_scores(raw, table, schema, id_column: str, writer, *, explainer=No
             probs.append(float(got[0]))
     rows = np.asarray(scored_rows, dtype=np.int64)
     cols = {id_column: table.column(id_column).take(pa.array(rows)), PROBABILITY: pa.array(probs, type=pa.float64())}
-    if reasons and explainer is not None:
-        from churnkit.batch.engine import empty_reasons
+    if reasons and explainer is not None:  # the local engine's reason columns and types (churnkit.batch.engine)
+        from churnkit.batch.engine import reason_types
         from churnkit.batch.reasons import top_reasons
         from churnkit.serve.validation import Batch
 
+        found = {}
         if len(rows):
             sel = kept_pos[rows]
             batch = Batch(numeric=typed.batch.numeric[sel], categorical=[[c[j] for j in sel.tolist()]
                                                                           for c in typed.batch.categorical])
-            cols |= {k: pa.array(v) for k, v in top_reasons(explainer, batch, reasons).items()}
-        else:
-            cols |= empty_reasons(reasons)
+            found = top_reasons(explainer, batch, reasons)
+        cols |= {k: pa.array(found[k], type=t) if k in found else pa.nulls(len(rows), t)
+                 for k, t in reason_types(reasons).items()}
     writer.add(pa.table(cols))
     writer.add_errors(pa.table({id_column: pa.array([r[0] for r in refused], type=pa.string()),
                                 "input_row": pa.array([r[1] for r in refused], type=pa.int64()),
