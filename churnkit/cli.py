@@ -311,18 +311,21 @@ def serve(model_uri, host, port, max_body_bytes, max_rows, capture_dir, capture_
     import os
 
     from churnkit.serve.app import create_app, environment_settings, run_server
+    from churnkit.serve.batch import batch_settings
     from churnkit.serve.loading import load_serving_model
     from churnkit.serve.workers import resolve_workers
 
     env = environment_settings(os.environ)
     n_workers = resolve_workers(workers, default="1" if model_uri else "auto")
+    batch = batch_settings(os.environ, n_workers)  # a bad SAGEMAKER_* variable fails before the model loads
     loaded = load_serving_model(model_uri or env["model"], _config(runs_dir), compiled=True)
     if not loaded.pinned:
         click.echo(f"warning: serving {loaded.uri!r} unpinned: no CHURNKIT_MANIFEST_SHA256 names the digest recorded at "
                    "registration, so a changed folder would not be noticed (/version shows \"pinned\": false)", err=True)
     app = create_app(loaded, max_body_bytes=max_body_bytes, max_rows=max_rows, capture_dir=capture_dir or env["capture"],
                      capture_max_bytes=capture_max_bytes, vertex_health_route=env["vertex_health_route"],
-                     vertex_predict_route=env["vertex_predict_route"], body_timeout=body_timeout)
+                     vertex_predict_route=env["vertex_predict_route"], body_timeout=body_timeout,
+                     batch=batch)
     run_server(app, host=host or env["host"], port=env["port"] if port is None else port, header_timeout=header_timeout,
                workers=n_workers)
 
@@ -780,20 +783,41 @@ def monitor(reference, current, history, labels_path, label_column, id_column, i
 @click.option("--duplicates", type=click.Choice(["refuse", "keep"]), default="refuse", show_default=True,
               help="A repeated id: refuse the run, or keep the rows with duplicate_id set.")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Local engine processes (default: every core).")
+@click.option("--target", "batch_target", type=click.Choice(["sagemaker", "azureml", "vertex"]), default=None,
+              help="Score on the cloud's batch service (Batch Transform, batch endpoints, batch prediction) instead of "
+                   "--engine; --plan prints its exact requests.")
+@click.option("--endpoint", default="churn", show_default=True, help="With --target: the endpoint whose settings, "
+              "model and batch endpoint (Azure ML: <endpoint>-batch) the job uses.")
+@click.option("--batch-option", "batch_options", multiple=True, metavar="NAME=VALUE",
+              help="With --target: a setting of the service's job, e.g. max_payload_mb=6, max_concurrent=4, "
+                   "instance_type=ml.m5.xlarge (SageMaker); instance_count=2, mini_batch_size=2, compute=NAME "
+                   "(Azure ML); machine_type=n1-standard-4, max_replica_count=4, batch_size=64 (Vertex AI).")
 @click.option("--plan", is_flag=True, help="Print what would be scored and written as JSON; score nothing.")
 @click.option("--runs-dir", type=click.Path(file_okay=False), help="Audit trail folder (default runs/ or CHURNKIT_RUNS_DIR).")
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome as one JSON object.")
-def score(model_uri, input_uri, output, id_column, reasons, engine, month, passthrough, duplicates, workers, plan,
-          runs_dir, as_json):
+def score(model_uri, input_uri, output, id_column, reasons, engine, month, passthrough, duplicates, workers, batch_target,
+          endpoint, batch_options, plan, runs_dir, as_json):
     """Score the whole customer base: ranked, explained, partitioned Parquet under --output."""
     from churnkit.batch.run import plan_score, score_base
 
     config = _config(runs_dir)
-    if plan:
+    if batch_target:
+        from churnkit.batch.cloudrun import parse_options, plan_cloud, score_on_target
+
+        if passthrough:
+            raise click.UsageError("--passthrough is not available with --target: the services return ids and scores")
+        options = parse_options(batch_target, batch_options)
+        if plan:
+            return emit_json(plan_cloud(batch_target, model_uri, input_uri, id_column=id_column, endpoint=endpoint,
+                                        config=config, **options))
+        result = score_on_target(batch_target, model_uri, input_uri, output, id_column=id_column, reasons=reasons,
+                                 month=month, duplicates=duplicates, endpoint=endpoint, config=config, **options)
+    elif plan:
         return emit_json(plan_score(model_uri, input_uri, output, id_column=id_column, reasons=reasons, engine=engine,
                                     month=month, passthrough=passthrough, config=config))
-    result = score_base(model_uri, input_uri, output, id_column=id_column, reasons=reasons, engine=engine,
-                        month=month, passthrough=passthrough, duplicates=duplicates, workers=workers, config=config)
+    else:
+        result = score_base(model_uri, input_uri, output, id_column=id_column, reasons=reasons, engine=engine,
+                            month=month, passthrough=passthrough, duplicates=duplicates, workers=workers, config=config)
     if as_json:
         return emit_json(result.to_dict())
     for line in result.lines():

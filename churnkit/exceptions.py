@@ -228,3 +228,43 @@ class ScoreError(ChurnkitError):
 
 class ScoreOutputError(ScoreError):
     """The score output folder cannot be written as asked (not a score output, bad partition, accounting)."""
+
+
+class CloudBatchError(ScoreError):
+    """A batch scoring job on a cloud's batch service cannot start, failed, or its output cannot be read."""
+
+
+class CloudBatchLimitError(CloudBatchError):
+    """A batch job request a service would refuse (payload × concurrency, filter length, instance type, region);
+    raised before anything is sent or billed. ``field`` names the request field, ``value`` its value."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, field: str = "", value=None):
+        super().__init__(message)
+        self.field = field
+        self.value = value
+
+
+class CloudBatchJobError(CloudBatchError):
+    """A batch job ended in failure on the service: ``job`` its name, ``reason`` the service's failure reason,
+    ``error_lines`` the first lines of its first error file."""
+
+    def __init__(self, message: str, *, job: str = "", reason: str = "", error_lines: list[str] | None = None):
+        super().__init__(message)
+        self.job = job
+        self.reason = reason
+        self.error_lines = list(error_lines or [])
+
+
+class CloudBatchInterrupted(CloudBatchError):
+    """The client stopped waiting (Ctrl-C) while the job still runs on the service; ``job`` names it and
+    ``resume``/``stop`` are the commands to wait for it again or to stop it."""
+
+    exit_code = 130
+
+    def __init__(self, message: str, *, job: str = "", resume: str = "", stop: str = ""):
+        super().__init__(message)
+        self.job = job
+        self.resume = resume
+        self.stop = stop

@@ -17,7 +17,7 @@ from churnkit.runner import PIPELINE_STEPS, notebook_parameters
 
 ROOT = Path(__file__).resolve().parent.parent
 CI = ROOT / "templates" / "ci"
-INPUTS = {"data_path", "model", "auc_threshold", "deploy_target"}
+INPUTS = {"data_path", "model", "auc_threshold", "deploy_target", "score_target"}
 OPERATORS = {"|", "||", "&&", ";", ">", ">>", "<", "&", "(", ")"}
 
 
@@ -84,7 +84,7 @@ def test_every_churnkit_call_is_a_real_command_with_valid_options(name):
     assert len(monthly) == 1 and {"report", "runs", "image", "approve"} <= {c[0] for c in calls}
     # team mode: the approved version is deployed by number, after `churnkit approve` recorded the approval
     assert [c[0] for c in calls if c[0] == "approve" or "--approved" in c] == ["approve", "pipeline"]
-    declared = {p.name for step in PIPELINE_STEPS for p in notebook_parameters(step)}
+    declared = {p.name for step in PIPELINE_STEPS for p in notebook_parameters(step)} | {"score_target"}  # the job's own
     for args in calls:
         command: click.Command = main
         while isinstance(command, click.Group):  # descend: `churnkit data synth ...`

@@ -127,7 +127,18 @@ class _Page:
                          f' (v{_e(r.get("challenger"))} vs champion v{_e(r.get("champion"))}): {_e(r.get("reason"))}</div>')
         if e.get("event"):
             parts.append(f'<div class="event">{_e(e["event"])}</div>')
+        if e.get("score"):
+            parts.append(self.score_link(e["score"]))
         return "".join(parts)
+
+    def score_link(self, score: dict) -> str:
+        """A link to the partition a scoring run wrote (a folder here, or its cloud URI as text)."""
+        where = f'{score["output"].rstrip("/")}/{score["partition"]}' if score.get("partition") else score["output"]
+        engine = f' on {_e(score["engine"])}' if score.get("engine") else ""
+        if "://" in where or not Path(where).exists():
+            return f'<div class="score-output">scored output{engine}: <code>{_e(where)}</code></div>'
+        return f'<div class="score-output"><a class="score-output" href="{_rel(where, self.out)}">scored output</a>{engine}</div>'
+
 
     def notebook_row(self, e: dict) -> str:
         failed = " failed" if e["status"] in FAILED else ""

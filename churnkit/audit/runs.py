@@ -20,7 +20,7 @@ from churnkit.tracking import has_store, iter_runs
 RUN_KEYS = ("run_id", "pipeline_id", "notebook", "status", "started", "finished", "parameters", "metrics",
             "output_notebook", "model_version")
 ENTRY_KEYS = (*RUN_KEYS, "model_name", "event", "gate", "rollout", "error", "passed_parameters", "experiment_id",
-              "parent_run_id", "git_commit", "git_dirty", "rerun_of", "redactions", "deployment", "source")
+              "parent_run_id", "git_commit", "git_dirty", "rerun_of", "redactions", "deployment", "source", "score")
 KEY_PARAMETERS = ("data_path", "model", "seed", "auc_threshold", "min_improvement", "deploy_target", "strategy")
 KEY_METRICS = {"holdout_roc_auc": "auc", "holdout_pr_auc": "pr_auc", "champion_holdout_roc_auc": "champion_auc",
                "rollout_steps": "steps", "rows_scored": "scored", "rows_refused": "refused", "notebook_seconds": "s"}
@@ -58,6 +58,14 @@ def _outcome(tags: dict, gate: dict | None) -> tuple[str | None, str | None]:
     if scored:  # a batch scoring run (churnkit score, 06-score)
         return scored, f"scored v{scored} into {tags.get(TAG + 'score_partition', '')}".rstrip()
     return None, None
+
+
+def _score(tags: dict) -> dict | None:
+    """Where a scoring run wrote (its output folder and partition) and on what engine or service, or None."""
+    if not tags.get(TAG + "score_output"):
+        return None
+    return {"output": tags[TAG + "score_output"], "partition": tags.get(TAG + "score_partition", ""),
+            "engine": tags.get(TAG + "score_engine", "")}
 
 
 def _deployment(tags: dict) -> dict | None:
@@ -137,6 +145,7 @@ def run_entry(run) -> dict:
         "redactions": _json(tags.get(TAG + "redactions"), {}),
         "deployment": _deployment(tags),
         "source": "mlflow",
+        "score": _score(tags),
     }
 
 

@@ -5,7 +5,8 @@ row accounting; every engine and cloud writes through it or matches it), ``reaso
 contributions: exact for logistic regression, path attribution for trees), ``source`` (reading the
 input in record batches), ``engine`` (the local engine: processes over record batches through the
 compiled scorer), ``spark`` (the same output on Spark; pyspark imported lazily), ``run`` (the
-command and the notebook: model, reference, drift, MLflow).
+command and the notebook: model, reference, drift, MLflow); the clouds' batch services in ``sagemaker``,
+``azureml`` and ``vertex`` (SDKs imported lazily), sharing waiting and raw-output reading in ``cloud``.
 """
 
 from __future__ import annotations

@@ -301,8 +301,18 @@ def score_base(model: str, input: str, output: str, *, id_column: str = "custome
     RegistryError
         The model URI does not resolve or fails verification.
     """
+    from churnkit.batch.cloudrun import TARGETS as CLOUD_TARGETS
+
+    if engine in CLOUD_TARGETS:  # a cloud's batch service scores; the run, output and accounting are the same
+        from churnkit.batch.cloudrun import score_on_target
+
+        if passthrough:
+            raise ScoreError(f"passthrough columns are not available on {engine}: its batch service returns ids and "
+                             "scores only; score with engine 'local' or 'spark' to copy input columns")
+        return score_on_target(engine, model, input, output, id_column=id_column, reasons=reasons, month=month,
+                               duplicates=duplicates, config=config)
     if engine not in ENGINES:
-        raise ScoreError(f"no scoring engine named {engine!r}; available: {', '.join(map(repr, ENGINES))}")
+        raise ScoreError(f"no scoring engine named {engine!r}; available: {', '.join(map(repr, (*ENGINES, *CLOUD_TARGETS)))}")
     check_duplicates_option(duplicates)
     month = _month(month)
     if engine == "spark":

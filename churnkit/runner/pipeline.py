@@ -1,5 +1,8 @@
 """The monthly job: train, evaluate (gate, register), deploy and roll out, in one run folder.
 
+With ``score_target`` other than ``"none"`` the job ends by scoring the customer base with the champion
+(06-score: ``local`` or ``spark`` here, or a cloud's batch service: ``sagemaker``, ``azureml``, ``vertex``).
+
 Each step is a notebook run (:func:`churnkit.runner.execution.run_notebook`) nested under one parent
 MLflow run; a step runs only when the one before left it something to do. 03-deploy and 04-rollout get
 the version 02-evaluate registered by number (``model_version``), and pipelines on one model in one runs
@@ -29,10 +32,29 @@ from churnkit.runner.execution import (
 from churnkit.runner.approval import approved_release, hand_off
 from churnkit.runner.kernel import WarmKernel
 from churnkit.runner.lock import pipeline_lock
-from churnkit.runner.params import find_notebook, split_parameters
+from churnkit.runner.params import find_notebook, notebook_parameters, split_parameters
 from churnkit.signals import RunTerminated, sigterm_raises
 
 PIPELINE_STEPS = ("01-train", "02-evaluate", "03-deploy", "04-rollout")
+SCORE_STEP = "06-score"
+#: Where the job's last step scores the base: nowhere, an engine, or a cloud's batch service.
+SCORE_TARGETS = ("none", "local", "spark", "sagemaker", "azureml", "vertex")
+
+
+def score_step(parameters: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """``parameters`` without ``score_target``, and the target (``"none"`` when absent).
+
+    Raises
+    ------
+    ParameterError
+        A target not in :data:`SCORE_TARGETS`.
+    """
+    params = dict(parameters)
+    target = str(params.pop("score_target", "none") or "none").strip().lower()
+    if target not in SCORE_TARGETS:
+        raise ParameterError(f"score_target {target!r} is not one of {', '.join(SCORE_TARGETS)}; 'none' ends the "
+                             "pipeline after the rollout", name="score_target", valid=list(SCORE_TARGETS))
+    return params, target
 
 
 @dataclass
@@ -75,15 +97,28 @@ def run_pipeline(
     if tuple(steps) != PIPELINE_STEPS[:len(steps)] or not steps:
         raise ParameterError(f"pipeline steps {tuple(steps)!r} are not a prefix of {PIPELINE_STEPS!r}", name="steps")
     config = config or load_config()
-    per_step = split_parameters(dict(parameters or {}), PIPELINE_STEPS if approved else tuple(steps))
-    if approved:  # the same -p list as the monthly job: training parameters are checked, then not needed
+    routed, target = score_step(dict(parameters or {}))
+    split_for = PIPELINE_STEPS if approved else tuple(steps)  # --approved: the monthly job's -p list, checked whole
+    if target == "none":
+        per_step = split_parameters(routed, split_for)
+    else:  # a name the training steps declare is theirs (01-train's month, model); 06-score gets the others
+        known = {p.name for s in split_for for p in notebook_parameters(s)}
+        per_step = split_parameters({k: v for k, v in routed.items() if k in known}, split_for)
+        per_step |= split_parameters({k: v for k, v in routed.items() if k not in known}, (SCORE_STEP,))
+    if approved:  # training parameters were checked, then not needed
         steps = PIPELINE_STEPS[2:]
-        per_step = {step: per_step[step] for step in steps}
+        per_step = {step: per_step[step] for step in (*steps, SCORE_STEP) if step in per_step}
+    if target != "none":  # the month's table, unless 06-score is given its own input
+        steps = (*steps, SCORE_STEP)
+        per_step[SCORE_STEP]["engine"] = target
+        if "input" not in per_step[SCORE_STEP] and routed.get("data_path"):
+            per_step[SCORE_STEP]["input"] = routed["data_path"]
     model_name = str(next((p["model_name"] for p in per_step.values() if "model_name" in p), DEFAULT_MODEL_NAME))
     if approved:  # by number: the production version approved from this candidate, nothing else
         production, version = approved_release(model_name, approved, config)
         for step in steps:
-            per_step[step].update(model_name=production, model_version=version)
+            if step != SCORE_STEP:  # 06-score scores the champion after the rollout (_champion_uri)
+                per_step[step].update(model_name=production, model_version=version)
     with pipeline_lock(config, model_name, wait=wait, echo=echo):
         return _run_locked(parameters, per_step, config, progress, echo, steps)
 
@@ -151,6 +186,8 @@ def _run_steps(parameters, per_step, config: Config, progress, echo, steps, kern
                     params["model_version"] = _registered_version(results)
                 if step in ("03-deploy", "04-rollout"):  # ...or its production copy, in team mode
                     params.update(released)
+                if step == SCORE_STEP:  # what serves after the rollout: the champion, by number
+                    params["model"] = _champion_uri(per_step, config)
                 echo(f"▶ {step} → {folder / (step + '.ipynb')}")
                 kernel = kernels.pop(step, None)
                 try:
@@ -192,6 +229,18 @@ def _registered_version(results: list[RunResult]) -> str:
 def _model_name(results: list[RunResult]) -> str:
     ev = next((r for r in results if r.notebook == "02-evaluate"), None)
     return ev.tags.get(TAG + "model_name", "") or ev.parameters.get("model_name", DEFAULT_MODEL_NAME) if ev else ""
+
+
+def _champion_uri(per_step: dict, config: Config) -> str:
+    """``models:/<name>/<champion version>`` after the steps so far (the rollout may have promoted)."""
+    from churnkit import registry
+
+    name = str(next((p["model_name"] for p in per_step.values() if "model_name" in p), DEFAULT_MODEL_NAME))
+    found = registry.find_version(f"models:/{name}@champion", config)
+    if found is None:
+        raise ParameterError(f"score_target is set but model {name!r} has no champion to score with; register one "
+                             "(a pipeline whose gate passes) or pass -p score_target none", name="score_target")
+    return f"models:/{name}/{found.version}"
 
 
 def _skip_reason(step: str, results: list[RunResult], given: dict | None = None,
@@ -257,8 +306,8 @@ def pipeline_summary(result: PipelineResult) -> dict:
                          f"`churnkit pipeline --approved {version} -p model_name {model_name}` deploys it")
     elif ev is not None:
         lines.append(f"model    nothing registered; {model_name!r} registry unchanged (aliases {aliases})")
-    dep, out = result.step("03-deploy"), result.step("04-rollout")
-    deployment = rollout = None
+    dep, out, scored = result.step("03-deploy"), result.step("04-rollout"), result.step(SCORE_STEP)
+    deployment = rollout = score = None
     if dep is not None:
         deployment = {k: dep.tags.get(TAG + k, "") for k in ("deployed_uri", "deploy_target", "endpoint")}
         deployment["weights"] = json.loads(dep.tags.get(TAG + "endpoint_weights", "{}"))
@@ -268,6 +317,11 @@ def pipeline_summary(result: PipelineResult) -> dict:
         rollout = {"decision": out.tags.get(TAG + "rollout_decision", ""),
                    "reason": out.tags.get(TAG + "rollout_reason", ""), "run_id": out.run_id}
         lines.append(f"rollout  {rollout['decision']}: {rollout['reason']}")
+    if scored is not None:
+        score = {"engine": scored.parameters.get("engine", ""), "model": scored.parameters.get("model", ""),
+                 "output": scored.tags.get(TAG + "score_output", ""), "run_id": scored.run_id,
+                 "notebook": str(scored.output_path)}
+        lines.append(f"score    {score['model']} on {score['engine']}: {score['output'] or scored.output_path}")
     return {
         "pipeline_id": result.pipeline_id,
         "folder": str(result.folder),
@@ -280,5 +334,6 @@ def pipeline_summary(result: PipelineResult) -> dict:
         "deployment": deployment,
         "rollout": rollout,
         "awaiting_approval": result.awaiting or None,
+        "score": score,
         "text": "\n".join(lines),
     }

@@ -4,8 +4,12 @@
 GET /ping, POST /invocations               SageMaker (and MLflow's scoring protocol)
 AIP_HEALTH_ROUTE, AIP_PREDICT_ROUTE        Vertex AI custom container (when those are set)
 GET /, POST /score                         Azure ML
+GET /execution-parameters                  SageMaker Batch Transform (see :mod:`churnkit.serve.batch`)
 GET /health, /version, /metrics            operations (Prometheus text on /metrics)
 =========================================  ======================================================
+
+In batch mode (``SAGEMAKER_BATCH=true``), CSV lines and JSON Lines posted to ``/invocations`` or
+``/score`` get one answer line per input line (:func:`churnkit.serve.batch.score_lines`).
 
 The predict routes are plain ASGI callables (no Request/Response objects on the hot path); every
 client mistake is a 4xx ``{"error", "details"}``, an unexpected failure a logged 500 with a
@@ -40,6 +44,7 @@ from starlette.routing import Route
 from churnkit.clock import utcnow
 from churnkit.exceptions import ConfigError, SchemaError
 from churnkit.version import __version__
+from churnkit.serve import batch as batch_mode
 from churnkit.serve import contracts
 from churnkit.serve.limits import DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT, Disconnected, protocol_class, read_body
 from churnkit.serve.metrics import CONTENT_TYPE, Metrics
@@ -75,10 +80,12 @@ class Service:
     """
 
     def __init__(self, loaded, scorer: Scorer, max_body_bytes: int, capture=None,
-                 body_timeout: float = DEFAULT_BODY_TIMEOUT):
+                 body_timeout: float = DEFAULT_BODY_TIMEOUT, batch: batch_mode.BatchSettings | None = None):
         self.loaded = loaded
         self.scorer = scorer
-        self.max_body_bytes = int(max_body_bytes)
+        self.batch = batch or batch_mode.BatchSettings()
+        self.batch_validator = batch_mode.lenient_validator(scorer.validator) if self.batch.enabled else None
+        self.max_body_bytes = max(int(max_body_bytes), self.batch.max_body_bytes if self.batch.enabled else 0)
         self.body_timeout = float(body_timeout)
         self.capture = capture
         self.metrics = Metrics(loaded.name, str(loaded.version), loaded.sha256)
@@ -112,36 +119,30 @@ class PredictEndpoint:
 
     async def __call__(self, scope, receive, send) -> None:
         svc = self.service
-        content_type = length = request_id = None
+        content_type = length = request_id = accept = None
         for key, value in scope["headers"]:
             if key == b"content-type":
                 content_type = value.decode("latin-1")
+            elif key == b"accept":
+                accept = value.decode("latin-1")
             elif key == b"content-length":
                 length = value
             elif key == b"x-request-id":
                 request_id = value.decode("latin-1")[:128]
         request_id = request_id or os.urandom(16).hex()
         status, model_seconds = 200, None
-        m = svc.loaded
         close = False
+        media = _JSON
         try:
             if svc.not_ready:
                 raise _NotReady
             if length is not None and length.isdigit() and int(length) > svc.max_body_bytes:
                 raise contracts.body_too_large(int(length), svc.max_body_bytes)
             body = await read_body(receive, svc.max_body_bytes, svc.body_timeout)
-            score = functools.partial(contracts.score_request, body, content_type, svc.scorer, m.name, str(m.version),
-                                      max_body_bytes=svc.max_body_bytes, vertex=self.vertex)
-            scored = await anyio.to_thread.run_sync(score) if len(body) > OFFLOAD_BYTES else score()
-            model_seconds = scored.model_seconds
-            data = contracts.dumps(scored.body)
-            svc.metrics.observe_scores(scored.proba)
-            if svc.capture is not None:
-                svc.capture.write({
-                    "time": utcnow(), "request_id": request_id,
-                    "model_name": m.name, "model_version": str(m.version),
-                    "inputs": scored.payload.records(svc.scorer.validator.names), "predictions": scored.proba.tolist(),
-                })
+            if svc.batch_validator is not None and not self.vertex and batch_mode.is_batch_body(content_type):
+                data, media, model_seconds = await self._score_lines(body, content_type, accept)
+            else:
+                data, model_seconds = await self._score(body, content_type, request_id)
         except Disconnected:
             return
         except _NotReady:
@@ -156,11 +157,37 @@ class PredictEndpoint:
         scope["churnkit.status"] = status
         latency = b"%.3f" % ((model_seconds or 0.0) * 1000.0)
         await send({"type": "http.response.start", "status": status, "headers": [
-            (b"content-type", _JSON), (b"content-length", str(len(data)).encode()),
+            (b"content-type", media), (b"content-length", str(len(data)).encode()),
             (b"x-model-latency-ms", latency), (b"x-model-version", svc.version_header),
             (b"x-request-id", request_id.encode("latin-1", "replace")),
         ] + ([(b"connection", b"close")] if close else [])})
         await send({"type": "http.response.body", "body": data})
+
+    async def _score(self, body: bytes, content_type, request_id: str) -> tuple[bytes, float]:
+        """A body of any real-time contract scored (in a worker thread when large) and captured."""
+        svc, m = self.service, self.service.loaded
+        score = functools.partial(contracts.score_request, body, content_type, svc.scorer, m.name, str(m.version),
+                                  max_body_bytes=svc.max_body_bytes, vertex=self.vertex)
+        scored = await anyio.to_thread.run_sync(score) if len(body) > OFFLOAD_BYTES else score()
+        svc.metrics.observe_scores(scored.proba)
+        if svc.capture is not None:
+            svc.capture.write({
+                "time": utcnow(), "request_id": request_id,
+                "model_name": m.name, "model_version": str(m.version),
+                "inputs": scored.payload.records(svc.scorer.validator.names), "predictions": scored.proba.tolist(),
+            })
+        return contracts.dumps(scored.body), scored.model_seconds
+
+    async def _score_lines(self, body: bytes, content_type, accept) -> tuple[bytes, bytes, float]:
+        """A batch body scored line by line (in a worker thread when large); the answer, its type, model seconds."""
+        svc = self.service
+        score = functools.partial(batch_mode.score_lines, body, content_type, accept, svc.scorer, svc.batch_validator)
+        t0 = time.perf_counter()
+        scored = await anyio.to_thread.run_sync(score) if len(body) > OFFLOAD_BYTES else score()
+        svc.metrics.observe_scores(scored.proba)
+        if scored.refused:
+            log.warning("batch request: %d of %d lines refused (answered as error lines)", scored.refused, scored.lines)
+        return scored.body, scored.media_type.encode(), time.perf_counter() - t0
 
 
 class Instrument:
@@ -221,6 +248,7 @@ def create_app(
     vertex_predict_route: str | None = None,
     fast: bool = True,
     body_timeout: float = DEFAULT_BODY_TIMEOUT,
+    batch: batch_mode.BatchSettings | None = None,
 ) -> Starlette:
     """The Starlette app serving ``loaded`` (a :class:`churnkit.registry.LoadedModel`).
 
@@ -238,6 +266,9 @@ def create_app(
         False scores with sklearn itself (for comparisons).
     body_timeout : float
         Seconds a client has to send a request's body (408 after).
+    batch : BatchSettings, optional
+        Batch mode (:func:`churnkit.serve.batch.batch_settings` reads it from SageMaker's variables); its
+        payload size raises ``max_body_bytes`` when larger.
     """
     for name, route in (("vertex_health_route", vertex_health_route), ("vertex_predict_route", vertex_predict_route)):
         if route is not None and not route.startswith("/"):
@@ -254,7 +285,7 @@ def create_app(
             capture_dir = tempfile.mkdtemp(prefix="churnkit-capture-")
         capture = CaptureWriter(capture_dir, capture_max_bytes or DEFAULT_MAX_BYTES, remote=remote)
         capture.start()
-    svc = Service(loaded, scorer, max_body_bytes, capture, body_timeout)
+    svc = Service(loaded, scorer, max_body_bytes, capture, body_timeout, batch)
 
     async def ok(request: Request) -> Response:
         if svc.not_ready:
@@ -274,6 +305,13 @@ def create_app(
     async def metrics(request: Request) -> Response:
         return Response(svc.metrics.render(), media_type=CONTENT_TYPE)
 
+    async def execution_parameters(request: Request) -> Response:
+        if svc.batch.enabled:
+            return _json(svc.batch.execution_parameters())
+        # outside a transform job: what one request may carry here (whole MB, at least 1)
+        payload = max(1, svc.max_body_bytes // (1024 * 1024))
+        return _json(batch_mode.BatchSettings(False, payload).execution_parameters())
+
     routes = []
     if vertex_predict_route:
         routes.append(Route(vertex_predict_route, PredictEndpoint(svc, vertex=True), methods=["POST"]))
@@ -282,7 +320,7 @@ def create_app(
     routes += [Route(p, PredictEndpoint(svc), methods=["POST"]) for p in PREDICT_ROUTES]
     predict = {r.path: r.endpoint for r in routes if isinstance(r.endpoint, PredictEndpoint)}
     routes += [Route("/ping", ok), Route("/", ok), Route("/health", health), Route("/version", version),
-               Route("/metrics", metrics)]
+               Route("/metrics", metrics), Route("/execution-parameters", execution_parameters)]
     paths = [r.path for r in routes]
 
     async def http_error(request: Request, exc: HTTPException) -> Response:

@@ -64,10 +64,11 @@ output "autoscale_setting_id" {
 output "churnkit_env" {
   description = "Shell lines setting every variable the azureml target reads: eval \"$(terraform output -raw churnkit_env)\"."
   value = join("\n", [for k, v in {
-    AZURE_SUBSCRIPTION_ID    = data.azurerm_client_config.current.subscription_id
-    AZURE_RESOURCE_GROUP     = azurerm_resource_group.churnkit.name
-    AZUREML_WORKSPACE        = azurerm_machine_learning_workspace.churnkit.name
-    CHURNKIT_AZURE_IMAGE_URI = local.image_uri
-    CHURNKIT_ENDPOINT        = local.endpoint_name
+    AZURE_SUBSCRIPTION_ID        = data.azurerm_client_config.current.subscription_id
+    AZURE_RESOURCE_GROUP         = azurerm_resource_group.churnkit.name
+    AZUREML_WORKSPACE            = azurerm_machine_learning_workspace.churnkit.name
+    CHURNKIT_AZURE_IMAGE_URI     = local.image_uri
+    CHURNKIT_ENDPOINT            = local.endpoint_name
+    CHURNKIT_AZURE_BATCH_COMPUTE = azurerm_machine_learning_compute_cluster.batch.name
   } : "export ${k}=${v}"])
 }
