@@ -124,7 +124,8 @@ def quiet_outputs(level: str = "WARNING") -> None:
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         return
     warnings.filterwarnings("ignore", message=IPROGRESS_WARNING)
-    for name in ("mlflow.store.db.utils", "alembic.runtime.migration"):
+    # the database set-up, and the wait for a version's creation a registry server logs at each registration
+    for name in ("mlflow.store.db.utils", "alembic.runtime.migration", "mlflow.store.model_registry.abstract_store"):
         logging.getLogger(name).setLevel(logging.WARNING)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 

@@ -166,8 +166,10 @@ def test_approver_copies_the_candidate_with_its_lineage_and_the_decision(team_se
         assert lineage["files_sha256"] == candidate_tags["churnkit.files_sha256"] == mv.tags["churnkit.files_sha256"]
         assert "MLmodel" in lineage["files"]
         for key, value in candidate_tags.items():  # every artifact tag travels, including ones added later
-            if key.startswith("churnkit.") and key != "churnkit.history":
+            if key.startswith("churnkit.") and key not in ("churnkit.history", "churnkit.manifest_sha256"):
                 assert mv.tags[key] == value, key
+        sealed = mv.tags["churnkit.manifest_sha256"]  # the serving manifest names the model and version it serves
+        assert sealed != candidate_tags["churnkit.manifest_sha256"]
         on_production = json.loads(mv.tags["churnkit.approval"])
         on_candidate = json.loads(registry.get_version("churn", version, config).tags["churnkit.approval"])
         assert on_production["by"] == on_candidate["by"] == "ali"
@@ -177,6 +179,8 @@ def test_approver_copies_the_candidate_with_its_lineage_and_the_decision(team_se
         assert "approved by ali" in registry.version_history(version, "churn", config)[-1]["event"]
         loaded = registry.load_model(f"models:/churn-production/{produced}", config)  # manifest verified on load
         assert loaded.version == produced
+        assert registry.manifest_sha256(mv.source, loaded.pipeline, loaded.schema, "churn-production", produced,
+                                        loaded.threshold) == sealed  # what deploy pins for the copy
 
     before = _snapshot(team_server, "churn", "churn-production")
     twice = _cli(team_server, "ali", "approve", "churn", version, "--note", "again", "--runs-dir", str(tmp_path))
