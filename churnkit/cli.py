@@ -802,7 +802,8 @@ def score(model_uri, input_uri, output, id_column, reasons, engine, month, passt
 
     config = _config(runs_dir)
     if batch_target:
-        from churnkit.batch.cloudrun import parse_options, plan_cloud, score_on_target
+        from churnkit.batch.cloudrun import parse_options, plan_cloud
+        from churnkit.batch.run import score_on_target
 
         if passthrough:
             raise click.UsageError("--passthrough is not available with --target: the services return ids and scores")

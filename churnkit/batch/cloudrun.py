@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 
-from churnkit.batch.cloud import job_name, sendable, stage_csv, stage_jsonl, write_raw_scores
+from churnkit.batch.cloud import job_name, sendable, stage_csv, stage_jsonl
 from churnkit.exceptions import CloudBatchError, ScoreError
 
 TARGETS = ("sagemaker", "azureml", "vertex")
@@ -82,11 +82,11 @@ def parse_options(target: str, pairs) -> dict:
     return out
 
 
-def _stamp() -> str:
+def job_stamp() -> str:
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime())
 
 
-def _read(input: str, schema, id_column: str):
+def read_input(input: str, schema, id_column: str):
     """The input as one arrow table (checked columns) and the rows to send."""
     from churnkit.batch.source import check_columns, open_source
 
@@ -108,9 +108,9 @@ def plan_cloud(target: str, model: str, input: str, *, id_column: str = "custome
 
     loaded = load_serving_model(str(model), config)
     release = resolve_release(str(model), config=config)
-    _, rows = _read(input, loaded.schema, id_column)
+    _, rows = read_input(input, loaded.schema, id_column)
     svc = service_for(target, endpoint, config, **options)
-    job = job or job_name(release.model_name, release.version, _stamp())
+    job = job or job_name(release.model_name, release.version, job_stamp())
     names = loaded.schema.names
     if target == "sagemaker":
         requests = svc.plan(release, job, id_column, staged=stage_csv(rows, names, id_column))
@@ -194,70 +194,3 @@ def _run_cloud(svc, target: str, release, loaded, table, rows, id_column: str, j
         started = svc.submit(release, job, str(folder))
     report = svc.wait(started, progress=progress)
     return svc.read_output(started), report
-
-
-def score_on_target(target: str, model: str, input: str, output: str, *, id_column: str = "customerID",
-                    reasons: int = 3, month: str = "", duplicates: str = "refuse", endpoint: str = "churn",
-                    config=None, progress=None, service=None, **options):
-    """Score ``input`` on ``target``'s batch service into ``output`` (the kit's Parquet); tracked in MLflow.
-
-    Returns the :class:`churnkit.batch.run.ScoreResult` of the run, whose notes name the job and its state log.
-    """
-    from churnkit.batch.output import ScoreMeta, ScoreWriter, check_duplicates_option
-    from churnkit.batch.run import ScoreResult, _month, log_result, prepare_model, scored_base_drift, tracked_run
-    from churnkit.deploy.base import resolve_release
-
-    check_duplicates_option(duplicates)
-    month = _month(month)
-    prepared = prepare_model(model, id_column=id_column, reasons=reasons, config=config)
-    loaded = prepared.loaded
-    release = resolve_release(str(model), config=config)
-    table, rows = _read(input, loaded.schema, id_column)
-    svc = service or service_for(target, endpoint, config, **options)
-    job = job_name(release.model_name, release.version, _stamp())
-    params = {"model": model, "input": input, "output": output, "id_column": id_column, "reasons": reasons,
-              "engine": target, "month": month, "duplicates": duplicates, "passthrough": [], "job": job}
-    with tracked_run(config, params) as run:
-        t0 = time.perf_counter()
-        raw, report = run_cloud(svc, target, release, loaded, table, rows, id_column, job, progress)
-        meta = ScoreMeta(model_name=loaded.name, model_version=str(loaded.version), threshold=loaded.threshold,
-                         run_id=run.info.run_id, id_column=id_column, score_month=month, reasons=int(reasons))
-        explainer = None
-        if reasons:
-            from churnkit.batch.reasons import Explainer
-
-            explainer = Explainer.from_bytes(prepared.scorer.model, loaded.schema, prepared.spec.explainer)
-        with ScoreWriter(output, meta, duplicates=duplicates) as writer:
-            counts = write_raw_scores(raw, table, loaded.schema, id_column, writer, explainer=explainer,
-                                      reasons=int(reasons), service=svc.service)
-            summary = writer.commit(counts["rows_in"], extra={"engine": target, "job": report.to_dict(), **counts})
-        sample = _sample(table, raw, loaded.schema, id_column)
-        report_drift, line = scored_base_drift(prepared.reference, sample, loaded)
-        notes = [(f"{svc.service} job {report.job}: {' → '.join(s for _, s in report.states)}; "
-                 f"{counts['rows_scored']:,} scored there, {counts['rows_refused']:,} refused "
-                 f"({counts['rows_unanswered']:,} without an answer)")]
-        result = ScoreResult(
-            summary=summary, engine=target, reasons_method=prepared.reasons_method,
-            model={"name": loaded.name, "version": str(loaded.version), "uri": str(model),
-                   "threshold": loaded.threshold, "scorer": f"{svc.service} batch ({report.job})"},
-            reference_source=prepared.reference.source, drift_line=line, seconds=time.perf_counter() - t0,
-            run_id=run.info.run_id, drift=report_drift, notes=notes)
-        log_result(result, params)
-    return result
-
-
-def _sample(table, raw, schema, id_column: str, rows: int = 20_000):
-    """The scored rows' inputs with the service's scores (a uniform sample, for the drift check)."""
-    import pandas as pd
-
-    from churnkit.batch.output import PROBABILITY
-
-    frame = table.select([id_column, *schema.names]).to_pandas()
-    frame[id_column] = frame[id_column].astype("string")
-    scored = raw[raw["error"] == ""][["id", "churn_probability"]].rename(
-        columns={"id": id_column, "churn_probability": PROBABILITY})
-    joined = frame.merge(scored.drop_duplicates(id_column), on=id_column, how="inner")
-    if len(joined) > rows:
-        joined = joined.sample(rows, random_state=0)
-    return pd.DataFrame(joined[[*schema.names, PROBABILITY]]) if len(joined) else None
-

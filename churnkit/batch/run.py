@@ -304,8 +304,6 @@ def score_base(model: str, input: str, output: str, *, id_column: str = "custome
     from churnkit.batch.cloudrun import TARGETS as CLOUD_TARGETS
 
     if engine in CLOUD_TARGETS:  # a cloud's batch service scores; the run, output and accounting are the same
-        from churnkit.batch.cloudrun import score_on_target
-
         if passthrough:
             raise ScoreError(f"passthrough columns are not available on {engine}: its batch service returns ids and "
                              "scores only; score with engine 'local' or 'spark' to copy input columns")
@@ -403,3 +401,66 @@ def plan_score(model: str, input: str, output: str, *, id_column: str = "custome
                        "replaces": (root / meta.partition).exists()},
             "engine": engine, "reasons": {"k": int(reasons), "method": prepared.reasons_method},
             "reference": prepared.reference.source}
+
+
+def score_on_target(target: str, model: str, input: str, output: str, *, id_column: str = "customerID",
+                    reasons: int = 3, month: str = "", duplicates: str = "refuse", endpoint: str = "churn",
+                    config=None, progress=None, service=None, **options):
+    """Score ``input`` on ``target``'s batch service into ``output`` (the kit's Parquet); tracked in MLflow.
+
+    Returns the :class:`ScoreResult` of the run, whose notes name the job and its state log.
+    """
+    from churnkit.batch.cloud import job_name, write_raw_scores
+    from churnkit.batch.cloudrun import job_stamp, read_input, run_cloud, service_for
+    from churnkit.deploy.base import resolve_release
+
+    check_duplicates_option(duplicates)
+    month = _month(month)
+    prepared = prepare_model(model, id_column=id_column, reasons=reasons, config=config)
+    loaded = prepared.loaded
+    release = resolve_release(str(model), config=config)
+    table, rows = read_input(input, loaded.schema, id_column)
+    svc = service or service_for(target, endpoint, config, **options)
+    job = job_name(release.model_name, release.version, job_stamp())
+    params = {"model": model, "input": input, "output": output, "id_column": id_column, "reasons": reasons,
+              "engine": target, "month": month, "duplicates": duplicates, "passthrough": [], "job": job}
+    with tracked_run(config, params) as run:
+        t0 = time.perf_counter()
+        raw, report = run_cloud(svc, target, release, loaded, table, rows, id_column, job, progress)
+        meta = ScoreMeta(model_name=loaded.name, model_version=str(loaded.version), threshold=loaded.threshold,
+                         run_id=run.info.run_id, id_column=id_column, score_month=month, reasons=int(reasons))
+        explainer = None
+        if reasons:
+            from churnkit.batch.reasons import Explainer
+
+            explainer = Explainer.from_bytes(prepared.scorer.model, loaded.schema, prepared.spec.explainer)
+        with ScoreWriter(output, meta, duplicates=duplicates) as writer:
+            counts = write_raw_scores(raw, table, loaded.schema, id_column, writer, explainer=explainer,
+                                      reasons=int(reasons), service=svc.service)
+            summary = writer.commit(counts["rows_in"], extra={"engine": target, "job": report.to_dict(), **counts})
+        sample = _scored_sample(table, raw, loaded.schema, id_column)
+        report_drift, line = scored_base_drift(prepared.reference, sample, loaded)
+        notes = [(f"{svc.service} job {report.job}: {' → '.join(s for _, s in report.states)}; "
+                 f"{counts['rows_scored']:,} scored there, {counts['rows_refused']:,} refused "
+                 f"({counts['rows_unanswered']:,} without an answer)")]
+        result = ScoreResult(
+            summary=summary, engine=target, reasons_method=prepared.reasons_method,
+            model={"name": loaded.name, "version": str(loaded.version), "uri": str(model),
+                   "threshold": loaded.threshold, "scorer": f"{svc.service} batch ({report.job})"},
+            reference_source=prepared.reference.source, drift_line=line, seconds=time.perf_counter() - t0,
+            run_id=run.info.run_id, drift=report_drift, notes=notes)
+        log_result(result, params)
+    return result
+
+
+def _scored_sample(table, raw, schema, id_column: str, rows: int = 20_000):
+    """The scored rows' inputs with the service's scores (a uniform sample, for the drift check)."""
+    frame = table.select([id_column, *schema.names]).to_pandas()
+    frame[id_column] = frame[id_column].astype("string")
+    scored = raw[raw["error"] == ""][["id", "churn_probability"]].rename(
+        columns={"id": id_column, "churn_probability": PROBABILITY})
+    joined = frame.merge(scored.drop_duplicates(id_column), on=id_column, how="inner")
+    if len(joined) > rows:
+        joined = joined.sample(rows, random_state=0)
+    return pd.DataFrame(joined[[*schema.names, PROBABILITY]]) if len(joined) else None
+

@@ -206,7 +206,7 @@ def test_interrupted_wait_names_the_job_to_resume_or_stop(aws):
 
 
 def test_score_on_target_end_to_end(aws, tmp_path, container):
-    from churnkit.batch.cloudrun import score_on_target
+    from churnkit.batch.run import score_on_target
     from churnkit.batch.run import score_base
     from churnkit.data import synth_month
 
@@ -263,7 +263,7 @@ def test_unreachable_service_is_one_line_in_bounded_time(aws, tmp_path):
     from botocore.config import Config
     from conftest import free_port
 
-    from churnkit.batch.cloudrun import score_on_target
+    from churnkit.batch.run import score_on_target
     from churnkit.data import synth_month
 
     synth_month(rows=10, month=7, seed=2).to_csv(tmp_path / "m.csv", index=False)

@@ -178,7 +178,7 @@ def container(tmp_path_factory):
 
 
 def test_score_on_target_end_to_end_in_any_order(gcp, tmp_path, container):
-    from churnkit.batch.cloudrun import score_on_target
+    from churnkit.batch.run import score_on_target
     from churnkit.batch.run import score_base
     from churnkit.data import synth_month
 
