@@ -25,6 +25,11 @@ INTEGRATION_MODULES = {
     "tests/rollout/test_local.py", "tests/rollout/test_hardening.py", "tests/serve/test_limits.py",
     "tests/serve/test_loading_integrity.py",
     "tests/serve/test_workers.py", "tests/serve/test_azureml_score.py",
+    # real servers, child processes, Spark, emulators and containers of the later suites
+    "tests/test_approval.py", "tests/test_model_trust.py", "tests/test_benign_corpus.py", "tests/test_reference.py",
+    "tests/rollout/test_judgment_local.py", "tests/batch/test_score.py", "tests/batch/test_spark.py",
+    "tests/batch/test_cloud_sagemaker.py", "tests/batch/test_cloud_vertex.py", "tests/batch/test_cloud_azureml.py",
+    "tests/batch/test_terraform_batch.py", "tests/serve/test_batch_mode.py", "tests/runner/test_pipeline_score.py",
 }
 
 
