@@ -127,6 +127,11 @@ def quiet_outputs(level: str = "WARNING") -> None:
     # the database set-up, and the wait for a version's creation a registry server logs at each registration
     for name in ("mlflow.store.db.utils", "alembic.runtime.migration", "mlflow.store.model_registry.abstract_store"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # A notebook run the kit stops (SIGTERM, a dead kernel) is reported in one line naming the output notebook;
+    # nbclient's own "Kernel died while waiting for execute reply" (papermill's logger) and asyncio's "Task
+    # exception was never retrieved" for the execute request it left pending would repeat it as a traceback.
+    for name in ("papermill", "asyncio"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 

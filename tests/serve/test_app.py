@@ -276,7 +276,8 @@ def test_capture_writes_each_request_and_reader_returns_rows(served, raw):
                     line = json.loads(text)
         time.sleep(0.2)
     assert line is not None, "capture line not written within 10 s"
-    assert re.fullmatch(r"capture-\d{8}T\d{6}Z-\d{4}\.jsonl", capture_files(served["capture"])[0].name)
+    # named per host, process and writer: two replicas rotating in the same second never share a name
+    assert re.fullmatch(r"capture-\d{8}T\d{6}Z-.+-\d+-[0-9a-f]+-\d{4}\.jsonl", capture_files(served["capture"])[0].name)
     assert line["model_name"] == "churn" and line["model_version"] == "1" and line["predictions"] == served_probs
     assert line["inputs"] == json_rows(sample) and line["time"].startswith(time.strftime("%Y-", time.gmtime()))
     frame = read_capture(served["capture"])

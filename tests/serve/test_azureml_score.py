@@ -96,5 +96,5 @@ def test_score_py_refuses_a_tampered_model_and_scores_plain_text_in_process(expo
     with open(next(tampered.glob("**/model.skops")), "ab") as fh:
         fh.write(b"\0")
     monkeypatch.setenv("AZUREML_MODEL_DIR", str(tampered))
-    with pytest.raises(IntegrityError, match="churnkit-files.json: .model.skops. was changed"):
+    with pytest.raises(IntegrityError, match="churnkit-model.json: .model.skops. was changed"):
         score.init()
