@@ -152,11 +152,7 @@ def verify_serving_manifest(model_dir: str | Path, pin: str | None) -> dict:
         listed = dict(manifest["files"])
     except (ValueError, KeyError, TypeError) as exc:
         raise IntegrityError(f"{str(path)!r} is not a churnkit serving manifest ({exc}); export the model again") from exc
-    present = {rel: p for rel, p in _folder_files(folder).items() if rel not in SERVING_UNLISTED}
-    problems = ([f"{rel!r} is not in the manifest" for rel in sorted(set(present) - set(listed))]
-                + [f"{rel!r} is missing" for rel in sorted(set(listed) - set(present))]
-                + [f"{rel!r} was changed (sha256 differs)" for rel in sorted(set(listed) & set(present))
-                   if file_sha256(present[rel]) != listed[rel]])
+    problems = _differences(folder, listed, SERVING_UNLISTED, "")
     if problems:
         raise IntegrityError(f"model folder {str(folder)!r} does not match its {SERVING_MANIFEST}: "
                              + "; ".join(problems) + "; export the version again")
@@ -199,17 +195,20 @@ def verify_files(model_dir: str | Path, expected: str | None, source: str) -> st
         listed = json.loads(data)["files"]
     except (ValueError, KeyError, TypeError) as exc:
         raise IntegrityError(f"{str(path)!r} is not a churnkit file manifest ({exc}); register the model again") from exc
-    present = {rel: p for rel, p in _folder_files(folder).items() if rel not in UNLISTED}
-    extra = sorted(set(present) - set(listed))
-    missing = sorted(set(listed) - set(present))
-    changed = sorted(rel for rel in set(listed) & set(present) if file_sha256(present[rel]) != listed[rel])
-    problems = ([f"{rel!r} is not in the manifest (added after registration)" for rel in extra]
-                + [f"{rel!r} is missing" for rel in missing]
-                + [f"{rel!r} was changed (sha256 differs)" for rel in changed])
+    problems = _differences(folder, listed, UNLISTED, " (added after registration)")
     if problems:
         raise IntegrityError(f"model folder {str(folder)!r} does not match its {FILES_MANIFEST}: " + "; ".join(problems)
                              + "; restore the folder from the registry or register the model again")
     return sha
+
+
+def _differences(folder: Path, listed: dict, unlisted, planted_note: str) -> list[str]:
+    """What differs between ``folder`` and a manifest's ``listed`` sha256s: planted, missing and changed files."""
+    present = {rel: p for rel, p in _folder_files(folder).items() if rel not in unlisted}
+    return ([f"{rel!r} is not in the manifest{planted_note}" for rel in sorted(set(present) - set(listed))]
+            + [f"{rel!r} is missing" for rel in sorted(set(listed) - set(present))]
+            + [f"{rel!r} was changed (sha256 differs)" for rel in sorted(set(listed) & set(present))
+               if file_sha256(present[rel]) != listed[rel]])
 
 
 def load_estimator(model_dir: str | Path, also_trusted: tuple[str, ...] = ()):
